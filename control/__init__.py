@@ -1,0 +1,1 @@
+"""rbee's control plane: the keeper (`rbee`) and the hive (`rbee-hive`)."""

@@ -1,0 +1,121 @@
+"""The wire contract shared by worker, hive and keeper (DESIGN §4).
+
+Everything another process reads off the wire is defined here once: versions, error codes
+and their HTTP statuses, the error envelope, stop reasons and the inference SSE events.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from enum import StrEnum
+from typing import Any
+
+API_VERSION = "v1"
+VERSION = importlib.metadata.version("rbee")
+
+SSE_DONE = "[DONE]"
+
+
+class ErrorCode(StrEnum):
+    CONNECTION_TIMEOUT = "CONNECTION_TIMEOUT"
+    VERSION_MISMATCH = "VERSION_MISMATCH"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    DOWNLOAD_FAILED = "DOWNLOAD_FAILED"
+    INSUFFICIENT_RAM = "INSUFFICIENT_RAM"
+    VRAM_EXHAUSTED = "VRAM_EXHAUSTED"
+    BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
+    INVALID_API_KEY = "INVALID_API_KEY"
+    ALL_SLOTS_BUSY = "ALL_SLOTS_BUSY"
+    WORKER_CRASHED = "WORKER_CRASHED"
+    LOADING_TIMEOUT = "LOADING_TIMEOUT"
+    REQUEST_CANCELED = "REQUEST_CANCELED"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    NOT_FOUND = "NOT_FOUND"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+# The HTTP status each code is sent with when it is the answer to a request.
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.CONNECTION_TIMEOUT: 504,
+    ErrorCode.VERSION_MISMATCH: 409,
+    ErrorCode.MODEL_NOT_FOUND: 404,
+    ErrorCode.DOWNLOAD_FAILED: 502,
+    ErrorCode.INSUFFICIENT_RAM: 507,
+    ErrorCode.VRAM_EXHAUSTED: 507,
+    ErrorCode.BACKEND_UNAVAILABLE: 503,
+    ErrorCode.INVALID_API_KEY: 401,
+    ErrorCode.ALL_SLOTS_BUSY: 503,
+    ErrorCode.WORKER_CRASHED: 502,
+    ErrorCode.LOADING_TIMEOUT: 504,
+    ErrorCode.REQUEST_CANCELED: 499,
+    ErrorCode.INVALID_REQUEST: 400,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.INTERNAL_ERROR: 500,
+}
+
+
+class ApiError(Exception):
+    """An error that travels to the client as the DESIGN §4 envelope."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status if status is not None else HTTP_STATUS[code]
+        self.details = details or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, self.details)
+
+
+def error_body(code: ErrorCode | str, message: str, details: dict[str, Any] | None = None) -> dict:
+    return {"error": {"code": str(code), "message": message, "details": details or {}}}
+
+
+class StopReason(StrEnum):
+    MAX_TOKENS = "max_tokens"
+    EOS = "eos"
+    STOP = "stop"
+    CANCELED = "canceled"
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"
+    LOADING = "loading"
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+# Inference SSE events: one JSON object per `data:` line, then `data: [DONE]`.
+def started_event(request_id: str, model: str) -> dict[str, Any]:
+    return {"type": "started", "request_id": request_id, "model": model}
+
+
+def token_event(token: str, index: int) -> dict[str, Any]:
+    return {"type": "token", "token": token, "index": index}
+
+
+def done_event(total_tokens: int, duration_ms: int, stop_reason: StopReason) -> dict[str, Any]:
+    return {
+        "type": "done",
+        "done": True,
+        "total_tokens": total_tokens,
+        "duration_ms": duration_ms,
+        "stop_reason": str(stop_reason),
+    }
+
+
+def error_event(code: ErrorCode, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"code": str(code), "message": message}}

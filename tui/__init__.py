@@ -1,0 +1,1 @@
+"""rbee's Textual dashboard (`rbee tui`)."""
