@@ -38,6 +38,7 @@ from .engine import (
 )
 from .protocol import ErrorCode, StopReason
 from .stops import StopBuffer
+from .threadpool import QuietThreadpool
 
 log = logging.getLogger(__name__)
 llama_log = logging.getLogger("rbee.llama")
@@ -112,6 +113,7 @@ class LlamaEngine:
         self._ctx: Any = None
         self._vocab: Any = None
         self._batch: Any = None
+        self._pool: QuietThreadpool | None = None
         self._errors: deque[str] = deque(maxlen=5)
 
         self._waiting: deque[Generation] = deque()
@@ -232,6 +234,8 @@ class LlamaEngine:
         if not ctx:
             raise LoadError(self._load_failure("llama.cpp could not create a context"))
         self._ctx = ctx
+        self._pool = QuietThreadpool(self._threads)
+        self._pool.attach(ctx)
         self.n_ctx_per_slot = llama_cpp.llama_n_ctx(ctx) // self._slots
         self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
         template = llama_cpp.llama_model_chat_template(model, None)
@@ -252,6 +256,9 @@ class LlamaEngine:
         if self._ctx:
             llama_cpp.llama_free(self._ctx)
             self._ctx = None
+        if self._pool is not None:
+            self._pool.free()  # after llama_free: the backend keeps its pointer until then
+            self._pool = None
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
