@@ -10,6 +10,11 @@ with a low poll level they go to sleep on a condition variable soon after a deco
 default level, 50, spins about 190 ms first, longer than a whole token). llama-cpp-python wraps
 none of this, so the few functions and the one struct are declared here.
 
+Only for models loaded with use_extra_bufts=False (rbee's default). With the CPU_REPACK weight
+buffers, decoding on this pool gives garbage and NaN logits in llama.cpp as vendored by
+llama-cpp-python 0.3.36 (measured: the repacked Q4_K matmuls; with use_extra_bufts=False the
+logits are bit-identical to ggml's default path).
+
 Everything here must be called on the thread that owns the context (the engine thread).
 """
 
@@ -81,8 +86,8 @@ class QuietThreadpool:
     it sleeps (measured on a 2-vCPU AMD EPYC: about 4 ms per unit, so ggml's default 50 spins
     190 ms). 1, the default here, spans the gap between two decodes of a stream, so the worker is
     still running when the next graph starts instead of being woken late while the engine thread
-    spins at ggml's first barrier; an idle worker sleeps about 4 ms after the last decode. 0 sleeps at
-    once but was measured slower and erratic for small fast models (the wake-up lands late).
+    spins at ggml's first barrier; an idle worker sleeps about 4 ms after the last decode. 0
+    sleeps at once but was measured slower and erratic for small fast models (late wake-ups).
     """
 
     def __init__(self, n_threads: int, *, poll: int = 1) -> None:
@@ -102,6 +107,7 @@ class QuietThreadpool:
     def attach(self, ctx: Any) -> None:
         """Makes ctx compute every graph (single-token and batched) on this pool.
 
+        The model must have been loaded with use_extra_bufts=False (see the module docstring).
         The context's n_threads must not exceed the pool's: ggml clamps it, with a warning.
         """
         if not self._tp:
