@@ -10,7 +10,7 @@ LLAMA_BUILD_ENV := CMAKE_ARGS="-DGGML_OPENMP=OFF" \
 	CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
 	CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench bench-compare clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/worker_stream.py
+
+# rbee-worker vs llama_cpp.server vs in-process llama-cpp-python. llama_cpp.server's deps
+# (llama-cpp-python[server]) live only in bench/.venv, never in the project's dependencies.
+bench/.venv/.rbee-bench-installed: pyproject.toml
+	test -x bench/.venv/bin/python || $(PY) -m venv bench/.venv
+	bench/.venv/bin/pip install --quiet --upgrade pip
+	$(LLAMA_BUILD_ENV) bench/.venv/bin/pip install --quiet -e '.[model]' \
+		'llama-cpp-python[server]==0.3.36'
+	touch $@
+
+bench-compare: bench/.venv/.rbee-bench-installed
+	bench/.venv/bin/python bench/compare.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

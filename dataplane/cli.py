@@ -78,7 +78,7 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # The key is read once and removed so nothing this process starts could inherit it.
+    # The key is read once and dropped from os.environ, so no child process inherits it.
     api_key = os.environ.pop(API_KEY_ENV, None) or None
     settings = WorkerSettings(
         model_ref=model_ref,

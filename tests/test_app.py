@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import LONG_CTX, WorkerProcess
 
 KEY = "test-key-0123456789"
+log = logging.getLogger(__name__)
 
 
 def sse_data(response: httpx.Response) -> list[str]:
@@ -190,7 +192,7 @@ def test_cancel_by_delete_frees_the_slot(shared_worker: WorkerProcess) -> None:
         sent = time.monotonic()
         assert client.delete("/v1/inference/req-cancel-1").status_code == 204
         freed_s = wait_for(lambda: slots_busy(shared_worker) == 0)
-        print(f"slot free {1000 * (time.monotonic() - sent):.0f} ms after DELETE")
+        log.info("slot free %.0f ms after DELETE", 1000 * (time.monotonic() - sent))
         assert client.delete("/v1/inference/req-cancel-1").status_code == 204  # idempotent
     thread.join(10)
     done = result["events"][-1]

@@ -1,0 +1,427 @@
+"""Concurrent streams: rbee-worker vs llama_cpp.server vs llama-cpp-python in-process.
+
+Same model, threads, context per stream, prompts and greedy decoding everywhere. For 1, 4 and 8
+streams that start together, prints TTFT p50/p95 and aggregate tokens/s (median of N
+repetitions), the ratio rbee / llama_cpp.server, and each server's peak RSS.
+
+    make bench-compare      # creates bench/.venv with llama-cpp-python[server], then runs this
+    bench/.venv/bin/python bench/compare.py [--streams 1,4,8] [--reps 3] [--tokens 128]
+
+Needs llama-cpp-python[server] (fastapi, uvicorn, ...), which is not a project dependency:
+`make bench-compare` installs it into bench/.venv only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+# Each prompt starts with a different word, so a server that keeps the last prompt's KV cache
+# (llama_cpp.server's single Llama does prefix matching) shares at most the BOS token with it.
+NAMES = [
+    "Amelia", "Bartholomew", "Cecilia", "Desmond", "Eleanor", "Fitzgerald", "Genevieve",
+    "Horatio", "Isadora", "Jasper", "Katarina", "Leopold", "Marguerite", "Nathaniel", "Ophelia",
+    "Percival", "Quentin", "Rosalind", "Sebastian", "Theodora", "Ulysses", "Valentina",
+    "Wilhelmina", "Xavier", "Yolanda", "Zachariah", "Beatrix", "Cornelius", "Dorothea",
+    "Ebenezer", "Felicity", "Gideon", "Harriet", "Ignatius", "Josephine", "Lysander",
+    "Millicent", "Octavius", "Penelope", "Reginald", "Seraphina", "Tobias", "Winifred",
+    "Alistair", "Bernadette", "Clementine", "Dashiell", "Evangeline",
+]
+PLACES = [
+    "a lighthouse on a windy cape", "a bakery in a mountain town", "an old library by the river",
+    "a farm at the edge of the forest", "a harbour full of fishing boats",
+    "a castle above the valley", "a train station in the desert", "a cottage near the sea",
+]
+
+
+def prompt_stream() -> Iterator[str]:
+    """The same sequence of distinct prompts for every backend."""
+    for i, name in enumerate(NAMES):
+        yield f"{name} lived in {PLACES[i % len(PLACES)]}. One morning, {name} found"
+    raise SystemExit("bench/compare.py: out of distinct prompts; add names or lower --reps")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+class PeakRss:
+    """Samples a process's RSS (children included) on a thread; `peak` is the highest seen."""
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self._proc = psutil.Process(pid)
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.peak = 0
+        self.samples = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> int:
+        total = 0
+        for p in [self._proc, *self._proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.now())
+                self.samples += 1
+            except psutil.Error:
+                return
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Stream:
+    ttft: float  # seconds from the row's start (all requests sent together) to the first text
+    end: float  # perf_counter of the last token
+    tokens: int
+    text: str
+    retries: int = 0  # 503s retried (rbee with more streams than slots)
+
+
+@dataclass
+class Row:
+    ttft_p50: float
+    ttft_p95: float
+    tok_s: float
+    tokens: int
+    retries: int
+
+
+def summarize(t0: float, streams: list[Stream]) -> Row:
+    ttfts = [s.ttft for s in streams]
+    tokens = sum(s.tokens for s in streams)
+    wall = max(s.end for s in streams) - t0
+    return Row(percentile(ttfts, 0.5), percentile(ttfts, 0.95), tokens / wall, tokens,
+               sum(s.retries for s in streams))
+
+
+def median_row(reps: list[Row]) -> Row:
+    return Row(
+        statistics.median(r.ttft_p50 for r in reps),
+        statistics.median(r.ttft_p95 for r in reps),
+        statistics.median(r.tok_s for r in reps),
+        round(statistics.median(r.tokens for r in reps)),
+        round(statistics.median(r.retries for r in reps)),
+    )
+
+
+# --- (a) llama-cpp-python in-process: one request at a time ------------------------------------
+
+
+def bench_in_process(path: str, args: argparse.Namespace, prompts: Iterator[str]
+                     ) -> tuple[dict[int, list[Row]], dict[str, int], dict[str, str]]:
+    """N streams here means N requests that arrive together and are served one after another."""
+    import llama_cpp
+
+    me = psutil.Process()
+    before = me.memory_info().rss
+    texts: dict[str, str] = {}
+    with PeakRss(os.getpid()) as rss:
+        llm = llama_cpp.Llama(model_path=path, n_ctx=args.ctx, n_threads=args.threads,
+                              n_threads_batch=args.threads, n_batch=512, verbose=False)
+        loaded = me.memory_info().rss
+
+        def run(prompt: str, t0: float) -> Stream:
+            llm.reset()  # no prompt reuse from the last request
+            first = None
+            text = []
+            n = 0
+            for chunk in llm.create_completion(prompt, max_tokens=args.tokens, temperature=0,
+                                                stream=True):
+                piece = chunk["choices"][0]["text"]
+                if piece:
+                    now = time.perf_counter()
+                    first = first or now
+                    text.append(piece)
+                    n += 1
+                finish = chunk["choices"][0]["finish_reason"]
+            end = time.perf_counter()
+            tokens = args.tokens if finish == "length" else n
+            texts[prompt] = "".join(text)
+            return Stream((first or end) - t0, end, tokens, texts[prompt])
+
+        for _ in range(args.warmup):
+            run(next(prompts), time.perf_counter())
+        rows: dict[int, list[Row]] = {}
+        for n in args.streams:
+            rows[n] = []
+            for _ in range(args.reps):
+                batch = [next(prompts) for _ in range(n)]
+                t0 = time.perf_counter()
+                rows[n].append(summarize(t0, [run(p, t0) for p in batch]))
+        del llm
+    return rows, {"before": before, "loaded": loaded, "peak": rss.peak}, texts
+
+
+# --- (b) llama_cpp.server and (c) rbee-worker over /v1/completions ----------------------------
+
+
+async def one_stream(client: httpx.AsyncClient, prompt: str, t0: float,
+                     args: argparse.Namespace) -> Stream:
+    body = {"prompt": prompt, "max_tokens": args.tokens, "temperature": 0, "stream": True}
+    retries = 0
+    while True:
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code == 503:  # rbee: ALL_SLOTS_BUSY; wait in line like a client would
+                await r.aread()
+                retries += 1
+                await asyncio.sleep(args.retry_s)
+                continue
+            if r.status_code != 200:
+                await r.aread()
+                raise SystemExit(f"{client.base_url}: HTTP {r.status_code}: {r.text[:300]}")
+            first = None
+            text = []
+            n = 0
+            finish = None
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:].strip()
+                if data == "[DONE]":
+                    break
+                obj = json.loads(data)
+                if "error" in obj:
+                    raise SystemExit(f"{client.base_url}: stream error {obj['error']}")
+                choice = obj["choices"][0]
+                if choice.get("text"):
+                    now = time.perf_counter()
+                    first = first or now
+                    text.append(choice["text"])
+                    n += 1
+                finish = choice.get("finish_reason") or finish
+            end = time.perf_counter()
+            tokens = args.tokens if finish == "length" else n
+            return Stream((first or end) - t0, end, tokens, "".join(text), retries)
+
+
+async def run_rows(url: str, args: argparse.Namespace, prompts: Iterator[str]
+                   ) -> tuple[dict[int, list[Row]], dict[str, str]]:
+    texts: dict[str, str] = {}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=None),
+                                 limits=limits) as client:
+        for _ in range(args.warmup):
+            await one_stream(client, next(prompts), time.perf_counter(), args)
+        rows: dict[int, list[Row]] = {}
+        for n in args.streams:
+            rows[n] = []
+            for _ in range(args.reps):
+                batch = [next(prompts) for _ in range(n)]
+                t0 = time.perf_counter()
+                streams = await asyncio.gather(*(one_stream(client, p, t0, args) for p in batch))
+                texts.update((p, s.text) for p, s in zip(batch, streams))
+                rows[n].append(summarize(t0, list(streams)))
+    return rows, texts
+
+
+def bench_server(name: str, argv: list[str], ready: Callable[[httpx.Client], bool],
+                 url: str, args: argparse.Namespace, prompts: Iterator[str]
+                 ) -> tuple[dict[int, list[Row]], int, dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if k != "RBEE_WORKER_API_KEY"}
+    log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{name}-", suffix=".log", delete=False)
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with PeakRss(proc.pid) as rss:
+            with httpx.Client(base_url=url, timeout=5) as client:
+                deadline = time.monotonic() + 300
+                while True:
+                    try:
+                        if ready(client):
+                            break
+                    except httpx.TransportError:
+                        pass
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        log.seek(0)
+                        raise SystemExit(f"{name} did not become ready:\n{log.read()[-3000:]}")
+                    time.sleep(0.1)
+            rows, texts = asyncio.run(run_rows(url, args, prompts))
+        return rows, rss.peak, texts
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+def bench_llama_server(path: str, args: argparse.Namespace, prompts: Iterator[str]):
+    port = free_port()
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", path, "--host", "127.0.0.1",
+            "--port", str(port), "--n_ctx", str(args.ctx), "--n_batch", "512",
+            "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+            "--interrupt_requests", "False", "--verbose", "False"]
+    return bench_server("llama_cpp.server", argv, lambda c: c.get("/v1/models").status_code == 200,
+                        f"http://127.0.0.1:{port}", args, prompts)
+
+
+def bench_rbee(ref: str, args: argparse.Namespace, prompts: Iterator[str]):
+    port = free_port()
+    argv = [str(Path(sys.executable).parent / "rbee-worker"), "--model", ref, "--port", str(port),
+            "--slots", str(args.slots), "--threads", str(args.threads), "--ctx-size",
+            str(args.ctx), "--log-level", "warning"]
+    return bench_server("rbee-worker", argv, lambda c: c.get("/v1/ready").json().get("ready"),
+                        f"http://127.0.0.1:{port}", args, prompts)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def mb(n: int) -> str:
+    return f"{n / 2**20:.0f} MB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="pkg:gemma3-270m")
+    parser.add_argument("--streams", default="1,4,8", help="concurrency levels, comma-separated")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per row (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="single requests before the rows")
+    parser.add_argument("--tokens", type=int, default=128, help="max_tokens per stream")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ctx", type=int, default=2048, help="context tokens per stream")
+    parser.add_argument("--slots", type=int, default=4, help="rbee-worker --slots")
+    parser.add_argument("--retry-s", type=float, default=0.1,
+                        help="client wait before retrying rbee's 503 ALL_SLOTS_BUSY")
+    parser.add_argument("--skip-in-process", action="store_true")
+    args = parser.parse_args()
+    args.streams = [int(s) for s in args.streams.split(",")]
+
+    try:
+        import llama_cpp.server  # noqa: F401  (only checks that the extra deps are there)
+    except ImportError as exc:
+        raise SystemExit(f"llama_cpp.server is not importable ({exc}): run `make bench-compare`, "
+                         "which installs llama-cpp-python[server] into bench/.venv") from None
+    from rbee.dataplane.model_file import resolve_model_path
+
+    path = str(resolve_model_path(args.model))
+    print(f"model {args.model} ({Path(path).name}), {args.threads} threads, ctx {args.ctx} per "
+          f"stream, max_tokens {args.tokens} greedy, /v1/completions streaming, median of "
+          f"{args.reps} (+{args.warmup} warm-up request)")
+    print(f"- concurrent streams are sent together (asyncio.gather over one httpx.AsyncClient); "
+          f"TTFT counts from then.\n"
+          f"- llama_cpp.server runs with --interrupt_requests False, so extra streams queue "
+          f"behind the running one;\n  its default (True) ends the running stream early as "
+          f"soon as another request arrives.\n"
+          f"- rbee-worker --slots {args.slots}: a stream beyond the slots gets 503 "
+          f"ALL_SLOTS_BUSY and the client retries\n  every {args.retry_s * 1000:.0f} ms "
+          f"(ignoring Retry-After: 1); the wait counts in its TTFT.\n"
+          f"- in-process: one request at a time, llm.reset() before each; N streams = N "
+          f"requests arriving together,\n  served one after another (TTFT includes the wait).\n"
+          f"- aggregate tok/s = generated tokens / (last token - requests sent).", flush=True)
+
+    # One prompt sequence per backend, identical across backends.
+    started = time.perf_counter()
+    results: dict[str, dict[int, Row]] = {}
+    texts: dict[str, dict[str, str]] = {}
+    peaks: dict[str, int] = {}
+    retries: dict[int, int] = {}
+    if not args.skip_in_process:
+        rows, mem, texts["in-process"] = bench_in_process(path, args, prompt_stream())
+        results["in-process"] = {n: median_row(r) for n, r in rows.items()}
+        print(f"  in-process done ({time.perf_counter() - started:.0f} s)", flush=True)
+    rows, peaks["llama_cpp.server"], texts["llama_cpp.server"] = bench_llama_server(
+        path, args, prompt_stream())
+    results["llama_cpp.server"] = {n: median_row(r) for n, r in rows.items()}
+    print(f"  llama_cpp.server done ({time.perf_counter() - started:.0f} s)", flush=True)
+    rows, peaks["rbee-worker"], texts["rbee-worker"] = bench_rbee(args.model, args,
+                                                                  prompt_stream())
+    results["rbee-worker"] = {n: median_row(r) for n, r in rows.items()}
+    retries = {n: sum(r.retries for r in reps) for n, reps in rows.items()}
+    print(f"  rbee-worker done ({time.perf_counter() - started:.0f} s)\n", flush=True)
+
+    head = (f"{'streams':>7}  {'backend':<17} {'TTFT p50':>9} {'TTFT p95':>9} "
+            f"{'tok/s':>7} {'tokens':>6}")
+    print(head)
+    print("-" * len(head))
+    for n in args.streams:
+        for name, by_n in results.items():
+            r = by_n[n]
+            print(f"{n:>7}  {name:<17} {r.ttft_p50 * 1000:7.0f} ms {r.ttft_p95 * 1000:6.0f} ms "
+                  f"{r.tok_s:7.1f} {r.tokens:6d}")
+        rb, ls = results["rbee-worker"][n], results["llama_cpp.server"][n]
+        print(f"{'':>7}  {'rbee / server':<17} {rb.ttft_p50 / ls.ttft_p50:8.2f}x "
+              f"{rb.ttft_p95 / ls.ttft_p95:8.2f}x {rb.tok_s / ls.tok_s:6.2f}x"
+              + (f"   ({retries[n]} 503 retries in {args.reps} reps)" if retries[n] else ""))
+    print()
+
+    def check(label: str, value: float, target: float, unit: str = "x") -> None:
+        ok = "PASS" if value >= target else "MISS"
+        print(f"  {ok}  {label}: {value:.2f}{unit} (target >= {target}{unit})")
+
+    rb, ls = results["rbee-worker"], results["llama_cpp.server"]
+    print("targets (aggregate tok/s, rbee / llama_cpp.server):")
+    if 1 in args.streams:
+        check("1 stream", rb[1].tok_s / ls[1].tok_s, 1.0)
+    if 4 in args.streams:
+        check("4 streams", rb[4].tok_s / ls[4].tok_s, 2.5)
+    if 1 in args.streams and 4 in args.streams:
+        ratio = rb[4].ttft_p50 / rb[1].ttft_p50
+        ok = "PASS" if ratio <= 2.0 else "MISS"
+        print(f"  {ok}  rbee TTFT p50 at 4 streams / at 1 stream: {ratio:.2f}x (target <= 2x; "
+              f"{rb[4].ttft_p50 * 1000:.0f} ms vs {rb[1].ttft_p50 * 1000:.0f} ms)")
+    print()
+    print("peak RSS (sampled every 50 ms, children included):")
+    for name, peak in peaks.items():
+        print(f"  {name:<17} {mb(peak)}")
+    if "in-process" in results:
+        print(f"  {'in-process':<17} +{mb(mem['loaded'] - mem['before'])} after load, "
+              f"+{mb(mem['peak'] - mem['before'])} at peak (process {mb(mem['before'])} before "
+              f"loading)")
+
+    # Greedy decoding: the same prompt should give the same text on every backend (batched
+    # decoding may round differently, so a mismatch is reported, not fatal).
+    base = texts["llama_cpp.server"]
+    for name in ("in-process", "rbee-worker"):
+        if name in texts:
+            common = [p for p in base if p in texts[name]]
+            same = sum(base[p] == texts[name][p] for p in common)
+            print(f"greedy text identical to llama_cpp.server: {name} {same}/{len(common)}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

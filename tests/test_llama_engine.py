@@ -1,0 +1,196 @@
+"""The continuously batched engine (llama_engine.py).
+
+Exact text is not batch-invariant (the batch's shape changes kernel rounding), so these tests
+compare what is: first tokens, lengths, stop reasons, and seeds within the same batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import LONG_CTX, WorkerProcess, start_worker
+from rbee.dataplane.engine import DoneEvent, Generation, SamplingParams, TokenEvent
+from rbee.dataplane.llama_engine import LlamaEngine
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def four_slot_worker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[WorkerProcess]:
+    worker = start_worker(tiny_model, tmp_path_factory.mktemp("four-slots"),
+                          args=("--slots", "4", "--ctx-size", str(LONG_CTX), "--batch-size", "64"))
+    yield worker
+    worker.stop()
+
+
+def complete(worker: WorkerProcess, prompt: str = PROMPT, **body: object) -> dict:
+    r = httpx.post(f"{worker.url}/v1/inference", timeout=60,
+                   json={"prompt": prompt, "stream": False, "temperature": 0, **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def first_token(worker: WorkerProcess, prompt: str) -> str:
+    with httpx.Client(base_url=worker.url, timeout=60) as client:
+        with client.stream("POST", "/v1/inference",
+                           json={"prompt": prompt, "max_tokens": 1, "temperature": 0}) as r:
+            for line in r.iter_lines():
+                if '"type": "token"' in line:
+                    return json.loads(line.removeprefix("data: "))["token"]
+    raise AssertionError("no token")
+
+
+def test_four_concurrent_streams_agree_with_one_on_the_invariants(
+        four_slot_worker: WorkerProcess) -> None:
+    alone = first_token(four_slot_worker, PROMPT)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: complete(four_slot_worker, max_tokens=48), range(4)))
+    for answer in answers:
+        assert answer["total_tokens"] == 48 and answer["stop_reason"] == "max_tokens"
+    with ThreadPoolExecutor(4) as pool:
+        firsts = list(pool.map(lambda _: first_token(four_slot_worker, PROMPT), range(4)))
+    assert firsts == [alone] * 4
+
+
+def test_a_request_arriving_mid_generation_starts_at_once(four_slot_worker: WorkerProcess) -> None:
+    running = threading.Event()
+    long_done: dict = {}
+
+    def long_stream() -> None:
+        with httpx.Client(base_url=four_slot_worker.url, timeout=60) as client:
+            with client.stream("POST", "/v1/inference",
+                               json={"prompt": PROMPT, "max_tokens": 8192, "temperature": 0,
+                                     "request_id": "req-long-1"}) as r:
+                for line in r.iter_lines():
+                    running.set()
+                    if '"type": "done"' in line:
+                        long_done["at"] = time.monotonic()
+
+    thread = threading.Thread(target=long_stream)
+    thread.start()
+    assert running.wait(10)
+    t0 = time.monotonic()
+    short = complete(four_slot_worker, "hello there", max_tokens=16)
+    short_s = time.monotonic() - t0
+    still_running = "at" not in long_done
+    httpx.delete(f"{four_slot_worker.url}/v1/inference/req-long-1")
+    thread.join(30)
+    assert short["total_tokens"] == 16
+    assert still_running, "the long stream ended before the short request: no overlap tested"
+    assert short_s < 2.0  # it did not wait for the 8192-token stream
+
+
+def test_prompt_prefilled_in_chunks_next_to_a_running_stream(
+        four_slot_worker: WorkerProcess) -> None:
+    long_prompt = "the little bird saw the old king near the river " * 60  # > 64-token batches
+    alone = first_token(four_slot_worker, long_prompt)
+    running = threading.Event()
+
+    def other_stream() -> None:
+        with httpx.Client(base_url=four_slot_worker.url, timeout=60) as client:
+            with client.stream("POST", "/v1/inference",
+                               json={"prompt": PROMPT, "max_tokens": 3000, "temperature": 0,
+                                     "request_id": "req-other-1"}) as r:
+                for line in r.iter_lines():
+                    if '"type": "token"' in line:
+                        running.set()
+
+    thread = threading.Thread(target=other_stream)
+    thread.start()
+    assert running.wait(10)
+    together = first_token(four_slot_worker, long_prompt)
+    httpx.delete(f"{four_slot_worker.url}/v1/inference/req-other-1")
+    thread.join(30)
+    assert together == alone
+
+
+def test_freed_kv_cells_leave_no_trace(four_slot_worker: WorkerProcess) -> None:
+    before = complete(four_slot_worker, max_tokens=24)["text"]
+    # fill every slot with a long stream, cancel them all, then ask again
+    ids = [f"req-fill-{i}" for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(complete, four_slot_worker, max_tokens=600, request_id=i)
+                   for i in ids]
+        time.sleep(0.3)
+        for request_id in ids:
+            httpx.delete(f"{four_slot_worker.url}/v1/inference/{request_id}")
+        for future in futures:
+            assert future.result()["stop_reason"] in ("canceled", "max_tokens")
+    assert complete(four_slot_worker, max_tokens=24)["text"] == before
+
+
+def test_fifth_stream_on_four_slots_gets_503(four_slot_worker: WorkerProcess) -> None:
+    started = threading.Barrier(5)
+    ids = [f"req-full-{i}" for i in range(4)]
+
+    def hold(request_id: str) -> None:
+        with httpx.Client(base_url=four_slot_worker.url, timeout=60) as client:
+            with client.stream("POST", "/v1/inference",
+                               json={"prompt": PROMPT, "max_tokens": 8192,
+                                     "request_id": request_id}) as r:
+                lines = r.iter_lines()
+                next(line for line in lines if '"type": "token"' in line)
+                started.wait()
+                for _ in lines:
+                    pass
+
+    threads = [threading.Thread(target=hold, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    started.wait(10)
+    r = httpx.post(f"{four_slot_worker.url}/v1/inference", json={"prompt": "x"})
+    for request_id in ids:
+        httpx.delete(f"{four_slot_worker.url}/v1/inference/{request_id}")
+    for t in threads:
+        t.join(30)
+    assert r.status_code == 503
+    assert r.json()["error"]["details"] == {"slots_total": 4, "slots_busy": 4}
+
+
+def test_seeds_reproduce_within_the_same_batch(tiny_model: Path) -> None:
+    """Four sampled requests decoded together, twice: each seed gives the same text."""
+
+    async def run_batch(engine: LlamaEngine, seeds: list[int]) -> list[str]:
+        loop = asyncio.get_running_loop()
+        tokens = await engine.tokenize(PROMPT, add_special=True)
+        gens = [Generation(f"r{seed}", tokens, SamplingParams(max_tokens=40, temperature=1.1,
+                                                              top_k=50, top_p=0.95, seed=seed),
+                           loop) for seed in seeds]
+        # Hold the engine thread for a moment so all four join the same first step.
+        hold = asyncio.ensure_future(engine._call(lambda: time.sleep(0.2)))  # noqa: SLF001
+        await asyncio.sleep(0.05)
+        for gen in gens:
+            engine.submit(gen)
+        await hold
+        texts = []
+        for gen in gens:
+            parts = [e.text async for e in gen if isinstance(e, TokenEvent)]
+            assert isinstance(gen.terminal, DoneEvent) and gen.terminal.total_tokens == 40
+            texts.append("".join(parts))
+        return texts
+
+    async def main() -> None:
+        engine = LlamaEngine(str(tiny_model), slots=4, ctx_size=256, threads=2, batch_size=64,
+                             extra_bufts=False, backend="cpu", device=0,
+                             on_progress=lambda _p: None, layers_total=2, file_size=1)
+        engine.start()
+        await engine.wait_loaded()
+        try:
+            first = await run_batch(engine, [1, 2, 3, 4])
+            second = await run_batch(engine, [1, 2, 3, 4])
+        finally:
+            await engine.close()
+        assert first == second
+        assert len(set(first)) == 4  # different seeds, different samples
+
+    asyncio.run(main())
