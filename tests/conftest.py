@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -126,6 +128,36 @@ def start_worker(
     if wait_ready:
         worker.wait_ready()
     return worker
+
+
+def sse_data(response: httpx.Response) -> list[str]:
+    return [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def events_of(lines: list[str]) -> list[dict]:
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def start_long_stream(worker: WorkerProcess, request_id: str, got_token: threading.Event,
+                      result: dict, *, prompt: str = "Once upon a time") -> threading.Thread:
+    """Starts a greedy 8192-token stream in a thread; `result` gets status and events at the end."""
+    def run() -> None:
+        with worker.client() as client:
+            with client.stream("POST", "/v1/inference",
+                               json={"prompt": prompt, "max_tokens": 8192,
+                                     "temperature": 0, "request_id": request_id}) as r:
+                result["status"] = r.status_code
+                lines = []
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        lines.append(line[6:])
+                        got_token.set()
+                result["events"] = events_of(lines)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
 
 
 @pytest.fixture

@@ -12,19 +12,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import LONG_CTX, WorkerProcess
+from conftest import LONG_CTX, WorkerProcess, events_of, sse_data, start_long_stream
 
 KEY = "test-key-0123456789"
 log = logging.getLogger(__name__)
-
-
-def sse_data(response: httpx.Response) -> list[str]:
-    return [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
-
-
-def events_of(lines: list[str]) -> list[dict]:
-    assert lines[-1] == "[DONE]"
-    return [json.loads(line) for line in lines[:-1]]
 
 
 def stream(client: httpx.Client, **body: object) -> list[dict]:
@@ -164,29 +155,9 @@ def test_corrupt_model_fails_with_reason(spawn_worker, corrupt_model: Path) -> N
 # ---------------------------------------------------------------------------- cancel, slots
 
 
-def _start_long_stream(worker: WorkerProcess, request_id: str, got_token: threading.Event,
-                       result: dict) -> threading.Thread:
-    def run() -> None:
-        with worker.client() as client:
-            with client.stream("POST", "/v1/inference",
-                               json={"prompt": "Once upon a time", "max_tokens": 8192,
-                                     "temperature": 0, "request_id": request_id}) as r:
-                result["status"] = r.status_code
-                lines = []
-                for line in r.iter_lines():
-                    if line.startswith("data: "):
-                        lines.append(line[6:])
-                        got_token.set()
-                result["events"] = events_of(lines)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 def test_cancel_by_delete_frees_the_slot(shared_worker: WorkerProcess) -> None:
     got, result = threading.Event(), {}
-    thread = _start_long_stream(shared_worker, "req-cancel-1", got, result)
+    thread = start_long_stream(shared_worker, "req-cancel-1", got, result)
     assert got.wait(10)
     with shared_worker.client() as client:
         sent = time.monotonic()
@@ -230,7 +201,7 @@ def test_client_disconnect_cancels_generation(shared_worker: WorkerProcess) -> N
 def test_503_when_all_slots_busy(spawn_worker, tiny_model: Path) -> None:
     worker = spawn_worker(tiny_model, "--slots", "1", "--ctx-size", str(LONG_CTX))
     got, result = threading.Event(), {}
-    thread = _start_long_stream(worker, "req-busy-1", got, result)
+    thread = start_long_stream(worker, "req-busy-1", got, result)
     assert got.wait(10)
     with worker.client() as client:
         r = client.post("/v1/inference", json={"prompt": "hello", "max_tokens": 4})
@@ -379,7 +350,7 @@ def test_shutdown_while_streaming_ends_the_stream_and_exits_0(spawn_worker,
                                                              tiny_model: Path) -> None:
     worker = spawn_worker(tiny_model, "--ctx-size", str(LONG_CTX), "--drain-timeout-s", "0.5")
     got, result = threading.Event(), {}
-    thread = _start_long_stream(worker, "req-shut-1", got, result)
+    thread = start_long_stream(worker, "req-shut-1", got, result)
     assert got.wait(10)
     with worker.client() as client:
         r = client.post("/v1/admin/shutdown")
@@ -393,17 +364,17 @@ def test_shutdown_while_streaming_ends_the_stream_and_exits_0(spawn_worker,
 
 
 def test_sigterm_lets_a_short_stream_finish(spawn_worker, tiny_model: Path) -> None:
-    worker = spawn_worker(tiny_model, "--ctx-size", str(LONG_CTX))
-    got, result = threading.Event(), {}
+    worker = spawn_worker(tiny_model, "--ctx-size", str(LONG_CTX), "--drain-timeout-s", "120")
+    result: dict = {}
 
     def run() -> None:
         with worker.client() as client:
-            result["events"] = stream(client, max_tokens=3000, temperature=0)
+            result["events"] = stream(client, max_tokens=1000, temperature=0)
 
     thread = threading.Thread(target=run)
     thread.start()
     wait_for(lambda: slots_busy(worker) == 1)
     worker.proc.terminate()
-    thread.join(30)
+    thread.join(120)
     assert result["events"][-1]["stop_reason"] == "max_tokens"  # drained, not cut
     assert worker.proc.wait(15) == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import LONG_CTX, WorkerProcess, start_worker
+from conftest import LONG_CTX, WorkerProcess, start_long_stream, start_worker
 from rbee.dataplane.engine import DoneEvent, Generation, SamplingParams, TokenEvent
 from rbee.dataplane.llama_engine import LlamaEngine
 
@@ -63,26 +63,13 @@ def test_four_concurrent_streams_agree_with_one_on_the_invariants(
 
 
 def test_a_request_arriving_mid_generation_starts_at_once(four_slot_worker: WorkerProcess) -> None:
-    running = threading.Event()
-    long_done: dict = {}
-
-    def long_stream() -> None:
-        with httpx.Client(base_url=four_slot_worker.url, timeout=60) as client:
-            with client.stream("POST", "/v1/inference",
-                               json={"prompt": PROMPT, "max_tokens": 8192, "temperature": 0,
-                                     "request_id": "req-long-1"}) as r:
-                for line in r.iter_lines():
-                    running.set()
-                    if '"type": "done"' in line:
-                        long_done["at"] = time.monotonic()
-
-    thread = threading.Thread(target=long_stream)
-    thread.start()
+    running, long_result = threading.Event(), {}
+    thread = start_long_stream(four_slot_worker, "req-long-1", running, long_result)
     assert running.wait(10)
     t0 = time.monotonic()
     short = complete(four_slot_worker, "hello there", max_tokens=16)
     short_s = time.monotonic() - t0
-    still_running = "at" not in long_done
+    still_running = "events" not in long_result
     httpx.delete(f"{four_slot_worker.url}/v1/inference/req-long-1")
     thread.join(30)
     assert short["total_tokens"] == 16
@@ -94,19 +81,8 @@ def test_prompt_prefilled_in_chunks_next_to_a_running_stream(
         four_slot_worker: WorkerProcess) -> None:
     long_prompt = "the little bird saw the old king near the river " * 60  # > 64-token batches
     alone = first_token(four_slot_worker, long_prompt)
-    running = threading.Event()
-
-    def other_stream() -> None:
-        with httpx.Client(base_url=four_slot_worker.url, timeout=60) as client:
-            with client.stream("POST", "/v1/inference",
-                               json={"prompt": PROMPT, "max_tokens": 3000, "temperature": 0,
-                                     "request_id": "req-other-1"}) as r:
-                for line in r.iter_lines():
-                    if '"type": "token"' in line:
-                        running.set()
-
-    thread = threading.Thread(target=other_stream)
-    thread.start()
+    running, other_result = threading.Event(), {}
+    thread = start_long_stream(four_slot_worker, "req-other-1", running, other_result)
     assert running.wait(10)
     together = first_token(four_slot_worker, long_prompt)
     httpx.delete(f"{four_slot_worker.url}/v1/inference/req-other-1")
