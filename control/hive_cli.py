@@ -2,15 +2,143 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import os
+import stat
+import sys
+from pathlib import Path
+
 import click
+import httpx
 
 from rbee.dataplane.protocol import VERSION
+
+from .hive.config import API_KEY_ENV, DEFAULT_ADDR, DEFAULT_STATE_DIR, HiveSettings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(VERSION, prog_name="rbee-hive")
 def main() -> None:
-    """The pool manager of one node: spawns workers, keeps the model catalog.
+    """The pool manager of one node: spawns workers, keeps the model catalog."""
 
-    The daemon arrives with the hive issue.
-    """
+
+@main.command()
+@click.option("--addr", default=DEFAULT_ADDR, show_default=True,
+              help="HOST:PORT to listen on. Anything but loopback needs an API key.")
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True,
+              help="Catalog, downloaded models, worker logs and the pid file.")
+@click.option("--idle-timeout-s", type=click.FloatRange(min=0.1), default=300.0,
+              show_default=True, help="Shut down a worker idle this long.")
+@click.option("--health-interval-s", type=click.FloatRange(min=0.1), default=30.0,
+              show_default=True, help="How often each worker's /health is checked.")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"File holding the API key (mode 0600). Or set {API_KEY_ENV}.")
+@click.option("--ram-budget-mb", type=click.IntRange(min=1), default=None,
+              help="Never count on more RAM than this in the spawn preflight.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def daemon(addr: str, state_dir: str, idle_timeout_s: float, health_interval_s: float,
+           api_key_file: Path | None, ram_budget_mb: int | None, log_level: str) -> None:
+    """Run the hive (until SIGTERM: then every worker is stopped and it exits 0)."""
+    from .hive.daemon import HiveAlreadyRunning, bind, pid_lock, run_hive
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = _split_addr(addr)
+    settings = HiveSettings(
+        host=host,
+        port=port,
+        state_dir=Path(state_dir).expanduser(),
+        api_key=_read_api_key(api_key_file),
+        idle_timeout_s=idle_timeout_s,
+        health_interval_s=health_interval_s,
+        ram_budget_mb=ram_budget_mb,
+    )
+    if not settings.is_loopback and not settings.api_key:
+        raise click.UsageError(f"refusing to listen on {host} without an API key: use "
+                               f"--api-key-file or {API_KEY_ENV} (or listen on 127.0.0.1)")
+    try:
+        with pid_lock(settings.pid_path):
+            try:
+                sock = bind(host, port)
+            except OSError as exc:
+                raise click.ClickException(f"cannot listen on {addr}: {exc.strerror}") from None
+            asyncio.run(run_hive(settings, sock))
+    except HiveAlreadyRunning as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--addr", default=DEFAULT_ADDR, show_default=True)
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def status(addr: str, api_key_file: Path | None) -> None:
+    """Is the hive on this node up, and what runs on it."""
+    body = _get(addr, "/v1/workers/list", api_key_file)
+    health = _get(addr, "/v1/health", api_key_file)
+    click.echo(f"rbee-hive {health['version']} at http://{addr}: {len(body['workers'])} worker(s)")
+    for w in body["workers"]:
+        click.echo(f"  {w['worker_id']}  {w['state']:<8} {w['model_ref']}  {w['url']}  "
+                   f"slots {w['slots_busy']}/{w['slots_total']}")
+
+
+@main.group()
+def models() -> None:
+    """The node's model catalog."""
+
+
+@models.command("list")
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_list(state_dir: str, as_json: bool) -> None:
+    """Models in the catalog (read from the state dir; the hive need not run)."""
+    from .hive.catalog import ModelCatalog
+
+    path = Path(state_dir).expanduser() / "catalog.db"
+    entries = ModelCatalog(path).list() if path.exists() else []
+    if as_json:
+        click.echo(json.dumps([e.to_json() for e in entries], indent=2))
+        return
+    if not entries:
+        click.echo("No models in the catalog.")
+    for e in entries:
+        click.echo(f"{e.reference}  {e.size_bytes >> 20} MB  {e.local_path}")
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise click.BadParameter(f"{addr!r} is not HOST:PORT", param_hint="--addr")
+    return host.strip("[]"), int(port)
+
+
+def _read_api_key(path: Path | None) -> str | None:
+    if path is None:
+        return os.environ.pop(API_KEY_ENV, None) or None
+    path = path.expanduser()
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--api-key-file") from None
+    if stat.S_IMODE(mode) & 0o077:
+        raise click.BadParameter(
+            f"{path} is readable by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it",
+            param_hint="--api-key-file")
+    key = path.read_text().strip()
+    if not key:
+        raise click.BadParameter(f"{path} is empty", param_hint="--api-key-file")
+    return key
+
+
+def _get(addr: str, path: str, api_key_file: Path | None) -> dict:
+    key = _read_api_key(api_key_file)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(f"http://{addr}{path}", headers=headers, timeout=10)
+    except httpx.TransportError:
+        raise click.ClickException(f"no hive answers at {addr}: start it with "
+                                   "`rbee-hive daemon`") from None
+    if response.status_code >= 400:
+        raise click.ClickException(response.json().get("error", {}).get("message", response.text))
+    return response.json()

@@ -1,21 +1,30 @@
-"""The worker's lifecycle: named states and the one table of allowed transitions (DESIGN §4)."""
+"""Named states and explicit tables of allowed transitions.
+
+`StateMachine` is the one mechanism; `WORKER_TRANSITIONS` is the worker's own lifecycle
+(DESIGN §4). The hive keeps its view of each worker with a table of its own.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Generic, TypeVar
+
 from .protocol import WorkerState
 
 log = logging.getLogger(__name__)
+S = TypeVar("S", bound=StrEnum)
 
-S = WorkerState
-TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
-    S.STARTING: frozenset({S.LOADING, S.FAILED, S.DRAINING}),
-    S.LOADING: frozenset({S.IDLE, S.FAILED, S.DRAINING}),
-    S.IDLE: frozenset({S.BUSY, S.DRAINING}),
-    S.BUSY: frozenset({S.IDLE, S.DRAINING}),
-    S.DRAINING: frozenset({S.STOPPED}),
-    S.FAILED: frozenset({S.DRAINING}),
-    S.STOPPED: frozenset(),
+W = WorkerState
+WORKER_TRANSITIONS: Mapping[WorkerState, frozenset[WorkerState]] = {
+    W.STARTING: frozenset({W.LOADING, W.FAILED, W.DRAINING}),
+    W.LOADING: frozenset({W.IDLE, W.FAILED, W.DRAINING}),
+    W.IDLE: frozenset({W.BUSY, W.DRAINING}),
+    W.BUSY: frozenset({W.IDLE, W.DRAINING}),
+    W.DRAINING: frozenset({W.STOPPED}),
+    W.FAILED: frozenset({W.DRAINING}),
+    W.STOPPED: frozenset(),
 }
 
 
@@ -23,28 +32,37 @@ class InvalidTransition(RuntimeError):
     pass
 
 
-class Lifecycle:
-    """Holds the current state; every change goes through `to()` and the table above."""
+class StateMachine(Generic[S]):
+    """Holds the current state; every change goes through `to()` and the table."""
 
-    def __init__(self) -> None:
-        self._state = WorkerState.STARTING
+    def __init__(self, transitions: Mapping[S, frozenset[S]], initial: S, *, name: str = "") -> None:
+        self._table = transitions
+        self._state = initial
+        self._name = name
 
     @property
-    def state(self) -> WorkerState:
+    def state(self) -> S:
         return self._state
 
-    def can(self, new: WorkerState) -> bool:
-        return new in TRANSITIONS[self._state]
+    def can(self, new: S) -> bool:
+        return new in self._table[self._state]
 
-    def to(self, new: WorkerState) -> None:
+    def to(self, new: S) -> None:
         if new is self._state:
             return
         if not self.can(new):
-            raise InvalidTransition(f"{self._state} -> {new} is not allowed")
+            raise InvalidTransition(f"{self._name or 'state'}: {self._state} -> {new} is not allowed")
         old, self._state = self._state, new
-        log.debug("state %s -> %s", old, new)
+        log.debug("%s: %s -> %s", self._name or "state", old, new)
+
+
+class Lifecycle(StateMachine[WorkerState]):
+    """The worker process's own lifecycle."""
+
+    def __init__(self) -> None:
+        super().__init__(WORKER_TRANSITIONS, WorkerState.STARTING, name="worker")
 
     @property
     def serving(self) -> bool:
         """True when new requests are accepted."""
-        return self._state in (WorkerState.IDLE, WorkerState.BUSY)
+        return self.state in (WorkerState.IDLE, WorkerState.BUSY)

@@ -42,6 +42,7 @@ class Worker:
         self.url = ""  # set once the server is bound
         self.load_error: str | None = None
         self.slots_busy = 0
+        self._last_activity = time.monotonic()  # start or end of the latest request
         self.stopped = asyncio.Event()
         self._generations: dict[str, Generation] = {}
         self._progress = LoadProgress(0, 0, 0)
@@ -130,8 +131,15 @@ class Worker:
             "model_ref": self.settings.model_ref,
             "slots_total": self.settings.slots,
             "slots_busy": self.slots_busy,
+            "idle_s": self.idle_seconds(),
             "version": VERSION,
         }
+
+    def idle_seconds(self) -> float:
+        """How long no request has been in flight (0 while one is): the hive's idle timer."""
+        if self.slots_busy:
+            return 0.0
+        return round(time.monotonic() - self._last_activity, 3)
 
     def readiness(self) -> dict[str, Any]:
         state = self.lifecycle.state
@@ -181,6 +189,7 @@ class Worker:
             raise ApiError(ErrorCode.INVALID_REQUEST, f"request_id: {request_id} is already running",
                            details={"field": "request_id"})
         gen = Generation(request_id, prompt_tokens, params, asyncio.get_running_loop())
+        self._last_activity = time.monotonic()
         self.slots_busy += 1
         self.metrics.slots_busy.set(self.slots_busy)
         self._generations[request_id] = gen
@@ -193,6 +202,7 @@ class Worker:
     async def _release_when_finished(self, gen: Generation) -> None:
         await gen.finished.wait()
         self._generations.pop(gen.request_id, None)
+        self._last_activity = time.monotonic()
         self.slots_busy -= 1
         self.metrics.slots_busy.set(self.slots_busy)
         if self.slots_busy == 0 and self.lifecycle.state is WorkerState.BUSY:

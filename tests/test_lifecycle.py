@@ -1,6 +1,7 @@
 import pytest
 
-from rbee.dataplane.lifecycle import TRANSITIONS, InvalidTransition, Lifecycle
+from rbee.dataplane.lifecycle import WORKER_TRANSITIONS as TRANSITIONS
+from rbee.dataplane.lifecycle import InvalidTransition, Lifecycle
 from rbee.dataplane.protocol import WorkerState as S
 
 

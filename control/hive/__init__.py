@@ -1,0 +1,1 @@
+"""rbee-hive: the pool manager of one node (worker lifecycle, model catalog, downloads)."""

@@ -1,0 +1,116 @@
+"""Running the hive: pid file lock, HTTP server, health and idle loops, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import IO
+
+import httpx
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from rbee.dataplane.protocol import VERSION
+
+from .app import create_app
+from .catalog import ModelCatalog
+from .config import HiveSettings
+from .downloads import DownloadManager
+from .logs import LogBuffer
+from .registry import WorkerRegistry
+
+log = logging.getLogger("rbee.hive")
+
+
+class HiveAlreadyRunning(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def pid_lock(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on the pid file for the life of the hive.
+
+    A lock, not just a file: it is released by the kernel if the hive dies, so a stale pid
+    file never blocks a restart.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = open(path, "a+")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        other = handle.read().strip() or "?"
+        handle.close()
+        raise HiveAlreadyRunning(
+            f"another rbee-hive (pid {other}) is running with state dir {path.parent}"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.seek(0)
+        handle.truncate()
+        handle.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family, backlog=128)
+
+
+async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
+    settings = replace(settings, port=sock.getsockname()[1])
+    loop = asyncio.get_running_loop()
+    logs = LogBuffer(settings.log_buffer_lines, loop)
+    logging.getLogger().addHandler(logs)
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    async with httpx.AsyncClient() as http:
+        catalog = ModelCatalog(settings.catalog_path)
+        downloads = DownloadManager(catalog, settings.models_dir)
+        registry = WorkerRegistry(settings, http)
+        app = create_app(registry, downloads, logs, settings.api_key)
+        config = Config()
+        config.bind = [f"fd://{sock.fileno()}"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = 3.0
+        log.info("rbee-hive %s listening on http://%s:%d (state %s)", VERSION, settings.host,
+                 settings.port, settings.state_dir)
+        loops = [
+            asyncio.create_task(_every(settings.health_interval_s, registry.check_health)),
+            asyncio.create_task(_every(settings.idle_check_interval_s, registry.stop_idle)),
+        ]
+        try:
+            await serve(app, config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+        finally:
+            for task in loops:
+                task.cancel()
+            log.info("shutting down %d worker(s)", len(registry.list()))
+            await registry.stop_all()
+            await downloads.aclose()
+            catalog.close()
+            logging.getLogger().removeHandler(logs)
+            log.info("stopped")
+
+
+async def _every(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await job()
+        except Exception:  # a loop that dies silently would stop watching workers
+            log.exception("background check failed")

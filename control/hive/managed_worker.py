@@ -1,0 +1,216 @@
+"""ManagedWorker: the hive's one object per worker process, its states and transitions.
+
+It owns the child process (start, health probe, graceful stop escalating to SIGTERM and
+SIGKILL) and everything the hive knows of it: pid, url, key, model, slots, last activity,
+last health check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rbee.dataplane.config import API_KEY_ENV as WORKER_KEY_ENV
+from rbee.dataplane.lifecycle import StateMachine
+
+log = logging.getLogger(__name__)
+
+
+class ManagedState(StrEnum):
+    STARTING = "starting"  # process started, not yet serving HTTP
+    LOADING = "loading"  # serving, model loading
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"  # asked to shut down
+    STOPPED = "stopped"  # exited after a shutdown
+    FAILED = "failed"  # the model could not be loaded, or the process died while starting
+    CRASHED = "crashed"  # died or stopped answering after it was up
+
+
+M = ManagedState
+MANAGED_TRANSITIONS: Mapping[ManagedState, frozenset[ManagedState]] = {
+    M.STARTING: frozenset({M.LOADING, M.FAILED, M.DRAINING}),
+    M.LOADING: frozenset({M.IDLE, M.BUSY, M.FAILED, M.DRAINING, M.CRASHED}),
+    M.IDLE: frozenset({M.BUSY, M.DRAINING, M.CRASHED}),
+    M.BUSY: frozenset({M.IDLE, M.DRAINING, M.CRASHED}),
+    M.DRAINING: frozenset({M.STOPPED, M.CRASHED}),
+    M.FAILED: frozenset({M.DRAINING, M.STOPPED}),
+    M.STOPPED: frozenset(),
+    M.CRASHED: frozenset(),
+}
+LIVE_STATES = frozenset({M.STARTING, M.LOADING, M.IDLE, M.BUSY})
+LOG_TAIL_LINES = 20
+
+
+@dataclass
+class WorkerSpec:
+    model_ref: str
+    model_path: Path
+    backend: str = "cpu"
+    device: int = 0
+    slots: int = 1
+    ctx_size: int = 2048
+
+
+@dataclass
+class ManagedWorker:
+    worker_id: str
+    spec: WorkerSpec
+    log_path: Path
+    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    url: str = ""
+    pid: int | None = None
+    slots_busy: int = 0
+    created_at: float = field(default_factory=time.time)
+    last_activity: float = field(default_factory=time.time)  # wall clock, for the API
+    last_health_check: float | None = None
+    health_failures: int = 0
+    error: str | None = None
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    serving: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self.machine = StateMachine(MANAGED_TRANSITIONS, M.STARTING, name=self.worker_id)
+
+    @property
+    def state(self) -> ManagedState:
+        return self.machine.state
+
+    def to(self, state: ManagedState) -> bool:
+        """Moves to `state` when the table allows it; returns whether it did."""
+        if not self.machine.can(state):
+            return False
+        self.machine.to(state)
+        return True
+
+    # ----------------------------------------------------------------- process
+
+    def start(self, *, host: str, callback_url: str) -> None:
+        """Starts `rbee-worker`; the key travels by environment, never argv."""
+        argv = [
+            sys.executable, "-m", "rbee.dataplane",
+            "--model", str(self.spec.model_path),
+            "--host", host,
+            "--port", "0",
+            "--worker-id", self.worker_id,
+            "--slots", str(self.spec.slots),
+            "--ctx-size", str(self.spec.ctx_size),
+            "--backend", self.spec.backend,
+            "--device", str(self.spec.device),
+            "--callback-url", callback_url,
+        ]
+        env = {**os.environ, WORKER_KEY_ENV: self.api_key}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env
+            )
+        self.pid = self._proc.pid
+        log.info("worker %s started (pid %d) for %s", self.worker_id, self.pid, self.spec.model_ref)
+
+    def exited(self) -> int | None:
+        """The exit code once the process has ended (reaping it: a zombie counts as dead)."""
+        return self._proc.poll() if self._proc else None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def probe(self, client: httpx.AsyncClient, timeout_s: float) -> dict[str, Any] | None:
+        """GET /health: the worker's own report, or None when it does not answer."""
+        if not self.url:
+            return None
+        try:
+            response = await client.get(f"{self.url}/health", timeout=timeout_s)
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    async def stop(self, client: httpx.AsyncClient, *, graceful_s: float, terminate_s: float) -> None:
+        """Graceful shutdown, then SIGTERM, then SIGKILL; returns once the process is gone."""
+        self.to(M.DRAINING)
+        if self.exited() is None and self.url:
+            try:
+                await client.post(f"{self.url}/v1/admin/shutdown",
+                                  headers={"Authorization": f"Bearer {self.api_key}"}, timeout=5)
+            except httpx.HTTPError as exc:
+                log.warning("worker %s: shutdown request failed: %s", self.worker_id, exc)
+        if not await self._wait_exit(graceful_s if self.url else 0):
+            self._signal(signal.SIGTERM)
+            if not await self._wait_exit(terminate_s):
+                log.warning("worker %s did not stop: SIGKILL", self.worker_id)
+                self._signal(signal.SIGKILL)
+                await self._wait_exit(5)
+        self.to(M.STOPPED)
+        log.info("worker %s stopped", self.worker_id)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.send_signal(sig)
+
+    async def _wait_exit(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.exited() is None:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    # ----------------------------------------------------------------- reports
+
+    def observe(self, health: dict[str, Any]) -> None:
+        """Takes in the worker's /health answer (or its callback)."""
+        self.last_health_check = time.time()
+        self.health_failures = 0
+        self.slots_busy = int(health.get("slots_busy", self.slots_busy))
+        idle_s = health.get("idle_s")
+        if isinstance(idle_s, int | float):
+            self.last_activity = time.time() - float(idle_s)
+        reported = health.get("state")
+        if reported in (M.IDLE, M.BUSY, M.LOADING, M.FAILED):
+            self.to(M(reported))
+
+    @property
+    def idle_s(self) -> float:
+        return 0.0 if self.slots_busy else time.time() - self.last_activity
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "state": str(self.state),
+            "model_ref": self.spec.model_ref,
+            "url": self.url,
+            "pid": self.pid,
+            "backend": self.spec.backend,
+            "device": self.spec.device,
+            "slots_total": self.spec.slots,
+            "slots_busy": self.slots_busy,
+            "created_at": _iso(self.created_at),
+            "last_activity": _iso(self.last_activity),
+            "last_health_check": _iso(self.last_health_check) if self.last_health_check else None,
+            "error": self.error,
+        }
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -1,0 +1,79 @@
+"""A real `rbee-hive daemon` child process for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+from conftest import BIN, free_port
+
+
+@dataclass
+class HiveProcess:
+    proc: subprocess.Popen[bytes]
+    url: str
+    state_dir: Path
+    log_path: Path
+    api_key: str | None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        try:
+            return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout_s: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                for pid in self.worker_pids():
+                    os.kill(pid, signal.SIGKILL)
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_hive(state_dir: Path, *args: str, api_key: str | None = None,
+               env: dict[str, str] | None = None) -> HiveProcess:
+    port = free_port()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    argv = [str(BIN / "rbee-hive"), "daemon", "--addr", f"127.0.0.1:{port}",
+            "--state-dir", str(state_dir), *args]
+    if api_key:
+        key_file = state_dir / "hive.key"
+        key_file.write_text(api_key)
+        key_file.chmod(0o600)
+        argv += ["--api-key-file", str(key_file)]
+    log_path = state_dir / "hive-test.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+    hive = HiveProcess(proc, f"http://127.0.0.1:{port}", state_dir, log_path, api_key)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(f"{hive.url}/v1/health", timeout=1)
+            return hive
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"hive did not start\n{hive.log()}") from None
+            time.sleep(0.05)
