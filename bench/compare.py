@@ -277,7 +277,7 @@ def bench_in_process(path: str, args: argparse.Namespace, prompts: Iterator[str]
                     if guard.accept(other, attempt, f"in-process, {n} streams"):
                         break
                 rows[n].append(row)
-        del llm
+        llm.close()
     return rows, {"before": before, "loaded": loaded, "peak": rss.peak}, texts
 
 
@@ -439,7 +439,7 @@ def main() -> None:
     args.streams = [int(s) for s in args.streams.split(",")]
 
     try:
-        import llama_cpp.server  # noqa: F401  (only checks that the extra deps are there)
+        import llama_cpp.server.app  # noqa: F401  (checks that its extra deps are there)
     except ImportError as exc:
         raise SystemExit(f"llama_cpp.server is not importable ({exc}): run `make bench-compare`, "
                          "which installs llama-cpp-python[server] into bench/.venv") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import events_of, sse_data
 from hive_process import HiveProcess, start_hive
+from model_server import ModelServer
 
 KEY = "hive-test-key-42"
 
@@ -285,3 +287,104 @@ def test_sigterm_stops_every_worker_and_leaves_no_child(tmp_path: Path, tiny_mod
         assert httpx.get(f"{again.url}/v1/workers/list").json()["workers"] == []
     finally:
         assert again.stop() == 0
+
+
+# ---------------------------------------------------------------------------- downloads
+
+
+@pytest.fixture(scope="module")
+def internet() -> Iterator[ModelServer]:
+    """A loopback stand-in for the internet and the Hugging Face hub."""
+    with ModelServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def online_hive(internet: ModelServer, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[HiveProcess]:
+    process = start_hive(tmp_path_factory.mktemp("online-hive"),
+                         env={"HF_ENDPOINT": internet.url})
+    yield process
+    assert process.stop() == 0
+
+
+def test_spawn_downloads_resumes_and_serves(online_hive: HiveProcess, internet: ModelServer,
+                                           tiny_model: Path) -> None:
+    data = tiny_model.read_bytes()
+    url = internet.add("/models/resumed.gguf", data, drop_after=len(data) // 2)
+    worker = spawn(online_hive, url)
+    assert internet.count("/models/resumed.gguf") == 2
+    assert internet.requests("/models/resumed.gguf")[1].range == f"bytes={len(data) // 2}-"
+    wait_ready(worker)
+    entry = next(m for m in httpx.get(f"{online_hive.url}/v1/models").json()["models"]
+                 if m["reference"] == url)
+    assert Path(entry["local_path"]).read_bytes() == data
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    httpx.post(f"{online_hive.url}/v1/workers/{worker['worker_id']}/shutdown", timeout=60)
+
+
+def test_download_progress_streams_to_complete(online_hive: HiveProcess, internet: ModelServer,
+                                              tiny_model: Path) -> None:
+    data = tiny_model.read_bytes()
+    url = internet.add("/models/slow.gguf", data, bytes_per_s=len(data) * 2)  # ~0.5 s
+    events = provision(online_hive, url)
+    progress = [e for e in events if e["stage"] == "downloading"]
+    assert progress and progress[-1]["bytes_total"] == len(data)
+    assert all(e["bytes_downloaded"] <= len(data) for e in progress)
+    assert events[-1]["stage"] == "complete" and events[-1]["local_path"].endswith(".gguf")
+    again = httpx.post(f"{online_hive.url}/v1/models/download", json={"model_ref": url})
+    assert again.status_code == 200 and again.json()["local_path"] == events[-1]["local_path"]
+
+
+def test_download_fails_after_6_attempts(online_hive: HiveProcess, internet: ModelServer) -> None:
+    url = internet.add("/models/broken.gguf", b"", status=503)
+    events = provision(online_hive, url)
+    assert [e["attempt"] for e in events if e["stage"] == "retrying"] == [2, 3, 4, 5, 6]
+    failed = events[-1]
+    assert failed["stage"] == "failed" and failed["error"]["code"] == "DOWNLOAD_FAILED"
+    assert "after 6 attempts" in failed["error"]["message"]
+    assert internet.count("/models/broken.gguf") == 6
+    r = httpx.post(f"{online_hive.url}/v1/workers/spawn", json={"model_ref": url}, timeout=60)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "DOWNLOAD_FAILED"
+
+
+def test_two_requests_for_one_model_download_once(online_hive: HiveProcess,
+                                                  internet: ModelServer,
+                                                  tiny_model: Path) -> None:
+    data = tiny_model.read_bytes()
+    url = internet.add("/models/shared.gguf", data, bytes_per_s=len(data) * 2)
+    with online_hive.client() as client:
+        first = client.post("/v1/models/download", json={"model_ref": url}).json()
+        second = client.post("/v1/models/download", json={"model_ref": url}).json()
+    assert first["download_id"] == second["download_id"]
+    assert provision(online_hive, url)[-1]["stage"] == "complete"
+    assert internet.count("/models/shared.gguf") == 1
+
+
+def test_hf_model_through_hf_endpoint(online_hive: HiveProcess, internet: ModelServer,
+                                      tiny_model: Path) -> None:
+    internet.add_hub_file("rbee-test/tiny-GGUF", "tiny.q8_0.gguf", tiny_model.read_bytes())
+    events = provision(online_hive, "hf:rbee-test/tiny-GGUF")  # the repo's only .gguf
+    assert events[-1]["stage"] == "complete"
+    worker = spawn(online_hive, "hf:rbee-test/tiny-GGUF:tiny.q8_0.gguf")
+    wait_ready(worker)
+    httpx.post(f"{online_hive.url}/v1/workers/{worker['worker_id']}/shutdown", timeout=60)
+
+
+def test_delete_model(online_hive: HiveProcess, internet: ModelServer, tiny_model: Path) -> None:
+    url = internet.add("/models/deleted.gguf", tiny_model.read_bytes())
+    worker = spawn(online_hive, url)
+    local = Path(next(m for m in httpx.get(f"{online_hive.url}/v1/models").json()["models"]
+                      if m["reference"] == url)["local_path"])
+    with online_hive.client() as client:
+        busy = client.delete(f"/v1/models/{url}")
+        assert busy.status_code == 409 and worker["worker_id"] in busy.json()["error"]["message"]
+        client.post(f"/v1/workers/{worker['worker_id']}/shutdown")
+        assert client.delete(f"/v1/models/{url}").status_code == 204
+        assert not local.exists()
+        gone = client.delete(f"/v1/models/{url}")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "MODEL_NOT_FOUND"
+        # a file: model is forgotten, never deleted
+        assert provision(online_hive, f"file:{tiny_model}")[-1]["stage"] == "complete"
+        assert client.delete(f"/v1/models/file:{tiny_model}").status_code == 204
+        assert tiny_model.exists()

@@ -123,7 +123,7 @@ def test_local_filename_is_safe_stable_and_collision_free() -> None:
             "https://b.example/m/model.gguf",
             "hf:org/repo:model.gguf",
             "hf:org/repo",
-            "hf:org/repo:sub/My%Model+v1.Q8_0.gguf".replace("%", ""),
+            "hf:org/repo:sub/MyModel+v1.Q8_0.gguf",
             "http://127.0.0.1:8000/a%20b%2F..%2Fc.gguf",
             "file:/models/.hidden.gguf",
             "pkg:gemma3-270m",
