@@ -9,13 +9,13 @@ every form names a `.gguf` file (or a bundled package).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 from urllib.parse import unquote
 
+from rbee.dataplane.config import is_loopback_host
 from rbee.dataplane.model_file import BUNDLED_MODELS
 
 Provider = Literal["pkg", "file", "https", "hf"]
@@ -135,7 +135,7 @@ def _parse_url(ref: str) -> ModelRef:
     scheme, host = match["scheme"].lower(), match["host"].lower()
     # Plain http only to this machine: a loopback server stands in for the internet in tests;
     # anywhere else a download must be authenticated and private (https).
-    if scheme == "http" and not _is_loopback(host):
+    if scheme == "http" and not is_loopback_host(host):
         raise InvalidModelRef(ref, "http:// is allowed for loopback hosts only; use https://")
     port = int(match["port"]) if match["port"] else None
     if port is not None and not 0 < port < 65536:
@@ -179,11 +179,3 @@ def _parse_hf(ref: str, rest: str) -> ModelRef:
 def _is_gguf_name(name: str) -> bool:
     return len(name) > len(".gguf") and name.lower().endswith(".gguf")
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
