@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 
-from rbee.control.worker_client import WorkerClient, WorkerError
+from rbee.control.api_client import RemoteError
+from rbee.control.worker_client import WorkerClient
 
 MODEL = "pkg:gemma3-270m"
 LOAD_TIMEOUT_S = 300
@@ -60,7 +61,7 @@ async def run(prompt: str) -> int:
                     return 1
             await client.shutdown()
         return proc.wait(timeout=30)
-    except WorkerError as exc:
+    except RemoteError as exc:
         print(f"Error: {exc.message}", file=sys.stderr)
         return 1
     finally:

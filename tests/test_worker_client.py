@@ -8,7 +8,8 @@ from contextlib import aclosing
 import pytest
 
 from conftest import WorkerProcess
-from rbee.control.worker_client import WorkerClient, WorkerError
+from rbee.control.api_client import RemoteError
+from rbee.control.worker_client import WorkerClient
 
 
 def client_for(worker: WorkerProcess, key: str | None = "use-worker-key") -> WorkerClient:
@@ -40,11 +41,11 @@ def test_stream_yields_the_events_in_order(shared_worker: WorkerProcess) -> None
 def test_errors_become_worker_errors(shared_worker: WorkerProcess) -> None:
     async def main() -> None:
         async with client_for(shared_worker, key="wrong") as client:
-            with pytest.raises(WorkerError) as info:
+            with pytest.raises(RemoteError) as info:
                 await client.ready()
             assert (info.value.code, info.value.status) == ("INVALID_API_KEY", 401)
         async with client_for(shared_worker) as client:
-            with pytest.raises(WorkerError) as info:
+            with pytest.raises(RemoteError) as info:
                 async for _ in client.stream("x", max_tokens=0):
                     pass
             assert info.value.code == "INVALID_REQUEST"

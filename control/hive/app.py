@@ -24,7 +24,7 @@ from .logs import LogBuffer
 from .managed_worker import LIVE_STATES, ManagedState, WorkerSpec
 from .model_refs import InvalidModelRef, parse_model_ref
 from .preflight import check_backend, check_ram
-from .registry import WorkerRegistry
+from .pool import WorkerPool
 
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/workers/ready"})
 
@@ -54,7 +54,7 @@ class ReadyCallback(BaseModel):
 
 
 def create_app(
-    registry: WorkerRegistry, downloads: DownloadManager, logs: LogBuffer, api_key: str | None
+    pool: WorkerPool, downloads: DownloadManager, logs: LogBuffer, api_key: str | None
 ) -> Starlette:
     metrics = CollectorRegistry()
     workers_gauge = Gauge("rbee_hive_workers", "Workers by state", ["state"], registry=metrics)
@@ -80,11 +80,11 @@ def create_app(
         except DownloadError as exc:
             spawns.labels("download_failed").inc()
             raise ApiError(exc.code, exc.message, details={"model_ref": ref}) from None
-        check_ram(entry.size_bytes, registry.settings.ram_budget_mb)
+        check_ram(entry.size_bytes, pool.settings.ram_budget_mb)
         spec = WorkerSpec(model_ref=ref, model_path=entry.local_path, backend=body.backend,
                           device=body.device, slots=body.slots, ctx_size=body.ctx_size)
         try:
-            worker = await registry.spawn(spec)
+            worker = await pool.spawn(spec)
         except ApiError:
             spawns.labels("failed").inc()
             raise
@@ -95,14 +95,14 @@ def create_app(
     async def worker_ready(request: Request) -> JSONResponse:
         body = await read_body(request, ReadyCallback)
         presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        worker = registry.accept_callback(presented, body.model_dump())
+        worker = pool.accept_callback(presented, body.model_dump())
         return JSONResponse({"worker_id": worker.worker_id, "state": str(worker.state)})
 
     async def workers_list(_request: Request) -> JSONResponse:
-        return JSONResponse({"workers": [w.to_json() for w in registry.list()]})
+        return JSONResponse({"workers": [w.to_json() for w in pool.list()]})
 
     async def worker_shutdown(request: Request) -> JSONResponse:
-        worker = await registry.stop(request.path_params["worker_id"])
+        worker = await pool.stop(request.path_params["worker_id"])
         return JSONResponse({"worker_id": worker.worker_id, "state": str(worker.state)})
 
     async def models_list(_request: Request) -> JSONResponse:
@@ -133,7 +133,7 @@ def create_app(
 
     async def model_delete(request: Request) -> Response:
         ref = model_ref_of(request.path_params["ref"])
-        users = [w.worker_id for w in registry.list()
+        users = [w.worker_id for w in pool.list()
                  if w.spec.model_ref == ref and w.state in LIVE_STATES]
         if users:
             raise ApiError(ErrorCode.INVALID_REQUEST,
@@ -155,11 +155,11 @@ def create_app(
 
     async def metrics_endpoint(_request: Request) -> Response:
         counts = {state: 0 for state in ManagedState}
-        for worker in registry.list():
+        for worker in pool.list():
             counts[worker.state] += 1
         for state, count in counts.items():
             workers_gauge.labels(str(state)).set(count)
-        crashes.set(registry.crashes)
+        crashes.set(pool.crashes)
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     routes = [

@@ -25,7 +25,7 @@ from .catalog import ModelCatalog
 from .config import HiveSettings
 from .downloads import DownloadManager
 from .logs import LogBuffer
-from .registry import WorkerRegistry
+from .pool import WorkerPool
 
 log = logging.getLogger("rbee.hive")
 
@@ -81,8 +81,8 @@ async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
     async with httpx.AsyncClient() as http:
         catalog = ModelCatalog(settings.catalog_path)
         downloads = DownloadManager(catalog, settings.models_dir)
-        registry = WorkerRegistry(settings, http)
-        app = create_app(registry, downloads, logs, settings.api_key)
+        pool = WorkerPool(settings, http)
+        app = create_app(pool, downloads, logs, settings.api_key)
         config = Config()
         config.bind = [f"fd://{sock.fileno()}"]
         config.accesslog = None
@@ -91,16 +91,16 @@ async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
         log.info("rbee-hive %s listening on http://%s:%d (state %s)", VERSION, settings.host,
                  settings.port, settings.state_dir)
         loops = [
-            asyncio.create_task(_every(settings.health_interval_s, registry.check_health)),
-            asyncio.create_task(_every(settings.idle_check_interval_s, registry.stop_idle)),
+            asyncio.create_task(_every(settings.health_interval_s, pool.check_health)),
+            asyncio.create_task(_every(settings.idle_check_interval_s, pool.stop_idle)),
         ]
         try:
             await serve(app, config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
         finally:
             for task in loops:
                 task.cancel()
-            log.info("shutting down %d worker(s)", len(registry.list()))
-            await registry.stop_all()
+            log.info("shutting down %d worker(s)", len(pool.list()))
+            await pool.stop_all()
             await downloads.aclose()
             catalog.close()
             logging.getLogger().removeHandler(logs)

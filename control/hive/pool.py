@@ -1,4 +1,4 @@
-"""WorkerRegistry: the hive's workers, how they are spawned, watched and stopped."""
+"""WorkerPool: the hive's workers, how they are spawned, watched and stopped."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .managed_worker import LIVE_STATES, ManagedState, ManagedWorker, WorkerSpec
 log = logging.getLogger(__name__)
 
 
-class WorkerRegistry:
+class WorkerPool:
     def __init__(self, settings: HiveSettings, http: httpx.AsyncClient) -> None:
         self.settings = settings
         self._http = http
