@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python scripts/run_local.py "write a short story"
+	$(BIN)/rbee infer "write a short story"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

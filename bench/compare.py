@@ -150,6 +150,7 @@ class ForeignCpu:
         wall = time.perf_counter() - self._t0
         ours = self._ours() - self._ours0
         d = {k: v - self._busy0[k] for k, v in self._busy().items()}
+        self.wall = wall
         self.cores = max(0.0, d["busy"] - ours) / wall
         self.steal = d["steal"] / wall
         self.irq = d["irq"] / wall
@@ -160,28 +161,32 @@ class Guard:
 
     Before each repetition it waits (up to --quiet-wait-s) until at most --max-other cores are
     busy elsewhere; a repetition during which more went elsewhere is run again with fresh
-    prompts, up to --redo times, until the run's time budget is spent. Kept repetitions that
+    prompts, up to --redo times. Waits and reruns draw on one budget for the whole run
+    (--extra-s), so a busy machine cannot stretch the run without bound; kept repetitions that
     were still disturbed are counted and reported.
     """
 
-    def __init__(self, args: argparse.Namespace, deadline: float) -> None:
+    def __init__(self, args: argparse.Namespace, budget: list[float]) -> None:
         self.args = args
-        self.deadline = deadline
+        self.budget = budget  # [seconds left], shared by the backends' guards
         self.redone = 0
         self.disturbed = 0
         self.worst = 0.0
 
     def quiet(self) -> None:
-        until = min(time.monotonic() + self.args.quiet_wait_s, self.deadline)
+        start = time.monotonic()
+        until = start + min(self.args.quiet_wait_s, max(0.0, self.budget[0]))
         while True:
             with ForeignCpu([os.getpid()]) as probe:
                 time.sleep(0.3)
             if probe.cores <= self.args.max_other or time.monotonic() >= until:
-                return
+                break
+        self.budget[0] -= time.monotonic() - start
 
     def accept(self, other: ForeignCpu, attempt: int, what: str) -> bool:
         if other.cores > self.args.max_other:
-            if attempt < self.args.redo and time.monotonic() < self.deadline:
+            if attempt < self.args.redo and self.budget[0] > other.wall:
+                self.budget[0] -= other.wall
                 self.redone += 1
                 print(f"    {what}: {other.cores:.2f} cores went elsewhere; running it again",
                       flush=True)
@@ -433,8 +438,8 @@ def main() -> None:
     parser.add_argument("--redo", type=int, default=2, help="reruns allowed per repetition")
     parser.add_argument("--quiet-wait-s", type=float, default=15,
                         help="longest wait for a quiet machine before each repetition")
-    parser.add_argument("--budget-s", type=float, default=480,
-                        help="no reruns or waits once the run has taken this long")
+    parser.add_argument("--extra-s", type=float, default=150,
+                        help="most seconds spent, over the whole run, on reruns and waits")
     args = parser.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
 
@@ -464,7 +469,7 @@ def main() -> None:
 
     # Each backend gets the same prompt sequence (a fresh prompt_stream()).
     started = time.perf_counter()
-    deadline = time.monotonic() + args.budget_s
+    budget = [args.extra_s]
     reps: dict[str, dict[int, list[Row]]] = {}
     info: dict[str, dict[str, Any]] = {}
     texts: dict[str, dict[str, str]] = {}
@@ -474,7 +479,7 @@ def main() -> None:
     if not args.skip_in_process:
         runs.insert(0, ("in-process", bench_in_process, path))
     for name, bench, model in runs:
-        guards[name] = Guard(args, deadline)
+        guards[name] = Guard(args, budget)
         reps[name], info[name], texts[name] = bench(model, args, prompt_stream(), guards[name])
         print(f"  {name} done ({time.perf_counter() - started:.0f} s)", flush=True)
     results = {name: {n: median_row(r) for n, r in by_n.items()} for name, by_n in reps.items()}

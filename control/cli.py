@@ -2,16 +2,85 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
+
 import click
 
+from rbee.dataplane.config import DEFAULT_MODEL_REF, MAX_TOKENS_LIMIT
 from rbee.dataplane.protocol import VERSION
+
+from .console import Console
+from .infer import InferRequest, run_infer
+from .inventory import Inventory, InventoryError, find_inventory, load_inventory
+from .node_access import LocalNodeAccess
+from .worker_registry import WorkerRegistry
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--inventory", "inventory_path", default=None, metavar="FILE",
+              help="inventory.toml (else $RBEE_INVENTORY, ~/.config/rbee/inventory.toml, "
+                   "the bundled example).")
 @click.version_option(VERSION, prog_name="rbee")
-def main() -> None:
-    """Run LLM inference on the machines you already own.
+@click.pass_context
+def main(ctx: click.Context, inventory_path: str | None) -> None:
+    """Run LLM inference on the machines you already own."""
+    ctx.obj = inventory_path
 
-    The keeper's commands (ssh-up, infer, workers, models, tui) arrive with the keeper
-    issue; today `rbee-worker` serves a model on its own.
-    """
+
+def _inventory(ctx: click.Context) -> Inventory:
+    try:
+        return load_inventory(find_inventory(ctx.obj))
+    except InventoryError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("prompt_words", nargs=-1)
+@click.option("--prompt", default=None, help="The prompt (or give it as arguments).")
+@click.option("--node", default="local", show_default=True)
+@click.option("--model", "model_ref", default=DEFAULT_MODEL_REF, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(1, MAX_TOKENS_LIMIT), default=200,
+              show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=300.0,
+              show_default=True, help="Seconds to wait for the model to load.")
+@click.option("--retry", "busy_retries", type=click.IntRange(0, 10), default=3, show_default=True,
+              help="Retries when the worker is busy (after 1, 2, 4 … s).")
+@click.pass_context
+def infer(ctx: click.Context, prompt_words: tuple[str, ...], prompt: str | None, node: str,
+          model_ref: str, max_tokens: int, temperature: float, seed: int | None,
+          timeout_s: float, busy_retries: int) -> None:
+    """Stream an answer from MODEL on NODE (tokens on stdout, progress on stderr)."""
+    text = prompt if prompt is not None else " ".join(prompt_words)
+    if not text.strip():
+        raise click.UsageError("give a prompt: rbee infer \"write a short story\"")
+    from rbee.control.hive.model_refs import InvalidModelRef, parse_model_ref
+
+    try:
+        model_ref = parse_model_ref(model_ref).ref
+    except InvalidModelRef as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from None
+    inventory = _inventory(ctx)
+    try:
+        target = inventory.get(node)
+    except InventoryError as exc:
+        raise click.BadParameter(str(exc), param_hint="--node") from None
+    if not target.is_local:
+        raise click.ClickException(
+            f"node {node} is reached over SSH, which `rbee infer` does not do yet; "
+            "use a node with ssh = false")
+    request = InferRequest(prompt=text, model_ref=model_ref, max_tokens=max_tokens,
+                           temperature=temperature, seed=seed, loading_timeout_s=timeout_s,
+                           busy_retries=busy_retries, backend=target.backend)
+    try:
+        access = LocalNodeAccess(target)
+    except InventoryError as exc:
+        raise click.ClickException(str(exc)) from None
+    registry = WorkerRegistry()
+    try:
+        code = asyncio.run(run_infer(access, request, Console(), registry))
+    finally:
+        registry.close()
+    sys.exit(code)

@@ -1,0 +1,355 @@
+"""`rbee infer`: the eight phases of DESIGN §4 / SPEC test-001, and their edge cases.
+
+Every way it can end is an exit code and words a person can act on: 0 answered, 1 failed
+(with a suggestion), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from rbee.dataplane.protocol import VERSION, ErrorCode
+
+from .api_client import RemoteError
+from .console import ActionableError, Console, bar
+from .hive_client import HiveClient
+from .worker_client import WorkerClient
+from .worker_registry import RegisteredWorker, WorkerRegistry
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+WARM_MAX_AGE_S = 60.0  # phase 1: a worker health-checked this recently is used as is
+HIVE_ATTEMPTS = 3
+HIVE_TIMEOUT_S = 10.0
+HIVE_BACKOFF_S = (0.2, 0.4)
+BUSY_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
+CANCEL_ACK_TIMEOUT_S = 5.0
+
+
+class NodeAccess(Protocol):
+    """How the keeper reaches one node's hive and workers (directly, or through SSH)."""
+
+    name: str
+    hive_address: str  # HOST:PORT as the person knows it, for messages
+    key_source: str  # where this node's key is configured, for messages
+    hive_key: str | None
+
+    async def hive_url(self) -> str: ...
+
+    async def worker_url(self, url: str) -> str: ...
+
+    async def start_hive(self) -> bool:
+        """Starts the hive when the keeper may do so itself (the local node); False otherwise."""
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    prompt: str
+    model_ref: str
+    max_tokens: int = 20
+    temperature: float = 0.7
+    seed: int | None = None
+    loading_timeout_s: float = 300.0
+    busy_retries: int = 3
+    backend: str = "cpu"
+
+
+class InferFailed(Exception):
+    """Ends the command: the console has already said why."""
+
+    def __init__(self, exit_code: int = EXIT_FAILED) -> None:
+        self.exit_code = exit_code
+
+
+class Infer:
+    def __init__(self, node: NodeAccess, request: InferRequest, console: Console,
+                 registry: WorkerRegistry) -> None:
+        self.node = node
+        self.request = request
+        self.console = console
+        self.registry = registry
+        self._interrupted = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._interrupted.set)
+        try:
+            worker = await self._until_interrupted(self._find_or_start_worker())
+            return await self._stream(worker)
+        except InferFailed as failed:
+            return failed.exit_code
+        except ActionableError as error:
+            self.console.explain(error)
+            return EXIT_FAILED
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    async def _until_interrupted(self, work: Awaitable[Any]) -> Any:
+        """Runs `work`; Ctrl+C before the stream starts simply ends the command."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._interrupted.wait())
+        done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            stop.cancel()
+            return task.result()
+        task.cancel()
+        self.console.status("Canceled.")
+        raise InferFailed(EXIT_INTERRUPTED)
+
+    # ----------------------------------------------------------------- phases 1-7
+
+    async def _find_or_start_worker(self) -> RegisteredWorker:
+        req, node = self.request, self.node
+        warm = self.registry.find_warm(node.name, req.model_ref, max_age_s=WARM_MAX_AGE_S)
+        if warm is not None and await self._still_there(warm):
+            return warm
+        if warm is not None:
+            self.registry.remove(warm.worker_id)
+            self.console.status("No idle worker found, starting new worker...")
+        hive_url = await self._hive_preflight()
+        async with HiveClient(hive_url, node.hive_key) as hive:
+            await self._provision(hive)
+            spawned = await self._call_hive(hive.spawn(req.model_ref, backend=req.backend))
+        worker = RegisteredWorker(
+            worker_id=spawned["worker_id"], node=node.name, model_ref=req.model_ref,
+            url=spawned["url"], api_key=spawned["api_key"], backend=req.backend, device=0,
+            state=spawned["state"], created_at=time.time(), last_health_check=None)
+        self.registry.record(worker)
+        await self._wait_ready(worker)
+        return worker
+
+    async def _still_there(self, worker: RegisteredWorker) -> bool:
+        try:
+            async with WorkerClient(await self.node.worker_url(worker.url), worker.api_key,
+                                    timeout_s=5) as client:
+                health = await client.health()
+        except (httpx.HTTPError, RemoteError, OSError):
+            return False
+        return health.get("worker_id") == worker.worker_id and health["state"] in ("idle", "busy")
+
+    async def _hive_preflight(self) -> str:
+        """Phase 2: the hive answers (3 attempts) and speaks our version."""
+        node = self.node
+        if await node.start_hive():
+            self.console.status(f"Started the hive on {node.name}.")
+        url = await node.hive_url()
+        health: dict[str, Any] | None = None
+        async with HiveClient(url, node.hive_key, timeout_s=HIVE_TIMEOUT_S) as hive:
+            for attempt in range(1, HIVE_ATTEMPTS + 1):
+                self.console.status(f"Attempt {attempt}: Connecting to {node.hive_address}... "
+                                    f"(timeout {HIVE_TIMEOUT_S:.0f}s)")
+                try:
+                    health = await hive.health()
+                    break
+                except httpx.TransportError:
+                    if attempt < HIVE_ATTEMPTS:
+                        await asyncio.sleep(HIVE_BACKOFF_S[attempt - 1])
+        if health is None:
+            self.console.error(
+                f"Cannot connect to {node.hive_address} after {HIVE_ATTEMPTS} attempts",
+                suggestion=f"Check if rbee-hive is running on {node.name}: "
+                           f"is the hive running? try `rbee ssh-up {node.name}`")
+            raise InferFailed()
+        if health.get("version") != VERSION:
+            self.console.error(
+                f"Version mismatch: rbee={VERSION}, rbee-hive={health.get('version')}. "
+                "Please upgrade.",
+                suggestion=f"upgrade the node with `rbee deploy {node.name}` (or the ansible "
+                           f"playbook), then `rbee ssh-up {node.name}`")
+            raise InferFailed()
+        return url
+
+    async def _provision(self, hive: HiveClient) -> None:
+        """Phase 3: the model in the node's catalog, downloading it with a progress bar."""
+        started = await self._call_hive(hive.download(self.request.model_ref))
+        if started.get("local_path"):
+            return
+        async with aclosing(hive.download_progress(started["download_id"])) as events:
+            async for event in events:
+                stage = event["stage"]
+                if stage == "downloading" and event.get("bytes_total"):
+                    done, total = event["bytes_downloaded"], event["bytes_total"]
+                    self.console.progress(
+                        f"Downloading model... {bar(done / total)} {100 * done // total}% "
+                        f"({done / 1e6:.1f} MB / {total / 1e6:.1f} MB) "
+                        f"@ {event['speed_mbps']:.1f} MB/s")
+                elif stage == "retrying":
+                    self.console.status(f"Retrying download (attempt {event['attempt']}/"
+                                        f"{event['attempts']})... delay {event['delay_ms']}ms")
+                elif stage == "failed":
+                    error = event["error"]
+                    self.console.error(
+                        error["message"],
+                        suggestion="check the model reference and the node's network, then "
+                                   "retry")
+                    raise InferFailed()
+                elif stage == "complete":
+                    self.console.status("Model downloaded.")
+
+    async def _call_hive(self, call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return await call
+        except RemoteError as exc:
+            self._explain(exc)
+            raise InferFailed() from None
+
+    def _explain(self, exc: RemoteError) -> None:
+        node = self.node.name
+        if exc.code == ErrorCode.INSUFFICIENT_RAM:
+            self.console.error(
+                f"Insufficient RAM on {node}",
+                f"Required: {exc.details.get('required_mb')} MB",
+                f"Available: {exc.details.get('available_mb')} MB",
+                suggestion="Try a smaller quantized model (Q4 instead of Q8)")
+        elif exc.code == ErrorCode.INVALID_API_KEY:
+            self.console.error(
+                "Authentication failed", f"Invalid API key for {self.node.hive_address}",
+                suggestion=f"check the key configured for {node}: {self.node.key_source}")
+        elif exc.code == ErrorCode.BACKEND_UNAVAILABLE:
+            self.console.error(exc.message, suggestion=f"use --backend cpu on {node}")
+        else:
+            self.console.error(exc.message, suggestion=f"see `rbee logs --node {node}`")
+
+    async def _wait_ready(self, worker: RegisteredWorker) -> None:
+        """Phase 7: the loading bar, until ready; LOADING_TIMEOUT past the limit."""
+        reached: dict[str, int] = {}
+
+        def show(event: dict[str, Any]) -> None:
+            if event.get("stage") == "loading_to_vram" and event.get("layers_total"):
+                done, total = event["layers_loaded"], event["layers_total"]
+                reached.update(done=done, total=total)
+                self.console.progress(f"Loading model to VRAM... {bar(done / total)} "
+                                      f"{100 * done // total}% ({done}/{total} layers)")
+            elif event.get("stage") == "ready":
+                self.console.status("Model ready!")
+
+        try:
+            async with WorkerClient(await self.node.worker_url(worker.url),
+                                    worker.api_key) as client:
+                await client.wait_ready(timeout_s=self.request.loading_timeout_s,
+                                        on_progress=show)
+        except RemoteError as exc:
+            if exc.code == ErrorCode.LOADING_TIMEOUT:
+                minutes = self.request.loading_timeout_s / 60
+                where = (f" (stuck at {reached['done']}/{reached['total']} layers)"
+                         if reached else "")
+                self.console.error(
+                    f"Model loading timeout after {minutes:g} minutes",
+                    f"Worker state: loading{where}",
+                    suggestion=f"Check worker logs on {self.node.name} for errors")
+            else:
+                self._explain(exc)
+            raise InferFailed() from None
+        self.registry.mark_healthy(worker.worker_id, "idle")
+
+    # ----------------------------------------------------------------- phase 8
+
+    async def _stream(self, worker: RegisteredWorker) -> int:
+        req = self.request
+        request_id = f"req-{uuid.uuid4().hex[:16]}"
+        params: dict[str, Any] = {"max_tokens": req.max_tokens, "temperature": req.temperature,
+                                  "request_id": request_id}
+        if req.seed is not None:
+            params["seed"] = req.seed
+        url = await self.node.worker_url(worker.url)
+        for delay in (*BUSY_RETRY_DELAYS_S[: req.busy_retries], None):
+            async with WorkerClient(url, worker.api_key) as client:
+                try:
+                    return await self._stream_once(client, worker, request_id, params)
+                except RemoteError as exc:
+                    if exc.code != ErrorCode.ALL_SLOTS_BUSY:
+                        self._explain(exc)
+                        return EXIT_FAILED
+                    if delay is None:
+                        self.console.error(
+                            f"Worker still busy after {req.busy_retries} retries",
+                            suggestion="Wait for current request to complete or use a "
+                                       "different node")
+                        return EXIT_FAILED
+                    self.console.status(f"Worker is busy, retrying in {delay:g} "
+                                        f"second{'s' if delay != 1 else ''}...")
+                    await asyncio.sleep(delay)
+                except (httpx.TransportError, OSError):
+                    self.console.error(f"Cannot reach worker {worker.worker_id} on "
+                                       f"{self.node.name}",
+                                       suggestion="run `rbee workers list` and try again")
+                    self.registry.remove(worker.worker_id)
+                    return EXIT_FAILED
+        return EXIT_FAILED
+
+    async def _stream_once(self, client: WorkerClient, worker: RegisteredWorker,
+                           request_id: str, params: dict[str, Any]) -> int:
+        tokens: list[str] = []
+        events = client.stream(self.request.prompt, **params)
+        next_event = asyncio.ensure_future(anext(events))
+        interrupted = asyncio.ensure_future(self._interrupted.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({next_event, interrupted},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if interrupted in done:
+                    return await self._cancel(client, request_id, tokens)
+                try:
+                    event = next_event.result()
+                except StopAsyncIteration:
+                    return self._broken_stream(worker, tokens)
+                except (httpx.TransportError, httpx.RemoteProtocolError):
+                    return self._broken_stream(worker, tokens)
+                kind = event.get("type")
+                if kind == "token":
+                    tokens.append(event["token"])
+                    self.console.token(event["token"])
+                elif kind == "done":
+                    self.console.end_answer()
+                    self.registry.mark_healthy(worker.worker_id, "idle")
+                    return EXIT_OK
+                elif kind == "error":
+                    self.console.end_answer()
+                    error = event["error"]
+                    self.console.error(error["message"],
+                                       suggestion=f"see `rbee logs --node {self.node.name}`")
+                    return EXIT_FAILED
+                next_event = asyncio.ensure_future(anext(events))
+        finally:
+            interrupted.cancel()
+            next_event.cancel()
+            await events.aclose()
+
+    async def _cancel(self, client: WorkerClient, request_id: str, tokens: list[str]) -> int:
+        """EC5: tell the worker, wait a little for its acknowledgement, exit 130."""
+        self.console.end_answer()
+        try:
+            await client.cancel(request_id, timeout_s=CANCEL_ACK_TIMEOUT_S)
+            self.console.status("Canceled.")
+        except (httpx.HTTPError, RemoteError, OSError):
+            self.console.status("Canceled (worker may still be processing).")
+        return EXIT_INTERRUPTED
+
+    def _broken_stream(self, worker: RegisteredWorker, tokens: list[str]) -> int:
+        """EC4: the stream ended without its terminal event; keep what arrived."""
+        self.console.end_answer()
+        path = Path(tempfile.gettempdir()) / f"rbee-partial-{worker.worker_id}.txt"
+        path.write_text("".join(tokens))
+        self.registry.remove(worker.worker_id)
+        self.console.error("SSE stream closed unexpectedly",
+                           f"Partial result saved to: {path}",
+                           f"Tokens generated: {len(tokens)} / {self.request.max_tokens}",
+                           suggestion=f"the worker may have crashed: `rbee logs --node "
+                                      f"{self.node.name}`")
+        return EXIT_FAILED
+
+
+async def run_infer(node: NodeAccess, request: InferRequest, console: Console,
+                    registry: WorkerRegistry) -> int:
+    return await Infer(node, request, console, registry).run()
+

@@ -1,0 +1,102 @@
+"""The keeper's registry of workers it started ($RBEE_HOME/workers.db, DESIGN §4 phase 1 and 6).
+
+It holds each worker's key, so the file is created mode 0600 in a 0700 directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id TEXT PRIMARY KEY,
+    node TEXT NOT NULL,
+    model_ref TEXT NOT NULL,
+    url TEXT NOT NULL,
+    api_key TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    device INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_health_check REAL
+)
+"""
+
+
+def rbee_home() -> Path:
+    return Path(os.environ.get("RBEE_HOME", "~/.rbee")).expanduser()
+
+
+@dataclass(frozen=True)
+class RegisteredWorker:
+    worker_id: str
+    node: str
+    model_ref: str
+    url: str  # as the node sees it; reaching it may go through a tunnel
+    api_key: str
+    backend: str
+    device: int
+    state: str
+    created_at: float
+    last_health_check: float | None
+
+
+class WorkerRegistry:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or rbee_home() / "workers.db"
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)  # 0600 from the first byte
+        os.close(fd)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def record(self, worker: RegisteredWorker) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (worker.worker_id, worker.node, worker.model_ref, worker.url, worker.api_key,
+                 worker.backend, worker.device, worker.state, worker.created_at,
+                 worker.last_health_check),
+            )
+
+    def mark_healthy(self, worker_id: str, state: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE workers SET state = ?, last_health_check = ? "
+                             "WHERE worker_id = ?", (state, time.time(), worker_id))
+
+    def remove(self, worker_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+    def get(self, worker_id: str) -> RegisteredWorker | None:
+        rows = self._select("WHERE worker_id = ?", (worker_id,))
+        return rows[0] if rows else None
+
+    def list(self, node: str | None = None) -> list[RegisteredWorker]:
+        if node is None:
+            return self._select("ORDER BY node, created_at", ())
+        return self._select("WHERE node = ? ORDER BY created_at", (node,))
+
+    def find_warm(self, node: str, model_ref: str, *, max_age_s: float) -> RegisteredWorker | None:
+        """A worker for node+model, idle or busy, health-checked in the last `max_age_s`."""
+        rows = self._select(
+            "WHERE node = ? AND model_ref = ? AND state IN ('idle', 'busy') "
+            "AND last_health_check >= ? ORDER BY last_health_check DESC",
+            (node, model_ref, time.time() - max_age_s),
+        )
+        return rows[0] if rows else None
+
+    def _select(self, where: str, args: tuple[object, ...]) -> list[RegisteredWorker]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM workers {where}", args).fetchall()
+        return [RegisteredWorker(*row) for row in rows]

@@ -1,0 +1,258 @@
+"""`rbee infer` on the local node, as a person runs it: the console script in a subprocess,
+a real hive it starts itself, real workers on a tiny model, and the edge cases' exact words."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import BIN, free_port
+from hive_process import start_hive
+
+
+@dataclass
+class Keeper:
+    """An operator's setup: an inventory with one local node, its own RBEE_HOME."""
+
+    home: Path
+    inventory: Path
+    port: int
+    state_dir: Path
+    model: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
+        return {**env, "RBEE_HOME": str(self.home), "RBEE_INVENTORY": str(self.inventory),
+                **extra}
+
+    def argv(self, *args: str) -> list[str]:
+        return [str(BIN / "rbee"), "infer", "--model", f"file:{self.model}", *args]
+
+    def infer(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=120,
+                              env=self.env(**env))
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=self.env())
+
+    def registered(self) -> list[dict]:
+        with sqlite3.connect(self.home / "workers.db") as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM workers")]
+
+    def stop_hive(self) -> None:
+        pid_file = self.state_dir / "hive.pid"
+        if pid_file.exists() and pid_file.read_text().strip():
+            pid = int(pid_file.read_text())
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.1)
+
+
+def make_keeper(tmp_path: Path, model: Path, *, rbee_path: Path = BIN, node_extra: str = ""
+                ) -> Keeper:
+    port = free_port()
+    state_dir = tmp_path / "hive-state"
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        f'[defaults]\nhive_port = {port}\n\n[nodes.local]\nssh = false\n'
+        f'rbee_path = "{rbee_path}"\nstate_dir = "{state_dir}"\n{node_extra}')
+    return Keeper(tmp_path / "rbee-home", inventory, port, state_dir, model)
+
+
+@pytest.fixture
+def keeper(tmp_path: Path, tiny_model: Path):
+    k = make_keeper(tmp_path, tiny_model)
+    yield k
+    k.stop_hive()
+
+
+def test_cold_then_warm(keeper: Keeper) -> None:
+    cold = keeper.infer("Once upon a time", "--max-tokens", "12", "--temperature", "0")
+    assert cold.returncode == 0, cold.stderr
+    assert "Started the hive on local." in cold.stderr
+    assert "Attempt 1: Connecting to 127.0.0.1:" in cold.stderr
+    assert "Model ready!" in cold.stderr
+    answer = cold.stdout
+    assert answer.strip() and "Model ready" not in answer  # stdout holds only the answer
+    [worker] = keeper.registered()
+    assert worker["node"] == "local" and worker["state"] == "idle"
+    assert (keeper.home / "workers.db").stat().st_mode & 0o777 == 0o600
+
+    warm = keeper.infer("Once upon a time", "--max-tokens", "12", "--temperature", "0")
+    assert warm.returncode == 0, warm.stderr
+    assert "Attempt 1" not in warm.stderr and "Model ready" not in warm.stderr
+    assert warm.stdout == answer
+
+
+def test_missing_rbee_install_is_named(tmp_path: Path, tiny_model: Path) -> None:
+    keeper = make_keeper(tmp_path, tiny_model, rbee_path=tmp_path / "nowhere")
+    result = keeper.infer("hello")
+    assert result.returncode == 1
+    assert f"Error: rbee is not installed on local: there is no {tmp_path}/nowhere/rbee-hive" \
+        in result.stderr
+    assert "Suggestion: set rbee_path for node local" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ec1_hive_that_cannot_start_is_unreachable(tmp_path: Path, tiny_model: Path) -> None:
+    broken = tmp_path / "broken-install"
+    broken.mkdir()
+    (broken / "rbee-hive").write_text("#!/bin/sh\necho 'rbee-hive: broken install' >&2\nexit 1\n")
+    (broken / "rbee-hive").chmod(0o755)
+    keeper = make_keeper(tmp_path, tiny_model, rbee_path=broken)
+    result = keeper.infer("hello")
+    assert result.returncode == 1
+    port = keeper.port
+    for attempt in (1, 2, 3):
+        assert f"Attempt {attempt}: Connecting to 127.0.0.1:{port}... (timeout 10s)" in result.stderr
+    assert f"Error: Cannot connect to 127.0.0.1:{port} after 3 attempts" in result.stderr
+    assert "Suggestion: Check if rbee-hive is running on local" in result.stderr
+    assert "rbee ssh-up local" in result.stderr
+
+
+def test_ec3_insufficient_ram(tmp_path: Path, tiny_model: Path) -> None:
+    keeper = make_keeper(tmp_path, tiny_model)
+    big = tmp_path / "big.gguf"
+    big.write_bytes(tiny_model.read_bytes() + b"\0" * (3 << 20))
+    keeper.model = big
+    hive = start_hive(keeper.state_dir, "--ram-budget-mb", "1")
+    try:
+        keeper.inventory.write_text(keeper.inventory.read_text().replace(
+            f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"))
+        result = keeper.infer("hello")
+    finally:
+        hive.stop()
+    assert result.returncode == 1
+    assert "Error: Insufficient RAM on local" in result.stderr
+    assert "Required: " in result.stderr and "Available: 1 MB" in result.stderr
+    assert "Suggestion: Try a smaller quantized model (Q4 instead of Q8)" in result.stderr
+
+
+def test_ec4_worker_crash_mid_stream_keeps_the_tokens(keeper: Keeper) -> None:
+    assert keeper.infer("warm up", "--max-tokens", "2").returncode == 0
+    [worker] = keeper.registered()
+    pid = next(w["pid"] for w in httpx.get(
+        f"http://127.0.0.1:{keeper.port}/v1/workers/list").json()["workers"])
+    proc = keeper.popen("Once upon a time", "--max-tokens", "8000", "--temperature", "0")
+    first = proc.stdout.read(20)  # tokens are flowing
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "Error: SSE stream closed unexpectedly" in err
+    partial = Path(f"/tmp/rbee-partial-{worker['worker_id']}.txt")
+    assert f"Partial result saved to: {partial}" in err
+    assert partial.read_text().startswith(first)
+    generated = int(err.split("Tokens generated: ")[1].split(" / ")[0])
+    assert 0 < generated < 8000 and "/ 8000" in err
+    assert keeper.registered() == []
+
+
+def test_ec5_ctrl_c_cancels_on_the_worker(keeper: Keeper) -> None:
+    assert keeper.infer("warm up", "--max-tokens", "2").returncode == 0
+    proc = keeper.popen("Once upon a time", "--max-tokens", "8000", "--temperature", "0")
+    proc.stdout.read(20)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Canceled." in err
+    [worker] = keeper.registered()
+    health = httpx.get(f"{worker['url']}/health").json()
+    assert health["slots_busy"] == 0  # the worker stopped generating
+
+
+def test_ec6_busy_worker_retries_then_stops(keeper: Keeper) -> None:
+    assert keeper.infer("warm up", "--max-tokens", "2").returncode == 0
+    [worker] = keeper.registered()
+    auth = {"Authorization": f"Bearer {worker['api_key']}"}
+    holding = threading.Event()
+
+    def hold_the_only_slot() -> None:
+        with httpx.Client(headers=auth, timeout=60) as client:
+            with client.stream("POST", f"{worker['url']}/v1/inference",
+                               json={"prompt": "Once upon a time", "max_tokens": 8000,
+                                     "temperature": 0, "request_id": "req-hold"}) as r:
+                for _ in r.iter_lines():
+                    holding.set()
+
+    thread = threading.Thread(target=hold_the_only_slot)
+    thread.start()
+    assert holding.wait(10)
+    result = keeper.infer("hello", "--retry", "2")
+    httpx.delete(f"{worker['url']}/v1/inference/req-hold", headers=auth)
+    thread.join(30)
+    assert result.returncode == 1
+    assert "Worker is busy, retrying in 1 second..." in result.stderr
+    assert "Worker is busy, retrying in 2 seconds..." in result.stderr
+    assert "Error: Worker still busy after 2 retries" in result.stderr
+    assert ("Suggestion: Wait for current request to complete or use a different node"
+            in result.stderr)
+
+
+def test_ec9_wrong_api_key_names_the_node_and_where_the_key_lives(
+        tmp_path: Path, tiny_model: Path) -> None:
+    keeper = make_keeper(tmp_path, tiny_model, node_extra='api_key_env = "RBEE_LOCAL_KEY"\n')
+    key_file = tmp_path / "hive.key"
+    key_file.write_text("the-right-key")
+    key_file.chmod(0o600)
+    hive = start_hive(keeper.state_dir, api_key="the-right-key")
+    try:
+        keeper.inventory.write_text(keeper.inventory.read_text().replace(
+            f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"))
+        result = keeper.infer("hello", RBEE_LOCAL_KEY="a-wrong-key")
+    finally:
+        hive.stop()
+    assert result.returncode == 1
+    assert "Error: Authentication failed" in result.stderr
+    assert "Invalid API key for 127.0.0.1:" in result.stderr
+    assert "$RBEE_LOCAL_KEY" in result.stderr
+    assert "a-wrong-key" not in result.stderr and "the-right-key" not in result.stderr
+
+
+def test_ec10_after_the_idle_timeout_a_new_worker_starts(tmp_path: Path,
+                                                         tiny_model: Path) -> None:
+    keeper = make_keeper(tmp_path, tiny_model)
+    hive = start_hive(keeper.state_dir, "--idle-timeout-s", "1", "--health-interval-s", "0.5")
+    try:
+        keeper.inventory.write_text(keeper.inventory.read_text().replace(
+            f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"))
+        assert keeper.infer("hello", "--max-tokens", "3").returncode == 0
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{hive.url}/v1/workers/list").json()["workers"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        again = keeper.infer("hello", "--max-tokens", "3")
+    finally:
+        hive.stop()
+    assert again.returncode == 0, again.stderr
+    assert "No idle worker found, starting new worker..." in again.stderr
+    assert "Model ready!" in again.stderr
+
+
+def test_bad_input_is_refused_before_any_network_call(keeper: Keeper) -> None:
+    unknown = keeper.infer("hello", "--node", "nope")
+    assert unknown.returncode == 2 and 'unknown node "nope"' in unknown.stderr
+    bad_model = subprocess.run([str(BIN / "rbee"), "infer", "--model", "hf:../../x", "hi"],
+                               capture_output=True, text=True, env=keeper.env())
+    assert bad_model.returncode == 2 and "hf:" in bad_model.stderr
+    assert not (keeper.state_dir / "hive.pid").exists()  # no hive was started
+    for result in (unknown, bad_model):
+        assert "Traceback" not in result.stderr
