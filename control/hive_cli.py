@@ -46,6 +46,7 @@ def daemon(addr: str, state_dir: str, idle_timeout_s: float, health_interval_s: 
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
     host, port = _split_addr(addr)
     settings = HiveSettings(
         host=host,

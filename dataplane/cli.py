@@ -150,7 +150,7 @@ async def _serve(settings: WorkerSettings, sock: socket.socket) -> None:
     config.bind = [f"fd://{sock.fileno()}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 5.0
+    config.graceful_timeout = 1.0  # streams are drained already; idle keep-alives need no wait
     app = create_app(worker)
     log.info("rbee-worker %s (%s) serving %s on %s", VERSION, settings.worker_id,
              settings.model_ref, worker.url)
