@@ -28,6 +28,7 @@ run: $(STAMP)
 	$(BIN)/rbee infer "write a short story"
 
 test: $(STAMP)
+	bash scripts/install-test-deps.sh
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

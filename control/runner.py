@@ -13,7 +13,8 @@ Rules both follow, so callers never think about quoting or secrets:
   argv, which `ps` shows, nor the environment, which sshd drops unless `AcceptEnv` allows it) or
   through a command's stdin (`input=`).
 - Every command has a timeout: asyncssh waits for the channel to close, and a background process
-  that keeps stdout open (e.g. `cd X && setsid nohup …`) keeps it open forever.
+  that keeps stdout open (e.g. bash running `cd X && setsid nohup … &`) keeps it open forever.
+  On expiry the command's process group gets SIGTERM, locally and on the node.
 - Host keys are always verified against a known_hosts file; asyncssh refuses unknown and
   changed keys, and so do we (`SSHConnectError` says what to do about it).
 
@@ -93,7 +94,9 @@ class CommandTimeout(RunnerError, TimeoutError):
         super().__init__(f"{where}: `{_short(command)}` did not finish within {timeout_s:g} s")
 
 
-ConnectErrorKind = Literal["host_key", "auth", "refused", "timeout", "unreachable", "lost", "config"]
+ConnectErrorKind = Literal[
+    "host_key", "auth", "refused", "timeout", "unreachable", "lost", "config"
+]
 
 
 class SSHConnectError(RunnerError):
@@ -405,7 +408,7 @@ class SSHRunner:
         self,
         host: str,
         *,
-        port: int = 22,
+        port: int | None = None,
         username: str | None = None,
         identity_file: str | None = None,
         known_hosts: str = "~/.ssh/known_hosts",
@@ -416,7 +419,9 @@ class SSHRunner:
         if not host:
             raise ValueError("host is required")
         self.host = host
-        self.port = port
+        # None leaves the port to ~/.ssh/config (when used), else 22; messages say 22 then.
+        self._port_option = port
+        self.port = port if port is not None else 22
         self.username = username
         self.identity_file = os.path.expanduser(identity_file) if identity_file else None
         self.known_hosts = os.path.expanduser(known_hosts)
@@ -429,6 +434,7 @@ class SSHRunner:
         self._sessions = asyncio.Semaphore(MAX_SESSIONS_PER_CONNECTION)
         self._forwards: dict[tuple[str, int], asyncssh.SSHListener] = {}
         self._home: str | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def label(self) -> str:
@@ -455,12 +461,16 @@ class SSHRunner:
                 self._drop_forwards()
                 self._conn = None
             self._conn = await self._open()
+            if self._port_option is None:
+                # The port came from ~/.ssh/config (or is 22): name the real one in messages.
+                peer = self._conn.get_extra_info("peername")
+                if isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int):
+                    self.port = peer[1]
             return self._conn
 
     async def _open(self) -> asyncssh.SSHClientConnection:
         self._check_files()
         options: dict[str, object] = {
-            "port": self.port,
             "known_hosts": self.known_hosts,  # a path: never None, which would disable checks
             "connect_timeout": self.connect_timeout_s,
             "keepalive_interval": self.keepalive_interval_s,
@@ -468,6 +478,9 @@ class SSHRunner:
             # `()` = asyncssh's default: ~/.ssh/config if readable; `[]` = no config file.
             "config": () if self.use_ssh_config else [],
         }
+        # Given only when set, so that ~/.ssh/config can supply them for a host alias.
+        if self._port_option is not None:
+            options["port"] = self._port_option
         if self.username:
             options["username"] = self.username
         if self.identity_file:
@@ -476,18 +489,20 @@ class SSHRunner:
         while True:
             try:
                 async with _handshake_slot(self.host, self.port):
-                    return await asyncssh.connect(self.host, **options)  # type: ignore[arg-type]
+                    return await asyncssh.connect(self.host, **options)
             except asyncssh.HostKeyNotVerifiable:
                 raise self._host_key_error() from None
             except asyncssh.PermissionDenied as e:
                 raise self._auth_error(str(e.reason)) from None
             except asyncssh.KeyImportError as e:
                 raise SSHConnectError(
-                    "auth", self.host, self.port,
+                    "auth",
+                    self.host,
+                    self.port,
                     f"Cannot use identity_file {self.identity_file} for {self.label}: {e}. "
                     "If the key has a passphrase, add it to ssh-agent and leave identity_file "
                     "out of the inventory.",
-                ) from None  # fmt: skip
+                ) from None
             except (ConnectionResetError, asyncssh.ConnectionLost) as e:
                 # An sshd under load (MaxStartups) drops handshakes early; a retry usually works.
                 if attempt < _HANDSHAKE_RETRIES:
@@ -495,53 +510,69 @@ class SSHRunner:
                     await asyncio.sleep(0.2 * 2**attempt)
                     continue
                 raise SSHConnectError(
-                    "lost", self.host, self.port,
+                    "lost",
+                    self.host,
+                    self.port,
                     f"SSH connection to {self.host}:{self.port} was closed during the "
                     f"handshake ({_reason(e)}). Is sshd overloaded (MaxStartups) or is "
                     "something other than sshd on that port?",
-                ) from None  # fmt: skip
+                ) from None
             except asyncssh.DisconnectError as e:
                 raise SSHConnectError(
-                    "lost", self.host, self.port,
+                    "lost",
+                    self.host,
+                    self.port,
                     f"SSH server at {self.host}:{self.port} disconnected: {_reason(e)}",
-                ) from None  # fmt: skip
+                ) from None
             except ConnectionRefusedError:
                 raise SSHConnectError(
-                    "refused", self.host, self.port,
+                    "refused",
+                    self.host,
+                    self.port,
                     f"Connection refused by {self.host}:{self.port}: is sshd running on the node "
                     "and is the port in the inventory right?",
-                ) from None  # fmt: skip
+                ) from None
             except TimeoutError:
                 raise SSHConnectError(
-                    "timeout", self.host, self.port,
+                    "timeout",
+                    self.host,
+                    self.port,
                     f"Timed out after {self.connect_timeout_s:g} s connecting to "
                     f"{self.host}:{self.port}: is the node up and reachable from here?",
-                ) from None  # fmt: skip
+                ) from None
             except socket.gaierror as e:
                 raise SSHConnectError(
-                    "unreachable", self.host, self.port,
+                    "unreachable",
+                    self.host,
+                    self.port,
                     f"Cannot resolve host {self.host!r} (for {self.host}:{self.port}): "
                     f"{e.strerror or e}",
-                ) from None  # fmt: skip
+                ) from None
             except OSError as e:
                 raise SSHConnectError(
-                    "unreachable", self.host, self.port,
+                    "unreachable",
+                    self.host,
+                    self.port,
                     f"Cannot reach {self.host}:{self.port}: {e.strerror or e}",
-                ) from None  # fmt: skip
+                ) from None
 
     def _check_files(self) -> None:
         # Checked up front: asyncssh would raise a bare FileNotFoundError (an OSError, easily
         # mistaken for a network problem).
         if not os.path.isfile(self.known_hosts):
             raise SSHConnectError(
-                "host_key", self.host, self.port,
+                "host_key",
+                self.host,
+                self.port,
                 f"Host key verification failed for {self.host}:{self.port}: known_hosts file "
                 f"{self.known_hosts} does not exist. Connect once with "
                 f"`{self._ssh_hint()}` to check and accept the node's key.",
-            )  # fmt: skip
+            )
         if self.identity_file and not os.path.isfile(self.identity_file):
             raise SSHConnectError(
-                "config", self.host, self.port,
+                "config",
+                self.host,
+                self.port,
                 f"identity_file {self.identity_file} for {self.host}:{self.port} does not exist",
             )
 
@@ -569,19 +600,23 @@ class SSHRunner:
         where = f"{self.host}:{self.port}"
         if not known:
             return SSHConnectError(
-                "host_key", self.host, self.port,
+                "host_key",
+                self.host,
+                self.port,
                 f"Host key verification failed for {where}: the key is unknown (no entry in "
                 f"{self.known_hosts}). Connect once with `{self._ssh_hint()}` to check and "
                 "accept it.",
-            )  # fmt: skip
+            )
         entry = f"[{self.host}]:{self.port}" if self.port != 22 else self.host
         return SSHConnectError(
-            "host_key", self.host, self.port,
+            "host_key",
+            self.host,
+            self.port,
             f"Host key verification failed for {where}: the key is unknown or has changed. "
             "If the node was reinstalled, remove its old key with "
             f"`ssh-keygen -R {shlex.quote(entry)} -f {shlex.quote(self.known_hosts)}` and "
             f"connect once with ssh (`{self._ssh_hint()}`) to accept the new one.",
-        )  # fmt: skip
+        )
 
     def _auth_error(self, reason: str) -> SSHConnectError:
         who = self.username or "the default user"
@@ -591,15 +626,19 @@ class SSHRunner:
             else "the default keys (~/.ssh/id_*) and ssh-agent"
         )
         return SSHConnectError(
-            "auth", self.host, self.port,
+            "auth",
+            self.host,
+            self.port,
             f"Authentication failed for {self.label}: the node did not accept {keys} for "
             f"{who} ({reason}). Check the node's user and identity_file in the inventory and "
             f"that the public key is in that user's ~/.ssh/authorized_keys on the node.",
-        )  # fmt: skip
+        )
 
     def _lost(self, e: BaseException) -> SSHConnectError:
         return SSHConnectError(
-            "lost", self.host, self.port,
+            "lost",
+            self.host,
+            self.port,
             f"Lost the SSH connection to {self.host}:{self.port}: {_reason(e)}",
         )
 
@@ -683,8 +722,11 @@ class SSHRunner:
             except asyncio.CancelledError:
                 proc.close()
                 if pid is not None:
-                    # Cannot await here (we are being cancelled): stop it in the background.
-                    asyncio.get_running_loop().create_task(self._kill_remote(pid))
+                    # Cannot await here (we are being cancelled): stop it in the background,
+                    # holding a reference so the task is not garbage-collected midway.
+                    task = asyncio.get_running_loop().create_task(self._kill_remote(pid))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
                 raise
             except (asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError) as e:
                 raise self._lost(e) from None
@@ -859,7 +901,7 @@ def make_runner(
     *,
     ssh: bool,
     host: str | None = None,
-    port: int = 22,
+    port: int | None = None,
     username: str | None = None,
     identity_file: str | None = None,
     known_hosts: str = "~/.ssh/known_hosts",

@@ -27,6 +27,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Self
 
 SSHD = "/usr/sbin/sshd"
 # Raised so that tests that open many connections at once are not throttled by sshd.
@@ -37,7 +38,7 @@ INSTALL_HINT = "run `bash scripts/install-test-deps.sh` (what `make test` does) 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _keygen(path: Path, comment: str) -> str:
@@ -80,8 +81,7 @@ class FakeNode:
         self._write_config()
         # Privilege separation directory; sshd refuses to start without it when run as root.
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        log = open(self.log_path, "ab")
-        try:
+        with open(self.log_path, "ab") as log:  # sshd keeps its own copy of the fd
             self.proc = subprocess.Popen(
                 [SSHD, "-D", "-e", "-f", str(self.config)],
                 stdin=subprocess.DEVNULL,
@@ -91,8 +91,6 @@ class FakeNode:
                 # stop() can signal just this listener.
                 start_new_session=True,
             )
-        finally:
-            log.close()
         self._wait_ready(timeout_s)
 
     def stop(self) -> None:
@@ -126,7 +124,7 @@ class FakeNode:
         `ssh-keygen -R` and accepting the new key)."""
         self.known_hosts.write_text(self.known_hosts_line() + "\n")
 
-    def __enter__(self) -> FakeNode:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -153,7 +151,7 @@ class FakeNode:
         except FileNotFoundError:
             return ""
 
-    def runner_kwargs(self) -> dict[str, object]:
+    def runner_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for rbee.control.runner.SSHRunner that reach this node."""
         return {
             "host": self.host,
@@ -178,11 +176,23 @@ class FakeNode:
         """An OpenSSH client command line for this node (no ~/.ssh/config, strict host keys,
         never prompts); append the remote command."""
         return [
-            "ssh", "-F", "/dev/null", "-i", str(self.client_key),
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-p", str(self.port), f"{self.user}@{self.host}",
-        ]  # fmt: skip
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.client_key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-p",
+            str(self.port),
+            f"{self.user}@{self.host}",
+        ]
 
     # -- internals -------------------------------------------------------------------------
 

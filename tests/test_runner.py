@@ -20,7 +20,6 @@ from typing import TypeVar
 
 import httpx
 import pytest
-
 import rbee.control.runner as runner_module
 from rbee.control.runner import (
     CommandError,
@@ -76,13 +75,15 @@ def make(request: pytest.FixtureRequest, node: FakeNode) -> Callable[[], Runner]
     """A factory for a fresh runner of each kind (each test runs both)."""
     if request.param == "local":
         return LocalRunner
-    return lambda: SSHRunner(**node.runner_kwargs())  # type: ignore[arg-type]
+    return lambda: SSHRunner(**node.runner_kwargs())
 
 
 def _pid_state(pid: int) -> str | None:
     """ps's STAT for pid, or None when it is gone. A zombie (Z…) counts as dead: a killed
     process can stay one for a couple of seconds here before it is reaped."""
-    out = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
+    out = subprocess.run(
+        ["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True, check=False
+    )
     state = out.stdout.strip()
     return state or None
 
@@ -93,7 +94,9 @@ def _alive(pid: int) -> bool:
 
 
 def _pids_with_arg(arg: str) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True)
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True, check=False
+    )
     pids = []
     for line in out.stdout.splitlines():
         pid, stat, args = line.strip().split(None, 2)
@@ -105,7 +108,7 @@ def _pids_with_arg(arg: str) -> list[int]:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,7 +138,8 @@ def test_arguments_arrive_verbatim(make: Callable[[], Runner]) -> None:
     async def go() -> list[str]:
         async with make() as r:
             res = await r.run([*ARGV_PRINTER, *HOSTILE_ARGS], timeout_s=10, check=True)
-            return json.loads(res.stdout)
+            received: list[str] = json.loads(res.stdout)
+            return received
 
     assert arun(go()) == HOSTILE_ARGS
 
@@ -180,7 +184,7 @@ def test_unredirected_background_job_times_out(node: FakeNode, tmp_path: Path) -
     script = f"cd {tmp_path} && setsid nohup sleep 2.5 >log 2>&1 </dev/null & echo $!"
 
     async def go() -> None:
-        async with SSHRunner(**node.runner_kwargs()) as r:  # type: ignore[arg-type]
+        async with SSHRunner(**node.runner_kwargs()) as r:
             with pytest.raises(CommandTimeout):
                 await r.run(["bash", "-c", script], timeout_s=1)
             # The form start_detached builds returns at once under bash too.
@@ -255,7 +259,7 @@ def test_forward_local_port_reaches_node_loopback(node: FakeNode, tmp_path: Path
                 time.sleep(0.05)
 
         async def go() -> None:
-            async with SSHRunner(**node.runner_kwargs()) as r:  # type: ignore[arg-type]
+            async with SSHRunner(**node.runner_kwargs()) as r:
                 host, lport = await r.forward_local_port("127.0.0.1", port)
                 assert host == "127.0.0.1" and lport != port
                 async with httpx.AsyncClient(base_url=f"http://{host}:{lport}") as client:
@@ -286,7 +290,7 @@ def test_changed_host_key_is_refused(tmp_path: Path) -> None:
         kwargs = n.runner_kwargs()
 
         async def connect() -> str:
-            async with SSHRunner(**kwargs) as r:  # type: ignore[arg-type]
+            async with SSHRunner(**kwargs) as r:
                 return (await r.run(["echo", "ok"], timeout_s=10)).stdout
 
         assert arun(connect()) == "ok\n"
@@ -311,14 +315,14 @@ def test_unknown_host_is_refused(node: FakeNode, tmp_path: Path) -> None:
     empty.write_text("")
     kwargs = {**node.runner_kwargs(), "known_hosts": str(empty)}
     with pytest.raises(SSHConnectError) as err:
-        arun(SSHRunner(**kwargs).connect())  # type: ignore[arg-type]
+        arun(SSHRunner(**kwargs).connect())
     assert err.value.kind == "host_key"
     assert str(err.value).startswith(f"Host key verification failed for 127.0.0.1:{node.port}")
     assert "unknown" in str(err.value)
 
     kwargs["known_hosts"] = str(tmp_path / "missing")
     with pytest.raises(SSHConnectError, match="does not exist") as err:
-        arun(SSHRunner(**kwargs).connect())  # type: ignore[arg-type]
+        arun(SSHRunner(**kwargs).connect())
     assert err.value.kind == "host_key"
 
 
@@ -327,7 +331,7 @@ def test_wrong_client_key_is_refused(node: FakeNode, tmp_path: Path) -> None:
     _keygen(other, "not-authorized")
     kwargs = {**node.runner_kwargs(), "identity_file": str(other)}
     with pytest.raises(SSHConnectError) as err:
-        arun(SSHRunner(**kwargs).connect())  # type: ignore[arg-type]
+        arun(SSHRunner(**kwargs).connect())
     e = err.value
     assert e.kind == "auth"
     assert str(e).startswith(f"Authentication failed for {node.user}@127.0.0.1:{node.port}: ")
@@ -337,7 +341,7 @@ def test_wrong_client_key_is_refused(node: FakeNode, tmp_path: Path) -> None:
 def test_refused_and_silent_ports(node: FakeNode) -> None:
     closed = _free_port()
     with pytest.raises(SSHConnectError, match=f"Connection refused by 127.0.0.1:{closed}") as err:
-        arun(SSHRunner(**{**node.runner_kwargs(), "port": closed}).connect())  # type: ignore[arg-type]
+        arun(SSHRunner(**{**node.runner_kwargs(), "port": closed}).connect())
     assert err.value.kind == "refused"
 
     # Accepts TCP but never speaks SSH: the connect timeout ends it.
@@ -348,9 +352,33 @@ def test_refused_and_silent_ports(node: FakeNode) -> None:
         kwargs = {**node.runner_kwargs(), "port": port, "connect_timeout_s": 0.5}
         t0 = time.monotonic()
         with pytest.raises(SSHConnectError, match=f"Timed out .* 127.0.0.1:{port}") as err:
-            arun(SSHRunner(**kwargs).connect())  # type: ignore[arg-type]
+            arun(SSHRunner(**kwargs).connect())
         assert err.value.kind == "timeout"
         assert time.monotonic() - t0 < 5
+
+
+def test_ssh_config_is_honoured_unless_disabled(
+    node: FakeNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host alias from ~/.ssh/config (HostName, Port, User, IdentityFile) works; with
+    use_ssh_config=False the file is not read at all."""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text(
+        f"Host fakenode\n  HostName 127.0.0.1\n  Port {node.port}\n  User {node.user}\n"
+        f"  IdentityFile {node.client_key}\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    async def go() -> str:
+        async with SSHRunner("fakenode", known_hosts=str(node.known_hosts)) as r:
+            assert r.label == f"fakenode:{node.port}"
+            return (await r.run(["echo", "via config"], timeout_s=10)).stdout
+
+    assert arun(go()) == "via config\n"
+    r = SSHRunner("fakenode", known_hosts=str(node.known_hosts), use_ssh_config=False)
+    with pytest.raises(SSHConnectError, match="Cannot resolve host 'fakenode'") as err:
+        arun(r.connect())
+    assert err.value.kind == "unreachable"
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,7 +423,7 @@ def test_literal_detached_pattern(node: FakeNode, tmp_path: Path) -> None:
     log = tmp_path / "log"
 
     async def go() -> int:
-        async with SSHRunner(**node.runner_kwargs()) as r:  # type: ignore[arg-type]
+        async with SSHRunner(**node.runner_kwargs()) as r:
             res = await r.run_shell(
                 f"setsid nohup sleep 60 >{log} 2>&1 </dev/null & echo $!", timeout_s=5, check=True
             )
@@ -423,7 +451,7 @@ def test_many_concurrent_connections_to_one_stock_sshd(
     try:
 
         async def one(i: int) -> str:
-            async with SSHRunner(**n.runner_kwargs()) as r:  # type: ignore[arg-type]
+            async with SSHRunner(**n.runner_kwargs()) as r:
                 return (await r.run(["echo", str(i)], timeout_s=30)).stdout
 
         async def go() -> list[str]:
@@ -438,7 +466,7 @@ def test_many_concurrent_commands_on_one_connection(node: FakeNode) -> None:
     """20 commands at once on one runner: more than sshd's MaxSessions (10) per connection."""
 
     async def go() -> list[str]:
-        async with SSHRunner(**node.runner_kwargs()) as r:  # type: ignore[arg-type]
+        async with SSHRunner(**node.runner_kwargs()) as r:
             results = await asyncio.gather(
                 *(r.run(["echo", str(i)], timeout_s=30) for i in range(20))
             )
