@@ -271,8 +271,9 @@ class Infer:
                         self._explain(exc)
                         return EXIT_FAILED
                     if delay is None:
+                        retries = "retry" if req.busy_retries == 1 else "retries"
                         self.console.error(
-                            f"Worker still busy after {req.busy_retries} retries",
+                            f"Worker still busy after {req.busy_retries} {retries}",
                             suggestion="Wait for current request to complete or use a "
                                        "different node")
                         return EXIT_FAILED

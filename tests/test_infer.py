@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -17,6 +17,7 @@ import pytest
 
 from conftest import BIN, free_port
 from hive_process import start_hive
+from rbee.control.worker_registry import WorkerRegistry
 
 
 @dataclass
@@ -181,28 +182,40 @@ def test_ec5_ctrl_c_cancels_on_the_worker(keeper: Keeper) -> None:
 
 def test_ec6_busy_worker_retries_then_stops(keeper: Keeper) -> None:
     assert keeper.infer("warm up", "--max-tokens", "2").returncode == 0
-    [worker] = keeper.registered()
-    auth = {"Authorization": f"Bearer {worker['api_key']}"}
-    holding = threading.Event()
+    # A one-slot worker with room for a stream long enough to outlast the retries.
+    hive = f"http://127.0.0.1:{keeper.port}"
+    spawned = httpx.post(f"{hive}/v1/workers/spawn", timeout=60, json={
+        "model_ref": f"file:{keeper.model}", "ctx_size": 8256}).json()
+    auth = {"Authorization": f"Bearer {spawned['api_key']}"}
+    registry = WorkerRegistry(keeper.home / "workers.db")
+    [old] = registry.list()
+    registry.remove(old.worker_id)
+    registry.record(replace(old, worker_id=spawned["worker_id"], url=spawned["url"],
+                            api_key=spawned["api_key"], last_health_check=time.time()))
+    registry.close()
+    holding, stop = threading.Event(), threading.Event()
 
     def hold_the_only_slot() -> None:
         with httpx.Client(headers=auth, timeout=60) as client:
-            with client.stream("POST", f"{worker['url']}/v1/inference",
-                               json={"prompt": "Once upon a time", "max_tokens": 8000,
-                                     "temperature": 0, "request_id": "req-hold"}) as r:
-                for _ in r.iter_lines():
-                    holding.set()
+            while not stop.is_set():
+                with client.stream("POST", f"{spawned['url']}/v1/inference",
+                                   json={"prompt": "Once upon a time", "max_tokens": 8192,
+                                         "temperature": 0, "request_id": "req-hold"}) as r:
+                    for _ in r.iter_lines():
+                        holding.set()
+                        if stop.is_set():
+                            break
 
     thread = threading.Thread(target=hold_the_only_slot)
     thread.start()
-    assert holding.wait(10)
-    result = keeper.infer("hello", "--retry", "2")
-    httpx.delete(f"{worker['url']}/v1/inference/req-hold", headers=auth)
+    assert holding.wait(30)
+    result = keeper.infer("hello", "--retry", "1")
+    stop.set()
+    httpx.delete(f"{spawned['url']}/v1/inference/req-hold", headers=auth)
     thread.join(30)
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     assert "Worker is busy, retrying in 1 second..." in result.stderr
-    assert "Worker is busy, retrying in 2 seconds..." in result.stderr
-    assert "Error: Worker still busy after 2 retries" in result.stderr
+    assert "Error: Worker still busy after 1 retry" in result.stderr
     assert ("Suggestion: Wait for current request to complete or use a different node"
             in result.stderr)
 
