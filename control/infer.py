@@ -7,6 +7,7 @@ Every way it can end is an exit code and words a person can act on: 0 answered, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import tempfile
 import time
@@ -323,7 +324,10 @@ class Infer:
                 next_event = asyncio.ensure_future(anext(events))
         finally:
             interrupted.cancel()
-            next_event.cancel()
+            if not next_event.done():
+                next_event.cancel()  # the generator must be at rest before it is closed
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await next_event
             await events.aclose()
 
     async def _cancel(self, client: WorkerClient, request_id: str, tokens: list[str]) -> int:
