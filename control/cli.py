@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
+from collections.abc import Awaitable, Callable
 
 import click
 
 from rbee.dataplane.config import DEFAULT_MODEL_REF, MAX_TOKENS_LIMIT
 from rbee.dataplane.protocol import VERSION
 
-from .console import Console
+from .console import ActionableError, Console
+from .hive_control import hive_down, hive_up
 from .infer import InferRequest, run_infer
-from .inventory import Inventory, InventoryError, find_inventory, load_inventory
-from .node_access import LocalNodeAccess
+from .inventory import Inventory, InventoryError, Node, find_inventory, load_inventory
+from .node_access import LocalNodeAccess, SSHNodeAccess, runner_for
+from .runner import Runner, RunnerError
 from .worker_registry import WorkerRegistry
 
 
@@ -25,6 +29,7 @@ from .worker_registry import WorkerRegistry
 @click.pass_context
 def main(ctx: click.Context, inventory_path: str | None) -> None:
     """Run LLM inference on the machines you already own."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = inventory_path
 
 
@@ -67,20 +72,70 @@ def infer(ctx: click.Context, prompt_words: tuple[str, ...], prompt: str | None,
         target = inventory.get(node)
     except InventoryError as exc:
         raise click.BadParameter(str(exc), param_hint="--node") from None
-    if not target.is_local:
-        raise click.ClickException(
-            f"node {node} is reached over SSH, which `rbee infer` does not do yet; "
-            "use a node with ssh = false")
     request = InferRequest(prompt=text, model_ref=model_ref, max_tokens=max_tokens,
                            temperature=temperature, seed=seed, loading_timeout_s=timeout_s,
                            busy_retries=busy_retries, backend=target.backend)
+
+    async def run() -> int:
+        console = Console()
+        registry = WorkerRegistry()
+        try:
+            if target.is_local:
+                return await run_infer(LocalNodeAccess(target), request, console, registry)
+            async with runner_for(target) as runner:
+                return await run_infer(SSHNodeAccess(target, runner), request, console,
+                                       registry)
+        except (InventoryError, RunnerError) as exc:
+            console.error(str(exc))
+            return 1
+        finally:
+            registry.close()
+
+    sys.exit(asyncio.run(run()))
+
+
+def _nodes(ctx: click.Context, names: tuple[str, ...]) -> list[Node]:
+    inventory = _inventory(ctx)
     try:
-        access = LocalNodeAccess(target)
+        return [inventory.get(name) for name in names]
     except InventoryError as exc:
-        raise click.ClickException(str(exc)) from None
-    registry = WorkerRegistry()
-    try:
-        code = asyncio.run(run_infer(access, request, Console(), registry))
-    finally:
-        registry.close()
-    sys.exit(code)
+        raise click.BadParameter(str(exc), param_hint="NODE") from None
+
+
+def _on_each(nodes: list[Node], action: Callable[[Node, Runner, Callable[[str], None]],
+                                                 Awaitable[str]]) -> None:
+    """Runs `action` on every node at once; one line per node; exit 1 if any failed."""
+    console = Console()
+
+    async def one(node: Node) -> bool:
+        try:
+            async with runner_for(node) as runner:
+                console.status(await action(node, runner, console.status))
+            return True
+        except ActionableError as exc:
+            console.explain(exc)
+        except (InventoryError, RunnerError) as exc:
+            console.error(f"{node.name}: {exc}")
+        return False
+
+    async def all_nodes() -> list[bool]:
+        return list(await asyncio.gather(*(one(node) for node in nodes)))
+
+    if not all(asyncio.run(all_nodes())):
+        sys.exit(1)
+
+
+@main.command("ssh-up")
+@click.argument("names", nargs=-1, required=True, metavar="NODE...")
+@click.pass_context
+def ssh_up(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Start the hive on NODEs (over SSH) and wait until it answers."""
+    _on_each(_nodes(ctx, names), hive_up)
+
+
+@main.command("ssh-down")
+@click.argument("names", nargs=-1, required=True, metavar="NODE...")
+@click.pass_context
+def ssh_down(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Stop the hive on NODEs; their workers stop with it."""
+    _on_each(_nodes(ctx, names), hive_down)

@@ -1,7 +1,7 @@
 """Reaching a node's hive and workers (DESIGN §4 "Reaching a node").
 
 The local node (`ssh = false`) is reached directly, and the keeper starts its hive itself
-when it is not running.
+when it is not running; other nodes are reached over SSH.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import asyncio
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -17,6 +18,7 @@ from rbee.control.hive.config import API_KEY_ENV as HIVE_KEY_ENV
 
 from .console import ActionableError
 from .inventory import Node
+from .runner import Runner, make_runner
 
 HIVE_START_TIMEOUT_S = 20.0
 
@@ -75,3 +77,51 @@ async def _answers(url: str) -> bool:
             return (await client.get(f"{url}/v1/health")).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def runner_for(node: Node) -> Runner:
+    """The node's runner. With ~/.ssh/config honoured, only what the inventory sets is passed,
+    so the config's User, Port and IdentityFile still apply to the rest."""
+    explicit = node.set_keys if node.use_ssh_config else frozenset(("user", "port"))
+    return make_runner(
+        ssh=node.ssh,
+        host=node.host,
+        port=node.port if "port" in explicit else None,
+        username=node.user if "user" in explicit else None,
+        identity_file=str(node.identity_file) if node.identity_file else None,
+        known_hosts=str(node.known_hosts),
+        connect_timeout_s=node.connect_timeout_s,
+        use_ssh_config=node.use_ssh_config,
+    )
+
+
+class SSHNodeAccess:
+    """A node reached over SSH. A hive bound to the node's loopback (the default) and its
+    workers are reached through local port forwards on the node's SSH connection; a node
+    that listens on a reachable address is reached directly."""
+
+    def __init__(self, node: Node, runner: Runner) -> None:
+        self.node = node
+        self.runner = runner
+        self.name = node.name
+        self.hive_address = f"{node.host}:{node.hive_port}"
+        self.key_source = node.api_key_source or (
+            "no key is configured for this node (api_key_env or api_key_file in the inventory)")
+        self.hive_key = node.api_key()
+
+    async def hive_url(self) -> str:
+        if self.node.direct:
+            return self.node.hive_url
+        host, port = await self.runner.forward_local_port(self.node.listen, self.node.hive_port)
+        return f"http://{host}:{port}"
+
+    async def worker_url(self, url: str) -> str:
+        if self.node.direct:
+            return url
+        parts = urlsplit(url)
+        host, port = await self.runner.forward_local_port(parts.hostname or "127.0.0.1",
+                                                          parts.port or 80)
+        return f"http://{host}:{port}"
+
+    async def start_hive(self) -> bool:
+        return False  # `rbee ssh-up NODE` starts a remote hive, never `rbee infer`

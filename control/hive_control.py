@@ -1,0 +1,124 @@
+"""Starting and stopping a node's hive over its runner (`rbee ssh-up` / `rbee ssh-down`)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+
+import httpx
+
+from rbee.dataplane.protocol import VERSION
+
+from .console import ActionableError
+from .hive_client import HiveClient
+from .inventory import Node
+from .node_access import SSHNodeAccess
+from .runner import Runner
+
+PROBE_TIMEOUT_S = 30.0
+HIVE_UP_TIMEOUT_S = 30.0
+HIVE_DOWN_TIMEOUT_S = 60.0  # the hive stops its workers first (graceful, then signals)
+_VERSION = re.compile(r"version\s+(\S+)")
+
+Say = Callable[[str], None]
+
+
+def _install_hint(node: Node) -> str:
+    return (f"install it with `rbee deploy {node.name}` or the ansible playbook "
+            f"(ansible-playbook -i ansible/inventory_toml.py ansible/site.yml --limit {node.name})")
+
+
+async def _hive_bin(node: Node, runner: Runner) -> str:
+    return f"{await runner.expand_user(node.rbee_path)}/rbee-hive"
+
+
+async def _state_dir(node: Node, runner: Runner) -> str:
+    return await runner.expand_user(node.state_dir)
+
+
+async def installed_version(node: Node, runner: Runner) -> str:
+    """`rbee-hive --version` on the node; ActionableError when rbee is not installed."""
+    hive_bin = await _hive_bin(node, runner)
+    result = await runner.run([hive_bin, "--version"], timeout_s=PROBE_TIMEOUT_S)
+    match = _VERSION.search(result.stdout)
+    if result.exit_status != 0 or match is None:
+        raise ActionableError(f"rbee is not installed on {node.name}",
+                              f"({hive_bin} --version: {result.stderr.strip()[-200:] or 'failed'})",
+                              suggestion=_install_hint(node))
+    return match.group(1)
+
+
+def _check_version(node: Node, version: str) -> None:
+    if version != VERSION:
+        raise ActionableError(
+            f"Version mismatch: rbee={VERSION}, rbee-hive={version}. Please upgrade.",
+            suggestion=f"upgrade {node.name}: `rbee deploy {node.name}`")
+
+
+async def _running_pid(node: Node, runner: Runner) -> int | None:
+    pid_file = f"{await _state_dir(node, runner)}/hive.pid"
+    result = await runner.run(["cat", pid_file], timeout_s=PROBE_TIMEOUT_S)
+    text = result.stdout.strip()
+    if result.exit_status != 0 or not text.isdigit():
+        return None
+    alive = await runner.run(["kill", "-0", text], timeout_s=PROBE_TIMEOUT_S)
+    return int(text) if alive.exit_status == 0 else None
+
+
+async def _answers(access: SSHNodeAccess) -> dict[str, str] | None:
+    try:
+        async with HiveClient(await access.hive_url(), access.hive_key, timeout_s=3) as hive:
+            return await hive.health()
+    except (httpx.HTTPError, OSError):
+        return None
+
+
+async def hive_up(node: Node, runner: Runner, say: Say) -> str:
+    """Leaves the node's hive running at our version; returns the line to print."""
+    access = SSHNodeAccess(node, runner)
+    say(f"{node.name}: connecting to {runner.label}")
+    _check_version(node, await installed_version(node, runner))
+    if await _running_pid(node, runner) is not None and (health := await _answers(access)):
+        _check_version(node, health["version"])
+        return f"{node.name}: rbee-hive {health['version']} already running"
+    state_dir = await _state_dir(node, runner)
+    argv = [await _hive_bin(node, runner), "daemon", "--addr", f"{node.listen}:{node.hive_port}",
+            "--state-dir", state_dir]
+    key = node.api_key()
+    if key:
+        # The key travels by SFTP into a 0600 file: sshd drops client environment variables,
+        # and argv is visible to every user of the node.
+        await runner.write_file(f"{state_dir}/hive.key", key.encode(), mode=0o600)
+        argv += ["--api-key-file", f"{state_dir}/hive.key"]
+    say(f"{node.name}: starting rbee-hive")
+    await runner.run(["mkdir", "-p", state_dir], timeout_s=PROBE_TIMEOUT_S, check=True)
+    pid = await runner.start_detached(argv, log_path=f"{state_dir}/hive.log", append=True)
+    deadline = asyncio.get_running_loop().time() + HIVE_UP_TIMEOUT_S
+    while (health := await _answers(access)) is None:
+        alive = await runner.run(["kill", "-0", str(pid)], timeout_s=PROBE_TIMEOUT_S)
+        if alive.exit_status != 0 or asyncio.get_running_loop().time() > deadline:
+            tail = await runner.run(["tail", "-n", "15", f"{state_dir}/hive.log"],
+                                    timeout_s=PROBE_TIMEOUT_S)
+            raise ActionableError(f"rbee-hive did not start on {node.name}", tail.stdout.rstrip(),
+                                  suggestion=f"see {state_dir}/hive.log on {node.name}")
+        await asyncio.sleep(0.2)
+    _check_version(node, health["version"])
+    return f"{node.name}: rbee-hive {health['version']} up (pid {pid}, {node.listen}:{node.hive_port})"
+
+
+async def hive_down(node: Node, runner: Runner, say: Say) -> str:
+    """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound."""
+    say(f"{node.name}: connecting to {runner.label}")
+    pid = await _running_pid(node, runner)
+    if pid is None:
+        return f"{node.name}: rbee-hive is not running"
+    await runner.run(["kill", "-TERM", str(pid)], timeout_s=PROBE_TIMEOUT_S)
+    deadline = asyncio.get_running_loop().time() + HIVE_DOWN_TIMEOUT_S
+    while (await runner.run(["kill", "-0", str(pid)], timeout_s=PROBE_TIMEOUT_S)).exit_status == 0:
+        if asyncio.get_running_loop().time() > deadline:
+            await runner.run(["kill", "-KILL", str(pid)], timeout_s=PROBE_TIMEOUT_S)
+            return f"{node.name}: rbee-hive (pid {pid}) did not stop in time: killed"
+        await asyncio.sleep(0.2)
+    return f"{node.name}: rbee-hive stopped (pid {pid})"
+

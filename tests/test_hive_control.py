@@ -1,0 +1,135 @@
+"""`rbee ssh-up` / `rbee ssh-down` / `rbee infer --node` against real sshd fake nodes.
+
+The fake nodes are this machine behind their own sshd; their hives and workers bind the
+node's loopback, so the keeper reaches them only through SSH port forwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, free_port
+from sshd import FakeNode, start_sshd
+
+
+def node_table(name: str, node: FakeNode, state_dir: Path, *, rbee_path: Path = BIN) -> str:
+    entry = node.inventory_entry()
+    lines = [f"[nodes.{name}]"]
+    lines += [f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
+              for key, value in entry.items()]
+    lines += [f'rbee_path = "{rbee_path}"', f'state_dir = "{state_dir}"',
+              f"hive_port = {free_port()}", "use_ssh_config = false"]
+    return "\n".join(lines) + "\n"
+
+
+class Operator:
+    def __init__(self, tmp: Path, inventory_text: str) -> None:
+        self.home = tmp / "rbee-home"
+        self.inventory = tmp / "inventory.toml"
+        self.inventory.write_text(inventory_text)
+
+    def rbee(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
+        env.update(RBEE_HOME=str(self.home), RBEE_INVENTORY=str(self.inventory))
+        return subprocess.run([str(BIN / "rbee"), *args], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> Iterator[tuple[Operator, dict[str, FakeNode], dict[str, Path]]]:
+    nodes = {name: start_sshd(tmp_path / "sshd", name) for name in ("alpha", "beta")}
+    states = {name: tmp_path / f"{name}-hive" for name in nodes}
+    operator = Operator(tmp_path, "".join(node_table(n, nodes[n], states[n]) for n in nodes))
+    yield operator, nodes, states
+    operator.rbee("ssh-down", "alpha", "beta")
+    for node in nodes.values():
+        node.stop()
+
+
+def test_up_infer_down_through_ssh_tunnels(two_nodes, tiny_model: Path) -> None:
+    operator, _nodes, states = two_nodes
+    up = operator.rbee("ssh-up", "alpha", "beta")
+    assert up.returncode == 0, up.stderr
+    for name in ("alpha", "beta"):
+        assert f"{name}: rbee-hive 0.1.0 up (pid" in up.stderr
+        assert (states[name] / "hive.pid").read_text().strip().isdigit()
+
+    again = operator.rbee("ssh-up", "alpha")
+    assert again.returncode == 0 and "alpha: rbee-hive 0.1.0 already running" in again.stderr
+
+    answer = operator.rbee("infer", "--node", "alpha", "--model", f"file:{tiny_model}",
+                           "--max-tokens", "8", "--temperature", "0", "Once upon a time")
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.strip() and "Model ready!" in answer.stderr
+    warm = operator.rbee("infer", "--node", "alpha", "--model", f"file:{tiny_model}",
+                         "--max-tokens", "8", "--temperature", "0", "Once upon a time")
+    assert warm.returncode == 0 and warm.stdout == answer.stdout
+    assert "Model ready!" not in warm.stderr  # the warm path, through a fresh tunnel
+
+    pids = {name: int((states[name] / "hive.pid").read_text()) for name in states}
+    down = operator.rbee("ssh-down", "alpha", "beta")
+    assert down.returncode == 0, down.stderr
+    for name, pid in pids.items():
+        assert f"{name}: rbee-hive stopped (pid {pid})" in down.stderr
+        deadline = time.monotonic() + 10
+        while _alive(pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert "is not running" in operator.rbee("ssh-down", "alpha").stderr
+
+
+def test_remote_infer_without_a_hive_says_to_ssh_up(two_nodes, tiny_model: Path) -> None:
+    operator, _nodes, _states = two_nodes
+    result = operator.rbee("infer", "--node", "beta", "--model", f"file:{tiny_model}", "hi")
+    assert result.returncode == 1
+    assert "after 3 attempts" in result.stderr and "rbee ssh-up beta" in result.stderr
+
+
+def test_changed_host_key_is_refused(two_nodes) -> None:
+    operator, nodes, _states = two_nodes
+    nodes["alpha"].rotate_host_key()
+    result = operator.rbee("ssh-up", "alpha")
+    assert result.returncode == 1
+    assert "Host key verification failed" in result.stderr
+    assert "ssh-keygen -R" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_node_without_rbee_gets_the_install_hint(tmp_path: Path) -> None:
+    node = start_sshd(tmp_path / "sshd", "bare")
+    try:
+        operator = Operator(tmp_path, node_table("bare", node, tmp_path / "state",
+                                                 rbee_path=tmp_path / "not-installed"))
+        result = operator.rbee("ssh-up", "bare")
+    finally:
+        node.stop()
+    assert result.returncode == 1
+    assert "Error: rbee is not installed on bare" in result.stderr
+    assert "rbee deploy bare" in result.stderr and "ansible" in result.stderr
+
+
+def test_metacharacters_in_paths_never_reach_a_shell(tmp_path: Path) -> None:
+    node = start_sshd(tmp_path / "sshd", "quoted")
+    marker = tmp_path / "pwned"
+    try:
+        operator = Operator(tmp_path, node_table(
+            "quoted", node, tmp_path / "state", rbee_path=Path(f"/nonexistent; touch {marker}")))
+        result = operator.rbee("ssh-up", "quoted")
+    finally:
+        node.stop()
+    assert result.returncode == 1 and "rbee is not installed on quoted" in result.stderr
+    assert not marker.exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return stat != "Z"
