@@ -12,11 +12,12 @@ import click
 from rbee.dataplane.config import DEFAULT_MODEL_REF, MAX_TOKENS_LIMIT
 from rbee.dataplane.protocol import VERSION
 
+from . import fleet
 from .console import ActionableError, Console
 from .hive_control import hive_down, hive_up
 from .infer import InferRequest, run_infer
 from .inventory import Inventory, InventoryError, Node, find_inventory, load_inventory
-from .node_access import LocalNodeAccess, SSHNodeAccess, runner_for
+from .node_access import open_node, runner_for
 from .runner import Runner, RunnerError
 from .worker_registry import WorkerRegistry
 
@@ -80,11 +81,8 @@ def infer(ctx: click.Context, prompt_words: tuple[str, ...], prompt: str | None,
         console = Console()
         registry = WorkerRegistry()
         try:
-            if target.is_local:
-                return await run_infer(LocalNodeAccess(target), request, console, registry)
-            async with runner_for(target) as runner:
-                return await run_infer(SSHNodeAccess(target, runner), request, console,
-                                       registry)
+            async with open_node(target) as access:
+                return await run_infer(access, request, console, registry)
         except (InventoryError, RunnerError) as exc:
             console.error(str(exc))
             return 1
@@ -139,3 +137,115 @@ def ssh_up(ctx: click.Context, names: tuple[str, ...]) -> None:
 def ssh_down(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Stop the hive on NODEs; their workers stop with it."""
     _on_each(_nodes(ctx, names), hive_down)
+
+
+def _run(work: Callable[[Console], Awaitable[int]]) -> None:
+    """Runs one fleet command; ActionableErrors become words and exit 1."""
+    console = Console()
+
+    async def run() -> int:
+        try:
+            return await work(console)
+        except ActionableError as exc:
+            console.explain(exc)
+            return 1
+
+    sys.exit(asyncio.run(run()))
+
+
+def _node(ctx: click.Context, name: str) -> Node:
+    return _nodes(ctx, (name,))[0]
+
+
+@main.command()
+@click.pass_context
+def nodes(ctx: click.Context) -> None:
+    """Every node of the inventory: hive state, version, workers, models."""
+    inventory = _inventory(ctx)
+    _run(lambda console: fleet.nodes_table(inventory, console))
+
+
+@main.group()
+def workers() -> None:
+    """Workers: those this keeper started, and what each node's hive runs."""
+
+
+@workers.command("list")
+def workers_list() -> None:
+    """The workers this keeper has registered."""
+    registry = WorkerRegistry()
+    try:
+        sys.exit(fleet.workers_list(registry, Console()))
+    finally:
+        registry.close()
+
+
+@workers.command("health")
+@click.option("--node", "node_name", default="local", show_default=True)
+@click.pass_context
+def workers_health(ctx: click.Context, node_name: str) -> None:
+    """Ask NODE's hive how each of its workers is."""
+    node = _node(ctx, node_name)
+    registry = WorkerRegistry()
+    try:
+        _run(lambda console: fleet.workers_health(node, registry, console))
+    finally:
+        registry.close()
+
+
+@workers.command("shutdown")
+@click.option("--id", "worker_id", required=True, help="The worker to stop.")
+@click.option("--node", "node_name", default=None,
+              help="Its node (default: the node the registry knows it on).")
+@click.pass_context
+def workers_shutdown(ctx: click.Context, worker_id: str, node_name: str | None) -> None:
+    """Stop one worker gracefully."""
+    registry = WorkerRegistry()
+    try:
+        known = registry.get(worker_id)
+        if node_name is None and known is None:
+            raise click.UsageError(f"{worker_id} is not in this keeper's registry: give --node")
+        node = _node(ctx, node_name or known.node)  # type: ignore[union-attr]
+        _run(lambda console: fleet.workers_shutdown(node, worker_id, registry, console))
+    finally:
+        registry.close()
+
+
+@main.group()
+def models() -> None:
+    """Models in a node's catalog."""
+
+
+@models.command("list")
+@click.option("--node", "node_name", default="local", show_default=True)
+@click.pass_context
+def models_list(ctx: click.Context, node_name: str) -> None:
+    """The models NODE has."""
+    node = _node(ctx, node_name)
+    _run(lambda console: fleet.models_list(node, console))
+
+
+@models.command("download")
+@click.argument("model_ref")
+@click.option("--node", "node_name", default="local", show_default=True)
+@click.pass_context
+def models_download(ctx: click.Context, model_ref: str, node_name: str) -> None:
+    """Put MODEL_REF in NODE's catalog, with a progress bar."""
+    from rbee.control.hive.model_refs import InvalidModelRef, parse_model_ref
+
+    try:
+        model_ref = parse_model_ref(model_ref).ref
+    except InvalidModelRef as exc:
+        raise click.BadParameter(str(exc), param_hint="MODEL_REF") from None
+    node = _node(ctx, node_name)
+    _run(lambda console: fleet.models_download(node, model_ref, console))
+
+
+@main.command()
+@click.option("--node", "node_name", default="local", show_default=True)
+@click.option("--follow", is_flag=True, help="Keep printing new lines until Ctrl+C.")
+@click.pass_context
+def logs(ctx: click.Context, node_name: str, follow: bool) -> None:
+    """NODE's hive log."""
+    node = _node(ctx, node_name)
+    _run(lambda console: fleet.logs(node, follow, console))

@@ -10,6 +10,7 @@ from typing import TextIO
 
 from rich.console import Console as RichConsole
 from rich.markup import escape
+from rich.table import Table
 
 BAR_WIDTH = 24
 
@@ -33,6 +34,7 @@ class Console:
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self._out = out or sys.stdout
         self._err = RichConsole(file=err or sys.stderr, highlight=False, soft_wrap=True)
+        self._data = RichConsole(file=self._out, highlight=False)
         self._progress_open = False
 
     def status(self, message: str) -> None:
@@ -58,6 +60,16 @@ class Console:
             self._progress_open = True
         else:
             self._err.print(line, markup=False)
+
+    def line(self, text: str) -> None:
+        """A line of the command's output (stdout)."""
+        self._end_progress()
+        self._out.write(text + "\n")
+        self._out.flush()
+
+    def table(self, table: Table) -> None:
+        self._end_progress()
+        self._data.print(table)
 
     def token(self, text: str) -> None:
         self._out.write(text)

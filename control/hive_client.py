@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from .api_client import ApiClient
+from .console import ActionableError, Console, bar
 
 
 class HiveClient(ApiClient):
@@ -43,3 +45,30 @@ class HiveClient(ApiClient):
     async def follow_logs(self) -> AsyncIterator[dict[str, Any]]:
         async for line in self._sse("GET", "/v1/logs", params={"follow": "true"}):
             yield line
+
+
+async def provision(hive: HiveClient, model_ref: str, console: Console) -> str:
+    """Puts the model in the node's catalog, showing the download; returns its local path."""
+    started = await hive.download(model_ref)
+    if started.get("local_path"):
+        return started["local_path"]
+    async with aclosing(hive.download_progress(started["download_id"])) as events:
+        async for event in events:
+            stage = event["stage"]
+            if stage == "downloading" and event.get("bytes_total"):
+                done, total = event["bytes_downloaded"], event["bytes_total"]
+                console.progress(f"Downloading model... {bar(done / total)} {100 * done // total}% "
+                                 f"({done / 1e6:.1f} MB / {total / 1e6:.1f} MB) "
+                                 f"@ {event['speed_mbps']:.1f} MB/s")
+            elif stage == "retrying":
+                console.status(f"Retrying download (attempt {event['attempt']}/"
+                               f"{event['attempts']})... delay {event['delay_ms']}ms")
+            elif stage == "failed":
+                raise ActionableError(event["error"]["message"],
+                                      suggestion="check the model reference and the node's "
+                                                 "network, then retry")
+            elif stage == "complete":
+                console.status("Model downloaded.")
+                return event["local_path"]
+    raise ActionableError(f"the download of {model_ref} ended without a result",
+                          suggestion="retry; the hive's log says more (`rbee logs`)")

@@ -13,7 +13,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable
-from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +23,7 @@ from rbee.dataplane.protocol import VERSION, ErrorCode
 
 from .api_client import RemoteError
 from .console import ActionableError, Console, bar
-from .hive_client import HiveClient
+from .hive_client import HiveClient, provision
 from .worker_client import WorkerClient
 from .worker_registry import RegisteredWorker, WorkerRegistry
 
@@ -172,30 +171,14 @@ class Infer:
 
     async def _provision(self, hive: HiveClient) -> None:
         """Phase 3: the model in the node's catalog, downloading it with a progress bar."""
-        started = await self._call_hive(hive.download(self.request.model_ref))
-        if started.get("local_path"):
-            return
-        async with aclosing(hive.download_progress(started["download_id"])) as events:
-            async for event in events:
-                stage = event["stage"]
-                if stage == "downloading" and event.get("bytes_total"):
-                    done, total = event["bytes_downloaded"], event["bytes_total"]
-                    self.console.progress(
-                        f"Downloading model... {bar(done / total)} {100 * done // total}% "
-                        f"({done / 1e6:.1f} MB / {total / 1e6:.1f} MB) "
-                        f"@ {event['speed_mbps']:.1f} MB/s")
-                elif stage == "retrying":
-                    self.console.status(f"Retrying download (attempt {event['attempt']}/"
-                                        f"{event['attempts']})... delay {event['delay_ms']}ms")
-                elif stage == "failed":
-                    error = event["error"]
-                    self.console.error(
-                        error["message"],
-                        suggestion="check the model reference and the node's network, then "
-                                   "retry")
-                    raise InferFailed()
-                elif stage == "complete":
-                    self.console.status("Model downloaded.")
+        try:
+            await provision(hive, self.request.model_ref, self.console)
+        except RemoteError as exc:
+            self._explain(exc)
+            raise InferFailed() from None
+        except ActionableError as exc:
+            self.console.explain(exc)
+            raise InferFailed() from None
 
     async def _call_hive(self, call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         try:

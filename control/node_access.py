@@ -7,8 +7,10 @@ when it is not running; other nodes are reached over SSH.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -125,3 +127,13 @@ class SSHNodeAccess:
 
     async def start_hive(self) -> bool:
         return False  # `rbee ssh-up NODE` starts a remote hive, never `rbee infer`
+
+
+@contextlib.asynccontextmanager
+async def open_node(node: Node) -> AsyncIterator[LocalNodeAccess | SSHNodeAccess]:
+    """The node's access for one command; an SSH node's connection closes with it."""
+    if node.is_local:
+        yield LocalNodeAccess(node)
+        return
+    async with runner_for(node) as runner:
+        yield SSHNodeAccess(node, runner)
