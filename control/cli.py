@@ -50,7 +50,7 @@ def _inventory(ctx: click.Context) -> Inventory:
               show_default=True)
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None)
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=300.0,
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=300.0,
               show_default=True, help="Seconds to wait for the model to load.")
 @click.option("--retry", "busy_retries", type=click.IntRange(0, 10), default=3, show_default=True,
               help="Retries when the worker is busy (after 1, 2, 4 … s).")

@@ -224,11 +224,12 @@ class Infer:
                                         on_progress=show)
         except RemoteError as exc:
             if exc.code == ErrorCode.LOADING_TIMEOUT:
-                minutes = self.request.loading_timeout_s / 60
+                limit = self.request.loading_timeout_s
+                span = f"{limit / 60:g} minutes" if limit % 60 == 0 else f"{limit:g} seconds"
                 where = (f" (stuck at {reached['done']}/{reached['total']} layers)"
                          if reached else "")
                 self.console.error(
-                    f"Model loading timeout after {minutes:g} minutes",
+                    f"Model loading timeout after {span}",
                     f"Worker state: loading{where}",
                     suggestion=f"Check worker logs on {self.node.name} for errors")
             else:

@@ -133,3 +133,20 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat != "Z"
+
+
+def test_ec8_version_mismatch_names_both_versions(tmp_path: Path) -> None:
+    old_install = tmp_path / "old-rbee"
+    old_install.mkdir()
+    (old_install / "rbee-hive").write_text("#!/bin/sh\necho 'rbee-hive, version 0.2.0'\n")
+    (old_install / "rbee-hive").chmod(0o755)
+    node = start_sshd(tmp_path / "sshd", "old")
+    try:
+        operator = Operator(tmp_path, node_table("old", node, tmp_path / "state",
+                                                 rbee_path=old_install))
+        result = operator.rbee("ssh-up", "old")
+    finally:
+        node.stop()
+    assert result.returncode == 1
+    assert "Error: Version mismatch: rbee=0.1.0, rbee-hive=0.2.0. Please upgrade." in result.stderr
+    assert "rbee deploy old" in result.stderr

@@ -269,3 +269,19 @@ def test_bad_input_is_refused_before_any_network_call(keeper: Keeper) -> None:
     assert not (keeper.state_dir / "hive.pid").exists()  # no hive was started
     for result in (unknown, bad_model):
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.bundled
+def test_ec7_loading_timeout_names_where_it_stopped(tmp_path: Path, tiny_model: Path) -> None:
+    keeper = make_keeper(tmp_path, tiny_model)
+    try:
+        # The bundled model takes well over 0.2 s to load (a second or more here).
+        result = subprocess.run(
+            [str(BIN / "rbee"), "infer", "--model", "pkg:gemma3-270m", "--timeout", "0.2",
+             "hello"], capture_output=True, text=True, timeout=120, env=keeper.env())
+    finally:
+        keeper.stop_hive()
+    assert result.returncode == 1, result.stderr
+    assert "Error: Model loading timeout after 0.2 seconds" in result.stderr
+    assert "Worker state: loading" in result.stderr
+    assert "Suggestion: Check worker logs on local for errors" in result.stderr
