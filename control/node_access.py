@@ -118,9 +118,12 @@ class SSHNodeAccess:
         return f"http://{host}:{port}"
 
     async def worker_url(self, url: str) -> str:
-        if self.node.direct:
-            return url
         parts = urlsplit(url)
+        if self.node.direct:
+            if parts.hostname in ("0.0.0.0", "::"):  # bound to every address: use the node's
+                host = f"[{self.node.host}]" if ":" in self.node.host else self.node.host
+                return f"http://{host}:{parts.port}"
+            return url
         host, port = await self.runner.forward_local_port(parts.hostname or "127.0.0.1",
                                                           parts.port or 80)
         return f"http://{host}:{port}"

@@ -7,6 +7,7 @@ node's loopback, so the keeper reaches them only through SSH port forwards.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,9 +35,16 @@ class Operator:
         self.inventory = tmp / "inventory.toml"
         self.inventory.write_text(inventory_text)
 
-    def rbee(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    @staticmethod
+    def registered_in(home: Path) -> list[dict]:
+        with sqlite3.connect(home / "workers.db") as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM workers")]
+
+    def rbee(self, *args: str, timeout: float = 120, **extra_env: str
+             ) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
-        env.update(RBEE_HOME=str(self.home), RBEE_INVENTORY=str(self.inventory))
+        env.update(RBEE_HOME=str(self.home), RBEE_INVENTORY=str(self.inventory), **extra_env)
         return subprocess.run([str(BIN / "rbee"), *args], capture_output=True, text=True,
                               timeout=timeout, env=env)
 
@@ -150,3 +158,29 @@ def test_ec8_version_mismatch_names_both_versions(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Error: Version mismatch: rbee=0.1.0, rbee-hive=0.2.0. Please upgrade." in result.stderr
     assert "rbee deploy old" in result.stderr
+
+
+def test_a_node_listening_on_every_address_is_reached_directly(tmp_path: Path,
+                                                               tiny_model: Path) -> None:
+    """listen = 0.0.0.0: no tunnels; the key travels by SFTP into a 0600 file, never argv."""
+    node = start_sshd(tmp_path / "sshd", "direct")
+    state = tmp_path / "direct-hive"
+    operator = Operator(tmp_path, node_table("direct", node, state)
+                        + 'listen = "0.0.0.0"\napi_key_env = "RBEE_DIRECT_KEY"\n')
+    key = "direct-node-key-0123456789"
+    try:
+        up = operator.rbee("ssh-up", "direct", RBEE_DIRECT_KEY=key)
+        assert up.returncode == 0, up.stderr
+        key_file = state / "hive.key"
+        assert key_file.read_text() == key and key_file.stat().st_mode & 0o777 == 0o600
+        pid = int((state / "hive.pid").read_text())
+        assert key not in Path(f"/proc/{pid}/cmdline").read_text()
+        answer = operator.rbee("infer", "--node", "direct", "--model", f"file:{tiny_model}",
+                               "--max-tokens", "5", "hi", RBEE_DIRECT_KEY=key)
+        assert answer.returncode == 0, answer.stderr
+        [worker] = Operator.registered_in(operator.home)
+        assert worker["url"].startswith("http://0.0.0.0:")  # bound everywhere, reached directly
+        assert operator.rbee("ssh-down", "direct", RBEE_DIRECT_KEY=key).returncode == 0
+    finally:
+        operator.rbee("ssh-down", "direct", RBEE_DIRECT_KEY=key)
+        node.stop()
