@@ -17,6 +17,7 @@ import pytest
 
 from conftest import BIN, free_port
 from hive_process import start_hive
+from model_server import ModelServer
 from rbee.control.worker_registry import WorkerRegistry
 
 
@@ -285,3 +286,15 @@ def test_ec7_loading_timeout_names_where_it_stopped(tmp_path: Path, tiny_model: 
     assert "Error: Model loading timeout after 0.2 seconds" in result.stderr
     assert "Worker state: loading" in result.stderr
     assert "Suggestion: Check worker logs on local for errors" in result.stderr
+
+
+def test_ec2_download_failure_after_6_attempts(keeper: Keeper) -> None:
+    with ModelServer() as internet:
+        url = internet.add("/models/gone.gguf", b"", status=503)
+        result = subprocess.run([str(BIN / "rbee"), "infer", "--model", url, "hello"],
+                                capture_output=True, text=True, timeout=120, env=keeper.env())
+        assert internet.count("/models/gone.gguf") == 6
+    assert result.returncode == 1
+    assert "Retrying download (attempt 2/6)... delay 100ms" in result.stderr
+    assert "Retrying download (attempt 6/6)... delay 1600ms" in result.stderr
+    assert "Error: Failed to download model after 6 attempts" in result.stderr
