@@ -26,6 +26,7 @@ that un-quotes `run`'s arguments. `run_shell` scripts always run under `sh -c`.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 import posixpath
@@ -37,7 +38,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Protocol, Self, runtime_checkable
+from typing import Literal, Self
 
 import asyncssh
 
@@ -110,65 +111,6 @@ class SSHConnectError(RunnerError):
         super().__init__(message)
 
 
-@runtime_checkable
-class Runner(Protocol):
-    """What the keeper needs from a node, whether it is this machine or one over SSH."""
-
-    @property
-    def label(self) -> str:
-        """Where commands run, for messages: `local` or `user@host:port`."""
-        ...
-
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout_s: float,
-        input: str | None = None,
-        check: bool = False,
-    ) -> CommandResult: ...
-
-    async def run_shell(
-        self,
-        script: str,
-        *,
-        timeout_s: float,
-        input: str | None = None,
-        check: bool = False,
-    ) -> CommandResult: ...
-
-    async def start_detached(
-        self,
-        argv: Sequence[str],
-        *,
-        log_path: str,
-        cwd: str | None = None,
-        append: bool = False,
-        timeout_s: float = 15.0,
-    ) -> int: ...
-
-    async def write_file(
-        self, path: str, data: bytes, *, mode: int = 0o600, timeout_s: float = 30.0
-    ) -> None: ...
-
-    async def expand_user(self, path: str) -> str: ...
-
-    async def forward_local_port(self, remote_host: str, remote_port: int) -> tuple[str, int]: ...
-
-    async def close_forward(self, remote_host: str, remote_port: int) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
 # --------------------------------------------------------------------------------------------
 # Helpers shared by both runners
 
@@ -225,7 +167,72 @@ def _short(command: str, limit: int = 200) -> str:
 # Local runner
 
 
-class LocalRunner:
+class Runner(abc.ABC):
+    """What the keeper needs from a node, whether it is this machine or one over SSH."""
+
+    @property
+    @abc.abstractmethod
+    def label(self) -> str:
+        """Where commands run, for messages: `local` or `user@host:port`."""
+
+    @abc.abstractmethod
+    async def run(
+        self, argv: Sequence[str], *, timeout_s: float, input: str | None = None,
+        check: bool = False,
+    ) -> CommandResult:
+        """Runs argv (each element quoted: it never meets a shell as syntax)."""
+
+    @abc.abstractmethod
+    async def run_shell(
+        self, script: str, *, timeout_s: float, input: str | None = None, check: bool = False
+    ) -> CommandResult:
+        """Runs a script under `sh -c`; callers build it from quoted parts only."""
+
+    @abc.abstractmethod
+    async def write_file(
+        self, path: str, data: bytes, *, mode: int = 0o600, timeout_s: float = 30.0
+    ) -> None:
+        """Creates `path` with `mode` from the first byte (keys: never argv, never env)."""
+
+    @abc.abstractmethod
+    async def expand_user(self, path: str) -> str: ...
+
+    @abc.abstractmethod
+    async def forward_local_port(self, remote_host: str, remote_port: int) -> tuple[str, int]:
+        """A local (host, port) that reaches remote_host:remote_port as the node sees it."""
+
+    @abc.abstractmethod
+    async def close_forward(self, remote_host: str, remote_port: int) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def start_detached(
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: str,
+        cwd: str | None = None,
+        append: bool = False,
+        timeout_s: float = 15.0,
+    ) -> int:
+        """Starts argv detached from the session (it outlives the connection); its pid."""
+        script = detached_script(argv, log_path=log_path, cwd=cwd, append=append)
+        return _parse_pid(self.label, script, await self.run_shell(script, timeout_s=timeout_s))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class LocalRunner(Runner):
     """Runs on this machine: subprocesses without a shell, plain files, no tunnels."""
 
     label = "local"
@@ -252,18 +259,6 @@ class LocalRunner:
         check: bool = False,
     ) -> CommandResult:
         return await self._exec(["/bin/sh", "-c", script], script, timeout_s, input, check)
-
-    async def start_detached(
-        self,
-        argv: Sequence[str],
-        *,
-        log_path: str,
-        cwd: str | None = None,
-        append: bool = False,
-        timeout_s: float = 15.0,
-    ) -> int:
-        script = detached_script(argv, log_path=log_path, cwd=cwd, append=append)
-        return _parse_pid(self.label, script, await self.run_shell(script, timeout_s=timeout_s))
 
     async def _exec(
         self,
@@ -337,16 +332,6 @@ class LocalRunner:
     async def close(self) -> None:
         return None
 
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:
@@ -393,7 +378,7 @@ def _handshake_slot(host: str, port: int) -> asyncio.Semaphore:
     return per_loop[key]
 
 
-class SSHRunner:
+class SSHRunner(Runner):
     """Runs on a remote node over one asyncssh connection, opened on first use (or by
     `async with`) and reused for every call, port forwards included.
 
@@ -668,18 +653,6 @@ class SSHRunner:
         # Under `sh -c`, so scripts mean the same whatever the user's login shell is.
         return await self._exec(f"sh -c {shlex.quote(script)}", timeout_s, input, check)
 
-    async def start_detached(
-        self,
-        argv: Sequence[str],
-        *,
-        log_path: str,
-        cwd: str | None = None,
-        append: bool = False,
-        timeout_s: float = 15.0,
-    ) -> int:
-        script = detached_script(argv, log_path=log_path, cwd=cwd, append=append)
-        return _parse_pid(self.label, script, await self.run_shell(script, timeout_s=timeout_s))
-
     async def _exec(
         self, command: str, timeout_s: float, input: str | None, check: bool
     ) -> CommandResult:
@@ -882,14 +855,6 @@ class SSHRunner:
     async def __aenter__(self) -> Self:
         await self.connect()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def _reason(e: BaseException) -> str:
