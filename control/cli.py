@@ -8,11 +8,13 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import click
+import httpx
 
 from rbee.dataplane.config import DEFAULT_MODEL_REF, MAX_TOKENS_LIMIT
 from rbee.dataplane.protocol import VERSION
 
 from . import fleet
+from .api_client import RemoteError
 from .console import ActionableError, Console
 from .hive_control import hive_down, hive_up
 from .infer import InferRequest, run_infer
@@ -85,6 +87,10 @@ def infer(ctx: click.Context, prompt_words: tuple[str, ...], prompt: str | None,
                 return await run_infer(access, request, console, registry)
         except (InventoryError, RunnerError) as exc:
             console.error(str(exc))
+            return 1
+        except (httpx.HTTPError, RemoteError) as exc:  # a node that went away mid-command
+            console.error(f"lost contact with {node}: {exc}",
+                          suggestion=f"see `rbee logs --node {node}` and retry")
             return 1
         finally:
             registry.close()

@@ -154,6 +154,11 @@ class Infer:
                 except httpx.TransportError:
                     if attempt < HIVE_ATTEMPTS:
                         await asyncio.sleep(HIVE_BACKOFF_S[attempt - 1])
+                except (RemoteError, ValueError, KeyError):
+                    self.console.error(
+                        f"Something other than rbee-hive answers at {node.hive_address}",
+                        suggestion=f"give node {node.name} another hive_port in the inventory")
+                    raise InferFailed() from None
         if health is None:
             self.console.error(
                 f"Cannot connect to {node.hive_address} after {HIVE_ATTEMPTS} attempts",

@@ -298,3 +298,15 @@ def test_ec2_download_failure_after_6_attempts(keeper: Keeper) -> None:
     assert "Retrying download (attempt 2/6)... delay 100ms" in result.stderr
     assert "Retrying download (attempt 6/6)... delay 1600ms" in result.stderr
     assert "Error: Failed to download model after 6 attempts" in result.stderr
+
+
+def test_another_server_on_the_hive_port_is_named(tmp_path: Path, tiny_model: Path) -> None:
+    with ModelServer() as stranger:  # any HTTP server that is not a hive
+        keeper = make_keeper(tmp_path, tiny_model)
+        port = stranger.url.rsplit(":", 1)[1]
+        keeper.inventory.write_text(keeper.inventory.read_text().replace(
+            f"hive_port = {keeper.port}", f"hive_port = {port}"))
+        result = keeper.infer("hello")
+    assert result.returncode == 1
+    assert f"Error: Something other than rbee-hive answers at 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
