@@ -9,6 +9,10 @@ repetitions), the ratio rbee / llama_cpp.server, and each server's peak RSS.
 
 Needs llama-cpp-python[server] (fastapi, uvicorn, ...), which is not a project dependency:
 `make bench-compare` installs it into bench/.venv only.
+
+On a 2-core machine any other busy process skews every number: each repetition measures the CPU
+that went elsewhere and is rerun when that is more than --max-other cores (see Guard); the
+report says how many reruns there were and whether any kept repetition was still disturbed.
 """
 
 from __future__ import annotations
@@ -82,7 +86,6 @@ class PeakRss:
         self._interval = interval_s
         self._stop = threading.Event()
         self.peak = 0
-        self.samples = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def now(self) -> int:
@@ -98,7 +101,6 @@ class PeakRss:
         while not self._stop.is_set():
             try:
                 self.peak = max(self.peak, self.now())
-                self.samples += 1
             except psutil.Error:
                 return
             self._stop.wait(self._interval)
@@ -113,34 +115,32 @@ class PeakRss:
 
 
 class ForeignCpu:
-    """CPU time spent on anything but this benchmark and its server while the rows ran.
-
-    On a 2-core machine any other busy process skews every number, so the report says so.
-    `cores` is the average number of cores taken from us: other processes, interrupts, and
-    `steal` (the hypervisor running another guest on our cores) which is reported apart.
-    """
+    """Where the machine's CPU went during a block: `own` (this process), `children` (the
+    server) and `cores`, everything else (other processes, interrupts, hypervisor steal), each
+    as an average number of cores."""
 
     def __init__(self, pids: list[int]) -> None:
         self._procs = [psutil.Process(p) for p in pids]
 
     @staticmethod
-    def _busy() -> dict[str, float]:
-        t = psutil.cpu_times()
-        parts = {f: getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq",
-                                                  "steal")}
-        return {"busy": sum(parts.values()), "steal": parts["steal"],
-                "irq": parts["irq"] + parts["softirq"]}
+    def _busy() -> float:
+        t = psutil.cpu_times()  # guest time is already inside user and nice
+        return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq",
+                                                 "steal"))
 
-    def _ours(self) -> float:
-        total = 0.0
+    def _ours(self) -> tuple[float, float]:
+        """CPU seconds of (our processes, their children: the server)."""
+        own = children = 0.0
         for proc in self._procs:
             try:
-                for p in [proc, *proc.children(recursive=True)]:
+                c = proc.cpu_times()
+                own += c.user + c.system
+                for p in proc.children(recursive=True):
                     c = p.cpu_times()
-                    total += c.user + c.system
+                    children += c.user + c.system
             except psutil.Error:
                 pass
-        return total
+        return own, children
 
     def __enter__(self) -> ForeignCpu:
         self._t0, self._busy0, self._ours0 = time.perf_counter(), self._busy(), self._ours()
@@ -148,12 +148,12 @@ class ForeignCpu:
 
     def __exit__(self, *_exc: object) -> None:
         wall = time.perf_counter() - self._t0
-        ours = self._ours() - self._ours0
-        d = {k: v - self._busy0[k] for k, v in self._busy().items()}
+        own, children = (a - b for a, b in zip(self._ours(), self._ours0))
+        busy = self._busy() - self._busy0
         self.wall = wall
-        self.cores = max(0.0, d["busy"] - ours) / wall
-        self.steal = d["steal"] / wall
-        self.irq = d["irq"] / wall
+        self.own = own / wall  # cores used by this process (the client, or in-process llama)
+        self.children = children / wall  # cores used by the server
+        self.cores = max(0.0, busy - own - children) / wall
 
 
 class Guard:
@@ -172,6 +172,7 @@ class Guard:
         self.redone = 0
         self.disturbed = 0
         self.worst = 0.0
+        self.kept: list[ForeignCpu] = []
 
     def quiet(self) -> None:
         start = time.monotonic()
@@ -193,7 +194,14 @@ class Guard:
                 return False
             self.disturbed += 1
         self.worst = max(self.worst, other.cores)
+        self.kept.append(other)
         return True
+
+    def usage(self) -> tuple[float, float]:
+        """Average cores used by (this process, the server) over the kept repetitions."""
+        wall = sum(o.wall for o in self.kept) or 1.0
+        return (sum(o.own * o.wall for o in self.kept) / wall,
+                sum(o.children * o.wall for o in self.kept) / wall)
 
 
 @dataclass
@@ -327,6 +335,10 @@ async def one_stream(client: httpx.AsyncClient, prompt: str, t0: float,
                     n += 1
                 finish = choice.get("finish_reason") or finish
             end = time.perf_counter()
+            if finish is None:
+                raise SystemExit(
+                    f"{client.base_url}: a stream ended after {n} tokens with no finish_reason "
+                    "(cut off: llama_cpp.server does that without --interrupt_requests False)")
             tokens = args.tokens if finish == "length" else n
             return Stream((first or end) - t0, end, tokens, "".join(text), retries)
 
@@ -458,8 +470,9 @@ def main() -> None:
     print(f"- concurrent streams are sent together (asyncio.gather over one httpx.AsyncClient); "
           f"TTFT counts from then.\n"
           f"- llama_cpp.server runs with --interrupt_requests False, so extra streams queue "
-          f"behind the running one;\n  its default (True) ends the running stream early as "
-          f"soon as another request arrives.\n"
+          f"behind the running one;\n  its default (True) ends the running stream as soon as "
+          f"another request arrives, with [DONE] and\n  no finish_reason, so a client cannot "
+          f"tell a cut-off answer from a finished one.\n"
           f"- rbee-worker --slots {args.slots}: a stream beyond the slots gets 503 "
           f"ALL_SLOTS_BUSY and the client retries\n  every {args.retry_s * 1000:.0f} ms "
           f"(ignoring Retry-After: 1); the wait counts in its TTFT.\n"
@@ -547,6 +560,11 @@ def main() -> None:
     for name, g in guards.items():
         print(f"  {name:<17} reruns {g.redone}, kept while disturbed {g.disturbed}, "
               f"worst kept {g.worst:.2f} cores")
+    print("cores used while the rows ran (average over the kept repetitions):")
+    for name, g in guards.items():
+        own, server = g.usage()
+        print(f"  {name:<17} " + (f"in-process {own:.2f}" if name == "in-process" else
+                                  f"server {server:.2f}, benchmark client {own:.2f}"))
     if any(g.disturbed for g in guards.values()):
         print("WARNING: some kept repetitions ran while the machine was busy elsewhere; "
               "rerun when it is quiet.")
