@@ -42,7 +42,9 @@ def main() -> None:
 def daemon(addr: str, state_dir: str, idle_timeout_s: float, health_interval_s: float,
            api_key_file: Path | None, ram_budget_mb: int | None, log_level: str) -> None:
     """Run the hive (until SIGTERM: then every worker is stopped and it exits 0)."""
-    from .hive.daemon import HiveAlreadyRunning, bind, pid_lock, run_hive
+    from rbee.dataplane.http import bind
+
+    from .hive.daemon import HiveAlreadyRunning, pid_lock, run_hive
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

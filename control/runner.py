@@ -202,9 +202,6 @@ class Runner(abc.ABC):
         """A local (host, port) that reaches remote_host:remote_port as the node sees it."""
 
     @abc.abstractmethod
-    async def close_forward(self, remote_host: str, remote_port: int) -> None: ...
-
-    @abc.abstractmethod
     async def close(self) -> None: ...
 
     async def start_detached(
@@ -326,9 +323,6 @@ class LocalRunner(Runner):
         # The node is this machine: its addresses are reachable as they are.
         return remote_host, remote_port
 
-    async def close_forward(self, remote_host: str, remote_port: int) -> None:
-        return None
-
     async def close(self) -> None:
         return None
 
@@ -425,10 +419,6 @@ class SSHRunner(Runner):
     def label(self) -> str:
         where = f"{self.host}:{self.port}"
         return f"{self.username}@{where}" if self.username else where
-
-    @property
-    def connected(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
 
     # -- connection ----------------------------------------------------------------------
 
@@ -829,11 +819,6 @@ class SSHRunner(Runner):
                     raise self._lost(e) from None
                 self._forwards[key] = listener
             return "127.0.0.1", listener.get_port()
-
-    async def close_forward(self, remote_host: str, remote_port: int) -> None:
-        listener = self._forwards.pop((remote_host, remote_port), None)
-        if listener is not None:
-            listener.close()
 
     def _drop_forwards(self) -> None:
         for listener in self._forwards.values():

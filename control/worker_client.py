@@ -52,6 +52,3 @@ class WorkerClient(ApiClient):
 
     async def cancel(self, request_id: str, *, timeout_s: float | None = None) -> None:
         await self._json("DELETE", f"/v1/inference/{request_id}", timeout_s=timeout_s)
-
-    async def shutdown(self) -> None:
-        await self._json("POST", "/v1/admin/shutdown")

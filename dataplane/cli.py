@@ -14,11 +14,11 @@ from pathlib import Path
 
 import click
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from .app import create_app
 from .config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_MODEL_REF, WorkerSettings
 from .engine import Engine, LoadProgress
+from .http import bind, server_config
 from .llama_engine import LlamaEngine
 from .model_file import ModelFileError, ModelInfo, check_model_ref
 from .protocol import VERSION
@@ -106,15 +106,10 @@ def main(
     except ModelFileError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        sock = _bind(host, port)
+        sock = bind(host, port)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     asyncio.run(_serve(settings, sock))
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host.strip("[]"), port), family=family, backlog=128)
 
 
 def _url(sock: socket.socket) -> str:
@@ -146,11 +141,8 @@ async def _serve(settings: WorkerSettings, sock: socket.socket) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_shutdown)
 
-    config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 1.0  # streams are drained already; idle keep-alives need no wait
+    # Streams are drained before the server stops; idle keep-alives need no wait.
+    config = server_config(sock, graceful_timeout_s=1.0)
     app = create_app(worker)
     log.info("rbee-worker %s (%s) serving %s on %s", VERSION, settings.worker_id,
              settings.model_ref, worker.url)

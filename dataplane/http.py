@@ -5,8 +5,10 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
 from typing import TypeVar
 
+from hypercorn.config import Config
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -128,3 +130,19 @@ def _bearer(scope: Scope) -> bytes:
             scheme, _, token = value.partition(b" ")
             return token.strip() if scheme.lower() == b"bearer" else b""
     return b""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: the OS picks); bound before the server so its URL is known."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family, backlog=128)
+
+
+def server_config(sock: socket.socket, *, graceful_timeout_s: float) -> Config:
+    """Hypercorn serving `sock`, logging through `logging`, no access log."""
+    config = Config()
+    config.bind = [f"fd://{sock.fileno()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = graceful_timeout_s
+    return config

@@ -58,7 +58,6 @@ class _Sequence:
     pending: deque[int]  # prompt tokens not yet decoded
     n_past: int = 0  # tokens of this sequence in the KV cache
     n_generated: int = 0
-    n_emitted: int = 0
     batch_index: int = -1  # where this sequence's logits are in the current batch, or -1
     last_token: int = -1
     utf8: codecs.IncrementalDecoder = field(
@@ -115,6 +114,7 @@ class LlamaEngine:
         self._batch: Any = None
         self._pool: QuietThreadpool | None = None
         self._errors: deque[str] = deque(maxlen=5)
+        self._piece_buf = ctypes.create_string_buffer(64)  # engine thread only
 
         self._waiting: deque[Generation] = deque()
         self._running: list[_Sequence] = []
@@ -408,10 +408,11 @@ class LlamaEngine:
         return list(buf[:n])
 
     def _piece_bytes(self, token: int, special: bool = False) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
+        # Called once per generated token: one buffer, grown when a piece needs more room.
+        buf = self._piece_buf
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
-            buf = ctypes.create_string_buffer(-n)
+            buf = self._piece_buf = ctypes.create_string_buffer(-n)
             n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
         return buf.raw[:n]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from .config import MAX_TOKENS_LIMIT, OPENAI_DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS
 
@@ -13,7 +13,13 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 TopK = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
-StopList = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)]
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# `stop` may be one string or a list of them, as in OpenAI's API.
+StopList = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16),
+                     BeforeValidator(_as_list)]
 
 
 class InferenceRequest(BaseModel):
@@ -30,11 +36,6 @@ class InferenceRequest(BaseModel):
     stop: StopList = []
     stream: bool = True
     request_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")] | None = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _one_stop(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
 
 class OpenAIRequest(BaseModel):
@@ -53,11 +54,6 @@ class OpenAIRequest(BaseModel):
     stop: StopList | None = None
     stream: bool = False
     n: Annotated[int, Field(ge=1, le=1)] = 1
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _one_stop(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
     def token_limit(self, default: int | None) -> int | None:
         return self.max_completion_tokens or self.max_tokens or default

@@ -16,8 +16,8 @@ from typing import IO
 
 import httpx
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
+from rbee.dataplane.http import server_config
 from rbee.dataplane.protocol import VERSION
 
 from .app import create_app
@@ -64,11 +64,6 @@ def pid_lock(path: Path) -> Iterator[None]:
         handle.close()
 
 
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host.strip("[]"), port), family=family, backlog=128)
-
-
 async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
     settings = replace(settings, port=sock.getsockname()[1])
     loop = asyncio.get_running_loop()
@@ -83,11 +78,7 @@ async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
         downloads = DownloadManager(catalog, settings.models_dir)
         pool = WorkerPool(settings, http)
         app = create_app(pool, downloads, logs, settings.api_key)
-        config = Config()
-        config.bind = [f"fd://{sock.fileno()}"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.graceful_timeout = 3.0
+        config = server_config(sock, graceful_timeout_s=3.0)
         log.info("rbee-hive %s listening on http://%s:%d (state %s)", VERSION, settings.host,
                  settings.port, settings.state_dir)
         loops = [
