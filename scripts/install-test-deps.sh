@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite needs: OpenSSH's server, because the tests start
-# real sshd processes on loopback ports as fake nodes (DESIGN §6). Idempotent: does nothing when
-# /usr/sbin/sshd is already there. Needs root (or passwordless sudo) only when it has to install.
+# real sshd processes on loopback ports as fake nodes (DESIGN §6), and tmux for the dashboard's
+# real-terminal check. Idempotent: does nothing when they are
+# already there. Needs root (or passwordless sudo) only when it has to install.
 set -euo pipefail
 
 need=()
 # The tests start sshd by absolute path and generate keys with ssh-keygen / connect with ssh.
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+# The dashboard's real-terminal check runs `rbee tui` inside tmux (issue 5).
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 
 if [ "${#need[@]}" -eq 0 ]; then
     exit 0
