@@ -29,6 +29,13 @@ class ActionableError(Exception):
         self.details = details
         self.suggestion = suggestion
 
+    def in_words(self) -> str:
+        """Message, details and suggestion as plain lines (for screens that are not stderr)."""
+        lines = [self.message, *self.details]
+        if self.suggestion:
+            lines.append(f"Suggestion: {self.suggestion}")
+        return "\n".join(lines)
+
 
 class Console:
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
@@ -70,6 +77,10 @@ class Console:
     def table(self, table: Table) -> None:
         self._end_progress()
         self._data.print(table)
+
+    def request_sent(self) -> None:
+        """The prompt is on its way to the worker (the dashboard times the first token from
+        here); nothing to print on a terminal."""
 
     def token(self, text: str) -> None:
         self._out.write(text)

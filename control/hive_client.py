@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from .api_client import ApiClient
@@ -22,8 +23,12 @@ class HiveClient(ApiClient):
         # Provisioning a model on spawn can take as long as its download.
         return await self._json("POST", "/v1/workers/spawn", json=body, timeout_s=3600)
 
+    async def workers_report(self) -> dict[str, Any]:
+        """The workers, with the node's idle timeout and free RAM (newer hives)."""
+        return await self._json("GET", "/v1/workers/list")
+
     async def workers(self) -> list[dict[str, Any]]:
-        return (await self._json("GET", "/v1/workers/list"))["workers"]
+        return (await self.workers_report())["workers"]
 
     async def shutdown_worker(self, worker_id: str) -> dict[str, Any]:
         return await self._json("POST", f"/v1/workers/{worker_id}/shutdown", timeout_s=60)
@@ -47,28 +52,62 @@ class HiveClient(ApiClient):
             yield line
 
 
-async def provision(hive: HiveClient, model_ref: str, console: Console) -> str:
-    """Puts the model in the node's catalog, showing the download; returns its local path."""
+@dataclass(frozen=True)
+class DownloadProgress:
+    """One step of a model download, as the hive reports it."""
+
+    stage: str  # downloading | retrying | complete
+    bytes_downloaded: int = 0
+    bytes_total: int | None = None
+    speed_mbps: float = 0.0
+    attempt: int = 0
+    attempts: int = 0
+    delay_ms: int = 0
+
+    @property
+    def fraction(self) -> float | None:
+        return self.bytes_downloaded / self.bytes_total if self.bytes_total else None
+
+
+OnDownload = Callable[[DownloadProgress], None]
+
+
+def show_download(console: Console) -> OnDownload:
+    """The command line's view of a download: a redrawn bar and the retry lines."""
+
+    def show(step: DownloadProgress) -> None:
+        if step.stage == "downloading" and step.bytes_total:
+            done, total = step.bytes_downloaded, step.bytes_total
+            console.progress(f"Downloading model... {bar(done / total)} {100 * done // total}% "
+                             f"({done / 1e6:.1f} MB / {total / 1e6:.1f} MB) "
+                             f"@ {step.speed_mbps:.1f} MB/s")
+        elif step.stage == "retrying":
+            console.status(f"Retrying download (attempt {step.attempt}/{step.attempts})... "
+                           f"delay {step.delay_ms}ms")
+        elif step.stage == "complete":
+            console.status("Model downloaded.")
+
+    return show
+
+
+async def provision(hive: HiveClient, model_ref: str, on_progress: OnDownload) -> str:
+    """Puts the model in the node's catalog, reporting the download; returns its local path."""
     started = await hive.download(model_ref)
     if started.get("local_path"):
         return started["local_path"]
     async with aclosing(hive.download_progress(started["download_id"])) as events:
         async for event in events:
             stage = event["stage"]
-            if stage == "downloading" and event.get("bytes_total"):
-                done, total = event["bytes_downloaded"], event["bytes_total"]
-                console.progress(f"Downloading model... {bar(done / total)} {100 * done // total}% "
-                                 f"({done / 1e6:.1f} MB / {total / 1e6:.1f} MB) "
-                                 f"@ {event['speed_mbps']:.1f} MB/s")
-            elif stage == "retrying":
-                console.status(f"Retrying download (attempt {event['attempt']}/"
-                               f"{event['attempts']})... delay {event['delay_ms']}ms")
-            elif stage == "failed":
+            if stage == "failed":
                 raise ActionableError(event["error"]["message"],
                                       suggestion="check the model reference and the node's "
                                                  "network, then retry")
-            elif stage == "complete":
-                console.status("Model downloaded.")
+            on_progress(DownloadProgress(
+                stage=stage, bytes_downloaded=event.get("bytes_downloaded", 0),
+                bytes_total=event.get("bytes_total"), speed_mbps=event.get("speed_mbps", 0.0),
+                attempt=event.get("attempt", 0), attempts=event.get("attempts", 0),
+                delay_ms=event.get("delay_ms", 0)))
+            if stage == "complete":
                 return event["local_path"]
     raise ActionableError(f"the download of {model_ref} ended without a result",
                           suggestion="retry; the hive's log says more (`rbee logs`)")

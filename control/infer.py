@@ -23,7 +23,7 @@ from rbee.dataplane.protocol import VERSION, ErrorCode
 
 from .api_client import RemoteError
 from .console import ActionableError, Console, bar
-from .hive_client import HiveClient, provision
+from .hive_client import HiveClient, provision, show_download
 from .worker_client import WorkerClient
 from .worker_registry import RegisteredWorker, WorkerRegistry
 
@@ -80,9 +80,11 @@ class Infer:
         self.registry = registry
         self._interrupted = asyncio.Event()
 
+    def cancel(self) -> None:
+        """Ctrl+C (or the dashboard's cancel): stops the request as EC5 describes."""
+        self._interrupted.set()
+
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, self._interrupted.set)
         try:
             worker = await self._until_interrupted(self._find_or_start_worker())
             return await self._stream(worker)
@@ -91,8 +93,6 @@ class Infer:
         except ActionableError as error:
             self.console.explain(error)
             return EXIT_FAILED
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
 
     async def _until_interrupted(self, work: Awaitable[Any]) -> Any:
         """Runs `work`; Ctrl+C before the stream starts simply ends the command."""
@@ -177,7 +177,7 @@ class Infer:
     async def _provision(self, hive: HiveClient) -> None:
         """Phase 3: the model in the node's catalog, downloading it with a progress bar."""
         try:
-            await provision(hive, self.request.model_ref, self.console)
+            await provision(hive, self.request.model_ref, show_download(self.console))
         except RemoteError as exc:
             self._explain(exc)
             raise InferFailed() from None
@@ -281,6 +281,7 @@ class Infer:
     async def _stream_once(self, client: WorkerClient, worker: RegisteredWorker,
                            request_id: str, params: dict[str, Any]) -> int:
         tokens: list[str] = []
+        self.console.request_sent()
         events = client.stream(self.request.prompt, **params)
         next_event = asyncio.ensure_future(anext(events))
         interrupted = asyncio.ensure_future(self._interrupted.wait())
@@ -345,5 +346,12 @@ class Infer:
 
 async def run_infer(node: NodeAccess, request: InferRequest, console: Console,
                     registry: WorkerRegistry) -> int:
-    return await Infer(node, request, console, registry).run()
+    """The command line's infer: Ctrl+C cancels it."""
+    infer = Infer(node, request, console, registry)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, infer.cancel)
+    try:
+        return await infer.run()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 

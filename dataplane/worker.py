@@ -43,6 +43,7 @@ class Worker:
         self.load_error: str | None = None
         self.slots_busy = 0
         self._last_activity = time.monotonic()  # start or end of the latest request
+        self.last_tokens_per_s: float | None = None  # decode speed of the latest finished request
         self.stopped = asyncio.Event()
         self._generations: dict[str, Generation] = {}
         self._progress = LoadProgress(0, 0, 0)
@@ -132,6 +133,7 @@ class Worker:
             "slots_total": self.settings.slots,
             "slots_busy": self.slots_busy,
             "idle_s": self.idle_seconds(),
+            "last_tokens_per_s": self.last_tokens_per_s,
             "version": VERSION,
         }
 
@@ -222,7 +224,8 @@ class Worker:
             self.metrics.ttft.observe(gen.first_token_at - gen.created)
             decode_s = end - gen.first_token_at
             if result.total_tokens > 1 and decode_s > 0:
-                self.metrics.tokens_per_second.observe((result.total_tokens - 1) / decode_s)
+                self.last_tokens_per_s = round((result.total_tokens - 1) / decode_s, 2)
+                self.metrics.tokens_per_second.observe(self.last_tokens_per_s)
 
     def cancel(self, request_id: str) -> bool:
         gen = self._generations.get(request_id)

@@ -23,7 +23,7 @@ from .downloads import DownloadError, DownloadManager
 from .logs import LogBuffer
 from .managed_worker import LIVE_STATES, ManagedState, WorkerSpec
 from .model_refs import InvalidModelRef, parse_model_ref
-from .preflight import check_backend, check_ram
+from .preflight import available_ram_mb, check_backend, check_ram
 from .pool import WorkerPool
 
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/workers/ready"})
@@ -99,7 +99,10 @@ def create_app(
         return JSONResponse({"worker_id": worker.worker_id, "state": str(worker.state)})
 
     async def workers_list(_request: Request) -> JSONResponse:
-        return JSONResponse({"workers": [w.to_json() for w in pool.list()]})
+        # The node's capacity and idle policy ride along, so a dashboard needs one call per node.
+        return JSONResponse({"workers": [w.to_json() for w in pool.list()],
+                             "idle_timeout_s": pool.settings.idle_timeout_s,
+                             "ram_available_mb": available_ram_mb(pool.settings.ram_budget_mb)})
 
     async def worker_shutdown(request: Request) -> JSONResponse:
         worker = await pool.stop(request.path_params["worker_id"])
