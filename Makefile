@@ -4,11 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rbee-installed
 
-# llama-cpp-python builds from source. Its default -march=native build crashes on quantised
-# models on CPUs that report AMX (llama.cpp #20824), so AMX is off; OpenMP off decodes ~7% faster.
-LLAMA_BUILD_ENV := CMAKE_ARGS="-DGGML_OPENMP=OFF" \
-	CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
-	CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+# llama-cpp-python builds from source with the flags in control/llama_build.env (AMX off,
+# OpenMP off: the file says why), the same file rbee deploy, rbee ssh-up and ansible/ read.
+include control/llama_build.env
+LLAMA_BUILD_ENV := CMAKE_ARGS="$(CMAKE_ARGS)" CFLAGS="$(CFLAGS)" CXXFLAGS="$(CXXFLAGS)"
 
 .PHONY: run test install bench bench-compare clean
 
@@ -35,12 +34,13 @@ bench: $(STAMP)
 	$(BIN)/python bench/worker_stream.py
 
 # rbee-worker vs llama_cpp.server vs in-process llama-cpp-python. llama_cpp.server's deps
-# (llama-cpp-python[server]) live only in bench/.venv, never in the project's dependencies.
-bench/.venv/.rbee-bench-installed: pyproject.toml
+# (llama-cpp-python[server]) and matplotlib (the chart) live only in bench/.venv, never in the
+# project's dependencies.
+bench/.venv/.rbee-bench-installed: pyproject.toml Makefile
 	test -x bench/.venv/bin/python || $(PY) -m venv bench/.venv
 	bench/.venv/bin/pip install --quiet --upgrade pip
 	$(LLAMA_BUILD_ENV) bench/.venv/bin/pip install --quiet -e '.[model]' \
-		'llama-cpp-python[server]==0.3.36'
+		'llama-cpp-python[server]==0.3.36' matplotlib
 	touch $@
 
 bench-compare: bench/.venv/.rbee-bench-installed

@@ -1,14 +1,15 @@
 """Concurrent streams: rbee-worker vs llama_cpp.server vs llama-cpp-python in-process.
 
-Same model, threads, context per stream, prompts and greedy decoding everywhere. For 1, 4 and 8
-streams that start together, prints TTFT p50/p95 and aggregate tokens/s (median of N
-repetitions), the ratio rbee / llama_cpp.server, and each server's peak RSS.
+Same model, threads, context per stream, prompts and greedy decoding everywhere. For 1, 2, 4 and
+8 streams that start together, prints TTFT p50/p95 and aggregate tokens/s (median of N
+repetitions), the ratio rbee / llama_cpp.server, the targets, and each server's peak RSS; then
+draws aggregate tokens/s and TTFT p50 against streams for the three into one PNG (--chart).
 
     make bench-compare      # creates bench/.venv with llama-cpp-python[server], then runs this
-    bench/.venv/bin/python bench/compare.py [--streams 1,4,8] [--reps 3] [--tokens 128]
+    bench/.venv/bin/python bench/compare.py [--streams 1,2,4,8] [--reps 3] [--tokens 128]
 
-Needs llama-cpp-python[server] (fastapi, uvicorn, ...), which is not a project dependency:
-`make bench-compare` installs it into bench/.venv only.
+Needs llama-cpp-python[server] (fastapi, uvicorn, ...) and matplotlib, which are not project
+dependencies: `make bench-compare` installs them into bench/.venv only.
 
 On a 2-core machine any other busy process skews every number: each repetition measures the CPU
 that went elsewhere and is rerun when that is more than --max-other cores (see Guard); the
@@ -430,10 +431,41 @@ def mb(n: int) -> str:
     return f"{n / 2**20:.0f} MB"
 
 
+def draw_chart(results: dict[str, dict[int, Row]], title: str, path: Path) -> None:
+    """Aggregate tok/s and TTFT p50 against concurrent streams, one line per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here; write the file only
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    colors = {"in-process": "tab:blue", "llama_cpp.server": "tab:orange", "rbee-worker": "tab:green"}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    for name, by_n in results.items():
+        streams = sorted(by_n)
+        style = {"marker": "o", "label": name, "color": colors[name]}
+        left.plot(streams, [by_n[n].tok_s for n in streams], **style)
+        right.plot(streams, [by_n[n].ttft_p50 * 1000 for n in streams], **style)
+    for ax, label in ((left, "aggregate tokens/s"), (right, "TTFT p50 (ms, log scale)")):
+        ax.set_xlabel("concurrent streams")
+        ax.set_ylabel(label)
+        ax.set_xticks(sorted(next(iter(results.values()))))
+        ax.grid(True, alpha=0.3)
+    right.set_yscale("log")
+    right.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 100, 200, 500, 1000 ... in ms
+    right.yaxis.set_major_formatter(ScalarFormatter())
+    right.yaxis.set_minor_formatter(NullFormatter())
+    left.set_ylim(bottom=0)
+    left.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pkg:gemma3-270m")
-    parser.add_argument("--streams", default="1,4,8", help="concurrency levels, comma-separated")
+    parser.add_argument("--streams", default="1,2,4,8", help="concurrency levels, comma-separated")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per row (median)")
     parser.add_argument("--warmup", type=int, default=1, help="single requests before the rows")
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens per stream")
@@ -452,14 +484,19 @@ def main() -> None:
                         help="longest wait for a quiet machine before each repetition")
     parser.add_argument("--extra-s", type=float, default=150,
                         help="most seconds spent, over the whole run, on reruns and waits")
+    parser.add_argument("--chart", type=Path,
+                        default=Path(__file__).resolve().parent.parent / "docs" / "performance.png",
+                        help="where to write the chart (PNG)")
     args = parser.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
 
     try:
         import llama_cpp.server.app  # noqa: F401  (checks that its extra deps are there)
+        import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise SystemExit(f"llama_cpp.server is not importable ({exc}): run `make bench-compare`, "
-                         "which installs llama-cpp-python[server] into bench/.venv") from None
+        raise SystemExit(f"{exc.name} is not importable: run `make bench-compare`, which "
+                         "installs llama-cpp-python[server] and matplotlib into bench/.venv"
+                         ) from None
     from rbee.dataplane.model_file import resolve_model_path
 
     path = str(resolve_model_path(args.model))
@@ -568,6 +605,9 @@ def main() -> None:
     if any(g.disturbed for g in guards.values()):
         print("WARNING: some kept repetitions ran while the machine was busy elsewhere; "
               "rerun when it is quiet.")
+    draw_chart(results, f"{args.model}, {args.threads} threads, greedy, {args.tokens} tokens per "
+               f"stream; rbee-worker --slots {args.slots}; median of {args.reps}", args.chart)
+    print(f"chart: {args.chart}")
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
