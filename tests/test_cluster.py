@@ -1,0 +1,186 @@
+"""rbee.control.cluster against real hives, workers and sshd: the data the CLI and the
+dashboard show, and the actions they take."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hive_process import HiveProcess, start_hive
+from inventories import local_node, unreachable_node, write_inventory
+
+from rbee.control import cluster
+from rbee.control.cluster import HiveState, InferRequest, InferStream, StreamStats
+from rbee.control.console import ActionableError
+from rbee.control.worker_registry import WorkerRegistry
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[WorkerRegistry]:
+    registry = WorkerRegistry(tmp_path / "home" / "workers.db")
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def hive(tmp_path: Path) -> Iterator[HiveProcess]:
+    process = start_hive(tmp_path / "hive", "--idle-timeout-s", "600")
+    yield process
+    process.stop()
+
+
+def _port(hive: HiveProcess) -> int:
+    return int(hive.url.rsplit(":", 1)[1])
+
+
+class Collector:
+    """A StreamListener that keeps everything it hears."""
+
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+        self.tokens: list[str] = []
+        self.last_stats = StreamStats()
+        self.errors: list[ActionableError] = []
+
+    def status(self, text: str) -> None:
+        self.statuses.append(text)
+
+    def token(self, text: str, stats: StreamStats) -> None:
+        self.tokens.append(text)
+        self.last_stats = stats
+
+    def failed(self, error: ActionableError) -> None:
+        self.errors.append(error)
+
+
+async def _until(check, timeout_s: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not (result := await check()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+    return result
+
+
+def test_a_local_node_through_spawn_stream_cancel_and_shutdown(
+        tmp_path: Path, hive: HiveProcess, tiny_model: Path, registry: WorkerRegistry) -> None:
+    inventory = write_inventory(tmp_path / "inventory.toml",
+                                local_node("local", _port(hive), hive.state_dir))
+    node = inventory.get("local")
+    ref = f"file:{tiny_model}"
+
+    async def scenario() -> None:
+        empty = await cluster.probe_node(node, registry)
+        assert empty.state is HiveState.UP and empty.version == "0.1.0"
+        assert empty.workers == () and empty.ram_available_mb and empty.ram_available_mb > 0
+
+        worker_id = await cluster.spawn_worker(node, ref, registry)
+        assert registry.get(worker_id) is not None
+
+        async def serving() -> cluster.NodeStatus | None:
+            status = await cluster.probe_node(node, registry)
+            return status if status.workers and status.workers[0].state == "idle" else None
+
+        status = await _until(serving)
+        [worker] = status.workers
+        assert (worker.worker_id, worker.model_ref, worker.slots_total) == (worker_id, ref, 1)
+        assert worker.idle_timeout_s == 600 and worker.last_tokens_per_s is None
+        assert worker.idle_left_s is not None and 0 < worker.idle_left_s <= 600
+        assert status.models == (ref,)
+        assert registry.get(worker_id).last_health_check is not None  # warm for infer
+
+        heard = Collector()
+        request = InferRequest(prompt="Once upon a time", model_ref=ref, max_tokens=12,
+                               temperature=0)
+        stream = InferStream(node, request, registry, heard)
+        assert await stream.run() == 0, [e.in_words() for e in heard.errors]
+        assert len(heard.tokens) == 12 and heard.last_stats.tokens == 12
+        assert heard.last_stats.ttft_s is not None and heard.last_stats.ttft_s > 0
+        assert heard.last_stats.tokens_per_s is not None and heard.last_stats.tokens_per_s > 0
+        assert "Starting" not in " ".join(heard.statuses)  # the spawned worker was used
+        after = await cluster.probe_node(node, registry)
+        assert after.workers[0].last_tokens_per_s is not None  # worker /health's new field
+
+        long = InferStream(node, InferRequest(prompt="Once upon a time", model_ref=ref,
+                                              max_tokens=2000, temperature=0),
+                           registry, heard := Collector())
+        running = asyncio.ensure_future(long.run())
+        await _until(lambda: asyncio.sleep(0, result=len(heard.tokens) > 0))
+        long.cancel()
+        assert await asyncio.wait_for(running, 10) == 130
+        assert "Canceled." in heard.statuses
+
+        assert await cluster.shutdown_worker(node, worker_id, registry) == "stopped"
+        assert registry.get(worker_id) is None
+        assert (await cluster.probe_node(node, registry)).workers == ()
+
+        lines = await cluster.recent_logs(node)
+        assert any(worker_id in str(line) for line in lines)
+
+    asyncio.run(scenario())
+
+
+def test_download_reports_and_lands_in_the_catalog(tmp_path: Path, hive: HiveProcess,
+                                                   tiny_model: Path) -> None:
+    node = write_inventory(tmp_path / "inventory.toml",
+                           local_node("local", _port(hive), hive.state_dir)).get("local")
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(tiny_model.read_bytes())
+    steps: list[cluster.DownloadProgress] = []
+
+    async def scenario() -> None:
+        path = await cluster.download_model(node, f"file:{copy}", steps.append)
+        assert Path(path).is_file()
+        assert f"file:{copy}" in [m["reference"] for m in await cluster.list_models(node)]
+        with pytest.raises(ActionableError) as missing:
+            await cluster.download_model(node, f"file:{tmp_path}/absent.gguf", steps.append)
+        assert "absent.gguf" in missing.value.in_words()
+
+    asyncio.run(scenario())
+    assert all(step.stage in ("downloading", "retrying", "complete") for step in steps)
+
+
+def test_states_in_words_when_a_node_is_not_up(tmp_path: Path) -> None:
+    keyed = start_hive(tmp_path / "keyed", api_key="the-right-key-0123456789")
+    try:
+        inventory = write_inventory(
+            tmp_path / "inventory.toml",
+            local_node("down", 1, tmp_path / "down-state"),
+            local_node("keyed", _port(keyed), keyed.state_dir),
+            unreachable_node("gone", tmp_path / "known_hosts"))
+        down, keyed_status, gone = asyncio.run(
+            cluster.probe_nodes(list(inventory.nodes.values())))
+    finally:
+        keyed.stop()
+    assert down.state is HiveState.DOWN and "rbee ssh-up down" in (down.suggestion or "")
+    assert keyed_status.state is HiveState.AUTH_FAILED
+    assert "Invalid API key for keyed" in (keyed_status.problem or "")
+    assert gone.state is HiveState.UNREACHABLE
+    assert "Connection refused by 127.0.0.1:1" in (gone.problem or "")
+    assert gone.host == "127.0.0.1" and down.host == "local"
+
+
+def test_ssh_up_and_down_through_a_real_sshd(tmp_path: Path) -> None:
+    from sshd import start_sshd
+    from test_hive_control import node_table
+
+    sshd = start_sshd(tmp_path / "sshd", "alpha")
+    try:
+        inventory = write_inventory(tmp_path / "inventory.toml",
+                                    node_table("alpha", sshd, tmp_path / "alpha-hive"))
+        node = inventory.get("alpha")
+        said: list[str] = []
+
+        async def scenario() -> None:
+            assert (await cluster.probe_node(node)).state is HiveState.DOWN
+            assert "up (pid" in await cluster.ssh_up(node, said.append)
+            assert (await cluster.probe_node(node)).state is HiveState.UP
+            assert "stopped" in await cluster.ssh_down(node, said.append)
+
+        asyncio.run(scenario())
+        assert "alpha: starting rbee-hive" in said
+    finally:
+        sshd.stop()
