@@ -234,14 +234,12 @@ class LlamaEngine:
         if not ctx:
             raise LoadError(self._load_failure("llama.cpp could not create a context"))
         self._ctx = ctx
-        if not self._extra_bufts:
-            # A persistent pool whose worker naps briefly between decodes: without it ggml
-            # starts a thread per decode and the engine thread spins at barriers while the
-            # event loop waits for a core (measured: 80-2100 tok/s run to run on the tiny
-            # model, steady ~3000 with it). It gives garbage with repacked weights, hence the
-            # condition.
-            self._pool = QuietThreadpool(self._threads)
-            self._pool.attach(ctx)
+        # A persistent pool whose worker naps briefly between decodes: without it ggml starts
+        # a thread per decode and the engine thread spins at barriers while the event loop
+        # waits for a core (measured: 80-2100 tok/s run to run on the tiny model, steady ~3000
+        # with it).
+        self._pool = QuietThreadpool(self._threads)
+        self._pool.attach(ctx)
         self.n_ctx_per_slot = llama_cpp.llama_n_ctx(ctx) // self._slots
         self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
         template = llama_cpp.llama_model_chat_template(model, None)

@@ -10,18 +10,12 @@ with a low poll level they go to sleep on a condition variable soon after a deco
 default level, 50, spins about 190 ms first, longer than a whole token). llama-cpp-python wraps
 none of this, so the few functions and the one struct are declared here.
 
-Only for models loaded with use_extra_bufts=False (rbee's default). With the CPU_REPACK weight
-buffers, decoding on this pool gives garbage and NaN logits in llama.cpp as vendored by
-llama-cpp-python 0.3.36 (measured: the repacked Q4_K matmuls; with use_extra_bufts=False the
-logits are bit-identical to ggml's default path).
-
 Everything here must be called on the thread that owns the context (the engine thread).
 """
 
 from __future__ import annotations
 
 import ctypes
-import pathlib
 from typing import Any
 
 import llama_cpp
@@ -55,28 +49,32 @@ if ctypes.sizeof(_ThreadpoolParams) != 528:
     raise ImportError(f"unexpected ggml_threadpool_params size {ctypes.sizeof(_ThreadpoolParams)}")
 
 
-def _load() -> tuple[Any, Any, Any]:
-    """The three libraries llama_cpp already loaded (dlopen of the same file is the same handle)."""
-    lib_dir = pathlib.Path(llama_cpp.__file__).parent / "lib"
-    base = ctypes.CDLL(str(lib_dir / "libggml-base.so"))  # ggml_threadpool_params_*
-    cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"))  # ggml_threadpool_new / _free
-    llama = llama_cpp.llama_cpp._lib  # llama_attach_threadpool / llama_detach_threadpool
+def _load() -> Any:
+    """libllama as llama_cpp loaded it; the ggml symbols are looked up through it.
 
+    dlsym on libllama's handle searches libllama and the libraries it was linked against
+    (libggml-cpu.so.0, libggml-base.so.0), so these are the very copies that compute our graphs.
+    The wheel ships `libggml-cpu.so` and `libggml-cpu.so.0` as two separate files, not a
+    symlink: opening the first by path loaded a second copy of ggml's CPU backend, whose worker
+    threads ran that copy's code with its own uninitialised state (no CPU_REPACK traits), which
+    is what turned repacked matmuls into garbage and NaN on 2 threads.
+    """
+    lib = llama_cpp.llama_cpp._lib
     params_p = ctypes.POINTER(_ThreadpoolParams)
-    base.ggml_threadpool_params_init.argtypes = [params_p, ctypes.c_int]
-    base.ggml_threadpool_params_init.restype = None
-    cpu.ggml_threadpool_new.argtypes = [params_p]
-    cpu.ggml_threadpool_new.restype = ctypes.c_void_p
-    cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
-    cpu.ggml_threadpool_free.restype = None
-    llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    llama.llama_attach_threadpool.restype = None
-    llama.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
-    llama.llama_detach_threadpool.restype = None
-    return base, cpu, llama
+    lib.ggml_threadpool_params_init.argtypes = [params_p, ctypes.c_int]
+    lib.ggml_threadpool_params_init.restype = None
+    lib.ggml_threadpool_new.argtypes = [params_p]
+    lib.ggml_threadpool_new.restype = ctypes.c_void_p
+    lib.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+    lib.ggml_threadpool_free.restype = None
+    lib.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.llama_attach_threadpool.restype = None
+    lib.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
+    lib.llama_detach_threadpool.restype = None
+    return lib
 
 
-_base, _cpu, _llama = _load()
+_lib = _load()
 
 
 class QuietThreadpool:
@@ -94,25 +92,24 @@ class QuietThreadpool:
         if not 1 <= n_threads <= GGML_MAX_N_THREADS:
             raise ValueError(f"n_threads must be in 1..{GGML_MAX_N_THREADS}, not {n_threads}")
         params = _ThreadpoolParams()
-        _base.ggml_threadpool_params_init(ctypes.byref(params), n_threads)  # ggml's defaults...
+        _lib.ggml_threadpool_params_init(ctypes.byref(params), n_threads)  # ggml's defaults...
         params.poll = poll  # ...except the polling level
         params.prio = GGML_SCHED_PRIO_NORMAL
         self.n_threads = n_threads
         self.poll = poll
         # ggml_threadpool_new starts the n_threads - 1 workers now (or aborts the process).
-        self._tp: int | None = _cpu.ggml_threadpool_new(ctypes.byref(params))
+        self._tp: int | None = _lib.ggml_threadpool_new(ctypes.byref(params))
         if not self._tp:
             raise RuntimeError("ggml_threadpool_new failed")
 
     def attach(self, ctx: Any) -> None:
         """Makes ctx compute every graph (single-token and batched) on this pool.
 
-        The model must have been loaded with use_extra_bufts=False (see the module docstring).
         The context's n_threads must not exceed the pool's: ggml clamps it, with a warning.
         """
         if not self._tp:
             raise RuntimeError("the threadpool was freed")
-        _llama.llama_attach_threadpool(ctx, self._tp, self._tp)
+        _lib.llama_attach_threadpool(ctx, self._tp, self._tp)
 
     def free(self, ctx: Any = None) -> None:
         """Detaches from ctx (if given) and stops and joins the workers.
@@ -123,7 +120,7 @@ class QuietThreadpool:
         detach.
         """
         if ctx is not None:
-            _llama.llama_detach_threadpool(ctx)
+            _lib.llama_detach_threadpool(ctx)
         if self._tp:
-            _cpu.ggml_threadpool_free(self._tp)
+            _lib.ggml_threadpool_free(self._tp)
             self._tp = None

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from conftest import LONG_CTX, WorkerProcess, start_long_stream, start_worker
+from tinymodel import write_tiny_gguf
 from rbee.dataplane.engine import DoneEvent, Generation, SamplingParams, TokenEvent
 from rbee.dataplane.llama_engine import LlamaEngine
 
@@ -168,3 +169,36 @@ def test_seeds_reproduce_within_the_same_batch(tiny_model: Path) -> None:
         assert len(set(first)) == 4  # different seeds, different samples
 
     asyncio.run(main())
+
+
+def greedy_text(model: Path, *, threads: int, extra_bufts: bool) -> str:
+    async def main() -> str:
+        engine = LlamaEngine(str(model), slots=1, ctx_size=256, threads=threads, batch_size=64,
+                             extra_bufts=extra_bufts, backend="cpu", device=0,
+                             on_progress=lambda _p: None, layers_total=2, file_size=1)
+        engine.start()
+        await engine.wait_loaded()
+        try:
+            tokens = await engine.tokenize(PROMPT, add_special=True)
+            gen = Generation("r", tokens, SamplingParams(max_tokens=32, temperature=0),
+                             asyncio.get_running_loop())
+            engine.submit(gen)
+            text = "".join([e.text async for e in gen if isinstance(e, TokenEvent)])
+            assert isinstance(gen.terminal, DoneEvent) and gen.terminal.total_tokens == 32
+            return text
+        finally:
+            await engine.close()
+
+    return asyncio.run(main())
+
+
+def test_repacked_weights_decode_alike_on_one_thread_and_on_the_two_thread_pool(
+        tmp_path: Path) -> None:
+    # --extra-bufts repacks q4_0 weights (AVX2). The pool's second thread must run the very ggml
+    # that llama.cpp uses: a second copy of libggml-cpu computed repacked matmuls as plain q4_0
+    # and gave NaN logits: the two-thread run produced no text at all.
+    model = write_tiny_gguf(tmp_path / "q4_0.gguf", quant="q4_0")
+    one = greedy_text(model, threads=1, extra_bufts=True)
+    two = greedy_text(model, threads=2, extra_bufts=True)
+    assert len(set(one.split())) > 3  # a real answer, not one token repeated
+    assert two == one

@@ -27,8 +27,11 @@ UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 _N_HEAD = 4
 _N_HEAD_KV = 2  # fewer KV heads than query heads: exercises grouped-query attention
-_QUANT_TYPES = {"f32": gguf.GGMLQuantizationType.F32, "q8_0": gguf.GGMLQuantizationType.Q8_0}
-_FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+# q4_0: the type llama.cpp repacks into its CPU_REPACK buffers on AVX2 (use_extra_bufts).
+_QUANT_TYPES = {"f32": gguf.GGMLQuantizationType.F32, "q8_0": gguf.GGMLQuantizationType.Q8_0,
+                "q4_0": gguf.GGMLQuantizationType.Q4_0}
+_FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+               "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
 
 # Words whose pieces make ordinary English prompts tokenize into few tokens.
 _WORDS = (
@@ -83,7 +86,7 @@ def write_tiny_gguf(
 ) -> pathlib.Path:
     """Write a random-weight llama GGUF model to ``path`` and return ``path``.
 
-    ``quant`` is "f32" or "q8_0" (2-D weight matrices quantised, norms stay f32).
+    ``quant`` is "f32", "q8_0" or "q4_0" (2-D weight matrices quantised, norms stay f32).
     The model only ever generates word pieces (never byte, control or unknown tokens),
     so its text is plain ASCII. With ``never_eos`` it cannot generate the
     end-of-generation tokens ``</s>`` and ``<|im_end|>`` either, so generation stops
@@ -91,8 +94,8 @@ def write_tiny_gguf(
     """
     if quant not in _QUANT_TYPES:
         raise ValueError(f"quant must be one of {sorted(_QUANT_TYPES)}, not {quant!r}")
-    # Q8_0 packs rows in blocks of 32; RoPE needs an even head dimension.
-    multiple = 32 if quant == "q8_0" else 2 * _N_HEAD
+    # Q8_0 and Q4_0 pack rows in blocks of 32; RoPE needs an even head dimension.
+    multiple = 2 * _N_HEAD if quant == "f32" else 32
     if n_embd % multiple:
         raise ValueError(f"n_embd must be a multiple of {multiple} for quant={quant!r}")
     path = pathlib.Path(path)
