@@ -16,7 +16,9 @@ from rbee.dataplane.protocol import VERSION
 from . import fleet
 from .api_client import RemoteError
 from .console import ActionableError, Console
+from .deploy import deploy as deploy_node
 from .hive_control import hive_down, hive_up
+from .install_plan import Installer
 from .infer import InferRequest, run_infer
 from .inventory import Inventory, InventoryError, Node, find_inventory, load_inventory
 from .node_access import open_node, runner_for
@@ -106,15 +108,16 @@ def _nodes(ctx: click.Context, names: tuple[str, ...]) -> list[Node]:
         raise click.BadParameter(str(exc), param_hint="NODE") from None
 
 
-def _on_each(nodes: list[Node], action: Callable[[Node, Runner, Callable[[str], None]],
-                                                 Awaitable[str]]) -> None:
+Say = Callable[[str], None]
+
+
+def _on_each(nodes: list[Node], action: Callable[[Node, Say], Awaitable[str]]) -> None:
     """Runs `action` on every node at once; one line per node; exit 1 if any failed."""
     console = Console()
 
     async def one(node: Node) -> bool:
         try:
-            async with runner_for(node) as runner:
-                console.status(await action(node, runner, console.status))
+            console.status(await action(node, console.status))
             return True
         except ActionableError as exc:
             console.explain(exc)
@@ -129,12 +132,41 @@ def _on_each(nodes: list[Node], action: Callable[[Node, Runner, Callable[[str], 
         sys.exit(1)
 
 
+def _over_ssh(action: Callable[[Node, Runner, Say], Awaitable[str]]
+              ) -> Callable[[Node, Say], Awaitable[str]]:
+    """`action` with the node's runner, connected for its duration."""
+    async def with_runner(node: Node, say: Say) -> str:
+        async with runner_for(node) as runner:
+            return await action(node, runner, say)
+    return with_runner
+
+
+_bundled_model = click.option(
+    "--bundled-model/--no-bundled-model", default=True, show_default=True,
+    help="Also install the default model's package (about 250 MB) on the node.")
+
+
 @main.command("ssh-up")
 @click.argument("names", nargs=-1, required=True, metavar="NODE...")
+@click.option("--no-install", is_flag=True,
+              help="Fail (with the install command) instead of installing rbee on a node that "
+                   "lacks it or has another version.")
+@_bundled_model
 @click.pass_context
-def ssh_up(ctx: click.Context, names: tuple[str, ...]) -> None:
-    """Start the hive on NODEs (over SSH) and wait until it answers."""
-    _on_each(_nodes(ctx, names), hive_up)
+def ssh_up(ctx: click.Context, names: tuple[str, ...], no_install: bool,
+           bundled_model: bool) -> None:
+    """Start the hive on NODEs (over SSH), installing rbee first where it is missing or
+    another version, and wait until it answers."""
+    nodes = _nodes(ctx, names)
+    if no_install:
+        _on_each(nodes, _over_ssh(hive_up))
+        return
+    installer = Installer(bundled_model=bundled_model)
+    try:
+        _on_each(nodes, _over_ssh(
+            lambda node, runner, say: hive_up(node, runner, say, installer=installer)))
+    finally:
+        installer.close()
 
 
 @main.command("ssh-down")
@@ -142,7 +174,21 @@ def ssh_up(ctx: click.Context, names: tuple[str, ...]) -> None:
 @click.pass_context
 def ssh_down(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Stop the hive on NODEs; their workers stop with it."""
-    _on_each(_nodes(ctx, names), hive_down)
+    _on_each(_nodes(ctx, names), _over_ssh(hive_down))
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True, metavar="NODE...")
+@_bundled_model
+@click.pass_context
+def deploy(ctx: click.Context, names: tuple[str, ...], bundled_model: bool) -> None:
+    """Install rbee on NODEs over SSH (fabric): build the wheel here, upload it, create the
+    venv at the node's rbee_path, pip install, check the version."""
+    installer = Installer(bundled_model=bundled_model)
+    try:
+        _on_each(_nodes(ctx, names), lambda node, say: deploy_node(node, installer, say))
+    finally:
+        installer.close()
 
 
 def _run(work: Callable[[Console], Awaitable[int]]) -> None:
@@ -255,3 +301,18 @@ def logs(ctx: click.Context, node_name: str, follow: bool) -> None:
     """NODE's hive log."""
     node = _node(ctx, node_name)
     _run(lambda console: fleet.logs(node, follow, console))
+
+
+@main.command()
+@click.option("--refresh", "refresh_s", type=click.FloatRange(min=0.2), default=None,
+              metavar="SECONDS",
+              help="Seconds between node refreshes (default: rbee.tui.config.DEFAULT_REFRESH_S).")
+@click.pass_context
+def tui(ctx: click.Context, refresh_s: float | None) -> None:
+    """The dashboard: nodes, workers, a prompt, the hive's log, and actions on them."""
+    # Imported here: the arrow points tui → control, never back at import time.
+    from rbee.tui import run_dashboard
+    from rbee.tui.config import TuiConfig
+
+    config = TuiConfig() if refresh_s is None else TuiConfig(refresh_s=refresh_s)
+    run_dashboard(_inventory(ctx), config)

@@ -12,6 +12,7 @@ from rbee.dataplane.protocol import VERSION
 
 from .console import ActionableError
 from .hive_client import HiveClient
+from .install_plan import Installer, RunnerTransport
 from .inventory import Node
 from .node_access import SSHNodeAccess
 from .runner import Runner
@@ -37,16 +38,18 @@ async def _state_dir(node: Node, runner: Runner) -> str:
     return await runner.expand_user(node.state_dir)
 
 
-async def installed_version(node: Node, runner: Runner) -> str:
-    """`rbee-hive --version` on the node; ActionableError when rbee is not installed."""
-    hive_bin = await _hive_bin(node, runner)
-    result = await runner.run([hive_bin, "--version"], timeout_s=PROBE_TIMEOUT_S)
+async def probed_version(node: Node, runner: Runner) -> str | None:
+    """`rbee-hive --version` on the node (one command); None when rbee is not installed."""
+    result = await runner.run([await _hive_bin(node, runner), "--version"],
+                              timeout_s=PROBE_TIMEOUT_S)
     match = _VERSION.search(result.stdout)
-    if result.exit_status != 0 or match is None:
-        raise ActionableError(f"rbee is not installed on {node.name}",
-                              f"({hive_bin} --version: {result.stderr.strip()[-200:] or 'failed'})",
-                              suggestion=_install_hint(node))
-    return match.group(1)
+    return match.group(1) if result.exit_status == 0 and match else None
+
+
+def _not_installed(node: Node, hive_bin: str) -> ActionableError:
+    return ActionableError(f"rbee is not installed on {node.name}",
+                           f"({hive_bin} --version failed)",
+                           suggestion=_install_hint(node))
 
 
 def _check_version(node: Node, version: str) -> None:
@@ -74,11 +77,27 @@ async def _answers(access: SSHNodeAccess) -> dict[str, str] | None:
         return None
 
 
-async def hive_up(node: Node, runner: Runner, say: Say) -> str:
-    """Leaves the node's hive running at our version; returns the line to print."""
+async def hive_up(node: Node, runner: Runner, say: Say, *,
+                  installer: Installer | None = None) -> str:
+    """Leaves the node's hive running at our version; returns the line to print.
+
+    With an installer, a node without rbee or with another version gets rbee installed first
+    (and a hive of the old version restarted); without one, that is an error with the install
+    hint. A current node costs one version probe either way."""
     access = SSHNodeAccess(node, runner)
     say(f"{node.name}: connecting to {runner.label}")
-    _check_version(node, await installed_version(node, runner))
+    version = await probed_version(node, runner)
+    if version != VERSION and installer is not None:
+        found = f"rbee {version} is installed" if version else "rbee is not installed"
+        say(f"{node.name}: {found}; installing rbee {VERSION}")
+        await installer.install(node, RunnerTransport(runner), say)
+        if await _running_pid(node, runner) is not None:
+            say(f"{node.name}: restarting rbee-hive on the new version")
+            say(await hive_down(node, runner, say))
+    elif version is None:
+        raise _not_installed(node, await _hive_bin(node, runner))
+    else:
+        _check_version(node, version)
     if await _running_pid(node, runner) is not None and (health := await _answers(access)):
         _check_version(node, health["version"])
         return f"{node.name}: rbee-hive {health['version']} already running"

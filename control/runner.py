@@ -552,46 +552,10 @@ class SSHRunner(Runner):
             )
 
     def _ssh_hint(self) -> str:
-        parts = ["ssh"]
-        if self.identity_file:
-            parts += ["-i", self.identity_file]
-        if self.port != 22:
-            parts += ["-p", str(self.port)]
-        if self.known_hosts != os.path.expanduser("~/.ssh/known_hosts"):
-            parts += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
-        parts.append(f"{self.username}@{self.host}" if self.username else self.host)
-        return shlex.join(parts)
+        return ssh_hint(self.host, self.port, self.username, self.identity_file, self.known_hosts)
 
     def _host_key_error(self) -> SSHConnectError:
-        # Tell "never seen" from "changed": the advice differs (accept vs. remove the old key).
-        known = False
-        try:
-            keys = asyncssh.read_known_hosts(self.known_hosts).match(
-                self.host, "", self.port if self.port != 22 else None
-            )
-            known = bool(keys[0] or keys[1])
-        except (OSError, ValueError, asyncssh.Error):
-            known = True  # unsure: give the full advice
-        where = f"{self.host}:{self.port}"
-        if not known:
-            return SSHConnectError(
-                "host_key",
-                self.host,
-                self.port,
-                f"Host key verification failed for {where}: the key is unknown (no entry in "
-                f"{self.known_hosts}). Connect once with `{self._ssh_hint()}` to check and "
-                "accept it.",
-            )
-        entry = f"[{self.host}]:{self.port}" if self.port != 22 else self.host
-        return SSHConnectError(
-            "host_key",
-            self.host,
-            self.port,
-            f"Host key verification failed for {where}: the key is unknown or has changed. "
-            "If the node was reinstalled, remove its old key with "
-            f"`ssh-keygen -R {shlex.quote(entry)} -f {shlex.quote(self.known_hosts)}` and "
-            f"connect once with ssh (`{self._ssh_hint()}`) to accept the new one.",
-        )
+        return host_key_error(self.host, self.port, self.known_hosts, self._ssh_hint())
 
     def _auth_error(self, reason: str) -> SSHConnectError:
         who = self.username or "the default user"
@@ -847,6 +811,51 @@ def _reason(e: BaseException) -> str:
     return str(reason or e or type(e).__name__)
 
 
+def ssh_hint(
+    host: str, port: int, username: str | None, identity_file: str | None, known_hosts: str
+) -> str:
+    """The OpenSSH command a person runs to check and accept a node's host key."""
+    parts = ["ssh"]
+    if identity_file:
+        parts += ["-i", identity_file]
+    if port != 22:
+        parts += ["-p", str(port)]
+    if known_hosts != os.path.expanduser("~/.ssh/known_hosts"):
+        parts += ["-o", f"UserKnownHostsFile={known_hosts}"]
+    parts.append(f"{username}@{host}" if username else host)
+    return shlex.join(parts)
+
+
+def host_key_error(host: str, port: int, known_hosts: str, hint: str) -> SSHConnectError:
+    """A refused host key, told apart as "never seen" or "changed": the advice differs (accept
+    vs. remove the old key). Shared by the asyncssh runner and `rbee deploy` (paramiko)."""
+    known = False
+    try:
+        keys = asyncssh.read_known_hosts(known_hosts).match(host, "", port if port != 22 else None)
+        known = bool(keys[0] or keys[1])
+    except (OSError, ValueError, asyncssh.Error):
+        known = True  # unsure: give the full advice
+    where = f"{host}:{port}"
+    if not known:
+        return SSHConnectError(
+            "host_key",
+            host,
+            port,
+            f"Host key verification failed for {where}: the key is unknown (no entry in "
+            f"{known_hosts}). Connect once with `{hint}` to check and accept it.",
+        )
+    entry = f"[{host}]:{port}" if port != 22 else host
+    return SSHConnectError(
+        "host_key",
+        host,
+        port,
+        f"Host key verification failed for {where}: the key is unknown or has changed. "
+        "If the node was reinstalled, remove its old key with "
+        f"`ssh-keygen -R {shlex.quote(entry)} -f {shlex.quote(known_hosts)}` and "
+        f"connect once with ssh (`{hint}`) to accept the new one.",
+    )
+
+
 def make_runner(
     *,
     ssh: bool,
@@ -884,6 +893,8 @@ __all__ = [
     "SSHConnectError",
     "SSHRunner",
     "detached_script",
+    "host_key_error",
     "make_runner",
     "quote_path",
+    "ssh_hint",
 ]

@@ -3,7 +3,8 @@
 `start_sshd(tmp_dir, name)` starts `/usr/sbin/sshd` on a free 127.0.0.1 port with its own
 generated host key, a generated client key pair, an authorized_keys file and a known_hosts file
 that trusts the host key. Everything lives under `tmp_dir/name`; nothing touches ~/.ssh.
-The login user is the current user (root in CI).
+The login user is the current user (root in CI), or with `login_user=True` a new user with an
+empty home made with useradd (needs root), removed again by `stop()`.
 
 Facts this file is built on (measured on the project's machine, see issue 4):
 - sshd run as root needs its privilege-separation directory `/run/sshd` (0755, root-owned).
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import getpass
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +73,11 @@ class FakeNode:
     log_path: Path
     max_startups: str | None = DEFAULT_MAX_STARTUPS
     host: str = "127.0.0.1"
+    # sshd's SetEnv: variables every session on this node gets (e.g. pip's wheel directory).
+    session_env: dict[str, str] = field(default_factory=dict)
+    # The useradd-made login user and its world-readable authorized_keys folder, if any.
+    created_user: bool = False
+    public_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -105,6 +113,27 @@ class FakeNode:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+    def remove(self) -> None:
+        """Stop sshd, and remove a login user made for this node, its processes and home."""
+        self.stop()
+        if self.created_user:
+            listed = subprocess.run(["ps", "-u", self.user, "-o", "pid="], capture_output=True,
+                                    text=True)
+            for pid in listed.stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["userdel", "--remove", "--force", self.user], capture_output=True)
+            self.created_user = False
+        if self.public_dir is not None:
+            shutil.rmtree(self.public_dir, ignore_errors=True)
+            self.public_dir = None
+
+    @property
+    def home(self) -> Path:
+        return Path(os.path.expanduser(f"~{self.user}"))
 
     def restart(self) -> None:
         self.stop()
@@ -220,6 +249,8 @@ class FakeNode:
         ]
         if self.max_startups:
             lines.append(f"MaxStartups {self.max_startups}")
+        if self.session_env:
+            lines.append("SetEnv " + " ".join(f"{k}={v}" for k, v in self.session_env.items()))
         self.config.write_text("\n".join(lines) + "\n")
 
     def _wait_ready(self, timeout_s: float) -> None:
@@ -242,15 +273,34 @@ class FakeNode:
         raise RuntimeError(f"sshd for fake node {self.name!r} did not answer:\n" + self.log())
 
 
+def _add_login_user(name: str) -> str:
+    """A new user with an empty home (`useradd --create-home`); fails clearly without root."""
+    if shutil.which("useradd") is None or os.geteuid() != 0:
+        raise RuntimeError("a fake node with its own login user needs root and useradd "
+                           "(CI runs the suite as root); run the tests as root")
+    user = f"rbee-{name}-{secrets.token_hex(3)}"[:32]
+    # Password "*": no password login, but not "locked" ("!"), which sshd refuses without PAM.
+    made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "--password",
+                           "*", user],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        raise RuntimeError(f"useradd {user} failed: {made.stderr.strip()}")
+    return user
+
+
 def start_sshd(
     tmp_dir: Path | str,
     name: str,
     *,
     max_startups: str | None = DEFAULT_MAX_STARTUPS,
+    login_user: bool = False,
+    session_env: dict[str, str] | None = None,
 ) -> FakeNode:
     """Start a fake node `name`: a real sshd on a free 127.0.0.1 port, files in tmp_dir/name.
 
     `max_startups=None` keeps sshd's default (10:30:100), as a stock node has.
+    `login_user=True` logs in as a new non-root user with an empty home; call `remove()`.
+    `session_env` is set in every session (sshd's SetEnv).
     """
     if not os.access(SSHD, os.X_OK):
         raise RuntimeError(f"{SSHD} is missing: {INSTALL_HINT}")
@@ -262,14 +312,21 @@ def start_sshd(
     client_key = d / "client_ed25519"
     _keygen(host_key, f"{name}-host")
     client_pub = _keygen(client_key, f"{name}-client")
-    authorized_keys = d / "authorized_keys"
+    user = getpass.getuser()
+    public_dir = None
+    if login_user:
+        user = _add_login_user(name)
+        # sshd reads authorized_keys as the login user, who cannot enter pytest's 0700 dirs.
+        public_dir = Path(tempfile.mkdtemp(prefix=f"rbee-sshd-{name}-"))
+        public_dir.chmod(0o755)
+    authorized_keys = (public_dir or d) / "authorized_keys"
     authorized_keys.write_text(client_pub + "\n")
     authorized_keys.chmod(0o644)  # read with the login user's privileges
     node = FakeNode(
         name=name,
         dir=d,
         port=0,
-        user=getpass.getuser(),
+        user=user,
         host_key=host_key,
         client_key=client_key,
         known_hosts=d / "known_hosts",
@@ -277,6 +334,9 @@ def start_sshd(
         config=d / "sshd_config",
         log_path=d / "sshd.log",
         max_startups=max_startups,
+        session_env=dict(session_env or {}),
+        created_user=login_user,
+        public_dir=public_dir,
     )
     # A free port can be taken between probing and sshd's bind; try a few.
     last_error: Exception | None = None
@@ -289,4 +349,5 @@ def start_sshd(
             continue
         node.trust_current_host_key()
         return node
+    node.remove()
     raise RuntimeError(f"could not start sshd for fake node {name!r}: {last_error}")

@@ -114,7 +114,7 @@ def test_node_without_rbee_gets_the_install_hint(tmp_path: Path) -> None:
     try:
         operator = Operator(tmp_path, node_table("bare", node, tmp_path / "state",
                                                  rbee_path=tmp_path / "not-installed"))
-        result = operator.rbee("ssh-up", "bare")
+        result = operator.rbee("ssh-up", "bare", "--no-install")
     finally:
         node.stop()
     assert result.returncode == 1
@@ -128,7 +128,7 @@ def test_metacharacters_in_paths_never_reach_a_shell(tmp_path: Path) -> None:
     try:
         operator = Operator(tmp_path, node_table(
             "quoted", node, tmp_path / "state", rbee_path=Path(f"/nonexistent; touch {marker}")))
-        result = operator.rbee("ssh-up", "quoted")
+        result = operator.rbee("ssh-up", "quoted", "--no-install")
     finally:
         node.stop()
     assert result.returncode == 1 and "rbee is not installed on quoted" in result.stderr
@@ -152,7 +152,7 @@ def test_ec8_version_mismatch_names_both_versions(tmp_path: Path) -> None:
     try:
         operator = Operator(tmp_path, node_table("old", node, tmp_path / "state",
                                                  rbee_path=old_install))
-        result = operator.rbee("ssh-up", "old")
+        result = operator.rbee("ssh-up", "old", "--no-install")
     finally:
         node.stop()
     assert result.returncode == 1
