@@ -1,0 +1,178 @@
+"""`rbee tui` driven by Textual's Pilot against a real local hive and worker (tiny model), a
+real loopback sshd node, and a node whose sshd refuses connections."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input, Sparkline
+from textual.worker import WorkerState
+
+from hive_process import HiveProcess, start_hive
+from inventories import local_node, unreachable_node, write_inventory
+from sshd import FakeNode, start_sshd
+from test_hive_control import node_table
+
+from rbee.control import cluster
+from rbee.control.inventory import Inventory
+from rbee.control.worker_registry import WorkerRegistry
+from rbee.tui.app import RbeeApp
+from rbee.tui.config import TuiConfig
+
+SIZE = (140, 44)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[WorkerRegistry]:
+    registry = WorkerRegistry(tmp_path / "home" / "workers.db")
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def cluster_inventory(tmp_path: Path) -> Iterator[Inventory]:
+    """local: a running hive; alpha: a real sshd whose hive is not started; gone: refused."""
+    hive = start_hive(tmp_path / "hive", "--idle-timeout-s", "600")
+    sshd = start_sshd(tmp_path / "sshd", "alpha")
+    port = int(hive.url.rsplit(":", 1)[1])
+    inventory = write_inventory(tmp_path / "inventory.toml",
+                                local_node("local", port, hive.state_dir),
+                                node_table("alpha", sshd, tmp_path / "alpha-hive"),
+                                unreachable_node("gone", tmp_path / "known_hosts"))
+    yield inventory
+    asyncio.run(_quietly_down(inventory))
+    sshd.stop()
+    hive.stop()
+
+
+async def _quietly_down(inventory: Inventory) -> None:
+    try:
+        await cluster.ssh_down(inventory.get("alpha"), lambda _text: None)
+    except cluster.ActionableError:
+        pass  # the hive was never started, or the test stopped it
+
+
+async def wait_for(pilot: Pilot[None], check: Callable[[], bool], timeout_s: float = 30.0,
+                   what: str = "the condition") -> None:
+    """Lets the app run until `check()` holds (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await pilot.pause(0.05)
+
+
+def hive_cell(app: RbeeApp, node: str) -> str:
+    return str(app.nodes_table.get_cell(node, "hive"))
+
+
+def select_node(app: RbeeApp, node: str) -> None:
+    app.nodes_table.move_cursor(row=app.nodes_table.get_row_index(node))
+
+
+def test_nodes_fill_and_an_unreachable_node_says_why(cluster_inventory: Inventory,
+                                                     registry: WorkerRegistry) -> None:
+    async def scenario() -> None:
+        app = RbeeApp(cluster_inventory, registry, TuiConfig(refresh_s=0.5))
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: len(app.statuses) == 3, what="three probes")
+            assert hive_cell(app, "local") == "up"
+            assert hive_cell(app, "alpha") == "down"
+            assert hive_cell(app, "gone") == "unreachable"
+            assert str(app.nodes_table.get_cell("local", "free RAM")).endswith(" GB")
+            await pilot.press("down", "down")  # onto gone, with the keyboard
+            assert app.nodes_table.selected_node == "gone"
+            problem = str(app.query_one("#node-problem").content)
+            assert "Connection refused by 127.0.0.1:1" in problem and "Suggestion:" in problem
+            await wait_for(pilot, lambda: any("Cannot follow the log" in line
+                                              for line in app.query_one("#log").shown),
+                           what="the log panel's error")
+            first = str(app.nodes_table.get_cell("local", "last checked"))
+            await wait_for(pilot, lambda: str(app.nodes_table.get_cell(
+                "local", "last checked")) != first, what="a live refresh")
+
+    asyncio.run(scenario())
+
+
+def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory,
+                                                    registry: WorkerRegistry) -> None:
+    async def scenario() -> None:
+        app = RbeeApp(cluster_inventory, registry, TuiConfig(refresh_s=0.5))
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: hive_cell(app, "alpha") == "down", what="alpha down")
+            select_node(app, "alpha")
+            await pilot.press("u")
+            [ssh_up] = [w for w in app.workers if w.group == "actions"]
+            # While ssh-up is in flight, the prompt takes typing: each key is handled (the
+            # value grows) while the ssh-up worker is still running.
+            prompt = app.query_one("#prompt", Input)
+            prompt.focus()
+            handled_in_flight = 0
+            for key in "hello":
+                await pilot.press(key)
+                if ssh_up.state is WorkerState.RUNNING and prompt.value.endswith(key):
+                    handled_in_flight += 1
+            assert prompt.value == "hello"
+            assert handled_in_flight > 0, f"ssh-up ended first: {app.activity.text}"
+            await wait_for(pilot, lambda: "rbee-hive 0.1.0 up" in app.activity.text,
+                           what="ssh-up's outcome")
+            await wait_for(pilot, lambda: hive_cell(app, "alpha") == "up", what="alpha up")
+
+            app.nodes_table.focus()
+            select_node(app, "alpha")
+            await pilot.press("d")
+            await pilot.press("y")  # the confirmation
+            await wait_for(pilot, lambda: "rbee-hive stopped" in app.activity.text,
+                           what="ssh-down's outcome")
+            await wait_for(pilot, lambda: hive_cell(app, "alpha") == "down", what="alpha down")
+
+    asyncio.run(scenario())
+
+
+def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: WorkerRegistry,
+                                        tiny_model: Path) -> None:
+    ref = f"file:{tiny_model}"
+
+    async def scenario() -> None:
+        app = RbeeApp(cluster_inventory, registry, TuiConfig(refresh_s=0.5))
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: hive_cell(app, "local") == "up", what="local up")
+            select_node(app, "local")
+            await pilot.press("s")  # the model picker
+            picker = app.screen.query_one("#model-ref", Input)
+            assert picker.value == cluster.DEFAULT_MODEL_REF
+            picker.value = ref
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.workers_table.row_count == 1
+                           and str(app.workers_table.get_row_at(0)[3]) == "idle",
+                           what="an idle worker row")
+            node, worker_id = app.workers_table.selected or ("", "")
+            assert node == "local" and registry.get(worker_id) is not None
+
+            app.workers_table.focus()
+            app.workers_table.move_cursor(row=0)
+            await pilot.pause()
+            assert app.query_one("#stream-model", Input).value == ref
+            await pilot.click("#prompt")
+            app.query_one("#prompt", Input).value = "Once upon a time"
+            await pilot.press("enter")
+            panel = app.stream_panel
+            await wait_for(pilot, lambda: app.stream is None and panel.answer != "",
+                           what="the streamed answer")
+            stats = str(panel.query_one("#stream-stats").content)
+            assert "TTFT" in stats and "tok/s" in stats and stats.endswith("done"), stats
+            assert len(panel.query_one(Sparkline).data or []) == 1
+
+            app.workers_table.focus()
+            await pilot.press("x")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: app.workers_table.row_count == 0,
+                           what="the worker row to go")
+            assert f"{worker_id} stopped" in app.activity.text
+            assert registry.get(worker_id) is None
+
+    asyncio.run(scenario())

@@ -1,0 +1,434 @@
+"""`rbee tui`: the cluster console. Everything it knows and does goes through rbee.control's
+cluster layer; long calls run as Textual workers and report back with messages, so the
+screen never waits on the network."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from rbee.control.cluster import (
+    DEFAULT_MODEL_REF,
+    DownloadProgress,
+    InferRequest,
+    InferStream,
+    NodeStatus,
+    StreamStats,
+    checked_model_ref,
+    download_model,
+    follow_logs,
+    probe_node,
+    shutdown_worker,
+    spawn_worker,
+    ssh_down,
+    ssh_up,
+)
+from rbee.control.console import ActionableError
+from rbee.control.inventory import Inventory, Node
+from rbee.control.worker_registry import WorkerRegistry
+
+from .activity_bar import ActivityBar
+from .config import STREAM_MAX_TOKENS, TuiConfig
+from .confirm_screen import ConfirmScreen
+from .log_panel import LogPanel
+from .messages import (
+    ActionDone,
+    ActionFailed,
+    ActionProgress,
+    HiveLogFailed,
+    HiveLogLine,
+    NodeProbed,
+    StreamEnded,
+    StreamFailed,
+    StreamStatus,
+    StreamToken,
+)
+from .model_picker import ModelPickerScreen
+from .nodes_table import NodesTable
+from .stream_panel import StreamPanel
+from .workers_table import WorkersTable
+
+STREAM_OUTCOMES = {0: "done", 130: "canceled"}
+
+
+class _PanelListener:
+    """Hands the stream's events to the app as messages (StreamListener)."""
+
+    def __init__(self, app: RbeeApp) -> None:
+        self._app = app
+
+    def status(self, text: str) -> None:
+        self._app.post_message(StreamStatus(text))
+
+    def token(self, text: str, stats: StreamStats) -> None:
+        self._app.post_message(StreamToken(text, stats))
+
+    def failed(self, error: ActionableError) -> None:
+        self._app.post_message(StreamFailed(error))
+
+
+class RbeeApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "rbee"
+    SUB_TITLE = "cluster console"
+    BINDINGS = [
+        Binding("u", "ssh_up", "ssh-up"),
+        Binding("d", "ssh_down", "ssh-down"),
+        Binding("s", "spawn", "spawn"),
+        Binding("x", "shutdown_worker", "stop worker"),
+        Binding("m", "download", "download"),
+        Binding("c", "cancel_stream", "cancel stream"),
+        Binding("a", "toggle_all", "all workers"),
+        Binding("r", "refresh", "refresh"),
+        Binding("q", "quit", "quit"),
+    ]
+
+    def __init__(self, inventory: Inventory, registry: WorkerRegistry,
+                 config: TuiConfig | None = None) -> None:
+        super().__init__()
+        self.nodes = {node.name: node for node in inventory.nodes.values()}
+        self.registry = registry
+        self.config = config or TuiConfig()
+        self.statuses: dict[str, NodeStatus] = {}
+        self.show_all_workers = False
+        self.stream: InferStream | None = None
+        self._probing: set[str] = set()
+        self._log_following = False
+        self._highlighted_worker: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="main"):
+            with Vertical(id="cluster"):
+                yield NodesTable(list(self.nodes.values()), id="nodes")
+                yield Static("", id="node-problem")
+                yield WorkersTable(id="workers")
+                yield ActivityBar(id="activity")
+            with Vertical(id="side"):
+                yield StreamPanel(id="stream")
+                yield LogPanel(id="log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.main.query_one("#nodes").border_title = "nodes"
+        self.main.query_one("#stream").border_title = "stream"
+        self.main.query_one(NodesTable).focus()
+        self.action_refresh()
+        self.set_interval(self.config.refresh_s, self.action_refresh)
+
+    # ----------------------------------------------------------------- what is selected
+
+    @property
+    def main(self) -> Screen[None]:
+        """The dashboard's screen: dialogs go on top of it, so lookups must not follow
+        `self.screen` there."""
+        return self.screen_stack[0]
+
+    @property
+    def nodes_table(self) -> NodesTable:
+        return self.main.query_one(NodesTable)
+
+    @property
+    def workers_table(self) -> WorkersTable:
+        return self.main.query_one(WorkersTable)
+
+    @property
+    def activity(self) -> ActivityBar:
+        return self.main.query_one(ActivityBar)
+
+    @property
+    def stream_panel(self) -> StreamPanel:
+        return self.main.query_one(StreamPanel)
+
+    @property
+    def selected_node(self) -> Node | None:
+        name = self.nodes_table.selected_node
+        return self.nodes.get(name) if name else None
+
+    # ----------------------------------------------------------------- refreshing
+
+    def action_refresh(self) -> None:
+        """Probes every node whose previous probe has finished (a slow node delays no other)."""
+        for node in self.nodes.values():
+            if node.name not in self._probing:
+                self._probing.add(node.name)
+                self.probe(node)
+
+    @work(group="probe", exit_on_error=False)
+    async def probe(self, node: Node) -> None:
+        try:
+            status = await probe_node(node, self.registry)
+        finally:
+            self._probing.discard(node.name)
+        self.post_message(NodeProbed(status, self.config.clock()))
+
+    def on_node_probed(self, message: NodeProbed) -> None:
+        if not self.is_running:
+            return  # background work reporting while the app closes
+        status = message.status
+        self.statuses[status.name] = status
+        self.nodes_table.show(status, message.checked_at)
+        if status.name == self.nodes_table.selected_node:
+            self._show_problem(status)
+        if self.show_all_workers or status.name == self.nodes_table.selected_node:
+            self._show_workers()
+        log = self.main.query_one(LogPanel)
+        if status.name == log.node and status.is_up and not self._log_following:
+            self._follow_log(self.nodes[status.name])
+
+    def _show_problem(self, status: NodeStatus | None) -> None:
+        """The selected node's trouble in full, with what to do, under the table."""
+        problem = self.main.query_one("#node-problem", Static)
+        if status is None or status.problem is None:
+            problem.update("")
+            problem.display = False
+            return
+        problem.update(f"{status.name}: {status.problem}"
+                       + (f"\nSuggestion: {status.suggestion}" if status.suggestion else ""))
+        problem.display = True
+
+    def _show_workers(self) -> None:
+        selected = self.nodes_table.selected_node
+        names = list(self.statuses) if self.show_all_workers else [selected]
+        workers = [w for name in names if (s := self.statuses.get(name or "")) for w in s.workers]
+        self.workers_table.show(workers)
+        self.workers_table.border_title = ("workers: every node" if self.show_all_workers
+                                           else f"workers: {selected}")
+
+    @on(DataTable.RowHighlighted, "#nodes")
+    def node_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        node = self.selected_node
+        if node is None:
+            return
+        self._show_workers()
+        self._show_problem(self.statuses.get(node.name))
+        self.stream_panel.target(node.name)
+        self.main.query_one(LogPanel).follow(node.name)
+        self._follow_log(node)
+
+    @on(DataTable.RowHighlighted, "#workers")
+    def worker_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        selected = self.workers_table.selected
+        if selected is None or selected[1] == self._highlighted_worker:
+            return  # the 2-s redraw put the cursor back: keep what the person typed
+        self._highlighted_worker = selected[1]
+        node, worker_id = selected
+        model = next((w.model_ref for w in self.statuses[node].workers
+                      if w.worker_id == worker_id), None)
+        self.stream_panel.target(node, model)
+
+    def action_toggle_all(self) -> None:
+        self.show_all_workers = not self.show_all_workers
+        self._show_workers()
+
+    # ----------------------------------------------------------------- the hive's log
+
+    def _follow_log(self, node: Node) -> None:
+        self._log_following = True
+        self.follow_log(node)
+
+    @work(group="log", exclusive=True, exit_on_error=False)
+    async def follow_log(self, node: Node) -> None:
+        try:
+            await follow_logs(node, lambda line: self.post_message(HiveLogLine(node.name, line)))
+            problem = ActionableError("the log ended: the hive stopped")
+        except ActionableError as exc:
+            problem = exc
+        self.post_message(HiveLogFailed(node.name, problem))
+
+    def on_hive_log_line(self, message: HiveLogLine) -> None:
+        if not self.is_running:
+            return  # background work reporting while the app closes
+        log = self.main.query_one(LogPanel)
+        if message.node == log.node:
+            log.add(message.line)
+
+    def on_hive_log_failed(self, message: HiveLogFailed) -> None:
+        if not self.is_running:
+            return  # background work reporting while the app closes
+        log = self.main.query_one(LogPanel)
+        if message.node == log.node:
+            self._log_following = False  # the next probe that finds the hive up follows again
+            log.problem(message.error.in_words())
+
+    # ----------------------------------------------------------------- long actions
+
+    @work(group="actions", exit_on_error=False)
+    async def act(self, node: Node, doing: str, action: Callable[[], Awaitable[str]]) -> None:
+        """One long action on a node: progress while it runs, then its outcome in words."""
+        self.post_message(ActionProgress(doing))
+        try:
+            outcome = await action()
+        except ActionableError as exc:
+            self.post_message(ActionFailed(exc, node.name))
+            return
+        self.post_message(ActionDone(outcome, node.name))
+
+    def _say(self, text: str) -> None:
+        self.post_message(ActionProgress(text))
+
+    def on_action_progress(self, message: ActionProgress) -> None:
+        if not self.is_running:
+            return  # background work reporting while the app closes
+        self.activity.working(message.text, message.fraction)
+
+    def on_action_done(self, message: ActionDone) -> None:
+        if not self.is_running:
+            return  # background work reporting while the app closes
+        self.activity.done(message.text)
+        self._probe_now(message.node)
+
+    def on_action_failed(self, message: ActionFailed) -> None:
+        if not self.is_running:
+            return  # background work reporting while the app closes
+        self.activity.failed(f"{message.node}: {message.error.in_words()}")
+        self._probe_now(message.node)
+
+    def _probe_now(self, name: str) -> None:
+        if name not in self._probing:
+            self._probing.add(name)
+            self.probe(self.nodes[name])
+
+    def action_ssh_up(self) -> None:
+        if node := self.selected_node:
+            self.act(node, f"{node.name}: ssh-up…", lambda: ssh_up(node, self._say))
+
+    def action_ssh_down(self) -> None:
+        node = self.selected_node
+        if node is None:
+            return
+        workers = len(self.statuses[node.name].workers) if node.name in self.statuses else 0
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.act(node, f"{node.name}: ssh-down…", lambda: ssh_down(node, self._say))
+
+        self.push_screen(ConfirmScreen(f"Stop the hive on {node.name} and its {workers} "
+                                       "worker(s)?"), answered)
+
+    def _catalog(self, node: Node) -> list[str]:
+        status = self.statuses.get(node.name)
+        return list(status.models) if status else []
+
+    def action_spawn(self) -> None:
+        node = self.selected_node
+        if node is None:
+            return
+
+        def chosen(ref: str | None) -> None:
+            if ref:
+                self.act(node, f"{node.name}: starting a worker for {ref}…",
+                         lambda: self._spawn(node, ref))
+
+        self.push_screen(ModelPickerScreen(f"Spawn a worker on {node.name}", self._catalog(node),
+                                           DEFAULT_MODEL_REF), chosen)
+
+    async def _spawn(self, node: Node, ref: str) -> str:
+        worker_id = await spawn_worker(node, ref, self.registry)
+        return f"{node.name}: {worker_id} started for {ref} (loading)"
+
+    def action_shutdown_worker(self) -> None:
+        selected = self.workers_table.selected
+        if selected is None:
+            self.activity.failed("No worker selected: pick one in the workers table.")
+            return
+        node, worker_id = self.nodes[selected[0]], selected[1]
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.act(node, f"{node.name}: stopping {worker_id}…",
+                         lambda: self._stop_worker(node, worker_id))
+
+        self.push_screen(ConfirmScreen(f"Stop worker {worker_id} on {node.name}?"), answered)
+
+    async def _stop_worker(self, node: Node, worker_id: str) -> str:
+        state = await shutdown_worker(node, worker_id, self.registry)
+        return f"{node.name}: {worker_id} {state}"
+
+    def action_download(self) -> None:
+        node = self.selected_node
+        if node is None:
+            return
+
+        def chosen(ref: str | None) -> None:
+            if ref:
+                self.act(node, f"{node.name}: downloading {ref}…",
+                         lambda: self._download(node, ref))
+
+        self.push_screen(ModelPickerScreen(f"Download a model to {node.name}",
+                                           self._catalog(node), DEFAULT_MODEL_REF), chosen)
+
+    async def _download(self, node: Node, ref: str) -> str:
+        def progress(step: DownloadProgress) -> None:
+            if step.stage == "retrying":
+                self._say(f"{node.name}: retrying the download of {ref} "
+                          f"(attempt {step.attempt}/{step.attempts})")
+            elif step.fraction is not None:
+                self.post_message(ActionProgress(
+                    f"{node.name}: downloading {ref} {step.bytes_downloaded / 1e6:.1f} / "
+                    f"{(step.bytes_total or 0) / 1e6:.1f} MB @ {step.speed_mbps:.1f} MB/s",
+                    step.fraction))
+
+        path = await download_model(node, ref, progress)
+        return f"{node.name}: {ref} is in the catalog ({path})"
+
+    # ----------------------------------------------------------------- streaming
+
+    def on_stream_panel_submitted(self, message: StreamPanel.Submitted) -> None:
+        panel = self.stream_panel
+        if self.stream is not None:
+            panel.stats("A stream is running: cancel it first (c).")
+            return
+        node_name = panel.node or self.nodes_table.selected_node
+        try:
+            ref = checked_model_ref(message.model_ref)
+        except ActionableError as exc:
+            panel.failed(exc.in_words())
+            return
+        node = self.nodes[node_name or ""]
+        request = InferRequest(prompt=message.prompt, model_ref=ref,
+                               max_tokens=STREAM_MAX_TOKENS, backend=node.backend)
+        self.stream = InferStream(node, request, self.registry, _PanelListener(self))
+        panel.started()
+        self.run_stream(self.stream)
+
+    @work(group="stream", exit_on_error=False)
+    async def run_stream(self, stream: InferStream) -> None:
+        code = await stream.run()
+        self.post_message(StreamEnded(code, stream.stats.tokens_per_s))
+
+    def on_stream_status(self, message: StreamStatus) -> None:
+        if not self.is_running:
+            return  # background work reporting while the app closes
+        self.stream_panel.stats(message.text)
+
+    def on_stream_token(self, message: StreamToken) -> None:
+        if not self.is_running:
+            return  # background work reporting while the app closes
+        self.stream_panel.add_token(message.text, message.tokens, message.ttft_s,
+                                    message.tokens_per_s)
+
+    def on_stream_failed(self, message: StreamFailed) -> None:
+        if not self.is_running:
+            return  # background work reporting while the app closes
+        self.stream_panel.failed(message.error.in_words())
+
+    def on_stream_ended(self, message: StreamEnded) -> None:
+        if not self.is_running:
+            return  # background work reporting while the app closes
+        self.stream = None
+        outcome = STREAM_OUTCOMES.get(message.exit_code, "failed")
+        self.stream_panel.ended(message.tokens_per_s if message.exit_code == 0 else None, outcome)
+        if self.stream_panel.node:
+            self._probe_now(self.stream_panel.node)
+
+    def action_cancel_stream(self) -> None:
+        if self.stream is not None:
+            self.stream_panel.stats("canceling…")
+            self.stream.cancel()

@@ -1,0 +1,19 @@
+"""The dashboard's settings and their defaults, in one place."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+DEFAULT_REFRESH_S = 2.0  # the issue: nodes refresh every 2 s by default
+SPARKLINE_REQUESTS = 30  # tokens/s of this many recent requests in the sparkline
+LOG_LINES = 500  # the log panel keeps this many lines
+STREAM_MAX_TOKENS = 200
+
+
+@dataclass(frozen=True)
+class TuiConfig:
+    refresh_s: float = DEFAULT_REFRESH_S
+    # What "last checked" reads; a fixed clock makes screenshots repeatable.
+    clock: Callable[[], float] = field(default=time.time)

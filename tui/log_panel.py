@@ -1,0 +1,33 @@
+"""The selected node's hive log, followed live."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+from rbee.control.cluster import LogLine
+
+from .config import LOG_LINES
+
+
+class LogPanel(RichLog):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(max_lines=LOG_LINES, wrap=True, min_width=1, auto_scroll=True, id=id)
+        self.node: str | None = None
+        self.shown: list[str] = []  # the lines as text, newest last (what tests and people read)
+
+    def follow(self, node: str) -> None:
+        self.node = node
+        self.border_title = f"log: {node}"
+        self.shown = []
+        self.clear()
+
+    def add(self, line: LogLine) -> None:
+        self._write(str(line), "")
+
+    def problem(self, text: str) -> None:
+        self._write(f"Cannot follow the log: {text}", "red")
+
+    def _write(self, text: str, style: str) -> None:
+        self.shown = [*self.shown, text][-LOG_LINES:]
+        self.write(Text(text, style=style))

@@ -1,0 +1,84 @@
+"""Every message the dashboard's background work posts to its widgets."""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from rbee.control.cluster import LogLine, NodeStatus, StreamStats
+from rbee.control.console import ActionableError
+
+
+class NodeProbed(Message):
+    """A fresh status of one node (its hive, workers and catalog)."""
+
+    def __init__(self, status: NodeStatus, checked_at: float) -> None:
+        super().__init__()
+        self.status = status
+        self.checked_at = checked_at
+
+
+class ActionProgress(Message):
+    """A step of a long action (ssh-up, a download…); `fraction` None: no measure yet."""
+
+    def __init__(self, text: str, fraction: float | None = None) -> None:
+        super().__init__()
+        self.text = text
+        self.fraction = fraction
+
+
+class ActionDone(Message):
+    def __init__(self, text: str, node: str) -> None:
+        super().__init__()
+        self.text = text
+        self.node = node
+
+
+class ActionFailed(Message):
+    def __init__(self, error: ActionableError, node: str) -> None:
+        super().__init__()
+        self.error = error
+        self.node = node
+
+
+class StreamStatus(Message):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+
+class StreamToken(Message):
+    def __init__(self, text: str, stats: StreamStats) -> None:
+        super().__init__()
+        self.text = text
+        self.tokens = stats.tokens
+        self.ttft_s = stats.ttft_s
+        self.tokens_per_s = stats.tokens_per_s
+
+
+class StreamFailed(Message):
+    def __init__(self, error: ActionableError) -> None:
+        super().__init__()
+        self.error = error
+
+
+class StreamEnded(Message):
+    """The stream is over: 0 answered, 1 failed, 130 canceled."""
+
+    def __init__(self, exit_code: int, tokens_per_s: float | None) -> None:
+        super().__init__()
+        self.exit_code = exit_code
+        self.tokens_per_s = tokens_per_s
+
+
+class HiveLogLine(Message):
+    def __init__(self, node: str, line: LogLine) -> None:
+        super().__init__()
+        self.node = node
+        self.line = line
+
+
+class HiveLogFailed(Message):
+    def __init__(self, node: str, error: ActionableError) -> None:
+        super().__init__()
+        self.node = node
+        self.error = error

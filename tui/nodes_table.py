@@ -1,0 +1,53 @@
+"""The nodes of the inventory: hive state, workers, free RAM, when last checked, trouble."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from rbee.control.cluster import HiveState, NodeStatus, gigabytes
+from rbee.control.inventory import Node
+
+STATE_STYLES = {
+    HiveState.UP: "bold green",
+    HiveState.DOWN: "yellow",
+    HiveState.UNREACHABLE: "bold red",
+    HiveState.VERSION_MISMATCH: "bold magenta",
+    HiveState.AUTH_FAILED: "bold red",
+}
+COLUMNS = ("node", "host", "hive", "workers", "free RAM", "last checked", "problem")
+
+
+class NodesTable(DataTable[str | Text]):
+    def __init__(self, nodes: list[Node], *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+        self.inventory_nodes = nodes
+
+    def on_mount(self) -> None:
+        for column in COLUMNS:
+            self.add_column(column, key=column)
+        for node in self.inventory_nodes:
+            host = "local" if node.is_local else node.host
+            self.add_row(node.name, host, Text("checking…", style="dim"), "-", "-", "-", "",
+                         key=node.name)
+
+    @property
+    def selected_node(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
+    def show(self, status: NodeStatus, checked_at: float) -> None:
+        up = status.is_up
+        problem = status.problem or ""
+        values: dict[str, str | Text] = {
+            "hive": Text(str(status.state), style=STATE_STYLES[status.state]),
+            "workers": str(len(status.workers)) if up else "-",
+            "free RAM": gigabytes(status.ram_available_mb),
+            "last checked": time.strftime("%H:%M:%S", time.localtime(checked_at)),
+            "problem": Text(problem, style="red") if problem else "",
+        }
+        for column, value in values.items():
+            self.update_cell(status.name, column, value, update_width=True)

@@ -1,0 +1,82 @@
+"""Prompt a model on the selected node and watch the tokens arrive, with their speed."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Input, Label, Sparkline, Static
+
+from rbee.control.cluster import DEFAULT_MODEL_REF
+
+from .config import SPARKLINE_REQUESTS
+
+
+class StreamPanel(Vertical):
+    class Submitted(Message):
+        """The person asked for an answer to `prompt` from `model_ref`."""
+
+        def __init__(self, prompt: str, model_ref: str) -> None:
+            super().__init__()
+            self.prompt = prompt
+            self.model_ref = model_ref
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.answer = ""
+        self.node: str | None = None  # where the next prompt goes
+        self._speeds: list[float] = []
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="stream-target"):
+            yield Label("on ?", id="stream-node")
+            yield Input(DEFAULT_MODEL_REF, placeholder="model", id="stream-model")
+        yield Input(placeholder="prompt, then Enter", id="prompt")
+        yield Static("", id="stream-answer")
+        yield Static("", id="stream-stats")
+        yield Sparkline([], id="stream-sparkline")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "prompt":
+            return
+        event.stop()
+        prompt = event.value.strip()
+        if prompt:
+            self.post_message(self.Submitted(prompt, self.query_one("#stream-model", Input).value))
+
+    def target(self, node: str | None, model_ref: str | None = None) -> None:
+        """The node (and optionally the model) the next prompt goes to."""
+        self.node = node
+        self.query_one("#stream-node", Label).update(f"on {node or '?'}")
+        if model_ref:
+            self.query_one("#stream-model", Input).value = model_ref
+
+    def started(self) -> None:
+        self.answer = ""
+        self.query_one("#stream-answer", Static).update("")
+        self.stats("starting…")
+
+    def stats(self, text: str) -> None:
+        stats = self.query_one("#stream-stats", Static)
+        stats.update(text)
+        stats.remove_class("error")
+
+    def failed(self, text: str) -> None:
+        self.stats(text)
+        self.query_one("#stream-stats", Static).add_class("error")
+
+    def add_token(self, text: str, tokens: int, ttft_s: float | None,
+                  tokens_per_s: float | None) -> None:
+        self.answer += text
+        self.query_one("#stream-answer", Static).update(self.answer)
+        ttft = "-" if ttft_s is None else f"{ttft_s * 1000:.0f} ms"
+        speed = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
+        self.stats(f"{tokens} tokens · TTFT {ttft} · {speed} tok/s")
+
+    def ended(self, tokens_per_s: float | None, outcome: str) -> None:
+        if tokens_per_s is not None:
+            self._speeds = [*self._speeds, tokens_per_s][-SPARKLINE_REQUESTS:]
+            self.query_one(Sparkline).data = self._speeds
+        stats = self.query_one("#stream-stats", Static)
+        current = str(stats.content)
+        stats.update(f"{current} · {outcome}" if current else outcome)

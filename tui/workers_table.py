@@ -1,0 +1,52 @@
+"""Workers of the selected node, or of every node: id, model, state, slots, speed, idle time."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from rbee.control.cluster import WorkerStatus
+
+COLUMNS = ("node", "worker", "model", "state", "slots", "tok/s", "idle left", "url")
+STATE_STYLES = {"idle": "green", "busy": "bold cyan", "loading": "yellow", "starting": "yellow",
+                "failed": "bold red", "draining": "dim"}
+
+
+def _idle_left(worker: WorkerStatus) -> str:
+    left = worker.idle_left_s
+    if left is None:
+        return "-"
+    minutes, seconds = divmod(int(left), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+class WorkersTable(DataTable[str | Text]):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        for column in COLUMNS:
+            self.add_column(column, key=column)
+
+    @property
+    def selected(self) -> tuple[str, str] | None:
+        """(node, worker id) of the row under the cursor."""
+        if self.row_count == 0:
+            return None
+        row = self.get_row_at(self.cursor_row)
+        return str(row[0]), str(row[1])
+
+    def show(self, workers: list[WorkerStatus]) -> None:
+        """Replaces the rows, keeping the cursor on the same worker when it is still there."""
+        keep = self.selected
+        self.clear()
+        for w in workers:
+            speed = "-" if w.last_tokens_per_s is None else f"{w.last_tokens_per_s:.1f}"
+            state = Text(w.state, style=STATE_STYLES.get(w.state, ""))
+            if w.error:
+                state.append(f" ({w.error})", style="red")
+            self.add_row(w.node, w.worker_id, w.model_ref, state,
+                         f"{w.slots_busy}/{w.slots_total}", speed, _idle_left(w), w.url,
+                         key=w.worker_id)
+        if keep is not None and keep[1] in {w.worker_id for w in workers}:
+            self.move_cursor(row=self.get_row_index(keep[1]))
