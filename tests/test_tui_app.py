@@ -148,7 +148,7 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             picker.value = ref
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.workers_table.row_count == 1
-                           and str(app.workers_table.get_row_at(0)[3]) == "idle",
+                           and str(app.workers_table.get_row_at(0)[2]) == "idle",
                            what="an idle worker row")
             node, worker_id = app.workers_table.selected or ("", "")
             assert node == "local" and registry.get(worker_id) is not None

@@ -87,6 +87,7 @@ class RbeeApp(App[None]):
         Binding("a", "toggle_all", "all workers"),
         Binding("r", "refresh", "refresh"),
         Binding("q", "quit", "quit"),
+        Binding("escape", "leave_input", "leave input", show=False),
     ]
 
     def __init__(self, inventory: Inventory, registry: WorkerRegistry,
@@ -222,6 +223,10 @@ class RbeeApp(App[None]):
         model = next((w.model_ref for w in self.statuses[node].workers
                       if w.worker_id == worker_id), None)
         self.stream_panel.target(node, model)
+
+    def action_leave_input(self) -> None:
+        """From the prompt back to the tables, where the single-key bindings work."""
+        self.nodes_table.focus()
 
     def action_toggle_all(self) -> None:
         self.show_all_workers = not self.show_all_workers

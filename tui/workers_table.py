@@ -7,9 +7,16 @@ from textual.widgets import DataTable
 
 from rbee.control.cluster import WorkerStatus
 
-COLUMNS = ("node", "worker", "model", "state", "slots", "tok/s", "idle left", "url")
+COLUMNS = ("worker", "model", "state", "slots", "tok/s", "idle left", "url", "node")
 STATE_STYLES = {"idle": "green", "busy": "bold cyan", "loading": "yellow", "starting": "yellow",
                 "failed": "bold red", "draining": "dim"}
+
+
+def _short_model(ref: str) -> str:
+    """file:/a/long/path/x.gguf reads file:…/x.gguf; other references are short already."""
+    if ref.startswith("file:") and ref.count("/") > 1:
+        return f"file:…/{ref.rsplit('/', 1)[1]}"
+    return ref
 
 
 def _idle_left(worker: WorkerStatus) -> str:
@@ -34,7 +41,7 @@ class WorkersTable(DataTable[str | Text]):
         if self.row_count == 0:
             return None
         row = self.get_row_at(self.cursor_row)
-        return str(row[0]), str(row[1])
+        return str(row[-1]), str(row[0])
 
     def show(self, workers: list[WorkerStatus]) -> None:
         """Replaces the rows, keeping the cursor on the same worker when it is still there."""
@@ -45,8 +52,8 @@ class WorkersTable(DataTable[str | Text]):
             state = Text(w.state, style=STATE_STYLES.get(w.state, ""))
             if w.error:
                 state.append(f" ({w.error})", style="red")
-            self.add_row(w.node, w.worker_id, w.model_ref, state,
-                         f"{w.slots_busy}/{w.slots_total}", speed, _idle_left(w), w.url,
+            self.add_row(w.worker_id, _short_model(w.model_ref), state,
+                         f"{w.slots_busy}/{w.slots_total}", speed, _idle_left(w), w.url, w.node,
                          key=w.worker_id)
         if keep is not None and keep[1] in {w.worker_id for w in workers}:
             self.move_cursor(row=self.get_row_index(keep[1]))
