@@ -12,6 +12,7 @@ import pytest
 
 from hive_process import HiveProcess, start_hive
 from inventories import local_node, unreachable_node, write_inventory
+from model_server import ModelServer
 
 from rbee.control import cluster
 from rbee.control.cluster import HiveState, InferRequest, InferStream, StreamStats
@@ -127,20 +128,22 @@ def test_download_reports_and_lands_in_the_catalog(tmp_path: Path, hive: HivePro
                                                    tiny_model: Path) -> None:
     node = write_inventory(tmp_path / "inventory.toml",
                            local_node("local", _port(hive), hive.state_dir)).get("local")
-    copy = tmp_path / "copy.gguf"
-    copy.write_bytes(tiny_model.read_bytes())
+    data = tiny_model.read_bytes()
     steps: list[cluster.DownloadProgress] = []
 
-    async def scenario() -> None:
-        path = await cluster.download_model(node, f"file:{copy}", steps.append)
-        assert Path(path).is_file()
-        assert f"file:{copy}" in [m["reference"] for m in await cluster.list_models(node)]
+    async def scenario(url: str) -> None:
+        path = await cluster.download_model(node, url, steps.append)
+        assert Path(path).read_bytes() == data
+        assert url in [m["reference"] for m in await cluster.list_models(node)]
         with pytest.raises(ActionableError) as missing:
             await cluster.download_model(node, f"file:{tmp_path}/absent.gguf", steps.append)
         assert "absent.gguf" in missing.value.in_words()
 
-    asyncio.run(scenario())
-    assert all(step.stage in ("downloading", "retrying", "complete") for step in steps)
+    with ModelServer() as internet:  # a loopback stand-in, throttled to about half a second
+        asyncio.run(scenario(internet.add("/m/tiny.gguf", data, bytes_per_s=len(data) * 2)))
+    fractions = [s.fraction for s in steps if s.stage == "downloading"]
+    assert fractions and all(f is not None and 0 <= f <= 1 for f in fractions)
+    assert steps[-1].stage == "complete"
 
 
 def test_states_in_words_when_a_node_is_not_up(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from textual.worker import WorkerState
 
 from hive_process import HiveProcess, start_hive
 from inventories import local_node, unreachable_node, write_inventory
+from model_server import ModelServer
 from sshd import FakeNode, start_sshd
 from test_hive_control import node_table
 
@@ -23,6 +24,7 @@ from rbee.control.inventory import Inventory
 from rbee.control.worker_registry import WorkerRegistry
 from rbee.tui.app import RbeeApp
 from rbee.tui.config import TuiConfig
+from rbee.tui.messages import ActionProgress
 
 SIZE = (140, 44)
 
@@ -176,3 +178,30 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             assert registry.get(worker_id) is None
 
     asyncio.run(scenario())
+
+
+def test_download_shows_its_progress(cluster_inventory: Inventory, registry: WorkerRegistry,
+                                     tiny_model: Path) -> None:
+    data = tiny_model.read_bytes()
+    seen: list[ActionProgress] = []
+
+    def keep(message: object) -> None:
+        if isinstance(message, ActionProgress) and message.fraction is not None:
+            seen.append(message)
+
+    async def scenario(url: str) -> None:
+        app = RbeeApp(cluster_inventory, registry, TuiConfig(refresh_s=0.5))
+        async with app.run_test(size=SIZE, message_hook=keep) as pilot:
+            await wait_for(pilot, lambda: hive_cell(app, "local") == "up", what="local up")
+            select_node(app, "local")
+            await pilot.press("m")
+            app.screen.query_one("#model-ref", Input).value = url
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: "is in the catalog" in app.activity.text,
+                           what="the download's outcome")
+            assert seen and "MB @" in seen[-1].text
+            await wait_for(pilot, lambda: url in app.statuses["local"].models,
+                           what="the model in the node's catalog")
+
+    with ModelServer() as internet:  # throttled: the download takes about a second
+        asyncio.run(scenario(internet.add("/m/tiny.gguf", data, bytes_per_s=len(data))))
