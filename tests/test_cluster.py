@@ -4,8 +4,11 @@ dashboard show, and the actions they take."""
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -146,18 +149,49 @@ def test_download_reports_and_lands_in_the_catalog(tmp_path: Path, hive: HivePro
     assert steps[-1].stage == "complete"
 
 
+class OlderHive:
+    """A loopback stand-in for another release of rbee-hive: only its health answer."""
+
+    def __init__(self, version: str) -> None:
+        body = json.dumps({"status": "alive", "version": version, "api_version": "v1"}).encode()
+
+        class Health(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server hook
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_states_in_words_when_a_node_is_not_up(tmp_path: Path) -> None:
     keyed = start_hive(tmp_path / "keyed", api_key="the-right-key-0123456789")
+    older = OlderHive("0.2.0")
     try:
         inventory = write_inventory(
             tmp_path / "inventory.toml",
             local_node("down", 1, tmp_path / "down-state"),
             local_node("keyed", _port(keyed), keyed.state_dir),
-            unreachable_node("gone", tmp_path / "known_hosts"))
-        down, keyed_status, gone = asyncio.run(
+            unreachable_node("gone", tmp_path / "known_hosts"),
+            local_node("old", older.port, tmp_path / "old-state"))
+        down, keyed_status, gone, old = asyncio.run(
             cluster.probe_nodes(list(inventory.nodes.values())))
     finally:
         keyed.stop()
+        older.stop()
+    assert old.state is HiveState.VERSION_MISMATCH and old.version == "0.2.0"
+    assert old.problem == "Version mismatch: rbee=0.1.0, rbee-hive=0.2.0"
     assert down.state is HiveState.DOWN and "rbee ssh-up down" in (down.suggestion or "")
     assert keyed_status.state is HiveState.AUTH_FAILED
     assert "Invalid API key for keyed" in (keyed_status.problem or "")
