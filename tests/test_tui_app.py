@@ -103,7 +103,7 @@ def test_nodes_fill_and_an_unreachable_node_says_why(cluster_inventory: Inventor
 def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory,
                                                     registry: WorkerRegistry) -> None:
     async def scenario() -> None:
-        app = RbeeApp(cluster_inventory, registry, TuiConfig(refresh_s=0.5))
+        app = RbeeApp(cluster_inventory, registry, TuiConfig())
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: hive_cell(app, "alpha") == "down", what="alpha down")
             select_node(app, "alpha")
@@ -140,7 +140,7 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
     ref = f"file:{tiny_model}"
 
     async def scenario() -> None:
-        app = RbeeApp(cluster_inventory, registry, TuiConfig(refresh_s=0.5))
+        app = RbeeApp(cluster_inventory, registry, TuiConfig())
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: hive_cell(app, "local") == "up", what="local up")
             select_node(app, "local")
@@ -159,7 +159,7 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             app.workers_table.move_cursor(row=0)
             await pilot.pause()
             assert app.query_one("#stream-model", Input).value == ref
-            await pilot.click("#prompt")
+            app.query_one("#prompt", Input).focus()
             app.query_one("#prompt", Input).value = "Once upon a time"
             await pilot.press("enter")
             panel = app.stream_panel
@@ -168,6 +168,17 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             stats = str(panel.query_one("#stream-stats").content)
             assert "TTFT" in stats and "tok/s" in stats and stats.endswith("done"), stats
             assert len(panel.query_one(Sparkline).data or []) == 1
+
+            # A long answer, canceled with `c` once tokens flow.
+            app.config = TuiConfig(max_tokens=8000)
+            app.query_one("#prompt", Input).focus()
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.stream is not None and panel.answer != "",
+                           what="the long answer's first tokens")
+            await pilot.press("escape", "c")
+            await wait_for(pilot, lambda: app.stream is None, what="the cancel", timeout_s=10)
+            assert str(panel.query_one("#stream-stats").content).startswith("Canceled")
+            assert len(panel.query_one(Sparkline).data or []) == 1  # only answers count
 
             app.workers_table.focus()
             await pilot.press("x")
@@ -190,7 +201,7 @@ def test_download_shows_its_progress(cluster_inventory: Inventory, registry: Wor
             seen.append(message)
 
     async def scenario(url: str) -> None:
-        app = RbeeApp(cluster_inventory, registry, TuiConfig(refresh_s=0.5))
+        app = RbeeApp(cluster_inventory, registry, TuiConfig())
         async with app.run_test(size=SIZE, message_hook=keep) as pilot:
             await wait_for(pilot, lambda: hive_cell(app, "local") == "up", what="local up")
             select_node(app, "local")

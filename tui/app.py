@@ -34,7 +34,7 @@ from rbee.control.inventory import Inventory, Node
 from rbee.control.worker_registry import WorkerRegistry
 
 from .activity_bar import ActivityBar
-from .config import STREAM_MAX_TOKENS, TuiConfig
+from .config import TuiConfig
 from .confirm_screen import ConfirmScreen
 from .log_panel import LogPanel
 from .messages import (
@@ -53,9 +53,6 @@ from .model_picker import ModelPickerScreen
 from .nodes_table import NodesTable
 from .stream_panel import StreamPanel
 from .workers_table import WorkersTable
-
-STREAM_OUTCOMES = {0: "done", 130: "canceled"}
-
 
 class _PanelListener:
     """Hands the stream's events to the app as messages (StreamListener)."""
@@ -390,15 +387,17 @@ class RbeeApp(App[None]):
         if self.stream is not None:
             panel.stats("A stream is running: cancel it first (c).")
             return
-        node_name = panel.node or self.nodes_table.selected_node
+        node = self.nodes.get(panel.node or "")
+        if node is None:
+            panel.failed("No node selected: pick one in the nodes table.")
+            return
         try:
             ref = checked_model_ref(message.model_ref)
         except ActionableError as exc:
             panel.failed(exc.in_words())
             return
-        node = self.nodes[node_name or ""]
         request = InferRequest(prompt=message.prompt, model_ref=ref,
-                               max_tokens=STREAM_MAX_TOKENS, backend=node.backend)
+                               max_tokens=self.config.max_tokens, backend=node.backend)
         self.stream = InferStream(node, request, self.registry, _PanelListener(self))
         panel.started()
         self.run_stream(self.stream)
@@ -428,8 +427,8 @@ class RbeeApp(App[None]):
         if not self.is_running:
             return  # background work reporting while the app closes
         self.stream = None
-        outcome = STREAM_OUTCOMES.get(message.exit_code, "failed")
-        self.stream_panel.ended(message.tokens_per_s if message.exit_code == 0 else None, outcome)
+        if message.exit_code == 0:  # otherwise the panel already says why (or "Canceled.")
+            self.stream_panel.answered(message.tokens_per_s)
         if self.stream_panel.node:
             self._probe_now(self.stream_panel.node)
 

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 DEFAULT_REFRESH_S = 2.0  # the issue: nodes refresh every 2 s by default
 SPARKLINE_REQUESTS = 30  # tokens/s of this many recent requests in the sparkline
 LOG_LINES = 500  # the log panel keeps this many lines
-STREAM_MAX_TOKENS = 200
+STREAM_MAX_TOKENS = 200  # per prompt from the stream panel
 
 
 @dataclass(frozen=True)
 class TuiConfig:
     refresh_s: float = DEFAULT_REFRESH_S
+    max_tokens: int = STREAM_MAX_TOKENS
     # What "last checked" reads; a fixed clock makes screenshots repeatable.
     clock: Callable[[], float] = field(default=time.time)

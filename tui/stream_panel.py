@@ -73,10 +73,10 @@ class StreamPanel(Vertical):
         speed = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
         self.stats(f"{tokens} tokens · TTFT {ttft} · {speed} tok/s")
 
-    def ended(self, tokens_per_s: float | None, outcome: str) -> None:
+    def answered(self, tokens_per_s: float | None) -> None:
+        """The answer is complete: its speed joins the sparkline."""
         if tokens_per_s is not None:
             self._speeds = [*self._speeds, tokens_per_s][-SPARKLINE_REQUESTS:]
             self.query_one(Sparkline).data = self._speeds
         stats = self.query_one("#stream-stats", Static)
-        current = str(stats.content)
-        stats.update(f"{current} · {outcome}" if current else outcome)
+        stats.update(f"{stats.content} · done")
