@@ -24,7 +24,7 @@ from rbee.control.inventory import Inventory
 from rbee.control.worker_registry import WorkerRegistry
 from rbee.tui.app import RbeeApp
 from rbee.tui.config import TuiConfig
-from rbee.tui.messages import ActionProgress
+from rbee.tui.messages import ActionDone, ActionProgress
 
 SIZE = (140, 44)
 
@@ -102,35 +102,48 @@ def test_nodes_fill_and_an_unreachable_node_says_why(cluster_inventory: Inventor
 
 def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory,
                                                     registry: WorkerRegistry) -> None:
+    outcomes: dict[str, str] = {}
+
+    def keep(message: object) -> None:
+        if isinstance(message, ActionDone):
+            outcomes[message.node] = message.text
+
     async def scenario() -> None:
         app = RbeeApp(cluster_inventory, registry, TuiConfig())
-        async with app.run_test(size=SIZE) as pilot:
+        async with app.run_test(size=SIZE, message_hook=keep) as pilot:
             await wait_for(pilot, lambda: hive_cell(app, "alpha") == "down", what="alpha down")
-            select_node(app, "alpha")
-            await pilot.press("u")
-            [ssh_up] = [w for w in app.workers if w.group == "actions"]
-            # While ssh-up is in flight, the prompt takes typing: each key is handled (the
-            # value grows) while the ssh-up worker is still running.
+            select_node(app, "local")
+            await pilot.press("space")  # marks local; then alpha, with the keyboard
+            await pilot.press("down", "space", "u")
+            assert app.nodes_table.marked == {"local", "alpha"}
+            assert str(app.nodes_table.get_cell("alpha", "node")) == "● alpha"
+            ssh_ups = [w for w in app.workers if w.group == "actions"]
+            assert len(ssh_ups) == 2
+            # While the ssh-ups are in flight, the prompt takes typing: each key is handled
+            # (the value grows) while an ssh-up worker is still running.
             prompt = app.query_one("#prompt", Input)
             prompt.focus()
             handled_in_flight = 0
             for key in "hello":
                 await pilot.press(key)
-                if ssh_up.state is WorkerState.RUNNING and prompt.value.endswith(key):
+                in_flight = any(w.state is WorkerState.RUNNING for w in ssh_ups)
+                if in_flight and prompt.value.endswith(key):
                     handled_in_flight += 1
             assert prompt.value == "hello"
             assert handled_in_flight > 0, f"ssh-up ended first: {app.activity.text}"
-            await wait_for(pilot, lambda: "rbee-hive 0.1.0 up" in app.activity.text,
-                           what="ssh-up's outcome")
+            await wait_for(pilot, lambda: len(outcomes) == 2, what="both ssh-ups' outcomes")
+            assert "rbee-hive 0.1.0 up" in outcomes["alpha"]
+            assert "already running" in outcomes["local"]
             await wait_for(pilot, lambda: hive_cell(app, "alpha") == "up", what="alpha up")
 
             app.nodes_table.focus()
-            select_node(app, "alpha")
-            await pilot.press("d")
-            await pilot.press("y")  # the confirmation
+            select_node(app, "local")
+            await pilot.press("space")  # unmarked: ssh-down stops alpha alone
+            await pilot.press("d", "y")  # the confirmation
             await wait_for(pilot, lambda: "rbee-hive stopped" in app.activity.text,
                            what="ssh-down's outcome")
             await wait_for(pilot, lambda: hive_cell(app, "alpha") == "down", what="alpha down")
+            assert hive_cell(app, "local") == "up"
 
     asyncio.run(scenario())
 

@@ -24,13 +24,13 @@ class ActivityBar(Horizontal):
         else:
             bar.update(total=100, progress=100 * fraction)
 
-    def done(self, text: str) -> None:
+    def done(self, text: str, *, others_running: bool = False) -> None:
         self._say(text, "done")
-        self.query_one(ProgressBar).display = False
+        self.query_one(ProgressBar).display = others_running
 
-    def failed(self, text: str) -> None:
+    def failed(self, text: str, *, others_running: bool = False) -> None:
         self._say(text, "failed")
-        self.query_one(ProgressBar).display = False
+        self.query_one(ProgressBar).display = others_running
 
     def _say(self, text: str, kind: str) -> None:
         label = self.query_one("#activity-text", Static)

@@ -75,6 +75,7 @@ class RbeeApp(App[None]):
     TITLE = "rbee"
     SUB_TITLE = "cluster console"
     BINDINGS = [
+        Binding("space", "mark", "mark"),
         Binding("u", "ssh_up", "ssh-up"),
         Binding("d", "ssh_down", "ssh-down"),
         Binding("s", "spawn", "spawn"),
@@ -99,6 +100,7 @@ class RbeeApp(App[None]):
         self._probing: set[str] = set()
         self._log_following = False
         self._highlighted_worker: str | None = None
+        self._actions_running = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -264,6 +266,7 @@ class RbeeApp(App[None]):
     @work(group="actions", exit_on_error=False)
     async def act(self, node: Node, doing: str, action: Callable[[], Awaitable[str]]) -> None:
         """One long action on a node: progress while it runs, then its outcome in words."""
+        self._actions_running += 1
         self.post_message(ActionProgress(doing))
         try:
             outcome = await action()
@@ -283,13 +286,16 @@ class RbeeApp(App[None]):
     def on_action_done(self, message: ActionDone) -> None:
         if not self.is_running:
             return  # background work reporting while the app closes
-        self.activity.done(message.text)
+        self._actions_running -= 1
+        self.activity.done(message.text, others_running=self._actions_running > 0)
         self._probe_now(message.node)
 
     def on_action_failed(self, message: ActionFailed) -> None:
         if not self.is_running:
             return  # background work reporting while the app closes
-        self.activity.failed(f"{message.node}: {message.error.in_words()}")
+        self._actions_running -= 1
+        self.activity.failed(f"{message.node}: {message.error.in_words()}",
+                             others_running=self._actions_running > 0)
         self._probe_now(message.node)
 
     def _probe_now(self, name: str) -> None:
@@ -297,21 +303,34 @@ class RbeeApp(App[None]):
             self._probing.add(name)
             self.probe(self.nodes[name])
 
+    def action_mark(self) -> None:
+        """Marks (or unmarks) the selected node: ssh-up and ssh-down act on every marked one."""
+        if name := self.nodes_table.selected_node:
+            self.nodes_table.toggle_mark(name)
+
+    def _hive_targets(self) -> list[Node]:
+        """The marked nodes, else the selected one."""
+        marked = [node for name, node in self.nodes.items() if name in self.nodes_table.marked]
+        selected = self.selected_node
+        return marked or ([selected] if selected else [])
+
     def action_ssh_up(self) -> None:
-        if node := self.selected_node:
-            self.act(node, f"{node.name}: ssh-up…", lambda: ssh_up(node, self._say))
+        for node in self._hive_targets():
+            self.act(node, f"{node.name}: ssh-up…", lambda node=node: ssh_up(node, self._say))
 
     def action_ssh_down(self) -> None:
-        node = self.selected_node
-        if node is None:
+        nodes = self._hive_targets()
+        if not nodes:
             return
-        workers = len(self.statuses[node.name].workers) if node.name in self.statuses else 0
+        workers = sum(len(self.statuses[n.name].workers) for n in nodes if n.name in self.statuses)
+        names = ", ".join(n.name for n in nodes)
 
         def answered(yes: bool | None) -> None:
-            if yes:
-                self.act(node, f"{node.name}: ssh-down…", lambda: ssh_down(node, self._say))
+            for node in nodes if yes else []:
+                self.act(node, f"{node.name}: ssh-down…",
+                         lambda node=node: ssh_down(node, self._say))
 
-        self.push_screen(ConfirmScreen(f"Stop the hive on {node.name} and its {workers} "
+        self.push_screen(ConfirmScreen(f"Stop the hive on {names} and its {workers} "
                                        "worker(s)?"), answered)
 
     def _catalog(self, node: Node) -> list[str]:

@@ -24,6 +24,7 @@ class NodesTable(DataTable[str | Text]):
     def __init__(self, nodes: list[Node], *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
         self.inventory_nodes = nodes
+        self.marked: set[str] = set()  # nodes that ssh-up / ssh-down act on together
 
     def on_mount(self) -> None:
         for column in COLUMNS:
@@ -38,6 +39,11 @@ class NodesTable(DataTable[str | Text]):
         if self.row_count == 0:
             return None
         return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
+    def toggle_mark(self, name: str) -> None:
+        self.marked ^= {name}
+        self.update_cell(name, "node", f"● {name}" if name in self.marked else name,
+                         update_width=True)
 
     def show(self, status: NodeStatus, checked_at: float) -> None:
         up = status.is_up
