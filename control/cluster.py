@@ -9,8 +9,9 @@ Nothing here prints; failures are ActionableErrors (what went wrong and what to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
@@ -152,7 +153,40 @@ async def with_hive(node: Node, call: Callable[[HiveClient], Awaitable[T]]) -> T
 # ----------------------------------------------------------------- reading
 
 
-async def probe_node(node: Node, registry: WorkerRegistry | None = None) -> NodeStatus:
+class NodeConnections:
+    """One way in per node, kept across probes: for an SSH node one connection whose port
+    forwards are reused (the runner reconnects by itself when it dies). The dashboard probes
+    every few seconds; a handshake each time would be slow and fill the nodes' sshd logs."""
+
+    def __init__(self) -> None:
+        self._access: dict[str, LocalNodeAccess | SSHNodeAccess] = {}
+
+    def access(self, node: Node) -> LocalNodeAccess | SSHNodeAccess:
+        if node.name not in self._access:
+            self._access[node.name] = (LocalNodeAccess(node) if node.is_local
+                                       else SSHNodeAccess(node, runner_for(node)))
+        return self._access[node.name]
+
+    async def aclose(self) -> None:
+        for access in self._access.values():
+            if isinstance(access, SSHNodeAccess):
+                await access.runner.close()
+        self._access.clear()
+
+
+@contextlib.asynccontextmanager
+async def _reach(node: Node, connections: NodeConnections | None
+                 ) -> AsyncIterator[LocalNodeAccess | SSHNodeAccess]:
+    """The node's access: a kept one when `connections` is given, else one for this call."""
+    if connections is not None:
+        yield connections.access(node)
+        return
+    async with open_node(node) as access:
+        yield access
+
+
+async def probe_node(node: Node, registry: WorkerRegistry | None = None,
+                     connections: NodeConnections | None = None) -> NodeStatus:
     """The node's hive state, workers (with each worker's own health) and catalog.
 
     Never raises. Workers the registry knows and that answer are marked healthy in it, so
@@ -160,7 +194,7 @@ async def probe_node(node: Node, registry: WorkerRegistry | None = None) -> Node
     """
     host = _host_of(node)
     try:
-        async with open_node(node) as access:
+        async with _reach(node, connections) as access:
             try:
                 return await _probe_hive(node, access, registry)
             except httpx.HTTPError:

@@ -211,10 +211,19 @@ def test_ssh_up_and_down_through_a_real_sshd(tmp_path: Path) -> None:
         node = inventory.get("alpha")
         said: list[str] = []
 
+        def logins() -> int:
+            return sshd.log().count("Accepted publickey")
+
         async def scenario() -> None:
             assert (await cluster.probe_node(node)).state is HiveState.DOWN
             assert "up (pid" in await cluster.ssh_up(node, said.append)
             assert (await cluster.probe_node(node)).state is HiveState.UP
+            kept = cluster.NodeConnections()
+            before = logins()
+            for _ in range(3):
+                assert (await cluster.probe_node(node, connections=kept)).state is HiveState.UP
+            assert logins() == before + 1  # one SSH connection for the three probes
+            await kept.aclose()
             assert "stopped" in await cluster.ssh_down(node, said.append)
 
         asyncio.run(scenario())

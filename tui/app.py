@@ -18,6 +18,7 @@ from rbee.control.cluster import (
     DownloadProgress,
     InferRequest,
     InferStream,
+    NodeConnections,
     NodeStatus,
     StreamStats,
     checked_model_ref,
@@ -101,6 +102,7 @@ class RbeeApp(App[None]):
         self._log_following = False
         self._highlighted_worker: str | None = None
         self._actions_running = 0
+        self.connections = NodeConnections()  # the probes' SSH connections, kept open
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -121,6 +123,9 @@ class RbeeApp(App[None]):
         self.main.query_one(NodesTable).focus()
         self.action_refresh()
         self.set_interval(self.config.refresh_s, self.action_refresh)
+
+    async def on_unmount(self) -> None:
+        await self.connections.aclose()
 
     # ----------------------------------------------------------------- what is selected
 
@@ -163,7 +168,7 @@ class RbeeApp(App[None]):
     @work(group="probe", exit_on_error=False)
     async def probe(self, node: Node) -> None:
         try:
-            status = await probe_node(node, self.registry)
+            status = await probe_node(node, self.registry, self.connections)
         finally:
             self._probing.discard(node.name)
         self.post_message(NodeProbed(status, self.config.clock()))
