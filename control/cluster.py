@@ -122,10 +122,6 @@ def _host_of(node: Node) -> str:
     return "local" if node.is_local else node.host
 
 
-def _ssh_up_hint(node: Node) -> str:
-    return f"is the hive running? try `rbee ssh-up {node.name}`"
-
-
 def _auth_error(node: Node) -> ActionableError:
     return ActionableError("Authentication failed", f"Invalid API key for {node.name}",
                            suggestion=f"check {node.api_key_source or 'the node key'}")
@@ -140,7 +136,8 @@ async def with_hive(node: Node, call: Callable[[HiveClient], Awaitable[T]]) -> T
                 return await call(hive)
     except httpx.TransportError:
         raise ActionableError(f"Cannot connect to the hive on {node.name}",
-                              suggestion=_ssh_up_hint(node)) from None
+                              suggestion=f"is the hive running? try `rbee ssh-up {node.name}`"
+                              ) from None
     except RemoteError as exc:
         if exc.code == ErrorCode.INVALID_API_KEY:
             raise _auth_error(node) from None
@@ -201,6 +198,12 @@ async def probe_node(node: Node, registry: WorkerRegistry | None = None,
                 return NodeStatus(node.name, host, HiveState.DOWN,
                                   problem="the hive does not answer",
                                   suggestion=f"start it: `rbee ssh-up {node.name}`")
+            except (ValueError, KeyError, TypeError):  # an answer that is not the hive's
+                return NodeStatus(node.name, host, HiveState.DOWN,
+                                  problem=f"something other than rbee-hive answers on port "
+                                          f"{node.hive_port}",
+                                  suggestion=f"give node {node.name} another hive_port in "
+                                             f"{node.inventory_path}")
     except (RunnerError, InventoryError) as exc:
         return NodeStatus(node.name, host, HiveState.UNREACHABLE, problem=str(exc),
                           suggestion="check the node's entry in the inventory and that sshd "
@@ -242,12 +245,11 @@ async def _worker_status(node: str, access: LocalNodeAccess | SSHNodeAccess,
     """The hive's entry, freshened with the worker's own /health when it serves."""
     health: dict[str, Any] = {}
     if listed["state"] in SERVING_STATES and listed.get("url"):
-        try:
+        # A silent worker keeps the hive's view; the hive's health loop will notice it.
+        with contextlib.suppress(httpx.HTTPError, RemoteError, RunnerError, OSError, ValueError):
             async with WorkerClient(await access.worker_url(listed["url"]),
                                     timeout_s=WORKER_PROBE_TIMEOUT_S) as worker:
                 health = await worker.health()
-        except (httpx.HTTPError, RemoteError, RunnerError, OSError):
-            health = {}  # the hive's view stands; its health loop will notice
     return WorkerStatus(
         node=node, worker_id=listed["worker_id"], model_ref=listed["model_ref"],
         state=health.get("state", listed["state"]),
@@ -345,9 +347,10 @@ class StreamListener(Protocol):
 
 
 class _ListenerConsole(Console):
-    """The infer flow's console, turned into calls on a listener, timing the tokens."""
+    """The infer flow's console, turned into calls on a listener, timing the tokens. It
+    overrides every method the flow calls, so it needs none of the terminal's streams."""
 
-    def __init__(self, listener: StreamListener) -> None:
+    def __init__(self, listener: StreamListener) -> None:  # no super(): no terminal here
         self._listener = listener
         self.stats = StreamStats()
         self._sent_at = 0.0
@@ -358,9 +361,6 @@ class _ListenerConsole(Console):
 
     def progress(self, line: str) -> None:
         self._listener.status(line)
-
-    def line(self, text: str) -> None:
-        self._listener.status(text)
 
     def error(self, message: str, *details: str, suggestion: str | None = None) -> None:
         self._listener.failed(ActionableError(message, *details, suggestion=suggestion))
