@@ -149,16 +149,15 @@ def test_download_reports_and_lands_in_the_catalog(tmp_path: Path, hive: HivePro
     assert steps[-1].stage == "complete"
 
 
-class OlderHive:
-    """A loopback stand-in for another release of rbee-hive: only its health answer."""
+class LoopbackAnswer:
+    """A loopback server giving every GET one answer: a stand-in for another release of
+    rbee-hive (only its health answer), or for a stranger on the hive's port."""
 
-    def __init__(self, version: str) -> None:
-        body = json.dumps({"status": "alive", "version": version, "api_version": "v1"}).encode()
+    def __init__(self, body: bytes) -> None:
 
         class Health(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server hook
                 self.send_response(200)
-                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -177,19 +176,25 @@ class OlderHive:
 
 def test_states_in_words_when_a_node_is_not_up(tmp_path: Path) -> None:
     keyed = start_hive(tmp_path / "keyed", api_key="the-right-key-0123456789")
-    older = OlderHive("0.2.0")
+    older = LoopbackAnswer(json.dumps({"status": "alive", "version": "0.2.0",
+                                       "api_version": "v1"}).encode())
+    stranger = LoopbackAnswer(b"<html>a router's admin page</html>")
     try:
         inventory = write_inventory(
             tmp_path / "inventory.toml",
             local_node("down", 1, tmp_path / "down-state"),
             local_node("keyed", _port(keyed), keyed.state_dir),
             unreachable_node("gone", tmp_path / "known_hosts"),
-            local_node("old", older.port, tmp_path / "old-state"))
-        down, keyed_status, gone, old = asyncio.run(
+            local_node("old", older.port, tmp_path / "old-state"),
+            local_node("stranger", stranger.port, tmp_path / "stranger-state"))
+        down, keyed_status, gone, old, other = asyncio.run(
             cluster.probe_nodes(list(inventory.nodes.values())))
     finally:
         keyed.stop()
         older.stop()
+        stranger.stop()
+    assert other.state is HiveState.DOWN
+    assert other.problem == f"something other than rbee-hive answers on port {stranger.port}"
     assert old.state is HiveState.VERSION_MISMATCH and old.version == "0.2.0"
     assert old.problem == "Version mismatch: rbee=0.1.0, rbee-hive=0.2.0"
     assert down.state is HiveState.DOWN and "rbee ssh-up down" in (down.suggestion or "")
