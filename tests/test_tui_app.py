@@ -86,7 +86,13 @@ def test_nodes_fill_and_an_unreachable_node_says_why(cluster_inventory: Inventor
             assert hive_cell(app, "alpha") == "down"
             assert hive_cell(app, "gone") == "unreachable"
             assert str(app.nodes_table.get_cell("local", "free RAM")).endswith(" GB")
-            await pilot.press("down", "down")  # onto gone, with the keyboard
+            await pilot.click("#nodes", offset=(3, 3))  # alpha's row (border, header, local)
+            assert app.nodes_table.selected_node == "alpha"
+            assert app.workers_table.border_title == "workers: alpha"
+            [all_key] = [k for k in app.query("FooterKey") if getattr(k, "key", "") == "a"]
+            await pilot.click(all_key)  # the footer's keys take the mouse too
+            assert app.workers_table.border_title == "workers: every node"
+            await pilot.press("down")  # onto gone, with the keyboard
             assert app.nodes_table.selected_node == "gone"
             problem = str(app.query_one("#node-problem").content)
             assert "Connection refused by 127.0.0.1:1" in problem and "Suggestion:" in problem
