@@ -10,11 +10,12 @@ code always installs the way a real node does.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,7 @@ def shared_tiny_model(shared_dir: Path) -> Path:
 
 
 @pytest.fixture
-def fresh_node(tmp_path: Path, wheelhouse: Path) -> Iterator[FakeNode]:
+def fresh_node(tmp_path: Path, wheelhouse: Path) -> Iterator[Callable[[str], FakeNode]]:
     """A node with a non-root login user, an empty home and no rbee."""
     started: list[FakeNode] = []
 
@@ -80,7 +81,7 @@ def fresh_node(tmp_path: Path, wheelhouse: Path) -> Iterator[FakeNode]:
         started.append(node)
         return node
 
-    yield start  # type: ignore[misc]
+    yield start
     for node in started:
         node.remove()
 
@@ -121,13 +122,8 @@ def assert_serves(operator: Operator, name: str, model: Path, **env: str) -> Non
 def assert_installed(node: FakeNode) -> None:
     hive = node.home / ".local/share/rbee/venv/bin/rbee-hive"
     assert hive.is_file(), f"no {hive}"
-    assert hive.stat().st_uid == _uid(node.user)  # installed as the login user, not root
-
-
-def _uid(user: str) -> int:
-    import pwd
-
-    return pwd.getpwnam(user).pw_uid
+    # Installed as the login user, not root.
+    assert hive.stat().st_uid == pwd.getpwnam(node.user).pw_uid
 
 
 def test_deploy_installs_and_ssh_up_serves(fresh_node, tmp_path: Path,
@@ -206,3 +202,42 @@ def test_a_changed_or_unknown_host_key_stops_deploy_and_ansible(tmp_path: Path) 
         assert unknown.returncode == 1 and "the key is unknown" in unknown.stderr
     finally:
         node.remove()
+
+
+def test_ansible_installs_idempotently_then_ssh_up_serves(fresh_node, tmp_path: Path,
+                                                          shared_tiny_model: Path) -> None:
+    node = fresh_node("fleet")
+    key = "ansible-test-key-0123456789"
+    key_file = tmp_path / "fleet.key"
+    key_file.write_text(key)
+    key_file.chmod(0o600)
+    operator = Operator(tmp_path, inventory_table("fleet", node,
+                                                  f'api_key_file = "{key_file}"\n'))
+    try:
+        first = ansible_playbook(operator, "--limit", "fleet", "-e", "rbee_bundled_model=false")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert recap(first.stdout, "fleet")["changed"] > 0
+        assert key not in first.stdout + first.stderr
+        assert_installed(node)
+        installed_key = node.home / ".rbee/hive/hive.key"
+        assert installed_key.read_text() == key
+        assert installed_key.stat().st_mode & 0o777 == 0o600
+
+        # The wheel the first run built: the same bytes as a rebuild of the same sources (the
+        # build is reproducible), and steady even if someone edits the checkout meanwhile.
+        [built] = (operator.home / "dist").glob("rbee-*.whl")
+        second = ansible_playbook(operator, "--limit", "fleet", "-e", "rbee_bundled_model=false",
+                                  "-e", f"rbee_wheel={built}")
+        assert second.returncode == 0, second.stdout + second.stderr
+        counts = recap(second.stdout, "fleet")
+        assert counts["changed"] == 0 and counts["failed"] == 0, second.stdout
+        # ControlMaster=no: no ssh multiplexer is left running after the play.
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert "[mux]" not in ps
+
+        up = operator.rbee("ssh-up", "fleet")
+        assert up.returncode == 0, up.stderr
+        assert "installing" not in up.stderr and "fleet: rbee-hive 0.1.0 up" in up.stderr
+        assert_serves(operator, "fleet", shared_tiny_model)
+    finally:
+        operator.rbee("ssh-down", "fleet")
