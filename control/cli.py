@@ -16,7 +16,6 @@ from rbee.dataplane.protocol import VERSION
 from . import fleet
 from .api_client import RemoteError
 from .console import ActionableError, Console
-from .deploy import deploy as deploy_node
 from .hive_control import hive_down, hive_up
 from .install_plan import Installer
 from .infer import InferRequest, run_infer
@@ -184,6 +183,8 @@ def ssh_down(ctx: click.Context, names: tuple[str, ...]) -> None:
 def deploy(ctx: click.Context, names: tuple[str, ...], bundled_model: bool) -> None:
     """Install rbee on NODEs over SSH (fabric): build the wheel here, upload it, create the
     venv at the node's rbee_path, pip install, check the version."""
+    from .deploy import deploy as deploy_node  # fabric/paramiko: ~0.1 s no other command pays
+
     installer = Installer(bundled_model=bundled_model)
     try:
         _on_each(_nodes(ctx, names), lambda node, say: deploy_node(node, installer, say))

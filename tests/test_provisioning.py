@@ -177,6 +177,16 @@ def test_ssh_up_installs_an_empty_node_once(fresh_node, tmp_path: Path,
         assert again.returncode == 0, again.stderr
         assert "install" not in again.stderr and "building" not in again.stderr
         assert "fresh: rbee-hive 0.1.0 up" in again.stderr
+
+        # An older rbee on the node while its hive runs: upgraded, and the hive restarted.
+        hive = node.home / ".local/share/rbee/venv/bin/rbee-hive"
+        hive.write_text("#!/bin/sh\necho 'rbee-hive, version 0.0.9'\n")
+        upgraded = operator.rbee("ssh-up", "fresh", "--no-bundled-model", timeout=600)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert "fresh: rbee 0.0.9 is installed; installing rbee 0.1.0" in upgraded.stderr
+        assert "fresh: restarting rbee-hive on the new version" in upgraded.stderr
+        assert "fresh: rbee-hive stopped (pid" in upgraded.stderr
+        assert "fresh: rbee-hive 0.1.0 up" in upgraded.stderr
     finally:
         operator.rbee("ssh-down", "fresh")
 
@@ -241,3 +251,21 @@ def test_ansible_installs_idempotently_then_ssh_up_serves(fresh_node, tmp_path: 
         assert_serves(operator, "fleet", shared_tiny_model)
     finally:
         operator.rbee("ssh-down", "fleet")
+
+
+def test_a_failing_step_is_named_with_the_remote_stderr(tmp_path: Path) -> None:
+    node = start_sshd(tmp_path / "sshd", "readonly")
+    # /proc takes no new folders, even from root: the venv step fails on the node.
+    operator = Operator(tmp_path, inventory_table("readonly", node,
+                                                  'rbee_path = "/proc/rbee/venv/bin"\n'))
+    try:
+        deployed = operator.rbee("deploy", "readonly", "--no-bundled-model")
+    finally:
+        node.remove()
+    assert deployed.returncode == 1
+    assert ("Error: installing rbee on readonly failed at step 2/6: creating the venv "
+            "/proc/rbee/venv") in deployed.stderr
+    assert "`python3 -m venv /proc/rbee/venv` on" in deployed.stderr
+    assert "Error: [Errno 2] No such file or directory: '/proc/rbee'" in deployed.stderr  # venv's
+    assert "Suggestion: check that /proc/rbee is writable" in deployed.stderr
+    assert "Traceback" not in deployed.stderr
