@@ -171,8 +171,12 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             await wait_for(pilot, lambda: app.workers_table.row_count == 1
                            and str(app.workers_table.get_row_at(0)[2]) == "idle",
                            what="an idle worker row")
-            node, worker_id = app.workers_table.selected or ("", "")
-            assert node == "local" and registry.get(worker_id) is not None
+            worker = app.workers_table.selected
+            assert worker is not None and worker.node == "local"
+            worker_id = worker.worker_id
+            assert registry.get(worker_id) is not None
+            detail = str(app.query_one("#worker-detail").content)
+            assert ref in detail and worker.url in detail  # in full, under the table
 
             app.workers_table.focus()
             app.workers_table.move_cursor(row=0)

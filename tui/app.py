@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
@@ -105,16 +106,17 @@ class RbeeApp(App[None]):
         self.connections = NodeConnections()  # the probes' SSH connections, kept open
 
     def compose(self) -> ComposeResult:
+        # The tables span the width, so every column shows; the stream and the log share
+        # the rest of the height below them.
         yield Header()
-        with Horizontal(id="main"):
-            with Vertical(id="cluster"):
-                yield NodesTable(list(self.nodes.values()), id="nodes")
-                yield Static("", id="node-problem")
-                yield WorkersTable(id="workers")
-                yield ActivityBar(id="activity")
-            with Vertical(id="side"):
-                yield StreamPanel(id="stream")
-                yield LogPanel(id="log")
+        yield NodesTable(list(self.nodes.values()), id="nodes")
+        yield Static("", id="node-problem")
+        yield WorkersTable(id="workers")
+        yield Static("", id="worker-detail")
+        with Horizontal(id="below"):
+            yield StreamPanel(id="stream")
+            yield LogPanel(id="log")
+        yield ActivityBar(id="activity")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -205,6 +207,19 @@ class RbeeApp(App[None]):
         self.workers_table.show(workers)
         self.workers_table.border_title = ("workers: every node" if self.show_all_workers
                                            else f"workers: {selected}")
+        self._show_worker_detail()
+
+    def _show_worker_detail(self) -> None:
+        """The selected worker's model, url and error in full (the table clips them)."""
+        detail = self.main.query_one("#worker-detail", Static)
+        worker = self.workers_table.selected
+        detail.display = worker is not None
+        if worker is None:
+            return
+        text = Text(f"{worker.worker_id} on {worker.node}: {worker.model_ref} at {worker.url}")
+        if worker.error:
+            text.append(f"\n{worker.error}", style="red")
+        detail.update(text)
 
     @on(DataTable.RowHighlighted, "#nodes")
     def node_highlighted(self, _event: DataTable.RowHighlighted) -> None:
@@ -219,14 +234,12 @@ class RbeeApp(App[None]):
 
     @on(DataTable.RowHighlighted, "#workers")
     def worker_highlighted(self, _event: DataTable.RowHighlighted) -> None:
-        selected = self.workers_table.selected
-        if selected is None or selected[1] == self._highlighted_worker:
+        self._show_worker_detail()
+        worker = self.workers_table.selected
+        if worker is None or worker.worker_id == self._highlighted_worker:
             return  # the 2-s redraw put the cursor back: keep what the person typed
-        self._highlighted_worker = selected[1]
-        node, worker_id = selected
-        model = next((w.model_ref for w in self.statuses[node].workers
-                      if w.worker_id == worker_id), None)
-        self.stream_panel.target(node, model)
+        self._highlighted_worker = worker.worker_id
+        self.stream_panel.target(worker.node, worker.model_ref)
 
     def action_leave_input(self) -> None:
         """From the prompt back to the tables, where the single-key bindings work."""
@@ -364,7 +377,7 @@ class RbeeApp(App[None]):
         if selected is None:
             self.activity.failed("No worker selected: pick one in the workers table.")
             return
-        node, worker_id = self.nodes[selected[0]], selected[1]
+        node, worker_id = self.nodes[selected.node], selected.worker_id
 
         def answered(yes: bool | None) -> None:
             if yes:

@@ -10,6 +10,8 @@ from textual.widgets import DataTable
 from rbee.control.cluster import HiveState, NodeStatus, gigabytes
 from rbee.control.inventory import Node
 
+from .cells import clipped
+
 STATE_STYLES = {
     HiveState.UP: "bold green",
     HiveState.DOWN: "yellow",
@@ -18,6 +20,9 @@ STATE_STYLES = {
     HiveState.AUTH_FAILED: "bold red",
 }
 COLUMNS = ("node", "host", "hive", "workers", "free RAM", "last checked", "problem")
+# Cells of the problem column that keep every column in view at 120 columns; the line under
+# the table has the selected node's problem in full.
+PROBLEM_WIDTH = 40
 
 
 class NodesTable(DataTable[str | Text]):
@@ -47,13 +52,12 @@ class NodesTable(DataTable[str | Text]):
 
     def show(self, status: NodeStatus, checked_at: float) -> None:
         up = status.is_up
-        problem = status.problem or ""
         values: dict[str, str | Text] = {
             "hive": Text(str(status.state), style=STATE_STYLES[status.state]),
             "workers": str(len(status.workers)) if up else "-",
             "free RAM": gigabytes(status.ram_available_mb),
             "last checked": time.strftime("%H:%M:%S", time.localtime(checked_at)),
-            "problem": Text(problem, style="red") if problem else "",
+            "problem": clipped(status.problem or "", PROBLEM_WIDTH, "red"),
         }
         for column, value in values.items():
             self.update_cell(status.name, column, value, update_width=True)
