@@ -15,6 +15,7 @@ from rbee.dataplane.protocol import VERSION
 
 from . import fleet
 from .api_client import RemoteError
+from .cluster import DEFAULT_REFRESH_S
 from .console import ActionableError, Console
 from .hive_control import hive_down, hive_up
 from .install_plan import Installer
@@ -305,15 +306,14 @@ def logs(ctx: click.Context, node_name: str, follow: bool) -> None:
 
 
 @main.command()
-@click.option("--refresh", "refresh_s", type=click.FloatRange(min=0.2), default=None,
-              metavar="SECONDS",
-              help="Seconds between node refreshes (default: rbee.tui.config.DEFAULT_REFRESH_S).")
+@click.option("--refresh", "refresh_s", type=click.FloatRange(min=0.2),
+              default=DEFAULT_REFRESH_S, show_default=True, metavar="SECONDS",
+              help="Seconds between node refreshes.")
 @click.pass_context
-def tui(ctx: click.Context, refresh_s: float | None) -> None:
+def tui(ctx: click.Context, refresh_s: float) -> None:
     """The dashboard: nodes, workers, a prompt, the hive's log, and actions on them."""
     # Imported here: the arrow points tui → control, never back at import time.
     from rbee.tui import run_dashboard
     from rbee.tui.config import TuiConfig
 
-    config = TuiConfig() if refresh_s is None else TuiConfig(refresh_s=refresh_s)
-    run_dashboard(_inventory(ctx), config)
+    run_dashboard(_inventory(ctx), TuiConfig(refresh_s=refresh_s))

@@ -38,6 +38,7 @@ from .worker_client import WorkerClient
 from .worker_registry import RegisteredWorker, WorkerRegistry
 
 T = TypeVar("T")
+DEFAULT_REFRESH_S = 2.0  # how often a live view (the dashboard) probes each node
 NODE_PROBE_TIMEOUT_S = 5.0
 WORKER_PROBE_TIMEOUT_S = 2.0
 SERVING_STATES = frozenset({"idle", "busy"})

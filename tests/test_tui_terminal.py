@@ -14,10 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from conftest import BIN
 from hive_process import start_hive
 from inventories import local_node
+
+from rbee.control.cli import main
+from rbee.control.cluster import DEFAULT_REFRESH_S
 
 EXIT_MARK = "rbee-tui-exit="
 
@@ -67,3 +71,18 @@ def test_the_dashboard_in_tmux_shows_the_nodes(tmp_path: Path, tmux) -> None:  #
         wait_for_screen(tmux, rf"{EXIT_MARK}0")
     finally:
         hive.stop()
+
+
+def test_the_refresh_option_names_its_default() -> None:
+    result = CliRunner().invoke(main, ["tui", "--help"])
+    assert result.exit_code == 0
+    assert f"[default: {DEFAULT_REFRESH_S};" in " ".join(result.output.split())
+
+
+def test_the_keeper_loads_without_the_dashboard() -> None:
+    """The arrow points tui → control: the command line imports rbee.tui only to run it."""
+    loaded = subprocess.run(
+        [str(BIN / "python"), "-c",
+         "import sys, rbee.control.cli; print('rbee.tui' in sys.modules)"],
+        capture_output=True, text=True, check=True, timeout=30).stdout
+    assert loaded.strip() == "False"

@@ -1,4 +1,5 @@
-"""The dashboard's settings and their defaults, in one place."""
+"""The dashboard's settings and their defaults. The refresh interval's default belongs to the
+cluster layer, so that `rbee tui --help` can name it without importing the dashboard."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-DEFAULT_REFRESH_S = 2.0  # the issue: nodes refresh every 2 s by default
+from rbee.control.cluster import DEFAULT_REFRESH_S
+
 SPARKLINE_REQUESTS = 30  # tokens/s of this many recent requests in the sparkline
 LOG_LINES = 500  # the log panel keeps this many lines
 STREAM_MAX_TOKENS = 200  # per prompt from the stream panel
