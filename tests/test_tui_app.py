@@ -125,6 +125,10 @@ def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory
             assert str(app.nodes_table.get_cell("alpha", "node")) == "● alpha"
             ssh_ups = [w for w in app.workers if w.group == "actions"]
             assert len(ssh_ups) == 2
+            # The activity bar gives each node a line of its own: its latest step…
+            await wait_for(pilot, lambda: len(app.activity.lines) == 2, what="a line per node")
+            assert [line.text.split(":")[0] for line in app.activity.lines.values()] == [
+                "local", "alpha"]
             # While the ssh-ups are in flight, the prompt takes typing: each key is handled
             # (the value grows) while an ssh-up worker is still running.
             prompt = app.query_one("#prompt", Input)
@@ -140,6 +144,11 @@ def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory
             await wait_for(pilot, lambda: len(outcomes) == 2, what="both ssh-ups' outcomes")
             assert "rbee-hive 0.1.0 up" in outcomes["alpha"]
             assert "already running" in outcomes["local"]
+            # …then its outcome.
+            local_line, alpha_line = app.activity.lines.values()
+            assert (local_line.text, alpha_line.text) == (outcomes["local"], outcomes["alpha"])
+            assert local_line.kind == alpha_line.kind == "done"
+            assert not app.activity.running
             await wait_for(pilot, lambda: hive_cell(app, "alpha") == "up", what="alpha up")
 
             app.nodes_table.focus()
@@ -148,6 +157,7 @@ def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory
             await pilot.press("d", "y")  # the confirmation
             await wait_for(pilot, lambda: "rbee-hive stopped" in app.activity.text,
                            what="ssh-down's outcome")
+            assert len(app.activity.lines) == 1  # a new round: the ssh-ups' lines went
             await wait_for(pilot, lambda: hive_cell(app, "alpha") == "down", what="alpha down")
             assert hive_cell(app, "local") == "up"
 

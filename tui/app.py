@@ -4,6 +4,7 @@ screen never waits on the network."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable
 
 from rich.text import Text
@@ -56,6 +57,18 @@ from .nodes_table import NodesTable
 from .stream_panel import StreamPanel
 from .workers_table import WorkersTable
 
+class _ActionVoice:
+    """One long action's reports: its steps and progress become that action's line in the
+    activity bar (a Say for the cluster layer's callbacks)."""
+
+    def __init__(self, app: RbeeApp, action: int) -> None:
+        self._app = app
+        self._action = action
+
+    def __call__(self, text: str, fraction: float | None = None) -> None:
+        self._app.post_message(ActionProgress(self._action, text, fraction))
+
+
 class _PanelListener:
     """Hands the stream's events to the app as messages (StreamListener)."""
 
@@ -102,7 +115,7 @@ class RbeeApp(App[None]):
         self._probing: set[str] = set()
         self._log_following = False
         self._highlighted_worker: str | None = None
-        self._actions_running = 0
+        self._action_numbers = itertools.count()
         self.connections = NodeConnections()  # the probes' SSH connections, kept open
 
     def compose(self) -> ComposeResult:
@@ -282,38 +295,38 @@ class RbeeApp(App[None]):
     # ----------------------------------------------------------------- long actions
 
     @work(group="actions", exit_on_error=False)
-    async def act(self, node: Node, doing: str, action: Callable[[], Awaitable[str]]) -> None:
-        """One long action on a node: progress while it runs, then its outcome in words."""
-        self._actions_running += 1
-        self.post_message(ActionProgress(doing))
+    async def act(self, node: Node, doing: str,
+                  action: Callable[[_ActionVoice], Awaitable[str]]) -> None:
+        """One long action on a node: its own line in the activity bar, with each step while
+        it runs, then its outcome in words."""
+        number = next(self._action_numbers)
+        voice = _ActionVoice(self, number)
+        voice(doing)
         try:
-            outcome = await action()
+            outcome = await action(voice)
         except ActionableError as exc:
-            self.post_message(ActionFailed(exc, node.name))
+            self.post_message(ActionFailed(number, exc, node.name))
             return
-        self.post_message(ActionDone(outcome, node.name))
-
-    def _say(self, text: str) -> None:
-        self.post_message(ActionProgress(text))
+        self.post_message(ActionDone(number, outcome, node.name))
 
     def on_action_progress(self, message: ActionProgress) -> None:
         if not self.is_running:
             return  # background work reporting while the app closes
-        self.activity.working(message.text, message.fraction)
+        self.activity.working(message.action, message.text, message.fraction)
 
     def on_action_done(self, message: ActionDone) -> None:
         if not self.is_running:
             return  # background work reporting while the app closes
-        self._actions_running -= 1
-        self.activity.done(message.text, others_running=self._actions_running > 0)
+        self.activity.done(message.action, message.text)
         self._probe_now(message.node)
 
     def on_action_failed(self, message: ActionFailed) -> None:
         if not self.is_running:
             return  # background work reporting while the app closes
-        self._actions_running -= 1
-        self.activity.failed(f"{message.node}: {message.error.in_words()}",
-                             others_running=self._actions_running > 0)
+        words = message.error.in_words()
+        # SSH errors name their node already; the line must name it once.
+        prefix = "" if words.startswith(f"{message.node}: ") else f"{message.node}: "
+        self.activity.failed(message.action, prefix + words)
         self._probe_now(message.node)
 
     def _probe_now(self, name: str) -> None:
@@ -334,7 +347,7 @@ class RbeeApp(App[None]):
 
     def action_ssh_up(self) -> None:
         for node in self._hive_targets():
-            self.act(node, f"{node.name}: ssh-up…", lambda node=node: ssh_up(node, self._say))
+            self.act(node, f"{node.name}: ssh-up…", lambda say, node=node: ssh_up(node, say))
 
     def action_ssh_down(self) -> None:
         nodes = self._hive_targets()
@@ -346,7 +359,7 @@ class RbeeApp(App[None]):
         def answered(yes: bool | None) -> None:
             for node in nodes if yes else []:
                 self.act(node, f"{node.name}: ssh-down…",
-                         lambda node=node: ssh_down(node, self._say))
+                         lambda say, node=node: ssh_down(node, say))
 
         self.push_screen(ConfirmScreen(f"Stop the hive on {names} and its {workers} "
                                        "worker(s)?"), answered)
@@ -363,7 +376,7 @@ class RbeeApp(App[None]):
         def chosen(ref: str | None) -> None:
             if ref:
                 self.act(node, f"{node.name}: starting a worker for {ref}…",
-                         lambda: self._spawn(node, ref))
+                         lambda _say: self._spawn(node, ref))
 
         self.push_screen(ModelPickerScreen(f"Spawn a worker on {node.name}", self._catalog(node),
                                            DEFAULT_MODEL_REF), chosen)
@@ -375,14 +388,14 @@ class RbeeApp(App[None]):
     def action_shutdown_worker(self) -> None:
         selected = self.workers_table.selected
         if selected is None:
-            self.activity.failed("No worker selected: pick one in the workers table.")
+            self.activity.notice("No worker selected: pick one in the workers table.")
             return
         node, worker_id = self.nodes[selected.node], selected.worker_id
 
         def answered(yes: bool | None) -> None:
             if yes:
                 self.act(node, f"{node.name}: stopping {worker_id}…",
-                         lambda: self._stop_worker(node, worker_id))
+                         lambda _say: self._stop_worker(node, worker_id))
 
         self.push_screen(ConfirmScreen(f"Stop worker {worker_id} on {node.name}?"), answered)
 
@@ -398,21 +411,20 @@ class RbeeApp(App[None]):
         def chosen(ref: str | None) -> None:
             if ref:
                 self.act(node, f"{node.name}: downloading {ref}…",
-                         lambda: self._download(node, ref))
+                         lambda say: self._download(node, ref, say))
 
         self.push_screen(ModelPickerScreen(f"Download a model to {node.name}",
                                            self._catalog(node), DEFAULT_MODEL_REF), chosen)
 
-    async def _download(self, node: Node, ref: str) -> str:
+    async def _download(self, node: Node, ref: str, say: _ActionVoice) -> str:
         def progress(step: DownloadProgress) -> None:
             if step.stage == "retrying":
-                self._say(f"{node.name}: retrying the download of {ref} "
-                          f"(attempt {step.attempt}/{step.attempts})")
+                say(f"{node.name}: retrying the download of {ref} "
+                    f"(attempt {step.attempt}/{step.attempts})")
             elif step.fraction is not None:
-                self.post_message(ActionProgress(
-                    f"{node.name}: downloading {ref} {step.bytes_downloaded / 1e6:.1f} / "
+                say(f"{node.name}: downloading {ref} {step.bytes_downloaded / 1e6:.1f} / "
                     f"{(step.bytes_total or 0) / 1e6:.1f} MB @ {step.speed_mbps:.1f} MB/s",
-                    step.fraction))
+                    step.fraction)
 
         path = await download_model(node, ref, progress)
         return f"{node.name}: {ref} is in the catalog ({path})"

@@ -18,24 +18,28 @@ class NodeProbed(Message):
 
 
 class ActionProgress(Message):
-    """A step of a long action (ssh-up, a download…); `fraction` None: no measure yet."""
+    """A step of long action number `action` (ssh-up, a download…); `fraction` None: no
+    measure yet."""
 
-    def __init__(self, text: str, fraction: float | None = None) -> None:
+    def __init__(self, action: int, text: str, fraction: float | None = None) -> None:
         super().__init__()
+        self.action = action
         self.text = text
         self.fraction = fraction
 
 
 class ActionDone(Message):
-    def __init__(self, text: str, node: str) -> None:
+    def __init__(self, action: int, text: str, node: str) -> None:
         super().__init__()
+        self.action = action
         self.text = text
         self.node = node
 
 
 class ActionFailed(Message):
-    def __init__(self, error: ActionableError, node: str) -> None:
+    def __init__(self, action: int, error: ActionableError, node: str) -> None:
         super().__init__()
+        self.action = action
         self.error = error
         self.node = node
 
