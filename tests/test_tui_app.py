@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Input, Sparkline
+from textual.widgets import Input, OptionList, Sparkline
 from textual.worker import WorkerState
 
 from hive_process import HiveProcess, start_hive
@@ -220,6 +220,38 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
                            what="the worker row to go")
             assert f"{worker_id} stopped" in app.activity.text
             assert registry.get(worker_id) is None
+
+    asyncio.run(scenario())
+
+
+def test_spawn_a_model_picked_from_the_catalog(cluster_inventory: Inventory,
+                                              registry: WorkerRegistry, tiny_model: Path) -> None:
+    ref = f"file:{tiny_model}"
+
+    async def scenario() -> None:
+        await cluster.download_model(cluster_inventory.get("local"), ref, lambda _step: None)
+        app = RbeeApp(cluster_inventory, registry, TuiConfig())
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: "local" in app.statuses, what="local probed")
+            assert ref in app.statuses["local"].models
+            select_node(app, "local")
+            await pilot.press("s", "tab")  # the picker, then from its input to the catalog
+            catalog = app.screen.query_one("#catalog", OptionList)
+            assert catalog.has_focus
+            prompts = [str(catalog.get_option_at_index(i).prompt)
+                       for i in range(catalog.option_count)]
+            for _ in prompts:  # down the list to the model, as a person would
+                if catalog.highlighted == prompts.index(ref):
+                    break
+                await pilot.press("down")
+            assert catalog.highlighted == prompts.index(ref), prompts
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.workers_table.row_count == 1
+                           and str(app.workers_table.get_row_at(0)[2]) == "idle",
+                           what="an idle worker row")
+            worker = app.workers_table.selected
+            assert worker is not None and worker.model_ref == ref
+            assert f"{worker.worker_id} started for {ref}" in app.activity.text
 
     asyncio.run(scenario())
 
