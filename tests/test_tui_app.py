@@ -208,6 +208,9 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.stream is not None and panel.answer != "",
                            what="the long answer's first tokens")
+            box = panel.query_one("#stream-answer-box")
+            await wait_for(pilot, lambda: 0 < box.max_scroll_y == box.scroll_y,
+                           what="the panel following the answer past its height")
             await pilot.press("escape", "c")
             await wait_for(pilot, lambda: app.stream is None, what="the cancel", timeout_s=10)
             assert str(panel.query_one("#stream-stats").content).startswith("Canceled")

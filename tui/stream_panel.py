@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Sparkline, Static
 
@@ -32,9 +32,14 @@ class StreamPanel(Vertical):
             yield Label("on ?", id="stream-node")
             yield Input(DEFAULT_MODEL_REF, placeholder="model", id="stream-model")
         yield Input(placeholder="prompt, then Enter", id="prompt")
-        yield Static("", id="stream-answer")
+        with VerticalScroll(id="stream-answer-box"):
+            yield Static("", id="stream-answer")
         yield Static("", id="stream-stats")
         yield Sparkline([], id="stream-sparkline")
+
+    def on_mount(self) -> None:
+        # The newest tokens stay in view, until the person scrolls up to read.
+        self.query_one("#stream-answer-box").anchor()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id != "prompt":
@@ -54,6 +59,7 @@ class StreamPanel(Vertical):
     def started(self) -> None:
         self.answer = ""
         self.query_one("#stream-answer", Static).update("")
+        self.query_one("#stream-answer-box").anchor()  # a new answer: follow its end again
         self.stats("starting…")
 
     def stats(self, text: str) -> None:
