@@ -17,7 +17,7 @@ from . import fleet
 from .api_client import RemoteError
 from .cluster import DEFAULT_REFRESH_S
 from .console import ActionableError, Console
-from .hive_control import hive_down, hive_up
+from .hive_control import Say, hive_down, hive_up
 from .install_plan import Installer
 from .infer import InferRequest, run_infer
 from .inventory import Inventory, InventoryError, Node, find_inventory, load_inventory
@@ -106,9 +106,6 @@ def _nodes(ctx: click.Context, names: tuple[str, ...]) -> list[Node]:
         return [inventory.get(name) for name in names]
     except InventoryError as exc:
         raise click.BadParameter(str(exc), param_hint="NODE") from None
-
-
-Say = Callable[[str], None]
 
 
 def _on_each(nodes: list[Node], action: Callable[[Node, Say], Awaitable[str]]) -> None:

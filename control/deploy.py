@@ -110,7 +110,8 @@ class FabricTransport:
 
     def _upload(self, data: bytes, remote: str, mode: int) -> None:
         parent = posixpath.dirname(remote)
-        made = self._run(f"mkdir -p {shlex.quote(parent)}", 30)
+        # 0700 like the asyncssh runner's write_file: the folder may hold the hive's key.
+        made = self._run(f"mkdir -p -m 700 {shlex.quote(parent)}", 30)
         if not made.ok:
             raise RunnerError(f"{self.label}: cannot create {parent}: {made.stderr.strip()}")
         sftp = self.conn.sftp()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 
 import httpx
 
@@ -12,7 +11,7 @@ from rbee.dataplane.protocol import VERSION
 
 from .console import ActionableError
 from .hive_client import HiveClient
-from .install_plan import Installer, RunnerTransport
+from .install_plan import Installer, RunnerTransport, Say
 from .inventory import Node
 from .node_access import SSHNodeAccess
 from .runner import Runner
@@ -22,7 +21,6 @@ HIVE_UP_TIMEOUT_S = 30.0
 HIVE_DOWN_TIMEOUT_S = 60.0  # the hive stops its workers first (graceful, then signals)
 _VERSION = re.compile(r"version\s+(\S+)")
 
-Say = Callable[[str], None]
 
 
 def _install_hint(node: Node) -> str:

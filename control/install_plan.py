@@ -28,7 +28,7 @@ from .runner import CommandResult, Runner, RunnerError
 from .wheel import build_wheel, wheel_version
 
 PYTHON = "python3"  # the node's interpreter that creates the venv
-PROBE_TIMEOUT_S = 60.0
+CHECK_TIMEOUT_S = 60.0  # the Python and version checks
 VENV_TIMEOUT_S = 300.0
 UPLOAD_TIMEOUT_S = 300.0
 # llama-cpp-python compiles llama.cpp on the node when pip has no wheel for it: minutes.
@@ -123,7 +123,7 @@ def install_steps(node: Node, wheel: Path, home: str, *, bundled_model: bool) ->
     build_env = [f"{key}={value}" for key, value in llama_build_env().items()]
     steps: list[Step] = [
         Command("checking for Python ≥ 3.11 with venv", (PYTHON, "-c", _PYTHON_CHECK),
-                PROBE_TIMEOUT_S,
+                CHECK_TIMEOUT_S,
                 hint=f"install Python 3.11 or newer with its venv module on {node.name} "
                      "(Debian/Ubuntu: `sudo apt install python3 python3-venv`)"),
         Command(f"creating the venv {venv}", (PYTHON, "-m", "venv", venv), VENV_TIMEOUT_S,
@@ -144,7 +144,7 @@ def install_steps(node: Node, wheel: Path, home: str, *, bundled_model: bool) ->
         steps.append(Upload("writing the hive's API key file (mode 0600)", key.encode(),
                             f"{_on_node(node.state_dir, home)}/hive.key", 0o600))
     steps.append(Command(f"checking `rbee-hive --version` is {version}",
-                         (f"{venv}/bin/rbee-hive", "--version"), PROBE_TIMEOUT_S,
+                         (f"{venv}/bin/rbee-hive", "--version"), CHECK_TIMEOUT_S,
                          expect=f"version {version}"))
     return steps
 
@@ -156,7 +156,8 @@ async def execute(node: Node, steps: list[Step], transport: Transport, say: Say)
         say(f"{node.name}: [{number}/{len(steps)}] {step.what}")
         failed = f"installing rbee on {node.name} failed at step {number}/{len(steps)}: " \
                  f"{step.what}"
-        suggestion = step.hint or f"fix the cause above, then `rbee deploy {node.name}`"
+        suggestion = step.hint or (f"fix the cause above, then run `rbee deploy {node.name}` "
+                                   f"(or `rbee ssh-up {node.name}`) again")
         try:
             if isinstance(step, Upload):
                 await transport.upload(step.data, step.remote, mode=step.mode,
