@@ -37,10 +37,6 @@ class StreamPanel(Vertical):
         yield Static("", id="stream-stats")
         yield Sparkline([], id="stream-sparkline")
 
-    def on_mount(self) -> None:
-        # The newest tokens stay in view, until the person scrolls up to read.
-        self.query_one("#stream-answer-box").anchor()
-
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id != "prompt":
             return
@@ -59,7 +55,9 @@ class StreamPanel(Vertical):
     def started(self) -> None:
         self.answer = ""
         self.query_one("#stream-answer", Static).update("")
-        self.query_one("#stream-answer-box").anchor()  # a new answer: follow its end again
+        box = self.query_one("#stream-answer-box")
+        box.anchor(False)
+        box.scroll_home(animate=False)
         self.stats("starting…")
 
     def stats(self, text: str) -> None:
@@ -75,6 +73,11 @@ class StreamPanel(Vertical):
                   tokens_per_s: float | None) -> None:
         self.answer += text
         self.query_one("#stream-answer", Static).update(self.answer)
+        box = self.query_one("#stream-answer-box")
+        if box.max_scroll_y > 0 and not box.is_anchored:
+            # Taller than the panel: keep the newest tokens in view, until the person scrolls
+            # up to read (anchored only now: an anchored short answer would sit at the bottom).
+            box.anchor()
         ttft = "-" if ttft_s is None else f"{ttft_s * 1000:.0f} ms"
         speed = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
         self.stats(f"{tokens} tokens · TTFT {ttft} · {speed} tok/s")
