@@ -4,7 +4,7 @@
 generated host key, a generated client key pair, an authorized_keys file and a known_hosts file
 that trusts the host key. Everything lives under `tmp_dir/name`; nothing touches ~/.ssh.
 The login user is the current user (root in CI), or with `login_user=True` a new user with an
-empty home made with useradd (needs root), removed again by `stop()`.
+empty home made with useradd (needs root), removed again by `remove()`.
 
 Facts this file is built on (measured on the project's machine, see issue 4):
 - sshd run as root needs its privilege-separation directory `/run/sshd` (0755, root-owned).
