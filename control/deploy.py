@@ -65,6 +65,11 @@ class FabricTransport:
         known_hosts = str(node.known_hosts)
         hint = ssh_hint(node.host, node.port, node.user,
                         str(node.identity_file) if node.identity_file else None, known_hosts)
+        if node.identity_file and not node.identity_file.is_file():
+            # Checked here: paramiko would raise a bare FileNotFoundError mid-handshake.
+            raise SSHConnectError("config", node.host, node.port,
+                                  f"identity_file {node.identity_file} for {node.name} does not "
+                                  f"exist (in {node.inventory_path})")
         try:
             self.conn.client.load_system_host_keys(known_hosts)  # read-only: never written
         except OSError:
