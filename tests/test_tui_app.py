@@ -106,6 +106,26 @@ def test_nodes_fill_and_an_unreachable_node_says_why(cluster_inventory: Inventor
     asyncio.run(scenario())
 
 
+def test_model_output_and_errors_show_as_text_not_markup(tmp_path: Path,
+                                                        registry: WorkerRegistry) -> None:
+    inventory = write_inventory(tmp_path / "inventory.toml",
+                                unreachable_node("gone", tmp_path / "known_hosts"))
+    answer = "a [bold]b[/bold] [/INST] list[int]"
+
+    async def scenario() -> None:
+        app = RbeeApp(inventory, registry, TuiConfig())
+        async with app.run_test(size=SIZE) as pilot:
+            panel = app.stream_panel
+            panel.started()
+            panel.add_token(answer, 7, 0.1, 10.0)
+            panel.failed("[Errno 111] Connection refused")
+            await pilot.pause()
+            assert str(panel.query_one("#stream-answer").render()) == answer
+            assert str(panel.query_one("#stream-stats").render()).startswith("[Errno 111]")
+
+    asyncio.run(scenario())
+
+
 def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory,
                                                     registry: WorkerRegistry) -> None:
     outcomes: dict[str, str] = {}

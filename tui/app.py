@@ -123,7 +123,7 @@ class RbeeApp(App[None]):
         # the rest of the height below them.
         yield Header()
         yield NodesTable(list(self.nodes.values()), id="nodes")
-        yield Static("", id="node-problem")
+        yield Static("", markup=False, id="node-problem")  # the words of an error, as text
         yield WorkersTable(id="workers")
         yield Static("", id="worker-detail")
         with Horizontal(id="below"):

@@ -28,7 +28,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
             yield Label(self.title_text, id="picker-title")
             yield Input(self.default, placeholder="pkg:…, file:/…, hf:ORG/REPO, https://…",
                         id="model-ref")
-            yield Label("", id="picker-problem")
+            yield Label("", markup=False, id="picker-problem")
             if self.catalog:
                 yield Label("in the node's catalog:")
                 yield OptionList(*self.catalog, id="catalog")

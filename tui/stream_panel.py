@@ -33,8 +33,10 @@ class StreamPanel(Vertical):
             yield Input(DEFAULT_MODEL_REF, placeholder="model", id="stream-model")
         yield Input(placeholder="prompt, then Enter", id="prompt")
         with VerticalScroll(id="stream-answer-box"):
-            yield Static("", id="stream-answer")
-        yield Static("", id="stream-stats")
+            # markup=False: a model's output and error words are text, not Textual markup
+            # (a "[/INST]" in an answer must show as such, not end the app).
+            yield Static("", markup=False, id="stream-answer")
+        yield Static("", markup=False, id="stream-stats")
         yield Sparkline([], id="stream-sparkline")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
