@@ -63,7 +63,9 @@ def host_vars(node: Node) -> dict[str, Any]:
         ansible_ssh_common_args=shlex.join(common),
         ansible_ssh_args="-C -o ControlMaster=no",
         ansible_ssh_timeout=max(1, round(node.connect_timeout_s)),
-        ansible_python_interpreter="auto_silent",
+        # The python3 the install uses (first on the login PATH), not ansible's discovery,
+        # which can pick a broken interpreter such as a pyenv shim of a missing version.
+        ansible_python_interpreter="python3",
         # One ssh connection per task (the module goes through stdin), not three.
         ansible_pipelining=True,
     )

@@ -9,6 +9,7 @@ code always installs the way a real node does.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -260,8 +261,17 @@ def test_a_failing_step_is_named_with_the_remote_stderr(tmp_path: Path) -> None:
                                                   'rbee_path = "/proc/rbee/venv/bin"\n'))
     try:
         deployed = operator.rbee("deploy", "readonly", "--no-bundled-model")
+        # The role's Python check, fed an old Python's answer, with sudo not allowed.
+        played = ansible_playbook(operator, "--limit", "readonly",
+                                  "-e", "rbee_install_system_python=false",
+                                  "-e", json.dumps({"rbee_python_check":
+                                                    "import sys; sys.exit('Python 3.9.2')"}))
     finally:
         node.remove()
+    assert played.returncode != 0, played.stdout
+    assert ("rbee needs Python 3.11 or newer with its venv module on readonly (python3 says: "
+            "Python 3.9.2)") in played.stdout, played.stdout
+    assert recap(played.stdout, "readonly")["failed"] == 1
     assert deployed.returncode == 1
     assert ("Error: installing rbee on readonly failed at step 2/6: creating the venv "
             "/proc/rbee/venv") in deployed.stderr
