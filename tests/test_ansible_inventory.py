@@ -53,6 +53,7 @@ api_key_env = "RBEE_BOX_KEY"
         "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes",
         "-o", f"UserKnownHostsFile={tmp_path}/known hosts", "-o", "IdentitiesOnly=yes"]
     assert "ControlMaster=no" in box["ansible_ssh_args"]
+    assert box["ansible_python_interpreter"] == "python3"
     assert (box["rbee_path"], box["rbee_state_dir"]) == ("~/rbee/venv/bin", "~/.rbee/hive")
     assert box["rbee_api_key"] == "box-key-0123456789"
     local = listed["_meta"]["hostvars"]["local"]
