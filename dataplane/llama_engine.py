@@ -299,7 +299,9 @@ class LlamaEngine:
             if gen.canceled:
                 gen.post(DoneEvent(StopReason.CANCELED, 0))
                 continue
-            seq_id = self._free_seq_ids.pop(0)
+            # The lowest free id keeps the running ids consecutive (see _step).
+            seq_id = min(self._free_seq_ids)
+            self._free_seq_ids.remove(seq_id)
             seq = _Sequence(
                 gen=gen,
                 seq_id=seq_id,
@@ -327,13 +329,24 @@ class LlamaEngine:
             seq.n_past += 1
             n += 1
 
-        for seq in self._running:  # running streams first: one token each
+        # Running streams get one token each; the rest of the batch goes to prompt chunks,
+        # oldest request first (chunked prefill).
+        room = self._batch_size - sum(1 for s in self._running if not s.pending)
+        chunk: dict[int, int] = {}
+        for seq in self._running:
+            if seq.pending and room > 0:
+                chunk[seq.seq_id] = min(len(seq.pending), room)
+                room -= chunk[seq.seq_id]
+        # Tokens go in grouped by sequence, in seq_id order: with a KV stream per sequence,
+        # llama.cpp cuts a batch into one ubatch per run of consecutive seq ids, in order of
+        # first appearance (measured: 4 streams in order 1,2,3,0 took 72 ms a step, in order
+        # 0,1,2,3 46 ms).
+        for seq in sorted(self._running, key=lambda s: s.seq_id):
             seq.batch_index = -1
             if not seq.pending:
                 seq.batch_index = n
                 add(seq.last_token, seq, True)
-        for seq in self._running:  # then prompt chunks, oldest request first
-            while seq.pending and n < self._batch_size:
+            for _ in range(chunk.get(seq.seq_id, 0)):
                 token = seq.pending.popleft()
                 last = not seq.pending
                 if last:
