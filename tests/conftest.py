@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rbee.control.worker_registry import WorkerRegistry
 from tinymodel import write_corrupt_gguf, write_tiny_gguf
 
 BIN = Path(sys.executable).parent
@@ -186,3 +187,11 @@ def shared_worker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     )
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[WorkerRegistry]:
+    """The keeper's worker registry in a fresh $RBEE_HOME-like folder."""
+    registry = WorkerRegistry(tmp_path / "home" / "workers.db")
+    yield registry
+    registry.close()

@@ -24,13 +24,6 @@ from rbee.control.worker_registry import WorkerRegistry
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[WorkerRegistry]:
-    registry = WorkerRegistry(tmp_path / "home" / "workers.db")
-    yield registry
-    registry.close()
-
-
-@pytest.fixture
 def hive(tmp_path: Path) -> Iterator[HiveProcess]:
     process = start_hive(tmp_path / "hive", "--idle-timeout-s", "600")
     yield process

@@ -30,13 +30,6 @@ SIZE = (140, 44)
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[WorkerRegistry]:
-    registry = WorkerRegistry(tmp_path / "home" / "workers.db")
-    yield registry
-    registry.close()
-
-
-@pytest.fixture
 def cluster_inventory(tmp_path: Path) -> Iterator[Inventory]:
     """local: a running hive; alpha: a real sshd whose hive is not started; gone: refused."""
     hive = start_hive(tmp_path / "hive", "--idle-timeout-s", "600")
