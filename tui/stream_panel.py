@@ -5,11 +5,12 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
+from textual.timer import Timer
 from textual.widgets import Input, Label, Sparkline, Static
 
 from rbee.control.cluster import DEFAULT_MODEL_REF
 
-from .config import SPARKLINE_REQUESTS
+from .config import ANSWER_REPAINT_S, SPARKLINE_REQUESTS
 
 
 class StreamPanel(Vertical):
@@ -26,6 +27,8 @@ class StreamPanel(Vertical):
         self.answer = ""
         self.node: str | None = None  # where the next prompt goes
         self._speeds: list[float] = []
+        self._stats_text = ""
+        self._repaint: Timer | None = None  # pending repaint of the answer, if any
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="stream-target"):
@@ -55,14 +58,20 @@ class StreamPanel(Vertical):
             self.query_one("#stream-model", Input).value = model_ref
 
     def started(self) -> None:
+        self._cancel_repaint()
         self.answer = ""
         self.query_one("#stream-answer", Static).update("")
         box = self.query_one("#stream-answer-box")
         box.anchor(False)
         box.scroll_home(animate=False)
-        self.stats("starting…")
+        self._show_stats("starting…")
 
     def stats(self, text: str) -> None:
+        """A status line of the app's (canceling, canceled, waiting): after the tokens so far."""
+        self._flush()
+        self._show_stats(text)
+
+    def _show_stats(self, text: str) -> None:
         stats = self.query_one("#stream-stats", Static)
         stats.update(text)
         stats.remove_class("error")
@@ -74,18 +83,33 @@ class StreamPanel(Vertical):
     def add_token(self, text: str, tokens: int, ttft_s: float | None,
                   tokens_per_s: float | None) -> None:
         self.answer += text
+        ttft = "-" if ttft_s is None else f"{ttft_s * 1000:.0f} ms"
+        speed = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
+        self._stats_text = f"{tokens} tokens · TTFT {ttft} · {speed} tok/s"
+        if self._repaint is None:
+            self._repaint = self.set_timer(ANSWER_REPAINT_S, self._flush)
+
+    def _flush(self) -> None:
+        """Shows the answer and stats as they are now (see ANSWER_REPAINT_S)."""
+        if self._repaint is None:
+            return
+        self._cancel_repaint()
         self.query_one("#stream-answer", Static).update(self.answer)
         box = self.query_one("#stream-answer-box")
         if box.max_scroll_y > 0 and not box.is_anchored:
             # Taller than the panel: keep the newest tokens in view, until the person scrolls
             # up to read (anchored only now: an anchored short answer would sit at the bottom).
             box.anchor()
-        ttft = "-" if ttft_s is None else f"{ttft_s * 1000:.0f} ms"
-        speed = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"
-        self.stats(f"{tokens} tokens · TTFT {ttft} · {speed} tok/s")
+        self._show_stats(self._stats_text)
+
+    def _cancel_repaint(self) -> None:
+        if self._repaint is not None:
+            self._repaint.stop()
+            self._repaint = None
 
     def answered(self, tokens_per_s: float | None) -> None:
         """The answer is complete: its speed joins the sparkline."""
+        self._flush()
         if tokens_per_s is not None:
             self._speeds = [*self._speeds, tokens_per_s][-SPARKLINE_REQUESTS:]
             self.query_one(Sparkline).data = self._speeds
