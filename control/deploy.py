@@ -47,8 +47,7 @@ class FabricTransport:
         if node.identity_file:
             connect_kwargs.update(key_filename=[str(node.identity_file)], look_for_keys=False,
                                   allow_agent=False)
-        # With ~/.ssh/config honoured, only what the inventory sets is passed (as runner_for).
-        explicit = node.set_keys if node.use_ssh_config else frozenset(("user", "port"))
+        explicit = node.passed_ssh_keys
         self.conn = fabric.Connection(
             node.host,
             user=node.user if "user" in explicit else None,

@@ -157,6 +157,12 @@ class Node:
         return not self.ssh
 
     @property
+    def passed_ssh_keys(self) -> frozenset[str]:
+        """Which of user and port the SSH client passes: with ~/.ssh/config honoured, only what
+        the inventory sets, so the config's User and Port still apply to the rest."""
+        return self.set_keys if self.use_ssh_config else frozenset(("user", "port"))
+
+    @property
     def direct(self) -> bool:
         """Reached over the network (or on this machine), not through an SSH port forward."""
         return self.is_local or not is_loopback_host(self.listen)

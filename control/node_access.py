@@ -82,9 +82,8 @@ async def _answers(url: str) -> bool:
 
 
 def runner_for(node: Node) -> Runner:
-    """The node's runner. With ~/.ssh/config honoured, only what the inventory sets is passed,
-    so the config's User, Port and IdentityFile still apply to the rest."""
-    explicit = node.set_keys if node.use_ssh_config else frozenset(("user", "port"))
+    """The node's runner (see Node.passed_ssh_keys for what it passes)."""
+    explicit = node.passed_ssh_keys
     return make_runner(
         ssh=node.ssh,
         host=node.host,
