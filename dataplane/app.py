@@ -16,7 +16,8 @@ from starlette.routing import Route
 
 from . import openai_api
 from .engine import DoneEvent, ErrorEvent, Event, SamplingParams, TokenEvent
-from .http import EXCEPTION_HANDLERS, BearerAuth, read_body
+from .http import EXCEPTION_HANDLERS, BearerAuth, BrowserGuard, read_body
+from .openapi import OPENAPI_PATH, openapi_route
 from .protocol import (
     SSE_DONE,
     ApiError,
@@ -25,11 +26,16 @@ from .protocol import (
     started_event,
     token_event,
 )
-from .schemas import InferenceRequest
+from .schemas import ChatCompletionRequest, CompletionRequest, InferenceRequest
 from .streaming import collect, sse_response
 from .worker import Worker
 
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", OPENAPI_PATH})
+REQUEST_BODIES = {
+    "/v1/inference": InferenceRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/chat/completions": ChatCompletionRequest,
+}
 
 
 def create_app(worker: Worker) -> Starlette:
@@ -119,8 +125,11 @@ def create_app(worker: Worker) -> Starlette:
         Route("/metrics", worker.metrics.endpoint),
         *openai_api.routes(worker),
     ]
+    routes.append(openapi_route("rbee-worker", routes, bodies=REQUEST_BODIES,
+                                public_paths=PUBLIC_PATHS))
     middleware = [
-        Middleware(BearerAuth, api_key=worker.settings.api_key, public_paths=PUBLIC_PATHS)
+        Middleware(BrowserGuard, loopback=worker.settings.is_loopback),
+        Middleware(BearerAuth, api_key=worker.settings.api_key, public_paths=PUBLIC_PATHS),
     ]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
 

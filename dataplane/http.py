@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .config import MAX_BODY_BYTES
+from .config import MAX_BODY_BYTES, is_loopback_host
 from .protocol import ApiError, ErrorCode, error_body
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ M = TypeVar("M", bound=BaseModel)
 
 async def read_body(request: Request, model: type[M], *, max_bytes: int = MAX_BODY_BYTES) -> M:
     """The request's JSON body validated as `model`; any client mistake raises ApiError."""
+    _require_json_content_type(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
@@ -38,12 +39,28 @@ async def read_body(request: Request, model: type[M], *, max_bytes: int = MAX_BO
         data = json.loads(b"".join(chunks) or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(ErrorCode.INVALID_REQUEST, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(ErrorCode.INVALID_REQUEST, "the body's JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def _require_json_content_type(request: Request) -> None:
+    """A JSON body must say so: a web page can send text/plain anywhere without asking the
+    server first (a CORS "simple request"), but not application/json."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ApiError(
+            ErrorCode.INVALID_REQUEST,
+            f"the body must be sent with Content-Type: application/json, not "
+            f"{media_type or 'none'} (curl: -H 'Content-Type: application/json')",
+            status=415,
+            details={"field": "content-type"},
+        )
 
 
 def validation_error(exc: ValidationError) -> ApiError:
@@ -92,6 +109,48 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 EXCEPTION_HANDLERS = {ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected}
+
+
+class BrowserGuard:
+    """ASGI middleware: refuses what a web page in the user's browser could send.
+
+    A server on loopback is reachable from every page the user opens. A page can post to it
+    (cross-site request forgery), and with DNS rebinding (attacker.example resolving to
+    127.0.0.1) it can even read the answers. Browsers always tell: the Host header of a
+    rebinding page names the attacker's domain, and a cross-origin request carries an Origin.
+    So a loopback server accepts only loopback names in Host, and every server refuses an
+    Origin other than its own (rbee serves no web pages: no other origin has business here).
+    A server on another address needs an API key, which a page does not have.
+    """
+
+    def __init__(self, app: ASGIApp, *, loopback: bool) -> None:
+        self.app = app
+        self._loopback = loopback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers", []))
+            host = headers.get(b"host", b"").decode("latin-1")
+            origin = headers.get(b"origin")
+            why = None
+            if self._loopback and host and not is_loopback_host(_hostname(host)):
+                why = f"Host {host!r} is not a loopback name; this server serves only loopback"
+            elif origin is not None and origin.decode("latin-1") != f"http://{host}":
+                why = f"requests from web pages ({origin.decode('latin-1')}) are refused"
+            if why is not None:
+                log.warning("refused %s %s: %s", scope["method"], scope["path"], why)
+                response = JSONResponse(error_body(ErrorCode.INVALID_REQUEST, why),
+                                        status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _hostname(host: str) -> str:
+    """The name part of a Host header ("[::1]:8080" → "::1", "localhost:80" → "localhost")."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 class BearerAuth:

@@ -72,6 +72,9 @@ class ApiError(Exception):
         self.status = status if status is not None else HTTP_STATUS[code]
         self.details = details or {}
         self.headers = headers or {}
+        if code is ErrorCode.INVALID_API_KEY:
+            # RFC 6750: a 401 names the scheme the client should use.
+            self.headers.setdefault("WWW-Authenticate", "Bearer")
 
     def body(self) -> dict[str, Any]:
         return error_body(self.code, self.message, self.details)

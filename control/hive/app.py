@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -16,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rbee.dataplane.http import EXCEPTION_HANDLERS, BearerAuth, read_body
+from rbee.dataplane.http import EXCEPTION_HANDLERS, BearerAuth, BrowserGuard, read_body
+from rbee.dataplane.openapi import OPENAPI_PATH, openapi_route
 from rbee.dataplane.protocol import API_VERSION, SSE_DONE, VERSION, ApiError, ErrorCode
 
 from .downloads import DownloadError, DownloadManager
@@ -26,7 +29,10 @@ from .model_refs import InvalidModelRef, parse_model_ref
 from .preflight import available_ram_mb, check_backend, check_ram
 from .pool import WorkerPool
 
-PUBLIC_PATHS = frozenset({"/v1/health", "/v1/workers/ready"})
+# The rbee-hive program this hive runs from, as started (the keeper starts it by its full
+# path): the keeper tells by it that a local hive is another installation's, or a deleted one's.
+EXECUTABLE = os.path.abspath(sys.argv[0])
+PUBLIC_PATHS = frozenset({"/v1/health", "/v1/workers/ready", OPENAPI_PATH})
 
 
 class SpawnRequest(BaseModel):
@@ -178,5 +184,11 @@ def create_app(
         Route("/v1/logs", logs_endpoint),
         Route("/metrics", metrics_endpoint),
     ]
-    middleware = [Middleware(BearerAuth, api_key=api_key, public_paths=PUBLIC_PATHS)]
+    routes.append(openapi_route(
+        "rbee-hive", routes, public_paths=PUBLIC_PATHS,
+        bodies={"/v1/workers/spawn": SpawnRequest, "/v1/workers/ready": ReadyCallback,
+                "/v1/models/download": DownloadRequest},
+        queries={"/v1/models/download/progress": ("id",), "/v1/logs": ("follow",)}))
+    middleware = [Middleware(BrowserGuard, loopback=pool.settings.is_loopback),
+                  Middleware(BearerAuth, api_key=api_key, public_paths=PUBLIC_PATHS)]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
