@@ -37,10 +37,13 @@ def main() -> None:
               help=f"File holding the API key (mode 0600). Or set {API_KEY_ENV}.")
 @click.option("--ram-budget-mb", type=click.IntRange(min=1), default=None,
               help="Never count on more RAM than this in the spawn preflight.")
+@click.option("--max-workers", type=click.IntRange(min=1), default=HiveSettings.max_workers,
+              show_default=True, help="Refuse a spawn past this many workers.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def daemon(addr: str, state_dir: str, idle_timeout_s: float, health_interval_s: float,
-           api_key_file: Path | None, ram_budget_mb: int | None, log_level: str) -> None:
+           api_key_file: Path | None, ram_budget_mb: int | None, max_workers: int,
+           log_level: str) -> None:
     """Run the hive (until SIGTERM: then every worker is stopped and it exits 0)."""
     from rbee.dataplane.http import bind
 
@@ -58,6 +61,7 @@ def daemon(addr: str, state_dir: str, idle_timeout_s: float, health_interval_s: 
         idle_timeout_s=idle_timeout_s,
         health_interval_s=health_interval_s,
         ram_budget_mb=ram_budget_mb,
+        max_workers=max_workers,
     )
     if not settings.is_loopback and not settings.api_key:
         raise click.UsageError(f"refusing to listen on {host} without an API key: use "

@@ -21,6 +21,7 @@ from .engine import Engine, LoadProgress
 from .http import bind, server_config
 from .llama_engine import LlamaEngine
 from .model_file import ModelFileError, ModelInfo, check_model_ref
+from .parent_watch import ParentGone, die_with_parent
 from .protocol import VERSION
 from .worker import Worker
 
@@ -53,6 +54,10 @@ log = logging.getLogger("rbee.worker")
                    "quantised models on CPUs that report AMX (llama.cpp #20824).")
 @click.option("--drain-timeout-s", type=click.FloatRange(0), default=30.0, show_default=True,
               help="On shutdown, how long in-flight streams may finish before they are canceled.")
+@click.option("--api-key-stdin", is_flag=True,
+              help=f"Read the API key from the first line of stdin instead of {API_KEY_ENV}.")
+@click.option("--hive-pid", type=click.IntRange(1), default=None,
+              help="Exit when this process, which must be the worker's parent, exits.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 @click.version_option(VERSION, prog_name="rbee-worker")
@@ -70,6 +75,8 @@ def main(
     device: int,
     extra_bufts: bool,
     drain_timeout_s: float,
+    api_key_stdin: bool,
+    hive_pid: int | None,
     log_level: str,
 ) -> None:
     """Serve one GGUF model: SSE token streams, OpenAI-compatible endpoints, metrics."""
@@ -78,8 +85,19 @@ def main(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # The key is read once and dropped from os.environ, so no child process inherits it.
+    if hive_pid is not None:
+        try:
+            die_with_parent(hive_pid)
+        except ParentGone as exc:
+            raise click.UsageError(f"--hive-pid: {exc}") from None
+    # The key is read once and dropped from os.environ, so no child process inherits it; the
+    # hive sends it on stdin, because a process's initial environment stays readable in
+    # /proc/PID/environ whatever os.environ does later.
     api_key = os.environ.pop(API_KEY_ENV, None) or None
+    if api_key_stdin:
+        api_key = sys.stdin.readline().strip()
+        if not api_key:
+            raise click.UsageError("--api-key-stdin: stdin ended before a key line")
     settings = WorkerSettings(
         model_ref=model_ref,
         host=host,

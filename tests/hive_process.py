@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -63,6 +64,37 @@ def start_hive(state_dir: Path, *args: str, api_key: str | None = None,
         key_file.write_text(api_key)
         key_file.chmod(0o600)
         argv += ["--api-key-file", str(key_file)]
+    return _launch(argv, state_dir, port, api_key, env)
+
+
+# What `rbee-hive daemon` does, with HiveSettings fields that no flag sets.
+_RUN_WITH_SETTINGS = """
+import asyncio, json, logging, sys
+from pathlib import Path
+from rbee.control.hive.config import HiveSettings
+from rbee.control.hive.daemon import pid_lock, run_hive
+from rbee.dataplane.http import bind
+fields = json.loads(sys.argv[1])
+fields["state_dir"] = Path(fields["state_dir"])
+fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+settings = HiveSettings(**fields)
+with pid_lock(settings.pid_path):
+    asyncio.run(run_hive(settings, bind(settings.host, settings.port)))
+"""
+
+
+def start_hive_with_settings(state_dir: Path, **fields: object) -> HiveProcess:
+    """A real hive process whose HiveSettings get `fields` (a worker command, health bounds)."""
+    port = free_port()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fields = {"port": port, "state_dir": str(state_dir), **fields}
+    argv = [str(BIN / "python"), "-c", _RUN_WITH_SETTINGS, json.dumps(fields)]
+    return _launch(argv, state_dir, port, None, None)
+
+
+def _launch(argv: list[str], state_dir: Path, port: int, api_key: str | None,
+            env: dict[str, str] | None) -> HiveProcess:
     log_path = state_dir / "hive-test.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,

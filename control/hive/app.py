@@ -81,6 +81,7 @@ def create_app(
         body = await read_body(request, SpawnRequest)
         ref = model_ref_of(body.model_ref)
         check_backend(body.backend)
+        pool.check_capacity()  # before a download that could take minutes (again at the spawn)
         try:
             entry = await downloads.ensure(ref)
         except DownloadError as exc:

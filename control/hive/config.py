@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,9 @@ class HiveSettings:
     terminate_stop_s: float = 10.0  # SPEC: SIGTERM, 10 s, then SIGKILL
     ram_budget_mb: int | None = None  # caps the RAM preflight sees (a shared machine, tests)
     log_buffer_lines: int = 1000  # lines GET /v1/logs replays before following
+    max_workers: int = 8  # a spawn past this many workers is refused
+    # How a worker is started (its options follow); tests point it at a missing executable.
+    worker_command: tuple[str, ...] = (sys.executable, "-m", "rbee.dataplane")
 
     @property
     def is_loopback(self) -> bool:
@@ -44,6 +48,11 @@ class HiveSettings:
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def workers_dir(self) -> Path:
+        """One record per running worker, read by the next hive (worker_records.py)."""
+        return self.state_dir / "workers"
 
     @property
     def catalog_path(self) -> Path:

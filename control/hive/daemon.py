@@ -26,6 +26,7 @@ from .config import HiveSettings
 from .downloads import DownloadManager
 from .logs import LogBuffer
 from .pool import WorkerPool
+from .worker_records import stop_survivors
 
 log = logging.getLogger("rbee.hive")
 
@@ -72,6 +73,8 @@ async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    # Before anything else: the pid lock proves no other hive owns these records.
+    stop_survivors(settings.workers_dir)
 
     async with httpx.AsyncClient() as http:
         catalog = ModelCatalog(settings.catalog_path)

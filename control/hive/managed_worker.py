@@ -13,18 +13,20 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from rbee.dataplane.config import API_KEY_ENV as WORKER_KEY_ENV
 from rbee.dataplane.lifecycle import StateMachine
+
+from .worker_records import WorkerRecord
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class ManagedState(StrEnum):
     LOADING = "loading"  # serving, model loading
     IDLE = "idle"
     BUSY = "busy"
+    UNRESPONSIVE = "unresponsive"  # missed its last health check (frozen, swapping, overloaded)
     DRAINING = "draining"  # asked to shut down
     STOPPED = "stopped"  # exited after a shutdown
     FAILED = "failed"  # the model could not be loaded, or the process died while starting
@@ -43,16 +46,19 @@ class ManagedState(StrEnum):
 M = ManagedState
 MANAGED_TRANSITIONS: Mapping[ManagedState, frozenset[ManagedState]] = {
     M.STARTING: frozenset({M.LOADING, M.FAILED, M.DRAINING}),
-    M.LOADING: frozenset({M.IDLE, M.BUSY, M.FAILED, M.DRAINING, M.CRASHED}),
-    M.IDLE: frozenset({M.BUSY, M.DRAINING, M.CRASHED}),
-    M.BUSY: frozenset({M.IDLE, M.DRAINING, M.CRASHED}),
+    M.LOADING: frozenset({M.IDLE, M.BUSY, M.FAILED, M.UNRESPONSIVE, M.DRAINING, M.CRASHED}),
+    M.IDLE: frozenset({M.BUSY, M.UNRESPONSIVE, M.DRAINING, M.CRASHED}),
+    M.BUSY: frozenset({M.IDLE, M.UNRESPONSIVE, M.DRAINING, M.CRASHED}),
+    # Back to whatever it reports when it answers again.
+    M.UNRESPONSIVE: frozenset({M.LOADING, M.IDLE, M.BUSY, M.FAILED, M.DRAINING, M.CRASHED}),
     M.DRAINING: frozenset({M.STOPPED, M.CRASHED}),
     M.FAILED: frozenset({M.DRAINING, M.STOPPED}),
     M.STOPPED: frozenset(),
     M.CRASHED: frozenset(),
 }
-LIVE_STATES = frozenset({M.STARTING, M.LOADING, M.IDLE, M.BUSY})
+LIVE_STATES = frozenset({M.STARTING, M.LOADING, M.IDLE, M.BUSY, M.UNRESPONSIVE})
 LOG_TAIL_LINES = 20
+KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait to reap the process
 
 
 @dataclass
@@ -70,6 +76,7 @@ class ManagedWorker:
     worker_id: str
     spec: WorkerSpec
     log_path: Path
+    record_path: Path  # see worker_records.py; exists while the process may run
     api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     url: str = ""
     pid: int | None = None
@@ -80,6 +87,7 @@ class ManagedWorker:
     health_failures: int = 0
     error: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _argv: tuple[str, ...] = field(default=(), repr=False)
     serving: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def __post_init__(self) -> None:
@@ -98,10 +106,16 @@ class ManagedWorker:
 
     # ----------------------------------------------------------------- process
 
-    def start(self, *, host: str, callback_url: str) -> None:
-        """Starts `rbee-worker`; the key travels by environment, never argv."""
+    def start(self, command: Sequence[str], *, host: str, callback_url: str) -> None:
+        """Starts `rbee-worker` (`command` and its options) on this, the hive's main, thread.
+
+        The worker's PR_SET_PDEATHSIG fires when the thread that forked it exits, so a worker
+        started from a passing thread would die with that thread. The key travels on stdin:
+        argv shows in `ps`, and the initial environment stays readable in /proc/PID/environ.
+        Raises OSError when no process could be started (the executable is missing, say).
+        """
         argv = [
-            sys.executable, "-m", "rbee.dataplane",
+            *command,
             "--model", str(self.spec.model_path),
             "--host", host,
             "--port", "0",
@@ -111,19 +125,49 @@ class ManagedWorker:
             "--backend", self.spec.backend,
             "--device", str(self.spec.device),
             "--callback-url", callback_url,
+            "--hive-pid", str(os.getpid()),
+            "--api-key-stdin",
         ]
-        env = {**os.environ, WORKER_KEY_ENV: self.api_key}
+        env = {k: v for k, v in os.environ.items() if k != WORKER_KEY_ENV}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env
+                argv, stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env
             )
         self.pid = self._proc.pid
+        self._argv = tuple(argv)
+        self._write_record()
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(f"{self.api_key}\n".encode())
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass  # it died at once; the spawn sees it exit
         log.info("worker %s started (pid %d) for %s", self.worker_id, self.pid, self.spec.model_ref)
 
+    def serving_at(self, url: str) -> None:
+        self.url = url
+        if self.exited() is None:
+            self._write_record()
+
+    def _write_record(self) -> None:
+        assert self.pid is not None
+        try:
+            started = psutil.Process(self.pid).create_time()
+        except psutil.Error:
+            return  # already gone and reaped: nothing can survive
+        WorkerRecord(self.worker_id, self.pid, started, self._argv, self.spec.model_ref,
+                     self.url).write(self.record_path)
+
     def exited(self) -> int | None:
-        """The exit code once the process has ended (reaping it: a zombie counts as dead)."""
-        return self._proc.poll() if self._proc else None
+        """The exit code once the process has ended (reaping it: a zombie counts as dead).
+
+        The worker's record goes with the process.
+        """
+        code = self._proc.poll() if self._proc else None
+        if code is not None:
+            self.record_path.unlink(missing_ok=True)
+        return code
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:
@@ -156,13 +200,16 @@ class ManagedWorker:
             self._signal(signal.SIGTERM)
             if not await self._wait_exit(terminate_s):
                 log.warning("worker %s did not stop: SIGKILL", self.worker_id)
-                self._signal(signal.SIGKILL)
-                await self._wait_exit(5)
+                await self.kill()
         self.to(M.STOPPED)
         log.info("worker %s stopped", self.worker_id)
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
+        """SIGKILL, then reap it, so no <defunct> worker stays behind."""
         self._signal(signal.SIGKILL)
+        if not await self._wait_exit(KILL_WAIT_S):
+            log.error("worker %s (pid %s) still runs %.0f s after SIGKILL", self.worker_id,
+                      self.pid, KILL_WAIT_S)
 
     def _signal(self, sig: signal.Signals) -> None:
         if self._proc and self._proc.poll() is None:

@@ -43,11 +43,21 @@ class WorkerPool:
         A worker that dies or stays silent while starting is removed and reported with the
         last lines of its log, never left behind as a ghost.
         """
+        self.check_capacity()
         worker_id = f"worker-{uuid.uuid4().hex[:8]}"
-        worker = ManagedWorker(worker_id, spec, self.settings.logs_dir / f"{worker_id}.log")
+        worker = ManagedWorker(worker_id, spec, self.settings.logs_dir / f"{worker_id}.log",
+                               self.settings.workers_dir / f"{worker_id}.json")
+        try:
+            worker.start(self.settings.worker_command, host=self.settings.host,
+                         callback_url=f"{self.settings.local_url}/v1/workers/ready")
+        except OSError as exc:
+            log.error("cannot start worker %s: %s", worker_id, exc)
+            raise ApiError(
+                ErrorCode.WORKER_CRASHED,
+                f"cannot start a worker process ({exc.strerror}: {exc.filename}); this hive's "
+                "installation may have moved or been removed: restart the hive",
+                details={"command": list(self.settings.worker_command)}) from None
         self._workers[worker_id] = worker
-        worker.start(host=self.settings.host,
-                     callback_url=f"{self.settings.local_url}/v1/workers/ready")
         serving = asyncio.ensure_future(worker.serving.wait())
         try:
             deadline = asyncio.get_running_loop().time() + self.settings.worker_start_timeout_s
@@ -55,13 +65,24 @@ class WorkerPool:
                 if worker.exited() is not None:
                     raise self._start_failure(worker, f"exited with code {worker.exited()}")
                 if asyncio.get_running_loop().time() > deadline:
-                    worker.kill()
+                    await worker.kill()
                     raise self._start_failure(
                         worker, f"did not answer within {self.settings.worker_start_timeout_s:.0f} s")
                 await asyncio.wait({serving}, timeout=0.05)
         finally:
             serving.cancel()
         return worker
+
+    def check_capacity(self) -> None:
+        """Refuses a spawn past --max-workers (every worker the hive holds counts)."""
+        cap = self.settings.max_workers
+        if len(self._workers) >= cap:
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                f"this hive already runs {len(self._workers)} workers, its cap "
+                f"(--max-workers {cap}): shut one down first, or restart the hive with a "
+                "higher --max-workers",
+                status=409, details={"max_workers": cap, "workers": len(self._workers)})
 
     def _start_failure(self, worker: ManagedWorker, why: str) -> ApiError:
         worker.to(ManagedState.FAILED)
@@ -81,7 +102,7 @@ class WorkerPool:
         if not hmac.compare_digest(presented_key.encode(), expected.encode()) or worker is None:
             raise ApiError(ErrorCode.INVALID_API_KEY, "not a worker of this hive, or a wrong key")
         if report.get("url"):
-            worker.url = str(report["url"])
+            worker.serving_at(str(report["url"]))
         state = report.get("state")
         if state == "loading":
             worker.to(ManagedState.LOADING)
@@ -127,10 +148,11 @@ class WorkerPool:
             worker.observe(health)
             return
         worker.health_failures += 1
-        log.warning("worker %s missed a health check (%d/%d)", worker.worker_id,
+        worker.to(ManagedState.UNRESPONSIVE)
+        log.warning("worker %s missed a health check (%d/%d): unresponsive", worker.worker_id,
                     worker.health_failures, self.settings.health_failures_allowed)
         if worker.health_failures >= self.settings.health_failures_allowed:
-            worker.kill()
+            await worker.kill()
             self._crashed(worker, f"it missed {worker.health_failures} health checks")
 
     def _crashed(self, worker: ManagedWorker, why: str) -> None:
