@@ -18,6 +18,7 @@ from inventories import local_node, unreachable_node, write_inventory
 from model_server import ModelServer
 from sshd import FakeNode, start_sshd
 from test_hive_control import node_table
+from tinymodel import write_tiny_gguf
 
 from rbee.control import cluster
 from rbee.control.inventory import Inventory
@@ -177,9 +178,19 @@ def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory
     asyncio.run(scenario())
 
 
+@pytest.fixture(scope="module")
+def deep_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with 16 layers: its 2048-token answer (the context the dashboard spawns
+    with) takes seconds on any CPU. Pilot's key presses wait up to a second for the app to
+    go idle, so the 2-layer model's answer could end within one press, before the test
+    looked or canceled (it did on a fast CPU)."""
+    return write_tiny_gguf(tmp_path_factory.mktemp("deep") / "tiny-deep.gguf", n_layers=16,
+                           n_ctx_train=16384)
+
+
 def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: WorkerRegistry,
-                                        tiny_model: Path) -> None:
-    ref = f"file:{tiny_model}"
+                                        deep_tiny_model: Path) -> None:
+    ref = f"file:{deep_tiny_model}"
 
     async def scenario() -> None:
         app = RbeeApp(cluster_inventory, registry, TuiConfig())
@@ -219,8 +230,8 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             app.config = TuiConfig(max_tokens=8000)
             app.query_one("#prompt", Input).focus()
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.stream is not None and panel.answer != "",
-                           what="the long answer's first tokens")
+            await wait_for(pilot, lambda: panel.answer != "", what="the long answer's first tokens")
+            assert app.stream is not None, "the long answer ended before it could be canceled"
             box = panel.query_one("#stream-answer-box")
             await wait_for(pilot, lambda: 0 < box.max_scroll_y == box.scroll_y,
                            what="the panel following the answer past its height")
