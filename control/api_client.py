@@ -11,6 +11,10 @@ from httpx_sse import aconnect_sse
 
 from rbee.dataplane.protocol import SSE_DONE, ErrorCode
 
+# DESIGN §4: every stream sends a keep-alive at least every 10 s, so a stream silent this long
+# has a dead or frozen peer. The one place this limit lives (tests lower it).
+SILENCE_LIMIT_S = 30.0
+
 
 class RemoteError(Exception):
     """The other side answered with an error envelope, or with something unreadable."""
@@ -22,6 +26,22 @@ class RemoteError(Exception):
         self.message = message
         self.status = status
         self.details = details or {}
+
+
+class InvalidResponse(RemoteError):
+    """A 2xx answer whose body is not the JSON this endpoint sends: not our peer, or broken."""
+
+    def __init__(self, peer: str, path: str) -> None:
+        super().__init__(ErrorCode.INTERNAL_ERROR, f"Invalid response from {peer}",
+                         details={"path": path})
+
+
+class PeerSilent(RemoteError):
+    """The peer sent nothing, not even a keep-alive, for the whole silence limit."""
+
+    def __init__(self, peer: str, silent_s: float) -> None:
+        super().__init__(ErrorCode.CONNECTION_TIMEOUT,
+                         f"{peer} stopped answering for {silent_s:g} s")
 
 
 def raise_for_error(response: httpx.Response) -> None:
@@ -38,17 +58,22 @@ def raise_for_error(response: httpx.Response) -> None:
 
 
 class ApiClient:
-    """One base URL, one optional bearer key, one connection pool."""
+    """One base URL, one optional bearer key, one connection pool.
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 10.0
-                 ) -> None:
+    Every call has a deadline: JSON calls `timeout_s` for each step (connect, write, each
+    read), streams SILENCE_LIMIT_S between two reads. `peer` names the other side in errors.
+    """
+
+    peer = "the server"
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 10.0,
+                 peer: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url
-        # SSE reads may wait a long time between events (a long prefill, a slow download):
-        # no read timeout; connecting and writing keep theirs.
-        self._http = httpx.AsyncClient(
-            base_url=base_url, headers=headers, timeout=httpx.Timeout(timeout_s, read=None)
-        )
+        if peer is not None:
+            self.peer = peer
+        self._timeout_s = timeout_s
+        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s)
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -65,15 +90,46 @@ class ApiClient:
             kwargs["timeout"] = timeout_s
         response = await self._http.request(method, path, **kwargs)
         raise_for_error(response)
-        return response.json() if response.content else None
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise InvalidResponse(self.peer, path) from None
+
+    async def _object(self, method: str, path: str, *keys: str, timeout_s: float | None = None,
+                      **kwargs: Any) -> dict[str, Any]:
+        """A JSON object answer holding at least `keys`; InvalidResponse otherwise."""
+        body = await self._json(method, path, timeout_s=timeout_s, **kwargs)
+        if not isinstance(body, dict) or not all(key in body for key in keys):
+            raise InvalidResponse(self.peer, path)
+        return body
+
+    def _objects(self, items: Any, path: str, *keys: str) -> list[dict[str, Any]]:
+        """`items` when it is a list of JSON objects holding `keys`; InvalidResponse otherwise."""
+        if not isinstance(items, list) or not all(
+                isinstance(item, dict) and all(key in item for key in keys) for item in items):
+            raise InvalidResponse(self.peer, path)
+        return items
 
     async def _sse(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
-        """The JSON objects of an SSE stream, up to `[DONE]`."""
-        async with aconnect_sse(self._http, method, path, **kwargs) as source:
-            if source.response.status_code >= 400:
-                await source.response.aread()
-                raise_for_error(source.response)
-            async for sse in source.aiter_sse():
-                if sse.data == SSE_DONE:
-                    return
-                yield json.loads(sse.data)
+        """The JSON objects of an SSE stream, up to `[DONE]`; PeerSilent past the limit."""
+        silence_s = SILENCE_LIMIT_S  # read when the stream opens, so tests can lower it
+        kwargs["timeout"] = httpx.Timeout(self._timeout_s, read=silence_s)
+        try:
+            async with aconnect_sse(self._http, method, path, **kwargs) as source:
+                if source.response.status_code >= 400:
+                    await source.response.aread()
+                    raise_for_error(source.response)
+                async for sse in source.aiter_sse():
+                    if sse.data == SSE_DONE:
+                        return
+                    try:
+                        event = json.loads(sse.data)
+                    except ValueError:
+                        raise InvalidResponse(self.peer, path) from None
+                    if not isinstance(event, dict):
+                        raise InvalidResponse(self.peer, path)
+                    yield event
+        except httpx.ReadTimeout:
+            raise PeerSilent(self.peer, silence_s) from None

@@ -23,7 +23,7 @@ import httpx
 from rbee.dataplane.config import DEFAULT_MODEL_REF as DEFAULT_MODEL_REF
 from rbee.dataplane.protocol import VERSION, ErrorCode
 
-from .api_client import RemoteError
+from .api_client import InvalidResponse, RemoteError
 from .console import ActionableError, Console
 from .hive.model_refs import InvalidModelRef, parse_model_ref
 from .hive_client import DownloadProgress as DownloadProgress
@@ -48,6 +48,7 @@ class HiveState(StrEnum):
     UP = "up"
     DOWN = "down"  # the node answers, its hive does not
     UNREACHABLE = "unreachable"  # the node itself cannot be reached (SSH)
+    NOT_ANSWERING = "not answering"  # connected, but no answer within the probe's deadline
     VERSION_MISMATCH = "version mismatch"
     AUTH_FAILED = "auth failed"
 
@@ -133,8 +134,13 @@ async def with_hive(node: Node, call: Callable[[HiveClient], Awaitable[T]]) -> T
     try:
         async with open_node(node) as access:
             url = await access.hive_url()
-            async with HiveClient(url, access.hive_key, timeout_s=NODE_PROBE_TIMEOUT_S) as hive:
+            async with HiveClient(url, access.hive_key, timeout_s=NODE_PROBE_TIMEOUT_S,
+                                  node=node.name) as hive:
                 return await call(hive)
+    except httpx.TimeoutException:
+        raise ActionableError(
+            f"rbee-hive on {node.name} is {_not_answering(NODE_PROBE_TIMEOUT_S)}",
+            suggestion=_restart_hint(node)) from None
     except httpx.TransportError:
         raise ActionableError(f"Cannot connect to the hive on {node.name}",
                               suggestion=f"is the hive running? try `rbee ssh-up {node.name}`"
@@ -183,28 +189,56 @@ async def _reach(node: Node, connections: NodeConnections | None
         yield access
 
 
+def _not_answering(waited_s: float) -> str:
+    return f"not answering ({waited_s:g} s)"
+
+
+def _restart_hint(node: Node) -> str:
+    return (f"it may be stopped or overloaded: `rbee ssh-down {node.name}`, "
+            f"then `rbee ssh-up {node.name}`")
+
+
+def probe_deadline_s(node: Node) -> float:
+    """How long probe_node may take: the hive's deadline, plus the SSH handshake's."""
+    return NODE_PROBE_TIMEOUT_S + (0.0 if node.is_local else node.connect_timeout_s)
+
+
 async def probe_node(node: Node, registry: WorkerRegistry | None = None,
                      connections: NodeConnections | None = None) -> NodeStatus:
     """The node's hive state, workers (with each worker's own health) and catalog.
 
-    Never raises. Workers the registry knows and that answer are marked healthy in it, so
+    Never raises, and returns within probe_deadline_s: a node that does not answer in time
+    is NOT_ANSWERING. Workers the registry knows and that answer are marked healthy in it, so
     that a following infer finds them warm.
     """
+    deadline_s = probe_deadline_s(node)
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await _probe(node, registry, connections)
+    except TimeoutError:
+        return NodeStatus(node.name, _host_of(node), HiveState.NOT_ANSWERING,
+                          problem=_not_answering(deadline_s), suggestion=_restart_hint(node))
+
+
+async def _probe(node: Node, registry: WorkerRegistry | None,
+                 connections: NodeConnections | None) -> NodeStatus:
     host = _host_of(node)
     try:
         async with _reach(node, connections) as access:
             try:
                 return await _probe_hive(node, access, registry)
+            except httpx.TimeoutException:
+                return NodeStatus(node.name, host, HiveState.NOT_ANSWERING,
+                                  problem=_not_answering(NODE_PROBE_TIMEOUT_S),
+                                  suggestion=_restart_hint(node))
             except httpx.HTTPError:
                 return NodeStatus(node.name, host, HiveState.DOWN,
                                   problem="the hive does not answer",
                                   suggestion=f"start it: `rbee ssh-up {node.name}`")
-            except (ValueError, KeyError, TypeError):  # an answer that is not the hive's
+            except (ValueError, KeyError, TypeError):  # a field of the wrong type
                 return NodeStatus(node.name, host, HiveState.DOWN,
-                                  problem=f"something other than rbee-hive answers on port "
-                                          f"{node.hive_port}",
-                                  suggestion=f"give node {node.name} another hive_port in "
-                                             f"{node.inventory_path}")
+                                  problem=f"Invalid response from rbee-hive on {node.name}",
+                                  suggestion=f"see `rbee logs --node {node.name}`")
     except (RunnerError, InventoryError) as exc:
         return NodeStatus(node.name, host, HiveState.UNREACHABLE, problem=str(exc),
                           suggestion="check the node's entry in the inventory and that sshd "
@@ -222,8 +256,15 @@ async def probe_node(node: Node, registry: WorkerRegistry | None = None,
 async def _probe_hive(node: Node, access: LocalNodeAccess | SSHNodeAccess,
                       registry: WorkerRegistry | None) -> NodeStatus:
     async with HiveClient(await access.hive_url(), access.hive_key,
-                          timeout_s=NODE_PROBE_TIMEOUT_S) as hive:
-        health = await hive.health()
+                          timeout_s=NODE_PROBE_TIMEOUT_S, node=node.name) as hive:
+        try:
+            health = await hive.health()
+        except InvalidResponse:
+            return NodeStatus(node.name, _host_of(node), HiveState.DOWN,
+                              problem=f"something other than rbee-hive answers on port "
+                                      f"{node.hive_port}",
+                              suggestion=f"give node {node.name} another hive_port in "
+                                         f"{node.inventory_path}")
         version = str(health.get("version"))
         if version != VERSION:
             return NodeStatus(node.name, _host_of(node), HiveState.VERSION_MISMATCH, version,

@@ -7,13 +7,24 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from .api_client import ApiClient
+from .api_client import ApiClient, InvalidResponse
 from .console import ActionableError, Console, bar
+
+# What the keeper reads of each listed worker and log line (more fields are tolerated).
+WORKER_KEYS = ("worker_id", "model_ref", "state", "slots_busy", "slots_total", "url")
+LOG_LINE_KEYS = ("ts", "level", "logger", "message")
 
 
 class HiveClient(ApiClient):
+    peer = "rbee-hive"
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 10.0,
+                 node: str | None = None) -> None:
+        super().__init__(base_url, api_key, timeout_s=timeout_s,
+                         peer=f"rbee-hive on {node}" if node else None)
+
     async def health(self, *, timeout_s: float | None = None) -> dict[str, Any]:
-        return await self._json("GET", "/v1/health", timeout_s=timeout_s)
+        return await self._object("GET", "/v1/health", "version", timeout_s=timeout_s)
 
     async def spawn(self, model_ref: str, *, backend: str = "cpu", device: int = 0,
                     slots: int = 1, ctx_size: int = 2048) -> dict[str, Any]:
@@ -21,35 +32,46 @@ class HiveClient(ApiClient):
         body = {"model_ref": model_ref, "backend": backend, "device": device, "slots": slots,
                 "ctx_size": ctx_size}
         # Provisioning a model on spawn can take as long as its download.
-        return await self._json("POST", "/v1/workers/spawn", json=body, timeout_s=3600)
+        return await self._object("POST", "/v1/workers/spawn", "worker_id", "url", "api_key",
+                                  "state", json=body, timeout_s=3600)
 
     async def workers_report(self) -> dict[str, Any]:
         """The workers, with the node's idle timeout and free RAM (newer hives)."""
-        return await self._json("GET", "/v1/workers/list")
+        report = await self._object("GET", "/v1/workers/list", "workers")
+        self._objects(report["workers"], "/v1/workers/list", *WORKER_KEYS)
+        return report
 
     async def workers(self) -> list[dict[str, Any]]:
         return (await self.workers_report())["workers"]
 
     async def shutdown_worker(self, worker_id: str) -> dict[str, Any]:
-        return await self._json("POST", f"/v1/workers/{worker_id}/shutdown", timeout_s=60)
+        return await self._object("POST", f"/v1/workers/{worker_id}/shutdown", "state",
+                                  timeout_s=60)
 
     async def models(self) -> list[dict[str, Any]]:
-        return (await self._json("GET", "/v1/models"))["models"]
+        listed = await self._object("GET", "/v1/models", "models")
+        return self._objects(listed["models"], "/v1/models", "reference")
 
     async def download(self, model_ref: str) -> dict[str, Any]:
-        return await self._json("POST", "/v1/models/download", json={"model_ref": model_ref})
+        started = await self._object("POST", "/v1/models/download", json={"model_ref": model_ref})
+        if not ("local_path" in started or "download_id" in started):
+            raise InvalidResponse(self.peer, "/v1/models/download")
+        return started
 
     async def download_progress(self, download_id: str) -> AsyncIterator[dict[str, Any]]:
-        async for event in self._sse("GET", "/v1/models/download/progress",
-                                     params={"id": download_id}):
-            yield event
+        path = "/v1/models/download/progress"
+        async for event in self._sse("GET", path, params={"id": download_id}):
+            if event.get("stage") == "complete" and not isinstance(event.get("local_path"), str):
+                raise InvalidResponse(self.peer, path)
+            yield self._objects([event], path, "stage")[0]
 
     async def logs(self) -> list[dict[str, Any]]:
-        return (await self._json("GET", "/v1/logs"))["lines"]
+        lines = (await self._object("GET", "/v1/logs", "lines"))["lines"]
+        return self._objects(lines, "/v1/logs", *LOG_LINE_KEYS)
 
     async def follow_logs(self) -> AsyncIterator[dict[str, Any]]:
         async for line in self._sse("GET", "/v1/logs", params={"follow": "true"}):
-            yield line
+            yield self._objects([line], "/v1/logs", *LOG_LINE_KEYS)[0]
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class Infer:
             self.registry.remove(warm.worker_id)
             self.console.status("No idle worker found, starting new worker...")
         hive_url = await self._hive_preflight()
-        async with HiveClient(hive_url, node.hive_key) as hive:
+        async with HiveClient(hive_url, node.hive_key, node=node.name) as hive:
             await self._provision(hive)
             spawned = await self._call_hive(hive.spawn(req.model_ref, backend=req.backend))
         worker = RegisteredWorker(
@@ -144,7 +144,8 @@ class Infer:
             self.console.status(f"Started the hive on {node.name}.")
         url = await node.hive_url()
         health: dict[str, Any] | None = None
-        async with HiveClient(url, node.hive_key, timeout_s=HIVE_TIMEOUT_S) as hive:
+        async with HiveClient(url, node.hive_key, timeout_s=HIVE_TIMEOUT_S,
+                              node=node.name) as hive:
             for attempt in range(1, HIVE_ATTEMPTS + 1):
                 self.console.status(f"Attempt {attempt}: Connecting to {node.hive_address}... "
                                     f"(timeout {HIVE_TIMEOUT_S:.0f}s)")

@@ -12,11 +12,13 @@ from .api_client import ApiClient, RemoteError
 
 
 class WorkerClient(ApiClient):
+    peer = "the worker"
+
     async def health(self) -> dict[str, Any]:
-        return await self._json("GET", "/health")
+        return await self._object("GET", "/health", "state")
 
     async def ready(self) -> dict[str, Any]:
-        return await self._json("GET", "/v1/ready")
+        return await self._object("GET", "/v1/ready", "ready")
 
     async def loading_progress(self) -> AsyncIterator[dict[str, Any]]:
         async for data in self._sse("GET", "/v1/loading/progress"):

@@ -16,6 +16,7 @@ STATE_STYLES = {
     HiveState.UP: "bold green",
     HiveState.DOWN: "yellow",
     HiveState.UNREACHABLE: "bold red",
+    HiveState.NOT_ANSWERING: "bold red",
     HiveState.VERSION_MISMATCH: "bold magenta",
     HiveState.AUTH_FAILED: "bold red",
 }

@@ -1,0 +1,189 @@
+"""The keeper against peers that stop answering or answer garbage: every call has a
+deadline, every answer is checked. Real hives and workers; loopback stand-ins for garbage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import BIN, LONG_CTX, free_port
+from hive_process import HiveProcess, start_hive
+from inventories import local_node, write_inventory
+
+from rbee.control import api_client, cluster
+from rbee.control.cluster import HiveState, InferRequest, InferStream, StreamStats
+from rbee.control.console import ActionableError
+from rbee.control.inventory import Node
+from rbee.control.worker_registry import RegisteredWorker, WorkerRegistry
+
+HEALTH = json.dumps({"status": "alive", "version": "0.1.0", "api_version": "v1"}).encode()
+GARBAGE = b"<html>502 Bad Gateway, from a proxy</html>"
+
+
+class StandIn:
+    """A loopback server answering each path with a fixed 200 body (what it is not given
+    gets HEALTH on /v1/health and GARBAGE elsewhere): a hive that answers nonsense."""
+
+    def __init__(self, **bodies: bytes) -> None:
+        answers = {"/v1/health": HEALTH, **{k.replace("_", "/"): v for k, v in bodies.items()}}
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                body = answers.get(self.path.split("?")[0], GARBAGE)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer  # noqa: N815 - the http.server hooks
+
+            def log_message(self, *_args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _rbee(inventory: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
+    env.update(RBEE_HOME=str(home), RBEE_INVENTORY=str(inventory), COLUMNS="200")
+    return subprocess.run([str(BIN / "rbee"), *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+# ----------------------------------------------------------------- malformed answers
+
+
+@pytest.mark.parametrize("bodies, command", [
+    ({}, ("models", "list", "--node", "garbled")),
+    ({"_v1_models": b'{"models": "all of them"}'}, ("models", "list", "--node", "garbled")),
+    ({}, ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
+    ({"_v1_models_download": b'{"local_path": "/models/x.gguf"}'},
+     ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
+], ids=["models-not-json", "models-wrong-shape", "download-not-json", "spawn-not-json"])
+def test_a_garbled_answer_is_named_not_a_traceback(tmp_path: Path, bodies: dict[str, bytes],
+                                                  command: tuple[str, ...]) -> None:
+    stand_in = StandIn(**bodies)
+    try:
+        inventory = tmp_path / "inventory.toml"
+        write_inventory(inventory, local_node("garbled", stand_in.port, tmp_path / "state"))
+        result = _rbee(inventory, tmp_path / "home", *command)
+    finally:
+        stand_in.stop()
+    assert result.returncode == 1
+    assert "Error: Invalid response from rbee-hive on garbled" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_probe_names_a_garbled_workers_list(tmp_path: Path) -> None:
+    stand_in = StandIn(_v1_models=b'{"models": []}',
+                       _v1_workers_list=b'{"workers": [{"worker_id": "w"}]}')
+    try:
+        node = write_inventory(tmp_path / "inventory.toml",
+                               local_node("garbled", stand_in.port, tmp_path / "s")).get("garbled")
+        status = asyncio.run(cluster.probe_node(node))
+    finally:
+        stand_in.stop()
+    assert status.state is HiveState.DOWN
+    assert status.problem == "Invalid response from rbee-hive on garbled"
+
+
+# ----------------------------------------------------------------- deadlines
+
+
+@pytest.fixture
+def hive(tmp_path: Path) -> Iterator[HiveProcess]:
+    process = start_hive(tmp_path / "hive")
+    yield process
+    psutil.Process(process.proc.pid).resume()  # in case the test left it stopped
+    process.stop()
+
+
+def _local(tmp_path: Path, hive: HiveProcess) -> Node:
+    port = int(hive.url.rsplit(":", 1)[1])
+    return write_inventory(tmp_path / "inventory.toml",
+                           local_node("local", port, hive.state_dir)).get("local")
+
+
+def test_a_stopped_hive_is_not_answering_within_the_probe_deadline(
+        tmp_path: Path, hive: HiveProcess) -> None:
+    node = _local(tmp_path, hive)
+    psutil.Process(hive.proc.pid).suspend()  # SIGSTOP: the port still accepts connections
+    started = time.monotonic()
+    status = asyncio.run(cluster.probe_node(node))
+    took = time.monotonic() - started
+    assert status.state is HiveState.NOT_ANSWERING
+    assert status.problem == f"not answering ({cluster.NODE_PROBE_TIMEOUT_S:g} s)"
+    assert "rbee ssh-down local" in (status.suggestion or "")
+    assert took < cluster.probe_deadline_s(node) + 1
+    with pytest.raises(ActionableError, match=r"rbee-hive on local is not answering \(5 s\)"):
+        asyncio.run(cluster.list_models(node))
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.first_token = asyncio.Event()
+        self.errors: list[ActionableError] = []
+
+    def status(self, text: str) -> None:
+        pass
+
+    def token(self, text: str, stats: StreamStats) -> None:
+        self.first_token.set()
+
+    def failed(self, error: ActionableError) -> None:
+        self.errors.append(error)
+
+
+def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
+        tmp_path: Path, tiny_model: Path, spawn_worker, registry: WorkerRegistry,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rbee infer`'s stream from a worker that is SIGSTOPped mid-answer: an error that says
+    the worker stopped answering, once the silence limit has passed (lowered to 2 s here)."""
+    monkeypatch.setattr(api_client, "SILENCE_LIMIT_S", 2.0)
+    worker = spawn_worker(tiny_model, "--worker-id", "w-frozen", "--ctx-size", str(LONG_CTX))
+    ref = f"file:{tiny_model}"
+    node = write_inventory(tmp_path / "inventory.toml",
+                           local_node("local", free_port(), tmp_path / "s")).get("local")
+    registry.record(RegisteredWorker(
+        worker_id="w-frozen", node="local", model_ref=ref, url=worker.url, api_key="",
+        backend="cpu", device=0, state="idle", created_at=time.time(), last_health_check=None))
+    registry.mark_healthy("w-frozen", "idle")
+    listener = Collector()
+    frozen = psutil.Process(worker.proc.pid)
+
+    async def scenario() -> tuple[int, float]:
+        stream = InferStream(node, InferRequest("Once upon a time", ref, max_tokens=8192,
+                                                temperature=0), registry, listener)
+        run = asyncio.create_task(stream.run())
+        await asyncio.wait_for(listener.first_token.wait(), 30)
+        frozen.suspend()
+        stopped_at = time.monotonic()
+        code = await asyncio.wait_for(run, 30)
+        return code, time.monotonic() - stopped_at
+
+    try:
+        code, took = asyncio.run(scenario())
+    finally:
+        frozen.resume()
+    assert code == 1
+    [error] = listener.errors
+    assert error.message == "the worker stopped answering for 2 s"
+    assert 2 <= took < 5
