@@ -9,6 +9,7 @@ import os
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import httpx
@@ -16,6 +17,11 @@ import httpx
 from rbee.dataplane.protocol import VERSION
 
 from .hive.config import API_KEY_ENV, DEFAULT_ADDR, DEFAULT_STATE_DIR, HiveSettings
+
+if TYPE_CHECKING:
+    from .hive.pidfile import HiveCheck
+
+NOT_RUNNING_EXIT = 3  # `rbee-hive pid`: no hive runs with that state dir (1 is an error)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,6 +94,48 @@ def status(addr: str, api_key_file: Path | None) -> None:
     for w in body["workers"]:
         click.echo(f"  {w['worker_id']}  {w['state']:<8} {w['model_ref']}  {w['url']}  "
                    f"slots {w['slots_busy']}/{w['slots_total']}")
+
+
+@main.command()
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
+def pid(state_dir: str) -> None:
+    """The pid of the hive running with this state dir; exit 3 when none runs.
+
+    Proven by the pid file's lock and recorded start time, never by the pid alone."""
+    running = _running_hive(state_dir)
+    if running.hive is None:
+        click.echo(running.not_running())
+        sys.exit(NOT_RUNNING_EXIT)
+    click.echo(running.hive.pid)
+
+
+@main.command()
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
+@click.option("--timeout-s", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="How long the hive may take to stop its workers before SIGKILL.")
+def stop(state_dir: str, timeout_s: float) -> None:
+    """Stop the hive running with this state dir: SIGTERM (it stops its workers), SIGKILL
+    past --timeout-s. Only a process proven to be that hive is signalled (see `pid`)."""
+    from .hive import pidfile
+
+    running = _running_hive(state_dir)
+    if running.hive is None:
+        click.echo(running.not_running())
+        return
+    pid = running.hive.pid
+    if pidfile.stop(running.hive, timeout_s):
+        click.echo(f"rbee-hive stopped (pid {pid})")
+    else:
+        click.echo(f"rbee-hive (pid {pid}) did not stop in {timeout_s:g} s: killed")
+
+
+def _running_hive(state_dir: str) -> HiveCheck:
+    from .hive import pidfile
+
+    try:
+        return pidfile.check(HiveSettings(state_dir=Path(state_dir).expanduser()).pid_path)
+    except (pidfile.NotProven, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()

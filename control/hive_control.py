@@ -9,18 +9,20 @@ import httpx
 
 from rbee.dataplane.protocol import VERSION
 
+from .api_client import RemoteError
 from .console import ActionableError
+from .hive_cli import NOT_RUNNING_EXIT
 from .hive_client import HiveClient
 from .install_plan import Installer, RunnerTransport, Say
 from .inventory import Node
 from .node_access import SSHNodeAccess
-from .runner import Runner
+from .runner import CommandResult, Runner
 
 PROBE_TIMEOUT_S = 30.0
 HIVE_UP_TIMEOUT_S = 30.0
 HIVE_DOWN_TIMEOUT_S = 60.0  # the hive stops its workers first (graceful, then signals)
+ANSWER_TIMEOUT_S = 3.0  # a hive that is up answers /v1/health at once
 _VERSION = re.compile(r"version\s+(\S+)")
-
 
 
 def _install_hint(node: Node) -> str:
@@ -57,21 +59,37 @@ def _check_version(node: Node, version: str) -> None:
             suggestion=f"upgrade {node.name}: `rbee deploy {node.name}`")
 
 
-async def _running_pid(node: Node, runner: Runner) -> int | None:
-    pid_file = f"{await _state_dir(node, runner)}/hive.pid"
-    result = await runner.run(["cat", pid_file], timeout_s=PROBE_TIMEOUT_S)
-    text = result.stdout.strip()
-    if result.exit_status != 0 or not text.isdigit():
-        return None
-    alive = await runner.run(["kill", "-0", text], timeout_s=PROBE_TIMEOUT_S)
-    return int(text) if alive.exit_status == 0 else None
+async def _on_node(node: Node, runner: Runner, *command: str, timeout_s: float,
+                   ok: tuple[int, ...] = (0,)) -> CommandResult:
+    """`rbee-hive COMMAND… --state-dir DIR` on the node: the proof of which process is its
+    hive runs there (control/hive/pidfile.py), never a bare pid from here. ActionableError
+    unless its exit status is in `ok`."""
+    state_dir = await _state_dir(node, runner)
+    result = await runner.run([await _hive_bin(node, runner), *command, "--state-dir", state_dir],
+                              timeout_s=timeout_s)
+    if result.exit_status in ok:
+        return result
+    if "No such command" in result.stderr:
+        raise ActionableError(f"rbee-hive on {node.name} is older than this rbee "
+                              f"(it has no `{command[0]}`)", suggestion=_install_hint(node))
+    raise ActionableError(f"rbee-hive {command[0]} failed on {node.name}",
+                          (result.stderr or result.stdout).strip()[-500:],
+                          suggestion=f"see {state_dir}/hive.log on {node.name}")
+
+
+async def running_hive_pid(node: Node, runner: Runner) -> int | None:
+    """The pid of the node's hive, proven by its pid file's lock; None when none runs."""
+    result = await _on_node(node, runner, "pid", timeout_s=PROBE_TIMEOUT_S,
+                            ok=(0, NOT_RUNNING_EXIT))
+    return int(result.stdout.split()[-1]) if result.exit_status == 0 else None
 
 
 async def _answers(access: SSHNodeAccess) -> dict[str, str] | None:
     try:
-        async with HiveClient(await access.hive_url(), access.hive_key, timeout_s=3) as hive:
+        async with HiveClient(await access.hive_url(), access.hive_key,
+                              timeout_s=ANSWER_TIMEOUT_S, node=access.name) as hive:
             return await hive.health()
-    except (httpx.HTTPError, OSError):
+    except (httpx.HTTPError, OSError, RemoteError):
         return None
 
 
@@ -89,14 +107,20 @@ async def hive_up(node: Node, runner: Runner, say: Say, *,
         found = f"rbee {version} is installed" if version else "rbee is not installed"
         say(f"{node.name}: {found}; installing rbee {VERSION}")
         await installer.install(node, RunnerTransport(runner), say)
-        if await _running_pid(node, runner) is not None:
+        if await running_hive_pid(node, runner) is not None:
             say(f"{node.name}: restarting rbee-hive on the new version")
             say(await hive_down(node, runner, say))
     elif version is None:
         raise _not_installed(node, await _hive_bin(node, runner))
     else:
         _check_version(node, version)
-    if await _running_pid(node, runner) is not None and (health := await _answers(access)):
+    if (running := await running_hive_pid(node, runner)) is not None:
+        if not (health := await _answers(access)):
+            raise ActionableError(
+                f"rbee-hive on {node.name} (pid {running}) is not answering "
+                f"({ANSWER_TIMEOUT_S:g} s)",
+                suggestion=f"restart it: `rbee ssh-down {node.name}`, then "
+                           f"`rbee ssh-up {node.name}`")
         _check_version(node, health["version"])
         return f"{node.name}: rbee-hive {health['version']} already running"
     state_dir = await _state_dir(node, runner)
@@ -125,17 +149,11 @@ async def hive_up(node: Node, runner: Runner, say: Say, *,
 
 
 async def hive_down(node: Node, runner: Runner, say: Say) -> str:
-    """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound."""
+    """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound; only a
+    process proven to be this hive (`rbee-hive stop` on the node)."""
     say(f"{node.name}: connecting to {runner.label}")
-    pid = await _running_pid(node, runner)
-    if pid is None:
-        return f"{node.name}: rbee-hive is not running"
-    await runner.run(["kill", "-TERM", str(pid)], timeout_s=PROBE_TIMEOUT_S)
-    deadline = asyncio.get_running_loop().time() + HIVE_DOWN_TIMEOUT_S
-    while (await runner.run(["kill", "-0", str(pid)], timeout_s=PROBE_TIMEOUT_S)).exit_status == 0:
-        if asyncio.get_running_loop().time() > deadline:
-            await runner.run(["kill", "-KILL", str(pid)], timeout_s=PROBE_TIMEOUT_S)
-            return f"{node.name}: rbee-hive (pid {pid}) did not stop in time: killed"
-        await asyncio.sleep(0.2)
-    return f"{node.name}: rbee-hive stopped (pid {pid})"
-
+    result = await _on_node(node, runner, "stop", "--timeout-s", f"{HIVE_DOWN_TIMEOUT_S:g}",
+                            timeout_s=HIVE_DOWN_TIMEOUT_S + PROBE_TIMEOUT_S, ok=(0, 127))
+    if result.exit_status == 127:
+        return f"{node.name}: rbee-hive is not running (rbee is not installed)"
+    return f"{node.name}: {result.stdout.strip()}"

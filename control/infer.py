@@ -48,8 +48,9 @@ class NodeAccess(Protocol):
 
     async def worker_url(self, url: str) -> str: ...
 
-    async def start_hive(self) -> bool:
-        """Starts the hive when the keeper may do so itself (the local node); False otherwise."""
+    async def start_hive(self) -> str | None:
+        """Starts (or restarts) the hive when the keeper may do so itself (the local node);
+        what it did in a line, or None."""
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,8 @@ class Infer:
     async def _hive_preflight(self) -> str:
         """Phase 2: the hive answers (3 attempts) and speaks our version."""
         node = self.node
-        if await node.start_hive():
-            self.console.status(f"Started the hive on {node.name}.")
+        if started := await node.start_hive():
+            self.console.status(started)
         url = await node.hive_url()
         health: dict[str, Any] | None = None
         async with HiveClient(url, node.hive_key, timeout_s=HIVE_TIMEOUT_S,

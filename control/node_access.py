@@ -12,6 +12,7 @@ import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -41,43 +42,77 @@ class LocalNodeAccess:
     async def worker_url(self, url: str) -> str:
         return url
 
-    async def start_hive(self) -> bool:
-        """Starts `rbee-hive daemon` on this machine unless one already answers."""
+    async def start_hive(self) -> str | None:
+        """Starts `rbee-hive daemon` on this machine unless this installation's answers; what
+        it did, in one line (None: nothing). A hive of another installation, or of a deleted
+        one, is restarted from this one (stopped only as `rbee ssh-down` does)."""
+        hive_bin = Path(self.node.rbee_path).expanduser() / "rbee-hive"
         url = await self.hive_url()
-        if await _answers(url):
-            return False
+        said = f"Started the hive on {self.name}."
+        health = await _health(url)
+        found = health.get("executable") if health is not None else None
+        if health is not None and (not isinstance(found, str) or _same_file(found, hive_bin)):
+            return None  # ours (or a hive that does not say: left as it is)
+        if not hive_bin.is_file():
+            raise ActionableError(
+                f"rbee is not installed on {self.name}: there is no {hive_bin}",
+                suggestion=f"set rbee_path for node {self.name} in {self.node.inventory_path} "
+                           "to the folder holding rbee-hive")
+        if isinstance(found, str):
+            await self._stop_foreign_hive(found)
+            gone = "" if os.path.exists(found) else " (deleted)"
+            said = f"Restarted the hive on {self.name}: it ran from {found}{gone}."
         state_dir = Path(self.node.state_dir).expanduser()
         state_dir.mkdir(parents=True, exist_ok=True)
-        argv = [str(Path(self.node.rbee_path).expanduser() / "rbee-hive"), "daemon",
-                "--addr", f"{self.node.listen}:{self.node.hive_port}",
+        argv = [str(hive_bin), "daemon", "--addr", f"{self.node.listen}:{self.node.hive_port}",
                 "--state-dir", str(state_dir)]
         env = dict(os.environ)
         if self.node.api_key_file:
             argv += ["--api-key-file", str(self.node.api_key_file)]
         elif self.hive_key:
             env[HIVE_KEY_ENV] = self.hive_key  # a local child: the environment is private
-        if not Path(argv[0]).is_file():
-            raise ActionableError(
-                f"rbee is not installed on {self.name}: there is no {argv[0]}",
-                suggestion=f"set rbee_path for node {self.name} in {self.node.inventory_path} "
-                           "to the folder holding rbee-hive")
         with open(state_dir / "hive.log", "ab") as log:
             # Its own session: the hive outlives this command and ignores its Ctrl+C.
             hive = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     env=env, start_new_session=True)
         deadline = asyncio.get_running_loop().time() + HIVE_START_TIMEOUT_S
-        while not await _answers(url):
+        while await _health(url) is None:
             if hive.poll() is not None or asyncio.get_running_loop().time() > deadline:
                 break  # the preflight that follows says what is wrong
             await asyncio.sleep(0.1)
-        return True
+        return said
+
+    async def _stop_foreign_hive(self, found: str) -> None:
+        """Stops the hive of another installation that answers on our port, if it is the one
+        holding our state dir (proven on the node, as `rbee ssh-down` does)."""
+        # Imported here: hive_control reaches nodes through this module.
+        from .hive_control import hive_down, running_hive_pid
+
+        async with runner_for(self.node) as runner:
+            if await running_hive_pid(self.node, runner) is None:
+                raise ActionableError(
+                    f"a hive from another installation answers on {self.hive_address}",
+                    f"it runs from {found}, with a state dir other than {self.node.state_dir}",
+                    suggestion=f"stop it, or give node {self.name} another hive_port in "
+                               f"{self.node.inventory_path}")
+            await hive_down(self.node, runner, lambda _line: None)
 
 
-async def _answers(url: str) -> bool:
+async def _health(url: str) -> dict[str, Any] | None:
+    """The hive's health answer; None when nothing (or something else) answers at once."""
     try:
         async with httpx.AsyncClient(timeout=1.0) as client:
-            return (await client.get(f"{url}/v1/health")).status_code == 200
-    except httpx.HTTPError:
+            response = await client.get(f"{url}/v1/health")
+            body = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _same_file(path: str, other: Path) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # deleted (or unreadable): not the same
         return False
 
 
@@ -127,8 +162,8 @@ class SSHNodeAccess:
                                                           parts.port or 80)
         return f"http://{host}:{port}"
 
-    async def start_hive(self) -> bool:
-        return False  # `rbee ssh-up NODE` starts a remote hive, never `rbee infer`
+    async def start_hive(self) -> str | None:
+        return None  # `rbee ssh-up NODE` starts a remote hive, never `rbee infer`
 
 
 @contextlib.asynccontextmanager

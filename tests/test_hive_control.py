@@ -6,6 +6,7 @@ node's loopback, so the keeper reaches them only through SSH port forwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -13,10 +14,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import BIN, free_port
 from sshd import FakeNode, start_sshd
+
+from rbee.control.cluster import NODE_PROBE_TIMEOUT_S
+from rbee.control.hive.pidfile import PidRecord
+from rbee.control.hive_control import ANSWER_TIMEOUT_S
 
 
 def node_table(name: str, node: FakeNode, state_dir: Path, *, rbee_path: Path = BIN) -> str:
@@ -66,7 +72,7 @@ def test_up_infer_down_through_ssh_tunnels(two_nodes, tiny_model: Path) -> None:
     assert up.returncode == 0, up.stderr
     for name in ("alpha", "beta"):
         assert f"{name}: rbee-hive 0.1.0 up (pid" in up.stderr
-        assert (states[name] / "hive.pid").read_text().strip().isdigit()
+        assert _recorded_pid(states[name]) > 0
 
     again = operator.rbee("ssh-up", "alpha")
     assert again.returncode == 0 and "alpha: rbee-hive 0.1.0 already running" in again.stderr
@@ -80,7 +86,7 @@ def test_up_infer_down_through_ssh_tunnels(two_nodes, tiny_model: Path) -> None:
     assert warm.returncode == 0 and warm.stdout == answer.stdout
     assert "Model ready!" not in warm.stderr  # the warm path, through a fresh tunnel
 
-    pids = {name: int((states[name] / "hive.pid").read_text()) for name in states}
+    pids = {name: _recorded_pid(states[name]) for name in states}
     down = operator.rbee("ssh-down", "alpha", "beta")
     assert down.returncode == 0, down.stderr
     for name, pid in pids.items():
@@ -135,6 +141,11 @@ def test_metacharacters_in_paths_never_reach_a_shell(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def _recorded_pid(state_dir: Path) -> int:
+    """The pid in the hive's pid file (its first line; the second is its start time)."""
+    return int((state_dir / "hive.pid").read_text().split()[0])
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text().split()[2]
@@ -173,7 +184,7 @@ def test_a_node_listening_on_every_address_is_reached_directly(tmp_path: Path,
         assert up.returncode == 0, up.stderr
         key_file = state / "hive.key"
         assert key_file.read_text() == key and key_file.stat().st_mode & 0o777 == 0o600
-        pid = int((state / "hive.pid").read_text())
+        pid = _recorded_pid(state)
         assert key not in Path(f"/proc/{pid}/cmdline").read_text()
         answer = operator.rbee("infer", "--node", "direct", "--model", f"file:{tiny_model}",
                                "--max-tokens", "5", "hi", RBEE_DIRECT_KEY=key)
@@ -183,4 +194,66 @@ def test_a_node_listening_on_every_address_is_reached_directly(tmp_path: Path,
         assert operator.rbee("ssh-down", "direct", RBEE_DIRECT_KEY=key).returncode == 0
     finally:
         operator.rbee("ssh-down", "direct", RBEE_DIRECT_KEY=key)
+        node.stop()
+
+
+def test_ssh_down_leaves_the_process_a_stale_pid_file_names_alone(tmp_path: Path) -> None:
+    """After a crash or a reboot hive.pid names whatever process got that pid next (here a
+    `sleep`, recorded with its real start time): no hive holds the file's lock, so nothing
+    is signalled."""
+    node = start_sshd(tmp_path / "sshd", "stale")
+    state = tmp_path / "stale-hive"
+    state.mkdir()
+    decoy = subprocess.Popen(["sleep", "120"])
+    try:
+        (state / "hive.pid").write_text(PidRecord.of(psutil.Process(decoy.pid)).render())
+        operator = Operator(tmp_path, node_table("stale", node, state))
+        down = operator.rbee("ssh-down", "stale")
+        assert down.returncode == 0, down.stderr
+        assert (f"stale: rbee-hive is not running (stale hive.pid names pid {decoy.pid}: "
+                "left alone)") in down.stderr
+        time.sleep(0.5)
+        assert decoy.poll() is None  # alive: never signalled
+    finally:
+        decoy.kill()
+        decoy.wait()
+        node.stop()
+
+
+def test_a_wedged_hive_costs_a_deadline_not_a_hang(tmp_path: Path) -> None:
+    """A hive stopped with SIGSTOP while sshd still works: `rbee nodes` and `rbee ssh-up`
+    return within their deadlines and say so; `rbee ssh-down` still stops it."""
+    node = start_sshd(tmp_path / "sshd", "wedged")
+    state = tmp_path / "wedged-hive"
+    operator = Operator(tmp_path, node_table("wedged", node, state))
+    hive: psutil.Process | None = None
+    try:
+        assert operator.rbee("ssh-up", "wedged").returncode == 0
+        pid = _recorded_pid(state)
+        hive = psutil.Process(pid)
+        hive.suspend()  # SIGSTOP
+
+        started = time.monotonic()
+        nodes = operator.rbee("nodes", timeout=60, COLUMNS="200")  # the table on one line
+        took = time.monotonic() - started
+        assert nodes.returncode == 0, nodes.stderr
+        assert "not answering" in nodes.stdout and f"({NODE_PROBE_TIMEOUT_S:g} s)" in nodes.stdout
+        assert took < NODE_PROBE_TIMEOUT_S + 10  # its deadline, plus starting the command
+
+        started = time.monotonic()
+        up = operator.rbee("ssh-up", "wedged", timeout=60)
+        took = time.monotonic() - started
+        assert up.returncode == 1
+        assert f"wedged (pid {pid}) is not answering ({ANSWER_TIMEOUT_S:g} s)" in up.stderr
+        assert "rbee ssh-down wedged" in up.stderr and "Traceback" not in up.stderr
+        assert took < ANSWER_TIMEOUT_S + 10
+
+        down = operator.rbee("ssh-down", "wedged", timeout=60)
+        assert f"wedged: rbee-hive stopped (pid {pid})" in down.stderr, down.stderr
+        assert not _alive(pid)
+    finally:
+        if hive is not None:
+            with contextlib.suppress(psutil.Error):
+                hive.resume()  # psutil checks the pid was not reused
+        operator.rbee("ssh-down", "wedged")
         node.stop()

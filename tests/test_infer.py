@@ -55,7 +55,7 @@ class Keeper:
     def stop_hive(self) -> None:
         pid_file = self.state_dir / "hive.pid"
         if pid_file.exists() and pid_file.read_text().strip():
-            pid = int(pid_file.read_text())
+            pid = int(pid_file.read_text().split()[0])
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:

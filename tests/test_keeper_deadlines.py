@@ -1,11 +1,13 @@
-"""The keeper against peers that stop answering or answer garbage: every call has a
-deadline, every answer is checked. Real hives and workers; loopback stand-ins for garbage."""
+"""The keeper against peers that stop answering, answer garbage, or belong to another
+installation: every call has a deadline, every answer is checked, and the local hive is
+the one of this installation. Real hives and workers; loopback stand-ins for garbage."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -24,6 +27,7 @@ from rbee.control import api_client, cluster
 from rbee.control.cluster import HiveState, InferRequest, InferStream, StreamStats
 from rbee.control.console import ActionableError
 from rbee.control.inventory import Node
+from rbee.control.node_access import LocalNodeAccess
 from rbee.control.worker_registry import RegisteredWorker, WorkerRegistry
 
 HEALTH = json.dumps({"status": "alive", "version": "0.1.0", "api_version": "v1"}).encode()
@@ -187,3 +191,51 @@ def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
     [error] = listener.errors
     assert error.message == "the worker stopped answering for 2 s"
     assert 2 <= took < 5
+
+
+# ----------------------------------------------------------------- the local installation
+
+
+def _health(port: int) -> dict:
+    return httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=5).json()
+
+
+@pytest.mark.parametrize("deleted", [False, True], ids=["other", "deleted"])
+def test_a_local_hive_of_another_installation_is_restarted(tmp_path: Path,
+                                                           deleted: bool) -> None:
+    """A hive left running by another checkout (here: rbee-hive copied elsewhere and started
+    from there; then that copy deleted) is stopped, by proof, and started from ours."""
+    other = tmp_path / "other-checkout"
+    other.mkdir()
+    shutil.copy2(BIN / "rbee-hive", other / "rbee-hive")
+    port, state = free_port(), tmp_path / "state"
+    state.mkdir()
+    with open(tmp_path / "other.log", "wb") as log:
+        theirs = subprocess.Popen([str(other / "rbee-hive"), "daemon", "--addr",
+                                   f"127.0.0.1:{port}", "--state-dir", str(state)],
+                                  stdout=log, stderr=log)
+    node = write_inventory(tmp_path / "inventory.toml",
+                           local_node("local", port, state)).get("local")
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert _health(port)["executable"] == str(other / "rbee-hive")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and theirs.poll() is None
+                time.sleep(0.1)
+        if deleted:
+            shutil.rmtree(other)
+
+        said = asyncio.run(LocalNodeAccess(node).start_hive())
+        gone = " (deleted)" if deleted else ""
+        assert said == f"Restarted the hive on local: it ran from {other}/rbee-hive{gone}."
+        assert theirs.wait(5) == 0  # stopped by SIGTERM, cleanly
+        assert _health(port)["executable"] == str(BIN / "rbee-hive")
+        assert asyncio.run(LocalNodeAccess(node).start_hive()) is None  # ours: left running
+    finally:
+        if theirs.poll() is None:
+            theirs.kill()
+        subprocess.run([str(BIN / "rbee-hive"), "stop", "--state-dir", str(state)],
+                       capture_output=True, timeout=90)

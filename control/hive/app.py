@@ -31,7 +31,8 @@ from .pool import WorkerPool
 
 # The rbee-hive program this hive runs from, as started (the keeper starts it by its full
 # path): the keeper tells by it that a local hive is another installation's, or a deleted one's.
-EXECUTABLE = os.path.abspath(sys.argv[0])
+# None when not started from a program file (`python -c`: tests).
+EXECUTABLE = os.path.abspath(sys.argv[0]) if os.path.isfile(sys.argv[0]) else None
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/workers/ready", OPENAPI_PATH})
 
 
@@ -75,7 +76,10 @@ def create_app(
                            details={"field": "model_ref"}) from None
 
     async def health(_request: Request) -> JSONResponse:
-        return JSONResponse({"status": "alive", "version": VERSION, "api_version": API_VERSION})
+        body = {"status": "alive", "version": VERSION, "api_version": API_VERSION}
+        if EXECUTABLE and pool.settings.is_loopback:  # a public page: paths only to this host
+            body["executable"] = EXECUTABLE
+        return JSONResponse(body)
 
     async def spawn(request: Request) -> JSONResponse:
         body = await read_body(request, SpawnRequest)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import fcntl
 import logging
-import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+import psutil
 from hypercorn.asyncio import serve
 
 from rbee.dataplane.http import server_config
@@ -25,6 +25,7 @@ from .catalog import ModelCatalog
 from .config import HiveSettings
 from .downloads import DownloadManager
 from .logs import LogBuffer
+from .pidfile import PidRecord
 from .pool import WorkerPool
 from .worker_records import stop_survivors
 
@@ -40,7 +41,8 @@ def pid_lock(path: Path) -> Iterator[None]:
     """Holds an exclusive lock on the pid file for the life of the hive.
 
     A lock, not just a file: it is released by the kernel if the hive dies, so a stale pid
-    file never blocks a restart.
+    file never blocks a restart. The file records the pid and its start time, so that
+    `rbee-hive stop` can prove which process is the hive (pidfile.py).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle: IO[str] = open(path, "a+")  # noqa: SIM115 - held open on purpose
@@ -48,14 +50,15 @@ def pid_lock(path: Path) -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
-        other = handle.read().strip() or "?"
+        other = PidRecord.parse(handle.read())
         handle.close()
         raise HiveAlreadyRunning(
-            f"another rbee-hive (pid {other}) is running with state dir {path.parent}"
+            f"another rbee-hive (pid {other.pid if other else '?'}) is running with state dir "
+            f"{path.parent}"
         ) from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"{os.getpid()}\n")
+    handle.write(PidRecord.of(psutil.Process()).render())
     handle.flush()
     try:
         yield
