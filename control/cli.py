@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from typing import get_args
 
 import click
 import httpx
@@ -15,12 +16,13 @@ from rbee.dataplane.protocol import VERSION
 
 from . import fleet
 from .api_client import RemoteError
+from .attempts import connect_over_ssh
 from .cluster import DEFAULT_REFRESH_S
 from .console import ActionableError, Console
 from .hive_control import Say, hive_down, hive_up
 from .install_plan import Installer
 from .infer import InferRequest, run_infer
-from .inventory import Inventory, InventoryError, Node, find_inventory, load_inventory
+from .inventory import Backend, Inventory, InventoryError, Node, find_inventory, load_inventory
 from .node_access import open_node, runner_for
 from .runner import Runner, RunnerError
 from .worker_registry import WorkerRegistry
@@ -58,10 +60,14 @@ def _inventory(ctx: click.Context) -> Inventory:
               show_default=True, help="Seconds to wait for the model to load.")
 @click.option("--retry", "busy_retries", type=click.IntRange(0, 10), default=3, show_default=True,
               help="Retries when the worker is busy (after 1, 2, 4 … s).")
+@click.option("--backend", type=click.Choice(get_args(Backend)), default=None,
+              help="cpu, cuda or metal (default: the node's backend in the inventory).")
+@click.option("--device", type=click.IntRange(0), default=0, show_default=True,
+              help="Which GPU of the node (cuda, metal).")
 @click.pass_context
 def infer(ctx: click.Context, prompt_words: tuple[str, ...], prompt: str | None, node: str,
           model_ref: str, max_tokens: int, temperature: float, seed: int | None,
-          timeout_s: float, busy_retries: int) -> None:
+          timeout_s: float, busy_retries: int, backend: Backend | None, device: int) -> None:
     """Stream an answer from MODEL on NODE (tokens on stdout, progress on stderr)."""
     text = prompt if prompt is not None else " ".join(prompt_words)
     if not text.strip():
@@ -79,14 +85,18 @@ def infer(ctx: click.Context, prompt_words: tuple[str, ...], prompt: str | None,
         raise click.BadParameter(str(exc), param_hint="--node") from None
     request = InferRequest(prompt=text, model_ref=model_ref, max_tokens=max_tokens,
                            temperature=temperature, seed=seed, loading_timeout_s=timeout_s,
-                           busy_retries=busy_retries, backend=target.backend)
+                           busy_retries=busy_retries, backend=backend or target.backend,
+                           device=device)
 
     async def run() -> int:
         console = Console()
         registry = WorkerRegistry()
         try:
-            async with open_node(target) as access:
+            async with open_node(target, say=console.status) as access:
                 return await run_infer(access, request, console, registry)
+        except ActionableError as exc:
+            console.explain(exc)
+            return 1
         except (InventoryError, RunnerError) as exc:
             console.error(str(exc))
             return 1
@@ -131,9 +141,11 @@ def _on_each(nodes: list[Node], action: Callable[[Node, Say], Awaitable[str]]) -
 
 def _over_ssh(action: Callable[[Node, Runner, Say], Awaitable[str]]
               ) -> Callable[[Node, Say], Awaitable[str]]:
-    """`action` with the node's runner, connected for its duration."""
+    """`action` with the node's runner, connected (EC1's attempts) for its duration."""
     async def with_runner(node: Node, say: Say) -> str:
-        async with runner_for(node) as runner:
+        runner = runner_for(node)
+        await connect_over_ssh(runner, node, lambda line: say(f"{node.name}: {line}"))
+        async with runner:
             return await action(node, runner, say)
     return with_runner
 
@@ -171,7 +183,17 @@ def ssh_up(ctx: click.Context, names: tuple[str, ...], no_install: bool,
 @click.pass_context
 def ssh_down(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Stop the hive on NODEs; their workers stop with it."""
-    _on_each(_nodes(ctx, names), _over_ssh(hive_down))
+    registry = WorkerRegistry()
+
+    async def down(node: Node, runner: Runner, say: Say) -> str:
+        said = await hive_down(node, runner, say)
+        registry.forget_node(node.name)  # its workers stopped with the hive
+        return said
+
+    try:
+        _on_each(_nodes(ctx, names), _over_ssh(down))
+    finally:
+        registry.close()
 
 
 @main.command()
@@ -222,11 +244,16 @@ def workers() -> None:
 
 
 @workers.command("list")
-def workers_list() -> None:
-    """The workers this keeper has registered."""
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="json: one object per worker, for scripts.")
+@click.pass_context
+def workers_list(ctx: click.Context, output: str) -> None:
+    """The workers this keeper started, as their hives report them now (a node that does
+    not answer within 5 s shows its workers' state as unknown)."""
+    inventory = _inventory(ctx)
     registry = WorkerRegistry()
     try:
-        sys.exit(fleet.workers_list(registry, Console()))
+        _run(lambda console: fleet.workers_list(inventory, registry, console, output))
     finally:
         registry.close()
 
@@ -235,7 +262,7 @@ def workers_list() -> None:
 @click.option("--node", "node_name", default="local", show_default=True)
 @click.pass_context
 def workers_health(ctx: click.Context, node_name: str) -> None:
-    """Ask NODE's hive how each of its workers is."""
+    """Ask each worker on NODE how it is, now."""
     node = _node(ctx, node_name)
     registry = WorkerRegistry()
     try:

@@ -452,11 +452,13 @@ class InferStream:
     async def run(self) -> int:
         """The infer exit code: 0 answered, 1 failed (the listener heard why), 130 canceled."""
         try:
-            async with open_node(self.node) as access:
+            async with open_node(self.node, say=self._console.status) as access:
                 self._infer = Infer(access, self.request, self._console, self._registry)
                 if self._canceled:
                     self._infer.cancel()
                 return await self._infer.run()
+        except ActionableError as exc:
+            self._listener.failed(exc)
         except (InventoryError, RunnerError) as exc:
             self._listener.failed(ActionableError(str(exc)))
         except (httpx.HTTPError, RemoteError) as exc:  # the node went away mid-request

@@ -125,7 +125,7 @@ async def hive_up(node: Node, runner: Runner, say: Say, *,
         return f"{node.name}: rbee-hive {health['version']} already running"
     state_dir = await _state_dir(node, runner)
     argv = [await _hive_bin(node, runner), "daemon", "--addr", f"{node.listen}:{node.hive_port}",
-            "--state-dir", state_dir]
+            "--state-dir", state_dir, "--idle-timeout-s", f"{node.idle_timeout_s:g}"]
     key = node.api_key()
     if key:
         # The key travels by SFTP into a 0600 file: sshd drops client environment variables,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-import tempfile
+import textwrap
 import time
 import uuid
 from collections.abc import Awaitable
@@ -22,18 +23,22 @@ import httpx
 from rbee.dataplane.protocol import VERSION, ErrorCode
 
 from .api_client import RemoteError
+from .attempts import cannot_connect, connect_attempts
 from .console import ActionableError, Console, bar
 from .hive_client import HiveClient, provision, show_download
 from .worker_client import WorkerClient
-from .worker_registry import RegisteredWorker, WorkerRegistry
+from .worker_registry import RegisteredWorker, WorkerRegistry, rbee_home
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 WARM_MAX_AGE_S = 60.0  # phase 1: a worker health-checked this recently is used as is
-HIVE_ATTEMPTS = 3
-HIVE_TIMEOUT_S = 10.0
-HIVE_BACKOFF_S = (0.2, 0.4)
+HIVE_TIMEOUT_S = 10.0  # each of EC1's attempts (attempts.py)
 BUSY_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
 CANCEL_ACK_TIMEOUT_S = 5.0
+CRASH_NOTICE_S = 3.0  # how long the hive may take to notice a worker's death
+LOADING_STATES = frozenset({"starting", "loading"})
+LOG_LINES_SHOWN = 5
+_USE_CPU = 'use --backend cpu, or backend = "cpu" for {node} in the inventory'
+_DAMAGED = "the model may be damaged or unsupported; `rbee logs --node {node}`"
 
 
 class NodeAccess(Protocol):
@@ -63,6 +68,7 @@ class InferRequest:
     loading_timeout_s: float = 300.0
     busy_retries: int = 3
     backend: str = "cpu"
+    device: int = 0
 
 
 class InferFailed(Exception):
@@ -120,10 +126,12 @@ class Infer:
         hive_url = await self._hive_preflight()
         async with HiveClient(hive_url, node.hive_key, node=node.name) as hive:
             await self._provision(hive)
-            spawned = await self._call_hive(hive.spawn(req.model_ref, backend=req.backend))
+            spawned = await self._call_hive(hive.spawn(req.model_ref, backend=req.backend,
+                                                       device=req.device))
         worker = RegisteredWorker(
             worker_id=spawned["worker_id"], node=node.name, model_ref=req.model_ref,
-            url=spawned["url"], api_key=spawned["api_key"], backend=req.backend, device=0,
+            url=spawned["url"], api_key=spawned["api_key"], backend=req.backend,
+            device=req.device,
             state=spawned["state"], created_at=time.time(), last_health_check=None)
         self.registry.record(worker)
         await self._wait_ready(worker)
@@ -144,29 +152,21 @@ class Infer:
         if started := await node.start_hive():
             self.console.status(started)
         url = await node.hive_url()
-        health: dict[str, Any] | None = None
         async with HiveClient(url, node.hive_key, timeout_s=HIVE_TIMEOUT_S,
                               node=node.name) as hive:
-            for attempt in range(1, HIVE_ATTEMPTS + 1):
-                self.console.status(f"Attempt {attempt}: Connecting to {node.hive_address}... "
-                                    f"(timeout {HIVE_TIMEOUT_S:.0f}s)")
-                try:
-                    health = await hive.health()
-                    break
-                except httpx.TransportError:
-                    if attempt < HIVE_ATTEMPTS:
-                        await asyncio.sleep(HIVE_BACKOFF_S[attempt - 1])
-                except (RemoteError, ValueError, KeyError):
-                    self.console.error(
-                        f"Something other than rbee-hive answers at {node.hive_address}",
-                        suggestion=f"give node {node.name} another hive_port in the inventory")
-                    raise InferFailed() from None
-        if health is None:
-            self.console.error(
-                f"Cannot connect to {node.hive_address} after {HIVE_ATTEMPTS} attempts",
-                suggestion=f"Check if rbee-hive is running on {node.name}: "
-                           f"is the hive running? try `rbee ssh-up {node.name}`")
-            raise InferFailed()
+            try:
+                health = await connect_attempts(
+                    hive.health, address=node.hive_address, timeout_s=HIVE_TIMEOUT_S,
+                    say=self.console.status, retry_if=lambda e: isinstance(e, httpx.TransportError))
+            except httpx.TransportError:
+                raise cannot_connect(node.hive_address,
+                                     suggestion=f"Check if rbee-hive is running on {node.name}: "
+                                                f"`rbee ssh-up {node.name}`") from None
+            except (RemoteError, ValueError, KeyError):
+                self.console.error(
+                    f"Something other than rbee-hive answers at {node.hive_address}",
+                    suggestion=f"give node {node.name} another hive_port in the inventory")
+                raise InferFailed() from None
         if health.get("version") != VERSION:
             self.console.error(
                 f"Version mismatch: rbee={VERSION}, rbee-hive={health.get('version')}. "
@@ -207,9 +207,17 @@ class Infer:
                 "Authentication failed", f"Invalid API key for {self.node.hive_address}",
                 suggestion=f"check the key configured for {node}: {self.node.key_source}")
         elif exc.code == ErrorCode.BACKEND_UNAVAILABLE:
-            self.console.error(exc.message, suggestion=f"use --backend cpu on {node}")
-        else:
-            self.console.error(exc.message, suggestion=f"see `rbee logs --node {node}`")
+            self.console.error(exc.message, suggestion=_USE_CPU.format(node=node))
+        else:  # a worker that died while starting comes with its log's last lines
+            self.console.error(exc.message, *_quoted_log(str(exc.details.get("log_tail", ""))),
+                               suggestion=f"see `rbee logs --node {node}`")
+
+    def _load_failed(self, message: str) -> None:
+        """The worker could not load the model: the other backend, or the file itself."""
+        node = self.node.name
+        self.console.error(message, suggestion=_USE_CPU.format(node=node)
+                           if self.request.backend != "cpu" else
+                           _DAMAGED.format(node=node))
 
     async def _wait_ready(self, worker: RegisteredWorker) -> None:
         """Phase 7: the loading bar, until ready; LOADING_TIMEOUT past the limit."""
@@ -239,10 +247,59 @@ class Infer:
                     f"Model loading timeout after {span}",
                     f"Worker state: loading{where}",
                     suggestion=f"Check worker logs on {self.node.name} for errors")
-            else:
-                self._explain(exc)
-            raise InferFailed() from None
+                raise InferFailed() from None
+            if exc.code != ErrorCode.CONNECTION_TIMEOUT:  # else the stream fell silent
+                self.registry.remove(worker.worker_id)  # it will never serve
+                self._load_failed(exc.message)
+                raise InferFailed() from None
+            await self._lost_while_loading(worker)
+        except httpx.TransportError:  # the progress stream broke: did the worker die?
+            await self._lost_while_loading(worker)
         self.registry.mark_healthy(worker.worker_id, "idle")
+
+    async def _lost_while_loading(self, worker: RegisteredWorker) -> None:
+        """Returns if the worker loaded after all; otherwise says how it ended (the hive saw
+        it: its crash record holds the worker's last log lines), forgets it, InferFailed."""
+        node = self.node.name
+        try:
+            entry, record = await self._hive_view(worker.worker_id)
+            state = str(entry["state"]) if entry else "crashed"
+        except (httpx.HTTPError, RemoteError, ValueError, KeyError):
+            entry, record, state = None, None, "unknown"
+        if state in ("idle", "busy"):
+            return
+        self.registry.remove(worker.worker_id)
+        if state == "failed" and entry:
+            self._load_failed(str(entry.get("error") or "the model failed to load"))
+        elif state == "crashed":
+            why, tail = _crash_report(record)
+            self.console.error(f"The worker crashed while loading the model on {node}",
+                               f"{worker.worker_id}: {why}",
+                               *(["Last lines of its log:", *_quoted_log(tail)] if tail else []),
+                               suggestion=_DAMAGED.format(node=node))
+        else:
+            self.console.error(f"Lost contact with {worker.worker_id} on {node} while it was "
+                               "loading", suggestion=f"see `rbee logs --node {node}` and retry")
+        raise InferFailed()
+
+    async def _hive_view(self, worker_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The hive's entry for the worker (None once it removed it as crashed), waiting a
+        moment for the hive to notice a death, and then the hive's crash record of it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CRASH_NOTICE_S
+        async with HiveClient(await self.node.hive_url(), self.node.hive_key,
+                              timeout_s=HIVE_TIMEOUT_S, node=self.node.name) as hive:
+            while True:
+                entry = next((w for w in await hive.workers() if w["worker_id"] == worker_id),
+                             None)
+                if entry is None or entry["state"] not in LOADING_STATES or loop.time() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            if entry is not None:
+                return entry, None
+            errors = [line["message"] for line in await hive.logs()
+                      if line["level"] == "ERROR" and worker_id in line["message"]]
+        return None, errors[-1] if errors else None
 
     # ----------------------------------------------------------------- phase 8
 
@@ -296,9 +353,9 @@ class Infer:
                 try:
                     event = next_event.result()
                 except StopAsyncIteration:
-                    return self._broken_stream(worker, tokens)
+                    return self._broken_stream(worker, request_id, tokens)
                 except (httpx.TransportError, httpx.RemoteProtocolError):
-                    return self._broken_stream(worker, tokens)
+                    return self._broken_stream(worker, request_id, tokens)
                 kind = event.get("type")
                 if kind == "token":
                     tokens.append(event["token"])
@@ -332,18 +389,49 @@ class Infer:
             self.console.status("Canceled (worker may still be processing).")
         return EXIT_INTERRUPTED
 
-    def _broken_stream(self, worker: RegisteredWorker, tokens: list[str]) -> int:
+    def _broken_stream(self, worker: RegisteredWorker, request_id: str, tokens: list[str]) -> int:
         """EC4: the stream ended without its terminal event; keep what arrived."""
         self.console.end_answer()
-        path = Path(tempfile.gettempdir()) / f"rbee-partial-{worker.worker_id}.txt"
-        path.write_text("".join(tokens))
+        try:
+            saved = f"Partial result saved to: {save_partial(request_id, ''.join(tokens))}"
+        except OSError as exc:
+            saved = f"Partial result not saved: {exc.strerror or exc}"
         self.registry.remove(worker.worker_id)
-        self.console.error("SSE stream closed unexpectedly",
-                           f"Partial result saved to: {path}",
+        self.console.error("SSE stream closed unexpectedly", saved,
                            f"Tokens generated: {len(tokens)} / {self.request.max_tokens}",
                            suggestion=f"the worker may have crashed: `rbee logs --node "
                                       f"{self.node.name}`")
         return EXIT_FAILED
+
+
+def save_partial(request_id: str, text: str) -> Path:
+    """EC4's file: $RBEE_HOME/partial/<request id>.txt, 0600 in a 0700 folder (an answer may
+    be as private as its prompt)."""
+    folder = rbee_home() / "partial"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    path = folder / f"{request_id}.txt"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def _crash_report(record: str | None) -> tuple[str, str]:
+    """Why and the log tail from the hive's crash record ("… crashed: WHY; not restarting.
+    Last log lines:" then the lines)."""
+    if record is None:
+        return "its process ended", ""
+    head, _, tail = record.partition("\n")
+    why = head.partition(" crashed: ")[2].partition("; ")[0] or head
+    return why, tail
+
+
+def _quoted_log(tail: str, lines: int = LOG_LINES_SHOWN) -> list[str]:
+    """A log's last lines, indented and wrapped to the terminal's 80 columns."""
+    return [wrapped for line in tail.strip().splitlines()[-lines:]
+            for wrapped in textwrap.wrap(line, 78, initial_indent="  ", subsequent_indent="    ",
+                                         break_on_hyphens=False) or ["  "]]
 
 
 async def run_infer(node: NodeAccess, request: InferRequest, console: Console,

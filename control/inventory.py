@@ -119,6 +119,7 @@ class _NodeTable(_Table):
     connect_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
     use_ssh_config: bool = True
     state_dir: str = Field(DEFAULT_STATE_DIR, pattern=_PATH)
+    idle_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)  # else [defaults]
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class Node:
     connect_timeout_s: float
     use_ssh_config: bool
     state_dir: str  # on the node: the hive's --state-dir
+    idle_timeout_s: float  # the hive's --idle-timeout-s: the node's, else [defaults]
     # The keys the file sets. With use_ssh_config, the SSH client should pass user, port and
     # identity_file only when set here, so that ~/.ssh/config supplies the others.
     set_keys: frozenset[str]
@@ -241,7 +243,7 @@ class Inventory:
 
     path: Path
     nodes: dict[str, Node]
-    idle_timeout_s: float  # [defaults]: passed to each hive
+    idle_timeout_s: float  # [defaults]: each node's unless it sets its own
 
     def get(self, name: str) -> Node:
         try:
@@ -407,6 +409,7 @@ def _resolve(
         connect_timeout_s=raw.connect_timeout_s,
         use_ssh_config=raw.use_ssh_config,
         state_dir=node_path(raw.state_dir),
+        idle_timeout_s=raw.idle_timeout_s or defaults.idle_timeout_s,
         set_keys=frozenset(table),
     )
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +19,7 @@ import httpx
 
 from rbee.control.hive.config import API_KEY_ENV as HIVE_KEY_ENV
 
+from .attempts import connect_over_ssh
 from .console import ActionableError
 from .inventory import Node
 from .runner import Runner, make_runner
@@ -65,7 +66,7 @@ class LocalNodeAccess:
         state_dir = Path(self.node.state_dir).expanduser()
         state_dir.mkdir(parents=True, exist_ok=True)
         argv = [str(hive_bin), "daemon", "--addr", f"{self.node.listen}:{self.node.hive_port}",
-                "--state-dir", str(state_dir)]
+                "--state-dir", str(state_dir), "--idle-timeout-s", f"{self.node.idle_timeout_s:g}"]
         env = dict(os.environ)
         if self.node.api_key_file:
             argv += ["--api-key-file", str(self.node.api_key_file)]
@@ -167,10 +168,16 @@ class SSHNodeAccess:
 
 
 @contextlib.asynccontextmanager
-async def open_node(node: Node) -> AsyncIterator[LocalNodeAccess | SSHNodeAccess]:
-    """The node's access for one command; an SSH node's connection closes with it."""
+async def open_node(node: Node, say: Callable[[str], None] | None = None
+                    ) -> AsyncIterator[LocalNodeAccess | SSHNodeAccess]:
+    """The node's access for one command; an SSH node's connection closes with it. With `say`,
+    connecting makes EC1's attempts and reports each (a command a person waits on); without,
+    one try (probes, which report a node's trouble as its state)."""
     if node.is_local:
         yield LocalNodeAccess(node)
         return
-    async with runner_for(node) as runner:
+    runner = runner_for(node)
+    if say is not None:
+        await connect_over_ssh(runner, node, say)
+    async with runner:
         yield SSHNodeAccess(node, runner)

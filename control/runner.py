@@ -110,6 +110,12 @@ class SSHConnectError(RunnerError):
         self.port = port
         super().__init__(message)
 
+    @property
+    def worth_retrying(self) -> bool:
+        """The node may answer a moment later (EC1's attempts): its sshd refused or was silent,
+        or the network failed. A refused host key or login will not change by retrying."""
+        return self.kind in ("refused", "timeout", "unreachable")
+
 
 # --------------------------------------------------------------------------------------------
 # Helpers shared by both runners

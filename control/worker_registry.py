@@ -74,9 +74,20 @@ class WorkerRegistry:
             self._db.execute("UPDATE workers SET state = ?, last_health_check = ? "
                              "WHERE worker_id = ?", (state, time.time(), worker_id))
 
+    def set_state(self, worker_id: str, state: str) -> None:
+        """The state its hive reports (a report, not a health check of the worker itself)."""
+        with self._lock:
+            self._db.execute("UPDATE workers SET state = ? WHERE worker_id = ?",
+                             (state, worker_id))
+
     def remove(self, worker_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+    def forget_node(self, node: str) -> None:
+        """Every worker on `node` (its hive stopped, and its workers with it)."""
+        with self._lock:
+            self._db.execute("DELETE FROM workers WHERE node = ?", (node,))
 
     def get(self, worker_id: str) -> RegisteredWorker | None:
         rows = self._select("WHERE worker_id = ?", (worker_id,))

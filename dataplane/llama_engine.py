@@ -42,6 +42,9 @@ from .threadpool import QuietThreadpool
 
 log = logging.getLogger(__name__)
 llama_log = logging.getLogger("rbee.llama")
+# A llama.cpp abort (GGML_ASSERT) then ends the worker's log with its own message, which the
+# hive and keeper show, instead of a gdb backtrace that also holds the dying process 2 s or more.
+os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 
 
 class LoadError(RuntimeError):

@@ -4,6 +4,7 @@ a real hive it starts itself, real workers on a tiny model, and the edge cases' 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -160,9 +161,12 @@ def test_ec4_worker_crash_mid_stream_keeps_the_tokens(keeper: Keeper) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
     assert "Error: SSE stream closed unexpectedly" in err
-    partial = Path(f"/tmp/rbee-partial-{worker['worker_id']}.txt")
+    [partial] = (keeper.home / "partial").iterdir()  # SPEC: ~/.rbee/partial/<id>.txt
+    assert re.fullmatch(r"req-[0-9a-f]{16}\.txt", partial.name)
     assert f"Partial result saved to: {partial}" in err
     assert partial.read_text().startswith(first)
+    assert partial.stat().st_mode & 0o777 == 0o600  # an answer may be as private as its prompt
+    assert partial.parent.stat().st_mode & 0o777 == 0o700
     generated = int(err.split("Tokens generated: ")[1].split(" / ")[0])
     assert 0 < generated < 8000 and "/ 8000" in err
     assert keeper.registered() == []

@@ -155,6 +155,21 @@ def test_full_remote_node(home: Path) -> None:
     assert "user" in node.set_keys and "ssh" not in node.set_keys
 
 
+def test_a_node_sets_its_own_idle_timeout(home: Path) -> None:
+    inventory = load_inventory(write("""
+        [defaults]
+        idle_timeout_s = 600
+
+        [nodes.pi]
+        host = "192.168.1.20"
+        idle_timeout_s = 30
+
+        [nodes.mac]
+        host = "192.168.1.21"
+    """))
+    assert (inventory.get("pi").idle_timeout_s, inventory.get("mac").idle_timeout_s) == (30, 600)
+
+
 def test_minimal_remote_node_gets_the_defaults(home: Path) -> None:
     inventory = load_inventory(write("""
         [defaults]
@@ -165,7 +180,7 @@ def test_minimal_remote_node_gets_the_defaults(home: Path) -> None:
         host = "192.168.1.20"
     """))
     node = inventory.get("pi")
-    assert inventory.idle_timeout_s == 60.5
+    assert inventory.idle_timeout_s == node.idle_timeout_s == 60.5
     assert (node.user, node.port, node.hive_port, node.backend) == ("alice", 22, 9000, "cpu")
     assert node.identity_file is None
     assert node.known_hosts == home / ".ssh" / "known_hosts"
@@ -232,7 +247,8 @@ def test_invalid_node_names(name: str) -> None:
 # --- errors, each with its line -------------------------------------------------------------
 
 KNOWN = ("ssh, host, user, port, identity_file, known_hosts, hive_port, rbee_path, backend, "
-         "listen, api_key_env, api_key_file, connect_timeout_s, use_ssh_config, state_dir")
+         "listen, api_key_env, api_key_file, connect_timeout_s, use_ssh_config, state_dir, "
+         "idle_timeout_s")
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -26,6 +26,13 @@ class WorkerPool:
         self.crashes = 0
 
     def list(self) -> list[ManagedWorker]:
+        """The workers; one whose process has ended is removed as crashed first (with its log's
+        last lines logged), so no answer lists a dead worker as live until the health loop's
+        next pass. Starting workers are the spawn's to judge."""
+        for worker in [w for w in self._workers.values()
+                       if w.state in LIVE_STATES and w.state is not ManagedState.STARTING]:
+            if (code := worker.exited()) is not None:
+                self._crashed(worker, f"its process exited with code {code}")
         return list(self._workers.values())
 
     def get(self, worker_id: str) -> ManagedWorker:
