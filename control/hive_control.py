@@ -145,7 +145,8 @@ async def hive_up(node: Node, runner: Runner, say: Say, *,
                                   suggestion=f"see {state_dir}/hive.log on {node.name}")
         await asyncio.sleep(0.2)
     _check_version(node, health["version"])
-    return f"{node.name}: rbee-hive {health['version']} up (pid {pid}, {node.listen}:{node.hive_port})"
+    where = f"{node.listen}:{node.hive_port}"
+    return f"{node.name}: rbee-hive {health['version']} up (pid {pid}, {where})"
 
 
 async def hive_down(node: Node, runner: Runner, say: Say) -> str:
