@@ -116,6 +116,8 @@ def pid(state_dir: str) -> None:
 def stop(state_dir: str, timeout_s: float) -> None:
     """Stop the hive running with this state dir: SIGTERM (it stops its workers), SIGKILL
     past --timeout-s. Only a process proven to be that hive is signalled (see `pid`)."""
+    import psutil
+
     from .hive import pidfile
 
     running = _running_hive(state_dir)
@@ -123,7 +125,12 @@ def stop(state_dir: str, timeout_s: float) -> None:
         click.echo(running.not_running())
         return
     pid = running.hive.pid
-    if pidfile.stop(running.hive, timeout_s):
+    try:
+        stopped = pidfile.stop(running.hive, timeout_s)
+    except psutil.AccessDenied:
+        raise click.ClickException(f"not allowed to signal rbee-hive (pid {pid}): it runs as "
+                                   "another user") from None
+    if stopped:
         click.echo(f"rbee-hive stopped (pid {pid})")
     else:
         click.echo(f"rbee-hive (pid {pid}) did not stop in {timeout_s:g} s: killed")
