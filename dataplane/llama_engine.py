@@ -244,6 +244,10 @@ class LlamaEngine:
         self._pool = QuietThreadpool(self._threads)
         self._pool.attach(ctx)
         self.n_ctx_per_slot = llama_cpp.llama_n_ctx(ctx) // self._slots
+        # llama.cpp may lower the batch (to a context smaller than it) and pad the context:
+        # a step larger than its batch aborts the process (GGML_ASSERT), so its word counts.
+        self._batch_size = min(self._batch_size, llama_cpp.llama_n_batch(ctx),
+                               llama_cpp.llama_n_ubatch(ctx))
         self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
         template = llama_cpp.llama_model_chat_template(model, None)
         self.chat_template = template.decode("utf-8", "replace") if template else None

@@ -318,6 +318,19 @@ def test_prompt_longer_than_the_context_gets_400(spawn_worker, tiny_model: Path)
     assert error["details"]["prompt_tokens"] > 256
 
 
+def test_a_prompt_longer_than_a_small_batch_is_served(spawn_worker, tiny_model: Path) -> None:
+    """--ctx-size 64: llama.cpp pads the context to 256 cells but lowers its batch to 64, so a
+    150-token prompt fits the context yet not one batch (found by fuzzing: the worker died on
+    GGML_ASSERT(n_tokens_all <= cparams.n_batch))."""
+    worker = spawn_worker(tiny_model, "--ctx-size", "64")
+    with worker.client() as client:
+        r = client.post("/v1/inference", json={"prompt": "the story " * 75, "max_tokens": 4,
+                                                "stream": False})
+        assert r.status_code == 200, r.text
+        assert r.json()["total_tokens"] == 4
+        assert client.get("/health").status_code == 200
+
+
 def test_unknown_path_and_method_get_the_envelope(shared_worker: WorkerProcess) -> None:
     with shared_worker.client() as client:
         missing = client.get("/v1/nope")
