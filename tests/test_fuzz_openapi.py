@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from conftest import BIN, WorkerProcess, free_port, start_worker
 from hive_process import HiveProcess, start_hive
 
