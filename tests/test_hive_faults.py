@@ -80,9 +80,8 @@ def test_workers_die_within_2_s_of_a_kill_9_of_their_hive(
     assert {json.loads(t)["pid"] for t in texts} == {p.pid for p in procs}
     assert not any(w["api_key"] in t for w in workers for t in texts)
 
-    hive.proc.send_signal(signal.SIGKILL)
-    hive.proc.wait()
     killed_at = time.monotonic()
+    hive.proc.send_signal(signal.SIGKILL)
     wait_for(lambda: all(gone(p) for p in procs), 2.0, "workers gone after the hive's kill -9")
     print(f"workers gone {time.monotonic() - killed_at:.2f} s after kill -9 of the hive")
 
@@ -152,8 +151,9 @@ def test_a_frozen_worker_is_unresponsive_at_once_then_killed_and_reaped(
     proc.suspend()
     wait_for(lambda: listed(hive) == [], 15, "frozen worker removed")
     assert "it missed 3 health checks" in hive.log()
+    assert hive.log().count("WORKER_CRASHED") == 1
     # killed and reaped by the hive: no <defunct> child left behind, and no record
-    assert not proc.is_running()
+    wait_for(lambda: not proc.is_running(), 5, "the killed worker reaped")
     assert hive.worker_pids() == [] and records(hive) == []
 
 
@@ -187,7 +187,9 @@ def test_a_spawn_past_max_workers_is_refused(tmp_path: Path, tiny_model: Path,
     assert "already runs 1 workers, its cap (--max-workers 1)" in error["message"]
     assert "shut one down" in error["message"]
     assert error["details"] == {"max_workers": 1, "workers": 1}
-    assert len(listed(hive)) == 1
+    assert len(listed(hive)) == 1 and len(records(hive)) == 1
+    assert hive.stop() == 0
+    assert records(hive) == []  # a worker stopped with its hive takes its record along
 
 
 @pytest.mark.parametrize("case", ["missing", "not executable"])

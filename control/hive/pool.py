@@ -154,15 +154,20 @@ class WorkerPool:
         if health is not None:
             worker.observe(health)
             return
+        if worker.state not in LIVE_STATES:
+            return  # stopped or removed while the probe waited
         worker.health_failures += 1
         worker.to(ManagedState.UNRESPONSIVE)
         log.warning("worker %s missed a health check (%d/%d): unresponsive", worker.worker_id,
                     worker.health_failures, self.settings.health_failures_allowed)
         if worker.health_failures >= self.settings.health_failures_allowed:
-            await worker.kill()
+            # Removed first, so nothing that runs while it is reaped counts it again.
             self._crashed(worker, f"it missed {worker.health_failures} health checks")
+            await worker.kill()
 
     def _crashed(self, worker: ManagedWorker, why: str) -> None:
+        if self._workers.get(worker.worker_id) is not worker:
+            return  # removed meanwhile (a check awaiting its probe, say)
         worker.to(ManagedState.CRASHED)
         worker.error = why
         self._workers.pop(worker.worker_id, None)
