@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,52 @@ def test_file_refs_and_plain_paths_resolve(tmp_path: Path) -> None:
 def test_bad_refs(ref: str, message: str) -> None:
     with pytest.raises(ModelFileError, match=message):
         check_model_ref(ref)
+
+
+def test_reads_what_the_ram_estimate_needs(tmp_path: Path) -> None:
+    path = write_tiny_gguf(tmp_path / "m.gguf", n_layers=3, n_embd=64, n_ctx_train=8192)
+    info = read_model_info(path)
+    assert info.context_length == 8192
+    assert info.kv_heads == (2, 2, 2)  # the tiny model's grouped-query attention
+    assert (info.key_length, info.value_length, info.embedding_length) == (16, 16, 64)
+    assert info.vocab_size > 256
+    assert info.kv_values_per_token == 3 * 2 * (16 + 16)
+
+
+@pytest.mark.parametrize("keep", [0.6, 0.9, 300_000])
+def test_a_truncated_file_is_refused(tmp_path: Path, keep: float) -> None:
+    whole = write_tiny_gguf(tmp_path / "whole.gguf").read_bytes()  # about 900 kB
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[: int(len(whole) * keep) if keep < 1 else int(keep)])
+    with pytest.raises(ModelFileError, match=r"cut.gguf is truncated: tensor '.+' ends at byte "
+                                              rf"{len(whole)} but the file has"):
+        read_model_info(cut)
+
+
+def test_every_cut_is_refused_and_the_whole_file_accepted(tmp_path: Path) -> None:
+    whole = write_tiny_gguf(tmp_path / "whole.gguf", n_layers=1, n_embd=8).read_bytes()
+    cut = tmp_path / "cut.gguf"
+    for size in range(0, len(whole), len(whole) // 97):  # inside the header, tensor infos, data
+        cut.write_bytes(whole[:size])
+        with pytest.raises(ModelFileError, match="cut.gguf is (not a readable GGUF|truncated)"):
+            read_model_info(cut)
+    cut.write_bytes(whole)
+    assert read_model_info(cut).size_bytes == len(whole)
+
+
+@pytest.mark.bundled
+def test_the_bundled_model_is_read_and_checked_fast(tmp_path: Path) -> None:
+    """Its 262k-token vocabulary made gguf's GGUFReader take 22 s."""
+    path = resolve_model_path("pkg:gemma3-270m")
+    started = time.perf_counter()
+    info = read_model_info(path)
+    assert time.perf_counter() - started < 0.5
+    assert (info.architecture, info.context_length, info.vocab_size) == ("gemma3", 32768, 262144)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    for size in (int(len(data) * 0.6), 300_000):  # inside the tensor data, inside the vocabulary
+        cut.write_bytes(data[:size])
+        started = time.perf_counter()
+        with pytest.raises(ModelFileError, match="cut.gguf is (not a readable GGUF|truncated)"):
+            read_model_info(cut)
+        assert time.perf_counter() - started < 0.5
