@@ -75,7 +75,7 @@ def infer(ctx: click.Context, prompt_words: tuple[str, ...], prompt: str | None,
     from rbee.control.hive.model_refs import InvalidModelRef, parse_model_ref
 
     try:
-        model_ref = parse_model_ref(model_ref).ref
+        model_ref = parse_model_ref(model_ref).spelled
     except InvalidModelRef as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
     inventory = _inventory(ctx)
@@ -312,7 +312,7 @@ def models_download(ctx: click.Context, model_ref: str, node_name: str) -> None:
     from rbee.control.hive.model_refs import InvalidModelRef, parse_model_ref
 
     try:
-        model_ref = parse_model_ref(model_ref).ref
+        model_ref = parse_model_ref(model_ref).spelled
     except InvalidModelRef as exc:
         raise click.BadParameter(str(exc), param_hint="MODEL_REF") from None
     node = _node(ctx, node_name)

@@ -110,7 +110,7 @@ class LogLine:
 def checked_model_ref(ref: str) -> str:
     """The reference in its canonical form; ActionableError naming the mistake otherwise."""
     try:
-        return parse_model_ref(ref.strip()).ref
+        return parse_model_ref(ref.strip()).spelled
     except InvalidModelRef as exc:
         raise ActionableError(str(exc), suggestion="e.g. pkg:gemma3-270m, file:/abs/model.gguf, "
                                                    "hf:ORG/REPO or https://…/model.gguf") from None

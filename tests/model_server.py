@@ -47,6 +47,7 @@ class Blob:
     status: int | None = None  # answer every request with this status (and no body)
     bytes_per_s: int | None = None  # throttle the body
     ranges: bool = True  # honour Range; False answers 200 with the whole body, as some do
+    length: bool = True  # send Content-Length; False ends the body by closing the connection
     served: int = 0  # requests answered so far
 
 
@@ -61,6 +62,7 @@ class RecordedRequest:
 @dataclass
 class _HubRepo:
     files: dict[str, str] = field(default_factory=dict)  # file in repo → blob path
+    sha256: dict[str, str] = field(default_factory=dict)  # file in repo → its LFS sha256
     revisions: set[str] = field(default_factory=set)
 
 
@@ -91,17 +93,22 @@ class ModelServer:
         return self.url + path
 
     def add_hub_file(self, repo_id: str, filename: str, data: bytes, *,
-                     revision: str = "main", **behaviour: Any) -> str:
+                     revision: str = "main", sha256: str | None = None,
+                     **behaviour: Any) -> str:
         """Puts a file in a hub repo and returns the path its bytes are served from.
 
         Like the real hub for LFS files, `/{repo}/resolve/{revision}/{file}` answers 302 to a
-        content-addressed blob path; `behaviour` applies to that blob path.
+        content-addressed blob path on another origin (the CDN; here `localhost` rather than
+        127.0.0.1), carrying the file's LFS sha256 in `X-Linked-Etag`: `sha256` overrides it
+        (a hub whose record and bytes disagree). `behaviour` applies to the blob path.
         """
-        blob_path = f"/cdn-lfs/{hashlib.sha256(data).hexdigest()}/{filename.rsplit('/', 1)[-1]}"
+        digest = hashlib.sha256(data).hexdigest()
+        blob_path = f"/cdn-lfs/{digest}/{filename.rsplit('/', 1)[-1]}"
         self.add(blob_path, data, **behaviour)
         with self._lock:
             repo = self._hub.setdefault(repo_id, _HubRepo())
             repo.files[filename] = blob_path
+            repo.sha256[filename] = sha256 or digest
             repo.revisions.add(revision)
         return blob_path
 
@@ -163,7 +170,13 @@ class ModelServer:
         if blob_path is None:
             _send_status(handler, 404, {"X-Error-Code": "EntryNotFound"})
             return
-        _send_status(handler, 302, {"Location": self.url + blob_path})
+        cdn = f"http://localhost:{self.url.rsplit(':', 1)[1]}"
+        _send_status(handler, 302, {
+            "Location": cdn + blob_path,
+            "X-Linked-Etag": f'"{repo.sha256[filename]}"',
+            "X-Linked-Size": str(len(self._blobs[blob_path].data)),
+            "X-Repo-Commit": "0" * 40,
+        })
 
     def _hub_tree(self, handler: BaseHTTPRequestHandler, repo_id: str, revision: str) -> None:
         repo = self._hub_repo(handler, repo_id, revision)
@@ -179,8 +192,7 @@ class ModelServer:
             entries[name] = {
                 "type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data),
                 "path": name,
-                "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data),
-                        "pointerSize": 134},
+                "lfs": {"oid": repo.sha256[name], "size": len(data), "pointerSize": 134},
             }
         body = json.dumps(list(entries.values())).encode()
         handler.send_response(200)
@@ -226,7 +238,10 @@ class ModelServer:
         else:
             handler.send_response(200)
         handler.send_header("Content-Type", "application/octet-stream")
-        handler.send_header("Content-Length", str(end - start + 1))
+        if blob.length:
+            handler.send_header("Content-Length", str(end - start + 1))
+        else:
+            handler.close_connection = True
         handler.send_header("Accept-Ranges", "bytes" if blob.ranges else "none")
         handler.end_headers()
         if handler.command != "HEAD":

@@ -118,10 +118,11 @@ def test_a_server_that_ignores_range_restarts_from_zero(
     assert_downloaded(dm, url, data)
 
 
-def test_gives_up_after_six_attempts_with_backoff(
+def test_gives_up_after_six_attempts_with_backoff_keeping_the_partial(
     tmp_path: Path, server: ModelServer, model_bytes: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = server.add("/flaky.gguf", model_bytes(1 * MB), drop_after=1000, drop_times=100)
+    data = model_bytes(1 * MB)
+    url = server.add("/flaky.gguf", data, drop_after=1000, drop_times=100)
     dm = manager(tmp_path)  # the real backoff: 100, 200, 400, 800, 1600 ms
 
     async def main() -> tuple[list[dict[str, Any]], DownloadError]:
@@ -151,8 +152,14 @@ def test_gives_up_after_six_attempts_with_backoff(
     assert "Retrying download (attempt 6/6)... delay 1600ms" in caplog.text
     retrying = [e for e in events if e["stage"] == "retrying"]
     assert retrying and all(e["attempts"] == 6 for e in retrying)
-    assert list((dm.models_dir / ".partial").iterdir()) == []
     assert dm.catalog.list() == []
+    # The partial stays, so the next try resumes instead of starting from zero.
+    [partial] = (dm.models_dir / ".partial").iterdir()
+    assert partial.stat().st_size == 6000
+    server.add("/flaky.gguf", data)  # the server behaves again
+    asyncio.run(dm.ensure(url))
+    assert server.requests("/flaky.gguf")[-1].range == "bytes=6000-"
+    assert_downloaded(dm, url, data)
 
 
 def test_a_server_error_is_retried_then_reported(tmp_path: Path, server: ModelServer) -> None:
@@ -295,8 +302,9 @@ def test_hf_downloads_through_hf_endpoint(
     assert entry.provider == "hf"
     assert_downloaded(dm, "hf:org/tiny-GGUF:quant/tiny.Q8_0.gguf", data)
     # The hub's resolve path redirects to the blob, as the real hub does; the resume works
-    # through the redirect.
-    assert server.count("/org/tiny-GGUF/resolve/main/quant/tiny.Q8_0.gguf") == 2
+    # through the redirect. One HEAD first asked for the file's LFS sha256.
+    resolve = server.requests("/org/tiny-GGUF/resolve/main/quant/tiny.Q8_0.gguf")
+    assert [r.method for r in resolve] == ["HEAD", "GET", "GET"]
     assert [r.range for r in server.requests(blob)] == [None, "bytes=200000-"]
     assert "hf_hub" in server.requests(blob)[0].headers.get("user-agent", "")
 

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import events_of, sse_data
 from hive_process import HiveProcess, start_hive
 from model_server import ModelServer
+from tinymodel import write_tiny_gguf
 
 KEY = "hive-test-key-42"
 
@@ -171,6 +172,29 @@ def test_unavailable_backend_is_named(hive: HiveProcess, tiny_model: Path) -> No
     assert error["details"]["available"] == ["cpu"]
 
 
+def test_spawn_refuses_what_the_model_or_node_cannot_do(hive: HiveProcess,
+                                                        tiny_model: Path) -> None:
+    """A context past the model's training (16384 for the tiny model), a device the CPU
+    backend lacks, more slots than a worker takes: a 400 naming the field and the limit."""
+    before = hive.worker_pids()
+    ref = f"file:{tiny_model}"
+    with hive.client() as client:
+        long_ctx, device, slots = (
+            client.post("/v1/workers/spawn", json={"model_ref": ref, **extra})
+            for extra in ({"ctx_size": 16385}, {"device": 7}, {"slots": 65}))
+    for r, field in ((long_ctx, "ctx_size"), (device, "device"), (slots, "slots")):
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "INVALID_REQUEST" and error["details"]["field"] == field
+    assert long_ctx.json()["error"]["message"] == (
+        "ctx_size 16385 is more than the model's trained context (16384 tokens); ask for at "
+        "most 16384 per slot")
+    assert device.json()["error"]["message"] == (
+        "device 7 does not exist: the cpu backend has one device, 0")
+    assert "64" in slots.json()["error"]["message"]
+    assert hive.worker_pids() == before
+
+
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/v1/workers/spawn"), ("GET", "/v1/workers/list"),
     ("POST", "/v1/workers/worker-x/shutdown"), ("GET", "/v1/models"),
@@ -231,6 +255,39 @@ def test_ram_preflight_refuses_with_numbers(tmp_path: Path, tiny_model: Path) ->
         assert error["code"] == "INSUFFICIENT_RAM"
         assert error["details"]["available_mb"] == 1 and error["details"]["required_mb"] >= 2
         assert "need" in error["message"] and "have 1 MB" in error["message"]
+    finally:
+        assert hive.stop() == 0
+
+
+def test_ram_preflight_counts_context_slots_and_running_workers(tmp_path: Path) -> None:
+    # KV cache: 4 layers × 2 KV heads × (32 + 32) values × 2 bytes = 1 KiB per token of context.
+    model = write_tiny_gguf(tmp_path / "deep.gguf", n_layers=4, n_embd=128, n_ctx_train=32768)
+    ref = f"file:{model}"
+    # About 130 MB for one slot of 2048 tokens (a worker process is most of it): one fits.
+    hive = start_hive(tmp_path / "hive", "--ram-budget-mb", "150")
+    try:
+        with hive.client() as client:
+            # 4 slots × 32768 tokens: a 128 MB KV cache on a model of about 3 MB.
+            big = client.post("/v1/workers/spawn",
+                              json={"model_ref": ref, "slots": 4, "ctx_size": 32768})
+            assert big.status_code == 507, big.text
+            error = big.json()["error"]
+            assert error["code"] == "INSUFFICIENT_RAM"
+            details = error["details"]
+            assert details["kv_cache_mb"] == 128 and details["available_mb"] == 150
+            assert details["required_mb"] > 150 + 128 and details["model_mb"] < 5
+            assert error["message"].startswith(
+                f"Insufficient RAM: need {details['required_mb']} MB, have 150 MB (1.2 × model ")
+            assert "KV cache 128 + compute" in error["message"]
+            first = client.post("/v1/workers/spawn", json={"model_ref": ref})  # 1 × 2048
+            assert first.status_code == 200, first.text
+            # The first worker holds its RAM (or, still loading, is counted by its estimate):
+            # the same spawn again does not fit in what is left of the budget.
+            again = client.post("/v1/workers/spawn", json={"model_ref": ref})
+            assert again.status_code == 507, again.text
+            details = again.json()["error"]["details"]
+            assert details["available_mb"] < details["required_mb"] <= 150
+            assert len(hive.worker_pids()) == 1
     finally:
         assert hive.stop() == 0
 
@@ -388,3 +445,36 @@ def test_delete_model(online_hive: HiveProcess, internet: ModelServer, tiny_mode
         assert provision(online_hive, f"file:{tiny_model}")[-1]["stage"] == "complete"
         assert client.delete(f"/v1/models/file:{tiny_model}").status_code == 204
         assert tiny_model.exists()
+
+
+def test_delete_of_a_file_ref_inside_the_models_dir_only_forgets(
+        online_hive: HiveProcess, internet: ModelServer, tiny_model: Path) -> None:
+    url = internet.add("/models/kept.gguf", tiny_model.read_bytes())
+    local = provision(online_hive, url)[-1]["local_path"]  # inside the hive's models/
+    alias = f"file:{local}"
+    assert provision(online_hive, alias)[-1]["stage"] == "complete"
+    with online_hive.client() as client:
+        assert client.delete(f"/v1/models/{alias}").status_code == 204
+        references = [m["reference"] for m in client.get("/v1/models").json()["models"]]
+        assert Path(local).read_bytes() == tiny_model.read_bytes()
+        assert url in references and alias not in references
+        assert client.delete(f"/v1/models/{url}").status_code == 204
+    assert not Path(local).exists()
+
+
+def test_a_checksum_that_does_not_match_keeps_the_model_out(
+        online_hive: HiveProcess, internet: ModelServer, tiny_model: Path) -> None:
+    data = tiny_model.read_bytes()
+    digest, wrong = hashlib.sha256(data).hexdigest(), hashlib.sha256(b"x").hexdigest()
+    url = internet.add("/models/checked.gguf", data)
+    with online_hive.client() as client:
+        bad = client.post("/v1/workers/spawn", json={"model_ref": f"{url}#sha256={wrong}"})
+        assert bad.status_code == 502, bad.text
+        error = bad.json()["error"]
+        assert error["code"] == "DOWNLOAD_FAILED"
+        assert digest in error["message"] and wrong in error["message"]
+        assert error["details"] == {"expected_sha256": wrong, "actual_sha256": digest,
+                                    "model_ref": url}
+        assert url not in [m["reference"] for m in client.get("/v1/models").json()["models"]]
+    events = provision(online_hive, f"{url}#sha256={digest}")
+    assert events[-1]["stage"] == "complete"

@@ -76,7 +76,7 @@ def test_accepted_forms_parse_into_their_parts(ref: str, expected: ModelRef) -> 
         ("https://example.com/tiny.bin", ".gguf file"),
         ("https://example.com/a/../tiny.gguf", "'..'"),
         ("https://user@example.com/tiny.gguf", "not a URL"),
-        ("https://example.com/tiny.gguf#frag", "not a URL"),
+        ("https://example.com/tiny.gguf#frag", "#sha256=<64 hex digits>"),
         ("https://example.com:99999/tiny.gguf", "out of range"),
         ("https:///tiny.gguf", "not a URL"),
         ("hf:../x", "hub names"),

@@ -26,7 +26,14 @@ from .downloads import DownloadError, DownloadManager
 from .logs import LogBuffer
 from .managed_worker import LIVE_STATES, ManagedState, WorkerSpec
 from .model_refs import InvalidModelRef, parse_model_ref
-from .preflight import available_ram_mb, check_backend, check_ram
+from .preflight import (
+    available_ram_mb,
+    check_backend,
+    check_context,
+    check_device,
+    check_ram,
+    estimate_ram,
+)
 from .pool import WorkerPool
 
 # The rbee-hive program this hive runs from, as started (the keeper starts it by its full
@@ -85,15 +92,23 @@ def create_app(
         body = await read_body(request, SpawnRequest)
         ref = model_ref_of(body.model_ref)
         check_backend(body.backend)
+        check_device(body.backend, body.device)
         pool.check_capacity()  # before a download that could take minutes (again at the spawn)
         try:
-            entry = await downloads.ensure(ref)
+            # As given: a #sha256 it carries is checked, though the canonical ref drops it.
+            entry = await downloads.ensure(body.model_ref)
+            info = await downloads.model_info(entry)
         except DownloadError as exc:
             spawns.labels("download_failed").inc()
-            raise ApiError(exc.code, exc.message, details={"model_ref": ref}) from None
-        check_ram(entry.size_bytes, pool.settings.ram_budget_mb)
+            raise ApiError(exc.code, exc.message,
+                           details={**exc.details, "model_ref": ref}) from None
+        check_context(info, body.ctx_size)
+        estimate = estimate_ram(info, slots=body.slots, ctx_size=body.ctx_size)
+        # Workers still loading count by their estimate: their RAM is not in use yet.
+        check_ram(estimate, pool.settings.ram_budget_mb, pool.list())
         spec = WorkerSpec(model_ref=ref, model_path=entry.local_path, backend=body.backend,
-                          device=body.device, slots=body.slots, ctx_size=body.ctx_size)
+                          device=body.device, slots=body.slots, ctx_size=body.ctx_size,
+                          ram_estimate_bytes=estimate.total_bytes)
         try:
             worker = await pool.spawn(spec)
         except ApiError:
@@ -113,7 +128,8 @@ def create_app(
         # The node's capacity and idle policy ride along, so a dashboard needs one call per node.
         return JSONResponse({"workers": [w.to_json() for w in pool.list()],
                              "idle_timeout_s": pool.settings.idle_timeout_s,
-                             "ram_available_mb": available_ram_mb(pool.settings.ram_budget_mb)})
+                             "ram_available_mb": available_ram_mb(pool.settings.ram_budget_mb,
+                                                                  pool.list())})
 
     async def worker_shutdown(request: Request) -> JSONResponse:
         worker = await pool.stop(request.path_params["worker_id"])
@@ -124,7 +140,8 @@ def create_app(
 
     async def models_download(request: Request) -> JSONResponse:
         body = await read_body(request, DownloadRequest)
-        download = downloads.start(model_ref_of(body.model_ref))
+        model_ref_of(body.model_ref)  # a 400 naming the field
+        download = downloads.start(body.model_ref)  # as given: its #sha256 is checked
         answer = {"download_id": download.id, "model_ref": download.ref,
                   "state": str(download.state)}
         if download.local_path is not None:

@@ -1,20 +1,29 @@
 """Model provisioning: bundled and local models registered in place, remote ones downloaded.
 
-Every reference ends in the catalog with a local path, a size and a sha256. Remote files
-(`https://`, `hf:`) stream into `<models_dir>/.partial/`, resume with `Range` after a dropped
-connection, are retried with exponential backoff (tenacity) and are moved into place
-atomically once their size is verified. A download runs in its own task; any number of
-clients follow it through `Download.events()` (DESIGN §4's progress events).
+Every reference ends in the catalog with a local path, a size and a sha256, and only once its
+file reads as a whole GGUF (every tensor inside the file). Remote files (`https://`, `hf:`)
+stream into `<models_dir>/.partial/`, resume with `Range` after a dropped connection, are
+retried with exponential backoff (tenacity) and are moved into place atomically once their
+size (and the expected sha256, when known) is verified. A download runs in its own task; any
+number of clients follow it through `Download.events()` (DESIGN §4's progress events).
+
+Partial files, one rule: a `.part` is kept after a failure that another try may get past
+(network, server errors, a canceled download, a stopped hive), so the next try resumes; it is
+removed when the failure says its bytes cannot be used or cannot fit (404, not a GGUF, a
+sha256 mismatch, a full disk), and when it is older than PARTIAL_MAX_AGE_S (checked at start
+and before every download).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
@@ -22,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import httpx
-from huggingface_hub import HfApi, constants, hf_hub_url
+from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import build_hf_headers
 from tenacity import (
@@ -33,7 +42,12 @@ from tenacity import (
     wait_exponential,
 )
 
-from rbee.dataplane.model_file import ModelFileError, read_model_info, resolve_model_path
+from rbee.dataplane.model_file import (
+    ModelFileError,
+    ModelInfo,
+    read_model_info,
+    resolve_model_path,
+)
 from rbee.dataplane.protocol import ApiError, ErrorCode
 
 from .catalog import CatalogEntry, ModelCatalog, utc_now
@@ -48,6 +62,12 @@ _MAX_BACKOFF_S = 60.0  # only reached with many more attempts than the default 6
 _HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _MAX_FILES_NAMED = 20
+_DOWNLOADED = frozenset({"https", "hf"})  # providers whose files this hive wrote
+# Partial files not written to for this long are removed, never resumed: the server's file may
+# have changed since, and an abandoned download should not hold disk space forever.
+PARTIAL_MAX_AGE_S = 7 * 24 * 3600.0
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 A = TypeVar("A")
 R = TypeVar("R")
 
@@ -60,6 +80,15 @@ class DownloadState(StrEnum):
 
 class DownloadError(ApiError):
     """Provisioning failed; `code` is MODEL_NOT_FOUND, DOWNLOAD_FAILED or INVALID_REQUEST."""
+
+
+class _DiskFull(Exception):
+    """The download does not fit in the models directory's free space."""
+
+    def __init__(self, needed: int | None, written: int) -> None:
+        super().__init__(needed, written)
+        self.needed = needed  # bytes still to write, when the server said the size
+        self.written = written  # bytes of the file on disk (or buffered) so far
 
 
 class _Retryable(Exception):
@@ -147,6 +176,7 @@ class DownloadManager:
         attempts: int = 6,
         backoff_s: float = 0.1,
         chunk_bytes: int = 1 << 20,
+        partial_max_age_s: float = PARTIAL_MAX_AGE_S,
     ) -> None:
         self.catalog = catalog
         self.models_dir = models_dir
@@ -154,9 +184,11 @@ class DownloadManager:
         self._attempts = attempts
         self._backoff_s = backoff_s
         self._chunk_bytes = chunk_bytes
+        self._partial_max_age_s = partial_max_age_s
         self._by_id: dict[str, Download] = {}
         self._active: dict[str, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sweep_partials()
 
     def start(self, ref: str) -> Download:
         """Provisions `ref` in the background; InvalidModelRef if `ref` is not acceptable.
@@ -170,7 +202,13 @@ class DownloadManager:
         download = Download(model.ref)
         self._by_id[download.id] = download
         if (entry := self._cached(model.ref)) is not None:
-            download._complete(entry)
+            try:
+                _verify_sha256(model.ref, entry.sha256, model.sha256, "the reference's #sha256",
+                               catalogued=True)
+            except DownloadError as exc:
+                download._fail(exc)
+            else:
+                download._complete(entry)
             return download
         self._active[model.ref] = download
         task = asyncio.create_task(self._run(download, model), name=f"download {download.id}")
@@ -183,20 +221,32 @@ class DownloadManager:
 
     async def ensure(self, ref: str) -> CatalogEntry:
         """The model's catalog entry, provisioning it first if needed; DownloadError if not."""
-        return await self.start(ref).wait()
+        entry = await self.start(ref).wait()
+        # A download already under way for the same file may have had no #sha256 to check.
+        model = parse_model_ref(ref)
+        _verify_sha256(model.ref, entry.sha256, model.sha256, "the reference's #sha256",
+                       catalogued=True)
+        return entry
 
     async def remove(self, ref: str) -> CatalogEntry | None:
-        """Drops `ref` from the catalog and deletes its file if this hive downloaded it.
+        """Drops `ref` from the catalog; deletes its file only if this hive downloaded it.
 
-        A `file:` or `pkg:` model's file belongs to someone else and stays.
+        Decided by the entry's provider: an `https:` or `hf:` file is the hive's own; a
+        `file:` or `pkg:` model's file belongs to someone else and stays, even when it lies
+        inside the models directory (it may be another entry's download).
         """
         entry = self.catalog.remove(parse_model_ref(ref).ref)
-        if entry is not None and entry.local_path.resolve().is_relative_to(
-            self.models_dir.resolve()
-        ):
+        if entry is not None and entry.provider in _DOWNLOADED and entry.local_path.resolve(
+        ).is_relative_to(self.models_dir.resolve()):
             await asyncio.to_thread(entry.local_path.unlink, missing_ok=True)
             log.info("removed %s (%s)", entry.reference, entry.local_path)
+        elif entry is not None:
+            log.info("forgot %s; its file %s stays", entry.reference, entry.local_path)
         return entry
+
+    async def model_info(self, entry: CatalogEntry) -> ModelInfo:
+        """The GGUF metadata of a catalogued model; DownloadError if the file broke since."""
+        return await _model_file(read_model_info, entry.local_path, ErrorCode.DOWNLOAD_FAILED)
 
     async def aclose(self) -> None:
         """Cancels running downloads; their partial files stay, to be resumed next time."""
@@ -247,11 +297,15 @@ class DownloadManager:
                 return await self._register_in_place(model, model.path)
             case "https":
                 assert model.url is not None
-                return await self._download(download, model, model.url, {})
+                return await self._download(download, model, model.url, {},
+                                            (model.sha256, "the reference's #sha256"))
             case "hf":
                 url = await self._hub_url(model)
                 # The hub's user agent, and the user's token if one is configured (gated repos).
-                return await self._download(download, model, url, build_hf_headers())
+                headers = build_hf_headers()
+                return await self._download(download, model, url, headers,
+                                            (await self._hub_sha256(model, url, headers),
+                                             "the hub's LFS sha256"))
 
     async def _register_in_place(self, model: ModelRef, path: Path) -> CatalogEntry:
         info = await _model_file(read_model_info, path, ErrorCode.DOWNLOAD_FAILED)
@@ -265,6 +319,27 @@ class DownloadManager:
         endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
         filename = model.filename or await self._single_gguf(model.repo_id, endpoint)
         return hf_hub_url(model.repo_id, filename, endpoint=endpoint)
+
+    async def _hub_sha256(self, model: ModelRef, url: str, headers: dict[str, str]) -> str | None:
+        """The sha256 the hub publishes for an LFS file (its `X-Linked-Etag`), if it has one.
+
+        A file kept in git itself (no LFS) has only a git sha1 as its etag: nothing to check.
+        """
+        try:
+            metadata = await asyncio.to_thread(get_hf_file_metadata, url, headers=headers)
+        except HfHubHTTPError as exc:
+            if exc.response is not None and exc.response.status_code in (401, 404):
+                raise DownloadError(ErrorCode.MODEL_NOT_FOUND,
+                                    f"{model.ref}: not found at {url}") from None
+            raise DownloadError(ErrorCode.DOWNLOAD_FAILED,
+                                f"{model.ref}: asking the hub for the file's checksum failed: "
+                                f"{str(exc).splitlines()[0]}") from None
+        except Exception as exc:  # huggingface_hub's own HTTP client raises its own types
+            raise DownloadError(ErrorCode.DOWNLOAD_FAILED,
+                                f"{model.ref}: asking the hub for the file's checksum failed: "
+                                f"{exc}") from None
+        etag = (metadata.etag or "").lower()
+        return etag if _SHA256_HEX.fullmatch(etag) else None
 
     async def _single_gguf(self, repo_id: str, endpoint: str) -> str:
         try:
@@ -293,9 +368,15 @@ class DownloadManager:
         )
 
     async def _download(self, download: Download, model: ModelRef, url: str,
-                        headers: dict[str, str]) -> CatalogEntry:
+                        headers: dict[str, str],
+                        expected: tuple[str | None, str]) -> CatalogEntry:
+        """Downloads into the partial file, verifies it, moves it into place.
+
+        `expected` is the sha256 the file must have (or None) and where that value came from.
+        """
         name = local_filename(model)
         self._partial_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self._sweep_partials)
         partial = await _PartialFile.resume(self._partial_dir / f"{name}.part", self._chunk_bytes)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
@@ -311,13 +392,20 @@ class DownloadManager:
                 async for attempt in retrying:
                     with attempt:
                         size = await self._attempt(client, url, partial, download)
+            _verify_sha256(model.ref, partial.sha256(), *expected)
             await _model_file(read_model_info, partial.path, ErrorCode.DOWNLOAD_FAILED)
         except _Retryable as exc:
-            partial.discard()
+            # Kept: the next try resumes where this one stopped.
+            log.info("%s: keeping %d bytes in %s to resume from", model.ref, partial.size,
+                     partial.path)
             raise DownloadError(
                 ErrorCode.DOWNLOAD_FAILED,
                 f"Failed to download model after {self._attempts} attempts: {exc}",
             ) from None
+        except _DiskFull as exc:
+            error = self._no_space(model.ref, exc)
+            partial.discard()  # a partial on a full disk only blocks other downloads
+            raise error from None
         except DownloadError:
             partial.discard()
             raise
@@ -331,24 +419,62 @@ class DownloadManager:
         """One GET, resuming from the partial file; returns the file's verified size."""
         offset = partial.size
         headers = {"Range": f"bytes={offset}-"} if offset else {}
+        total: int | None = None
         try:
-            async with client.stream("GET", url, headers=headers) as response:
-                total = _begin(response, offset, partial, download.ref)
-                progress = _Progress(download, total, partial.size)
-                # Chunks are written as they arrive (the file buffers chunk_bytes): what was
-                # received before a drop is kept, so the next attempt resumes exactly there.
-                async for chunk in response.aiter_bytes():
-                    partial.write(chunk)
-                    progress.report(partial.size)
+            try:
+                async with client.stream("GET", url, headers=headers) as response:
+                    total = _begin(response, offset, partial, download.ref)
+                    if total is not None and total - partial.size > self._free_bytes():
+                        raise _DiskFull(total - partial.size, partial.size)
+                    progress = _Progress(download, total, partial.size)
+                    # Chunks are written as they arrive (the file buffers chunk_bytes): what
+                    # was received before a drop is kept, so the next attempt resumes there.
+                    async for chunk in response.aiter_bytes():
+                        partial.write(chunk)
+                        progress.report(partial.size)
+            finally:
+                partial.close()  # flushes: may hit a full disk too
         except httpx.TransportError as exc:
             raise _Retryable(str(exc) or type(exc).__name__) from None
-        finally:
-            partial.close()
+        except OSError as exc:
+            if exc.errno not in _DISK_FULL:
+                raise
+            raise _DiskFull(total - partial.size if total is not None else None,
+                            partial.size) from None
         if total is not None and partial.size != total:
             if partial.size > total:
                 partial.truncate()
             raise _Retryable(f"got {partial.size} of {total} bytes")
         return partial.size
+
+    def _free_bytes(self) -> int:
+        return shutil.disk_usage(self._partial_dir).free
+
+    def _no_space(self, ref: str, full: _DiskFull) -> DownloadError:
+        free = self._free_bytes()
+        need = (f"needs {full.needed:,} more bytes" if full.needed is not None
+                else f"filled the disk after {full.written:,} bytes")
+        return DownloadError(
+            ErrorCode.DOWNLOAD_FAILED,
+            f"Not enough disk space for {ref}: it {need}, {self.models_dir} has {free:,} "
+            "bytes free; free some space (or delete models) and try again",
+            details={"needed_bytes": full.needed, "free_bytes": free,
+                     "models_dir": str(self.models_dir)},
+        )
+
+    def _sweep_partials(self) -> None:
+        """Removes partial files older than the age limit (see the module docstring)."""
+        if not self._partial_dir.is_dir():
+            return
+        oldest = time.time() - self._partial_max_age_s
+        for path in self._partial_dir.glob("*.part"):
+            try:
+                if path.stat().st_mtime < oldest:
+                    path.unlink()
+                    log.info("removed %s: a partial download untouched for %.0f days", path,
+                             self._partial_max_age_s / 86400)
+            except FileNotFoundError:
+                pass
 
     def _before_sleep(self, download: Download) -> Callable[[RetryCallState], None]:
         def before_sleep(state: RetryCallState) -> None:
@@ -451,9 +577,9 @@ class _PartialFile:
         self.size, self._hasher = 0, hashlib.sha256()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()  # closed even when its last flush fails (a full disk)
 
     def discard(self) -> None:
         self.close()
@@ -469,6 +595,20 @@ async def _model_file(func: Callable[[A], R], arg: A, code: ErrorCode) -> R:
         return await asyncio.to_thread(func, arg)
     except ModelFileError as exc:
         raise DownloadError(code, str(exc)) from None
+
+
+def _verify_sha256(ref: str, actual: str, expected: str | None, source: str, *,
+                   catalogued: bool = False) -> None:
+    if expected is None or actual == expected:
+        return
+    where = ("is in the catalog with sha256 " if catalogued else "downloaded with sha256 ")
+    then = (f"; delete it (DELETE /v1/models/{ref}) to download it again" if catalogued
+            else "; the file was not kept")
+    raise DownloadError(
+        ErrorCode.DOWNLOAD_FAILED,
+        f"Checksum mismatch for {ref}: it {where}{actual}, but {source} is {expected}{then}",
+        details={"expected_sha256": expected, "actual_sha256": actual},
+    )
 
 
 def _hash_file(path: Path) -> Any:

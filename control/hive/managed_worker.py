@@ -69,6 +69,7 @@ class WorkerSpec:
     device: int = 0
     slots: int = 1
     ctx_size: int = 2048
+    ram_estimate_bytes: int = 0  # the preflight's estimate, counted while the worker loads
 
 
 @dataclass

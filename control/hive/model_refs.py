@@ -23,7 +23,7 @@ Provider = Literal["pkg", "file", "https", "hf"]
 ACCEPTED_FORMS = (
     "pkg:NAME",
     "file:/abs/path.gguf",
-    "https://host/path/name.gguf",
+    "https://host/path/name.gguf[#sha256=HEX]",
     "hf:ORG/REPO[:FILE.gguf]",
 )
 
@@ -38,6 +38,7 @@ _URL = re.compile(
     r"(?::(?P<port>[0-9]{1,5}))?(?P<path>/[A-Za-z0-9._~%+=,:@/-]*)"
 )
 _DEFAULT_PORTS = {"https": 443, "http": 80}
+_SHA256_FRAGMENT = re.compile(r"sha256=([0-9A-Fa-f]{64})")
 
 
 class InvalidModelRef(ValueError):
@@ -54,7 +55,11 @@ class InvalidModelRef(ValueError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A validated reference. `ref` is its canonical spelling, the catalog's key."""
+    """A validated reference. `ref` is its canonical spelling, the catalog's key.
+
+    An expected checksum (`#sha256=HEX` on a URL) is not part of `ref`: the same file is the
+    same catalog entry and download, whether or not a client said what its hash must be.
+    """
 
     ref: str
     provider: Provider
@@ -63,6 +68,12 @@ class ModelRef:
     url: str | None = None  # https (plain http only to loopback hosts): the URL to download
     repo_id: str | None = None  # hf: ORG/REPO
     filename: str | None = None  # hf: the file in the repo; None means "its only .gguf"
+    sha256: str | None = None  # https: the file's expected sha256 (lower-case hex), if given
+
+    @property
+    def spelled(self) -> str:
+        """`ref` and the expected checksum, if any: what a client passes on to a hive."""
+        return f"{self.ref}#sha256={self.sha256}" if self.sha256 else self.ref
 
 
 def parse_model_ref(ref: str) -> ModelRef:
@@ -129,7 +140,13 @@ def _parse_file(ref: str, raw: str) -> ModelRef:
 
 
 def _parse_url(ref: str) -> ModelRef:
-    match = _URL.fullmatch(ref)
+    location, has_fragment, fragment = ref.partition("#")
+    sha256 = None
+    if has_fragment:
+        if (expected := _SHA256_FRAGMENT.fullmatch(fragment)) is None:
+            raise InvalidModelRef(ref, "a URL's only fragment may be #sha256=<64 hex digits>")
+        sha256 = expected[1].lower()
+    match = _URL.fullmatch(location)
     if match is None:
         raise InvalidModelRef(ref, "not a URL of the form https://host[:port]/path/name.gguf")
     scheme, host = match["scheme"].lower(), match["host"].lower()
@@ -147,7 +164,7 @@ def _parse_url(ref: str) -> ModelRef:
         raise InvalidModelRef(ref, "the URL must name a .gguf file")
     netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
     url = f"{scheme}://{netloc}{match['path']}"
-    return ModelRef(ref=url, provider="https", url=url)
+    return ModelRef(ref=url, provider="https", url=url, sha256=sha256)
 
 
 def _parse_hf(ref: str, rest: str) -> ModelRef:
