@@ -195,6 +195,17 @@ def test_spawn_refuses_what_the_model_or_node_cannot_do(hive: HiveProcess,
     assert hive.worker_pids() == before
 
 
+def test_the_default_context_is_lowered_to_the_models(hive: HiveProcess, tmp_path: Path) -> None:
+    model = write_tiny_gguf(tmp_path / "short.gguf", n_ctx_train=1024)
+    worker = spawn(hive, model)  # no ctx_size: the default, 2048, is more than it knows
+    with hive.client() as client:
+        pid = next(w["pid"] for w in client.get("/v1/workers/list").json()["workers"]
+                   if w["worker_id"] == worker["worker_id"])
+        argv = psutil.Process(pid).cmdline()
+        client.post(f"/v1/workers/{worker['worker_id']}/shutdown")
+    assert argv[argv.index("--ctx-size") + 1] == "1024"
+
+
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/v1/workers/spawn"), ("GET", "/v1/workers/list"),
     ("POST", "/v1/workers/worker-x/shutdown"), ("GET", "/v1/models"),

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from conftest import events_of, sse_data
+from conftest import BIN, events_of, sse_data
 from hive_process import start_hive
 from model_server import ModelServer
 from rbee.control.hive.catalog import ModelCatalog
@@ -35,6 +35,7 @@ from rbee.control.hive.downloads import (
 from rbee.control.hive.managed_worker import ManagedState, ManagedWorker, WorkerSpec
 from rbee.control.hive.model_refs import InvalidModelRef, local_filename, parse_model_ref
 from rbee.control.hive.preflight import available_ram_mb
+from test_infer import make_keeper
 from tinymodel import write_tiny_gguf
 
 MB = 1_000_000
@@ -287,6 +288,32 @@ def test_hf_downloads_are_checked_against_the_hubs_lfs_sha256(
         "the file was not kept")
     assert [e.reference for e in dm.catalog.list()] == ["hf:org/ok:ok.gguf"]
     assert files_under(dm.models_dir) == [dm.models_dir / local_filename("hf:org/ok:ok.gguf")]
+
+
+def test_the_keeper_passes_the_expected_sha256_on(
+    tmp_path: Path, server: ModelServer, tiny_model: Path
+) -> None:
+    """EC2: `rbee infer --model https://…/x.gguf#sha256=HEX` refuses a file with another hash."""
+    data = tiny_model.read_bytes()
+    digest, wrong = hashlib.sha256(data).hexdigest(), hashlib.sha256(b"x").hexdigest()
+    url = server.add("/m/tiny.gguf", data)
+    keeper = make_keeper(tmp_path, tiny_model)
+
+    def rbee(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "rbee"), *args], capture_output=True, text=True,
+                              timeout=120, env=keeper.env(), check=False)
+
+    try:
+        bad = rbee("infer", "--model", f"{url}#sha256={wrong}", "--max-tokens", "2", "hi")
+        good = rbee("models", "download", "--node", "local", f"{url}#sha256={digest}")
+    finally:
+        keeper.stop_hive()
+    assert bad.returncode == 1
+    assert (f"Error: Checksum mismatch for {url}: it downloaded with sha256 {digest}, but the "
+            f"reference's #sha256 is {wrong}; the file was not kept") in bad.stderr
+    assert keeper.registered() == []
+    assert good.returncode == 0, good.stderr
+    assert f"{url}#sha256={digest} is on local: " in good.stderr
 
 
 # ---------------------------------------------------------------------------- truncated models

@@ -29,9 +29,9 @@ from .model_refs import InvalidModelRef, parse_model_ref
 from .preflight import (
     available_ram_mb,
     check_backend,
-    check_context,
     check_device,
     check_ram,
+    context_size,
     estimate_ram,
 )
 from .pool import WorkerPool
@@ -102,12 +102,12 @@ def create_app(
             spawns.labels("download_failed").inc()
             raise ApiError(exc.code, exc.message,
                            details={**exc.details, "model_ref": ref}) from None
-        check_context(info, body.ctx_size)
-        estimate = estimate_ram(info, slots=body.slots, ctx_size=body.ctx_size)
+        ctx_size = context_size(info, body.ctx_size, asked="ctx_size" in body.model_fields_set)
+        estimate = estimate_ram(info, slots=body.slots, ctx_size=ctx_size)
         # Workers still loading count by their estimate: their RAM is not in use yet.
         check_ram(estimate, pool.settings.ram_budget_mb, pool.list())
         spec = WorkerSpec(model_ref=ref, model_path=entry.local_path, backend=body.backend,
-                          device=body.device, slots=body.slots, ctx_size=body.ctx_size,
+                          device=body.device, slots=body.slots, ctx_size=ctx_size,
                           ram_estimate_bytes=estimate.total_bytes)
         try:
             worker = await pool.spawn(spec)

@@ -67,16 +67,22 @@ def estimate_ram(info: ModelInfo, *, slots: int, ctx_size: int) -> RamEstimate:
     return RamEstimate(info.size_bytes, kv, compute)
 
 
-def check_context(info: ModelInfo, ctx_size: int) -> None:
-    """A slot's context may not exceed what the model was trained with."""
+def context_size(info: ModelInfo, ctx_size: int, *, asked: bool) -> int:
+    """The context per slot to run with: at most what the model was trained with.
+
+    A size the client asked for beyond that is refused; the default is lowered to it.
+    """
     trained = info.context_length
-    if trained is not None and ctx_size > trained:
+    if trained is None or ctx_size <= trained:
+        return ctx_size
+    if asked:
         raise ApiError(
             ErrorCode.INVALID_REQUEST,
             f"ctx_size {ctx_size} is more than the model's trained context ({trained} tokens); "
             f"ask for at most {trained} per slot",
             details={"field": "ctx_size", "ctx_size": ctx_size, "n_ctx_train": trained},
         )
+    return trained
 
 
 def available_ram_mb(budget_mb: int | None, workers: Iterable[ManagedWorker] = ()) -> int:
