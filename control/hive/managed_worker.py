@@ -8,6 +8,7 @@ last health check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -133,17 +134,16 @@ class ManagedWorker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env
+                argv, stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                bufsize=0,  # unbuffered stdin: a worker that died at once fails the write only
             )
         self.pid = self._proc.pid
         self._argv = tuple(argv)
         self._write_record()
         assert self._proc.stdin is not None
-        try:
+        with contextlib.suppress(BrokenPipeError):  # it died at once; the spawn sees it exit
             self._proc.stdin.write(f"{self.api_key}\n".encode())
-            self._proc.stdin.close()
-        except BrokenPipeError:
-            pass  # it died at once; the spawn sees it exit
+        self._proc.stdin.close()
         log.info("worker %s started (pid %d) for %s", self.worker_id, self.pid, self.spec.model_ref)
 
     def serving_at(self, url: str) -> None:
@@ -157,8 +157,12 @@ class ManagedWorker:
             started = psutil.Process(self.pid).create_time()
         except psutil.Error:
             return  # already gone and reaped: nothing can survive
-        WorkerRecord(self.worker_id, self.pid, started, self._argv, self.spec.model_ref,
-                     self.url).write(self.record_path)
+        try:
+            WorkerRecord(self.worker_id, self.pid, started, self._argv, self.spec.model_ref,
+                         self.url).write(self.record_path)
+        except OSError as exc:  # the worker still dies with the hive; only the safety net is off
+            log.warning("worker %s: cannot write its record %s: %s", self.worker_id,
+                        self.record_path, exc)
 
     def exited(self) -> int | None:
         """The exit code once the process has ended (reaping it: a zombie counts as dead).
