@@ -207,14 +207,19 @@ class _GGUFScan:
         return value
 
     def _per_layer(self, key: str, layers: int, default: int) -> tuple[int, ...]:
-        """A per-layer count stored as one number, or as an array with one per layer."""
+        """A per-layer count stored as one number, or as an array with one per layer.
+
+        Only estimates read these, so an odd value is read generously rather than refused:
+        an array of another length counts its largest entry for every layer.
+        """
         value = self._values.get(key, default)
         if isinstance(value, _Array):
-            if len(value.items) != layers or not all(isinstance(v, int) for v in value.items):
-                raise ValueError(f"{key} does not hold one integer per layer")
-            return tuple(int(v) for v in value.items)  # type: ignore[call-overload]
+            counts = [v for v in value.items if isinstance(v, int) and not isinstance(v, bool)]
+            if len(counts) == layers:
+                return tuple(counts)
+            value = max(counts, default=default)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{key} is not an integer")
+            value = default
         return (value,) * layers
 
     def _value(self, vtype: GGUFValueType) -> object:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import gguf
+import numpy as np
 import pytest
 
 from rbee.dataplane.model_file import (
@@ -94,3 +96,20 @@ def test_the_bundled_model_is_read_and_checked_fast(tmp_path: Path) -> None:
         with pytest.raises(ModelFileError, match="cut.gguf is (not a readable GGUF|truncated)"):
             read_model_info(cut)
         assert time.perf_counter() - started < 0.5
+
+
+def test_per_layer_kv_heads_are_read_from_an_array(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.gguf"
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_block_count(3)
+    writer.add_embedding_length(64)
+    writer.add_head_count(4)
+    writer.add_head_count_kv([2, 1, 4])  # some architectures vary it by layer
+    writer.add_tensor("token_embd.weight", np.zeros((10, 64), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    info = read_model_info(path)
+    assert info.kv_heads == (2, 1, 4) and info.context_length is None
+    assert info.kv_values_per_token == 7 * (16 + 16)
