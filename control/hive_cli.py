@@ -85,9 +85,14 @@ def daemon(addr: str, state_dir: str, idle_timeout_s: float, health_interval_s: 
 
 @main.command()
 @click.option("--addr", default=DEFAULT_ADDR, show_default=True)
-@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"The hive's key (mode 0600). Default: ${API_KEY_ENV}, else the key the "
+                   f"keeper made in {DEFAULT_STATE_DIR}/hive.key, if any.")
 def status(addr: str, api_key_file: Path | None) -> None:
     """Is the hive on this node up, and what runs on it."""
+    made = Path(DEFAULT_STATE_DIR).expanduser() / "hive.key"
+    if api_key_file is None and not os.environ.get(API_KEY_ENV) and made.is_file():
+        api_key_file = made
     body = _get(addr, "/v1/workers/list", api_key_file)
     health = _get(addr, "/v1/health", api_key_file)
     click.echo(f"rbee-hive {health['version']} at http://{addr}: {len(body['workers'])} worker(s)")

@@ -11,6 +11,7 @@ import getpass
 import json
 import os
 import re
+import secrets
 import stat
 import sysconfig
 import tomllib
@@ -191,7 +192,14 @@ class Node:
             return f"${self.api_key_env} (api_key_env in {self.inventory_path})"
         if self.api_key_file:
             return f"{self.api_key_file} (api_key_file in {self.inventory_path})"
+        if self.is_local:
+            return f"{self.local_key_file} (made by rbee for the local hive)"
         return None
+
+    @property
+    def local_key_file(self) -> Path:
+        """The local hive's own key when the inventory configures none."""
+        return Path(self.state_dir).expanduser() / "hive.key"
 
     def api_key(self) -> str | None:
         """The node's API key, or None when none is configured."""
@@ -205,7 +213,32 @@ class Node:
             return self._checked_key(value, f"${self.api_key_env}")
         if self.api_key_file:
             return self._checked_key(self._read_key_file(self.api_key_file), str(self.api_key_file))
+        if self.is_local:
+            return self._checked_key(self._local_key(), str(self.local_key_file))
         return None
+
+    def _local_key(self) -> str:
+        """A local hive has a key even when the inventory gives none: other users of this
+        machine reach 127.0.0.1 too. Made once, at first use, into a 0600 file in the hive's
+        state dir; the keeper starts the hive with that file (`--api-key-file`)."""
+        path = self.local_key_file
+        if not path.exists():
+            try:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                draft = path.with_name(f".{path.name}.{os.getpid()}")
+                fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_urlsafe(32))
+                try:
+                    os.link(draft, path)  # whole or not at all, and never over another's key
+                except FileExistsError:
+                    pass
+                finally:
+                    os.unlink(draft)
+            except OSError as e:
+                raise InventoryError(f"node {_quoted(self.name)}: cannot create the local hive's "
+                                     f"key {path}: {e.strerror or type(e).__name__}") from None
+        return self._read_key_file(path)
 
     def _read_key_file(self, path: Path) -> str:
         node = f"node {_quoted(self.name)}"

@@ -68,10 +68,10 @@ class LocalNodeAccess:
         argv = [str(hive_bin), "daemon", "--addr", f"{self.node.listen}:{self.node.hive_port}",
                 "--state-dir", str(state_dir), "--idle-timeout-s", f"{self.node.idle_timeout_s:g}"]
         env = dict(os.environ)
-        if self.node.api_key_file:
-            argv += ["--api-key-file", str(self.node.api_key_file)]
-        elif self.hive_key:
-            env[HIVE_KEY_ENV] = self.hive_key  # a local child: the environment is private
+        if self.node.api_key_env:
+            env[HIVE_KEY_ENV] = self.hive_key or ""  # a local child: the environment is private
+        else:
+            argv += ["--api-key-file", str(self.node.api_key_file or self.node.local_key_file)]
         with open(state_dir / "hive.log", "ab") as log:
             # Its own session: the hive outlives this command and ignores its Ctrl+C.
             hive = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

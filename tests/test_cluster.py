@@ -176,7 +176,8 @@ def test_states_in_words_when_a_node_is_not_up(tmp_path: Path) -> None:
         inventory = write_inventory(
             tmp_path / "inventory.toml",
             local_node("down", 1, tmp_path / "down-state"),
-            local_node("keyed", _port(keyed), keyed.state_dir),
+            # Not the hive's state dir: rbee makes this node a key of its own, the wrong one.
+            local_node("keyed", _port(keyed), tmp_path / "keyed-node-state"),
             unreachable_node("gone", tmp_path / "known_hosts"),
             local_node("old", older.port, tmp_path / "old-state"),
             local_node("stranger", stranger.port, tmp_path / "stranger-state"))

@@ -126,8 +126,22 @@ def test_bundled_default_has_the_local_node() -> None:
     assert local.hive_url == "http://127.0.0.1:8080"
     assert local.rbee_path == sysconfig.get_path("scripts")  # this Python's rbee-hive
     assert local.state_dir == os.path.expanduser("~/.rbee/hive")
-    assert local.api_key() is None
+    assert local.api_key_env is None and local.api_key_file is None
     assert inventory.idle_timeout_s == 300
+
+
+def test_a_local_node_without_a_key_gets_one_of_its_own(tmp_path: Path) -> None:
+    """Other users of the machine reach 127.0.0.1 too: the local hive is keyed all the same."""
+    (tmp_path / "inventory.toml").write_text(
+        f'[nodes.local]\nssh = false\nstate_dir = "{tmp_path / "state"}"\n')
+    local = load_inventory(tmp_path / "inventory.toml").get("local")
+    key = local.api_key()
+    assert key and len(key) >= 32
+    assert local.local_key_file == tmp_path / "state" / "hive.key"
+    assert local.local_key_file.stat().st_mode & 0o777 == 0o600
+    assert local.api_key() == key  # made once, then read
+    assert str(local.local_key_file) in (local.api_key_source or "")
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["hive.key"]  # no draft left
 
 
 def test_bundled_copy_matches_the_repository_example() -> None:

@@ -130,7 +130,8 @@ def test_a_worker_that_crashes_while_loading_is_named_and_forgotten(tmp_path: Pa
     keeper = make_keeper(tmp_path, write_crashing_gguf(tmp_path / "crash.gguf"))
     try:
         result = keeper.infer("hello")
-        report = httpx.get(f"http://127.0.0.1:{keeper.port}/v1/workers/list").json()
+        report = httpx.get(f"{keeper.hive_url}/v1/workers/list",
+                           headers=keeper.hive_headers()).json()
     finally:
         keeper.stop_hive()
     assert result.returncode == 1, result.stderr
@@ -170,9 +171,11 @@ def test_idle_timeout_from_the_inventory_and_the_list_after_it(tmp_path: Path,
     hive = f"http://127.0.0.1:{keeper.port}"
     try:
         assert keeper.infer("hello", "--max-tokens", "2").returncode == 0
-        assert httpx.get(f"{hive}/v1/workers/list").json()["idle_timeout_s"] == 1.5
+        assert httpx.get(f"{hive}/v1/workers/list",
+                         headers=keeper.hive_headers()).json()["idle_timeout_s"] == 1.5
         deadline = time.monotonic() + 30
-        while httpx.get(f"{hive}/v1/workers/list").json()["workers"]:
+        while httpx.get(f"{hive}/v1/workers/list",
+                        headers=keeper.hive_headers()).json()["workers"]:
             assert time.monotonic() < deadline, "the worker did not idle out"
             time.sleep(0.2)
         assert len(keeper.registered()) == 1  # the keeper has not looked yet
@@ -191,7 +194,8 @@ def test_workers_list_and_health_tell_what_is_true_now(tmp_path: Path,
         assert keeper.infer("hello", "--max-tokens", "2").returncode == 0
         [registered] = keeper.registered()
         worker_id = registered["worker_id"]
-        [listed] = httpx.get(f"http://127.0.0.1:{keeper.port}/v1/workers/list").json()["workers"]
+        [listed] = httpx.get(f"{keeper.hive_url}/v1/workers/list",
+                             headers=keeper.hive_headers()).json()["workers"]
 
         as_json = rbee(keeper, "workers", "list", "-o", "json")
         assert as_json.returncode == 0, as_json.stderr
