@@ -9,11 +9,7 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from rbee.dataplane.protocol import SSE_DONE, ErrorCode
-
-# DESIGN §4: every stream sends a keep-alive at least every 10 s, so a stream silent this long
-# has a dead or frozen peer. The one place this limit lives (tests lower it).
-SILENCE_LIMIT_S = 30.0
+from rbee.dataplane.protocol import SILENCE_LIMIT_S, SSE_DONE, ErrorCode
 
 
 class RemoteError(Exception):

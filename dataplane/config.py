@@ -6,6 +6,8 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from .protocol import SSE_KEEPALIVE_S
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MODEL_REF = "pkg:gemma3-270m"
 API_KEY_ENV = "RBEE_WORKER_API_KEY"
@@ -34,7 +36,7 @@ class WorkerSettings:
     # report AMX (llama.cpp #20824) and cost nothing measurable when off.
     extra_bufts: bool = False
     drain_timeout_s: float = 30.0  # graceful shutdown waits this long for in-flight streams
-    sse_ping_s: float = 5.0  # keep-alive comment interval on quiet streams (long prefill)
+    sse_ping_s: float = SSE_KEEPALIVE_S  # keep-alive comments on quiet streams (long prefill)
     callback_attempts: int = 5
 
     @property

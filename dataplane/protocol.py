@@ -14,6 +14,10 @@ API_VERSION = "v1"
 VERSION = importlib.metadata.version("rbee")
 
 SSE_DONE = "[DONE]"
+# DESIGN §4: every stream sends a keep-alive at least every 10 s, and every client treats 30 s
+# of silence as a dead (or frozen) peer.
+SSE_KEEPALIVE_S = 5.0
+SILENCE_LIMIT_S = 30.0
 
 
 class ErrorCode(StrEnum):

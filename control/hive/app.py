@@ -20,7 +20,14 @@ from starlette.routing import Route
 
 from rbee.dataplane.http import EXCEPTION_HANDLERS, BearerAuth, BrowserGuard, read_body
 from rbee.dataplane.openapi import OPENAPI_PATH, openapi_route
-from rbee.dataplane.protocol import API_VERSION, SSE_DONE, VERSION, ApiError, ErrorCode
+from rbee.dataplane.protocol import (
+    API_VERSION,
+    SSE_DONE,
+    SSE_KEEPALIVE_S,
+    VERSION,
+    ApiError,
+    ErrorCode,
+)
 
 from .downloads import DownloadError, DownloadManager
 from .logs import LogBuffer
@@ -160,7 +167,7 @@ def create_app(
                 yield json.dumps(event)
             yield SSE_DONE
 
-        return EventSourceResponse(lines(), ping=5, sep="\n")
+        return EventSourceResponse(lines(), ping=SSE_KEEPALIVE_S, sep="\n")
 
     async def model_delete(request: Request) -> Response:
         ref = model_ref_of(request.path_params["ref"])
@@ -182,7 +189,7 @@ def create_app(
             async for line in logs.follow():
                 yield json.dumps(line)
 
-        return EventSourceResponse(lines(), ping=15, sep="\n")
+        return EventSourceResponse(lines(), ping=SSE_KEEPALIVE_S, sep="\n")
 
     async def metrics_endpoint(_request: Request) -> Response:
         counts = {state: 0 for state in ManagedState}
