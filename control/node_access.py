@@ -22,7 +22,7 @@ from rbee.control.hive.config import API_KEY_ENV as HIVE_KEY_ENV
 from .attempts import connect_over_ssh
 from .console import ActionableError
 from .inventory import Node
-from .runner import Runner, make_runner
+from .runner import LocalRunner, Runner, make_runner
 
 HIVE_START_TIMEOUT_S = 20.0
 
@@ -60,18 +60,22 @@ class LocalNodeAccess:
                 suggestion=f"set rbee_path for node {self.name} in {self.node.inventory_path} "
                            "to the folder holding rbee-hive")
         if isinstance(found, str):
-            await self._stop_foreign_hive(found)
+            await self._stop_foreign_hive(found, health.get("pid") if health else None)
             gone = "" if os.path.exists(found) else " (deleted)"
             said = f"Restarted the hive on {self.name}: it ran from {found}{gone}."
         state_dir = Path(self.node.state_dir).expanduser()
         state_dir.mkdir(parents=True, exist_ok=True)
         argv = [str(hive_bin), "daemon", "--addr", f"{self.node.listen}:{self.node.hive_port}",
                 "--state-dir", str(state_dir), "--idle-timeout-s", f"{self.node.idle_timeout_s:g}"]
-        env = dict(os.environ)
+        # The hive reads its key from a 0600 file: a process's first environment stays
+        # readable in /proc/PID/environ, so neither the key nor the variable holding it goes
+        # into the hive's.
+        key_file = self.node.api_key_file or self.node.local_key_file
         if self.node.api_key_env:
-            env[HIVE_KEY_ENV] = self.hive_key or ""  # a local child: the environment is private
-        else:
-            argv += ["--api-key-file", str(self.node.api_key_file or self.node.local_key_file)]
+            await LocalRunner().write_file(str(key_file), (self.hive_key or "").encode())
+        argv += ["--api-key-file", str(key_file)]
+        env = {k: v for k, v in os.environ.items()
+               if k not in (self.node.api_key_env, HIVE_KEY_ENV)}
         with open(state_dir / "hive.log", "ab") as log:
             # Its own session: the hive outlives this command and ignores its Ctrl+C.
             hive = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -83,14 +87,15 @@ class LocalNodeAccess:
             await asyncio.sleep(0.1)
         return said
 
-    async def _stop_foreign_hive(self, found: str) -> None:
+    async def _stop_foreign_hive(self, found: str, answering_pid: object) -> None:
         """Stops the hive of another installation that answers on our port, if it is the one
-        holding our state dir (proven on the node, as `rbee ssh-down` does)."""
+        holding our state dir (proven on the node, as `rbee ssh-down` does): the hive that
+        answered must be the one the pid file proves, or ours would be stopped instead."""
         # Imported here: hive_control reaches nodes through this module.
         from .hive_control import hive_down, running_hive_pid
 
         async with runner_for(self.node) as runner:
-            if await running_hive_pid(self.node, runner) is None:
+            if await running_hive_pid(self.node, runner) != answering_pid:
                 raise ActionableError(
                     f"a hive from another installation answers on {self.hive_address}",
                     f"it runs from {found}, with a state dir other than {self.node.state_dir}",

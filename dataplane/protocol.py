@@ -75,7 +75,7 @@ class ApiError(Exception):
         self.message = message
         self.status = status if status is not None else HTTP_STATUS[code]
         self.details = details or {}
-        self.headers = headers or {}
+        self.headers = dict(headers or {})
         if code is ErrorCode.INVALID_API_KEY:
             # RFC 6750: a 401 names the scheme the client should use.
             self.headers.setdefault("WWW-Authenticate", "Bearer")

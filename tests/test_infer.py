@@ -19,6 +19,7 @@ import pytest
 from conftest import BIN, free_port
 from hive_process import start_hive
 from model_server import ModelServer
+from tinymodel import write_tiny_gguf
 from rbee.control.worker_registry import WorkerRegistry
 
 
@@ -156,6 +157,38 @@ def test_ec3_insufficient_ram(tmp_path: Path, tiny_model: Path) -> None:
     assert "Error: Insufficient RAM on local" in result.stderr
     assert "Required: " in result.stderr and "Available: 1 MB" in result.stderr
     assert "Suggestion: Try a smaller quantized model (Q4 instead of Q8)" in result.stderr
+
+
+def test_a_model_trained_on_a_short_context_runs(tmp_path: Path) -> None:
+    """rbee sends no ctx_size the person did not ask for: the hive runs the model at its
+    trained context (1024 here) instead of refusing a 2048 nobody typed."""
+    short = write_tiny_gguf(tmp_path / "short-ctx.gguf", n_ctx_train=1024)
+    keeper = make_keeper(tmp_path, short)
+    try:
+        result = keeper.infer("hello", "--max-tokens", "2")
+    finally:
+        keeper.stop_hive()
+    assert result.returncode == 0, result.stderr
+    assert "ctx_size" not in result.stderr
+
+
+def test_a_key_from_the_environment_stays_out_of_the_hives(tmp_path: Path,
+                                                           tiny_model: Path) -> None:
+    """api_key_env: the keeper hands the hive its key in a 0600 file, never in its
+    environment (readable in /proc/PID/environ for the process's whole life)."""
+    key = "env-key-0123456789abcdef"
+    keeper = make_keeper(tmp_path, tiny_model, node_extra='api_key_env = "RBEE_LOCAL_KEY"\n')
+    try:
+        result = keeper.infer("hello", "--max-tokens", "2", RBEE_LOCAL_KEY=key)
+        assert result.returncode == 0, result.stderr
+        hive_pid = int((keeper.state_dir / "hive.pid").read_text().split()[0])
+        environ = Path(f"/proc/{hive_pid}/environ").read_bytes()
+        assert key.encode() not in environ and b"RBEE_LOCAL_KEY" not in environ
+        key_file = keeper.state_dir / "hive.key"
+        assert key_file.read_text() == key and key_file.stat().st_mode & 0o777 == 0o600
+        assert httpx.get(f"{keeper.hive_url}/v1/workers/list").status_code == 401
+    finally:
+        keeper.stop_hive()
 
 
 def test_ec4_worker_crash_mid_stream_keeps_the_tokens(keeper: Keeper) -> None:

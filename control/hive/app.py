@@ -93,6 +93,7 @@ def create_app(
         body = {"status": "alive", "version": VERSION, "api_version": API_VERSION}
         if EXECUTABLE and pool.settings.is_loopback:  # a public page: paths only to this host
             body["executable"] = EXECUTABLE
+            body["pid"] = os.getpid()  # which hive answers on this port (the keeper matches it)
         return JSONResponse(body)
 
     async def spawn(request: Request) -> JSONResponse:
