@@ -27,10 +27,15 @@ class HiveClient(ApiClient):
         return await self._object("GET", "/v1/health", "version", timeout_s=timeout_s)
 
     async def spawn(self, model_ref: str, *, backend: str = "cpu", device: int = 0,
-                    slots: int = 1, ctx_size: int = 2048) -> dict[str, Any]:
-        """Starts a worker; answers once it serves (model still loading). May provision first."""
-        body = {"model_ref": model_ref, "backend": backend, "device": device, "slots": slots,
-                "ctx_size": ctx_size}
+                    slots: int = 1, ctx_size: int | None = None) -> dict[str, Any]:
+        """Starts a worker; answers once it serves (model still loading). May provision first.
+
+        Without `ctx_size` the hive picks its default, lowered to the model's trained context;
+        a size sent is one the person asked for, and the hive refuses it past that context."""
+        body: dict[str, Any] = {"model_ref": model_ref, "backend": backend, "device": device,
+                                "slots": slots}
+        if ctx_size is not None:
+            body["ctx_size"] = ctx_size
         # Provisioning a model on spawn can take as long as its download.
         return await self._object("POST", "/v1/workers/spawn", "worker_id", "url", "api_key",
                                   "state", json=body, timeout_s=3600)
