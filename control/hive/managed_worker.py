@@ -27,6 +27,7 @@ import psutil
 from rbee.dataplane.config import API_KEY_ENV as WORKER_KEY_ENV
 from rbee.dataplane.lifecycle import StateMachine
 
+from .process_proof import KILL_WAIT_S
 from .worker_records import WorkerRecord
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ MANAGED_TRANSITIONS: Mapping[ManagedState, frozenset[ManagedState]] = {
 }
 LIVE_STATES = frozenset({M.STARTING, M.LOADING, M.IDLE, M.BUSY, M.UNRESPONSIVE})
 LOG_TAIL_LINES = 20
-KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait to reap the process
 
 
 @dataclass

@@ -11,16 +11,12 @@ Pure Python (fcntl, psutil), so it runs on every node, macOS included (it has no
 from __future__ import annotations
 
 import fcntl
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-# Start times are derived from the boot time, which a clock step moves; a reused pid within
-# this margin of the original's start is not a practical worry.
-START_TIME_TOLERANCE_S = 1.0
-_POLL_S = 0.1
+from .process_proof import alive, started_at, wait_gone
 
 
 class NotProven(RuntimeError):
@@ -49,16 +45,15 @@ class PidRecord:
 
     def process(self) -> psutil.Process | None:
         """The live process this record names; None when it is gone or its pid was reused."""
-        try:
+        if self.started is not None:
+            return started_at(self.pid, self.started)
+        try:  # an older hive wrote only its pid: its command line must be a hive's
             process = psutil.Process(self.pid)
-            if self.started is not None:
-                same = abs(process.create_time() - self.started) <= START_TIME_TOLERANCE_S
-            else:  # an older hive wrote only its pid: its command line must be a hive's
-                argv = process.cmdline()
-                same = "daemon" in argv and any(arg.endswith("rbee-hive") for arg in argv)
-            return process if same and _alive(process) else None
+            argv = process.cmdline()
         except psutil.Error:
             return None
+        is_hive = "daemon" in argv and any(arg.endswith("rbee-hive") for arg in argv)
+        return process if is_hive and alive(process) else None
 
 
 @dataclass(frozen=True)
@@ -107,20 +102,9 @@ def stop(process: psutil.Process, grace_s: float) -> bool:
     try:
         process.terminate()
         process.resume()
-        deadline = time.monotonic() + grace_s
-        while _alive(process):
-            if time.monotonic() > deadline:
-                process.kill()
-                return False
-            time.sleep(_POLL_S)
+        if wait_gone([process], grace_s):
+            return True
+        process.kill()
     except psutil.NoSuchProcess:  # it ended between two looks
-        pass
-    return True
-
-
-def _alive(process: psutil.Process) -> bool:
-    # A zombie has exited; only its parent's wait is missing.
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+        return True
+    return False

@@ -13,16 +13,14 @@ import contextlib
 import json
 import logging
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
 
-log = logging.getLogger(__name__)
+from .process_proof import KILL_WAIT_S, alive, started_at, wait_gone
 
-START_TIME_TOLERANCE_S = 1.0  # boot time, hence start times, can shift under clock adjustments
-SURVIVOR_KILL_WAIT_S = 5.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,11 +48,10 @@ class WorkerRecord:
 
     def process(self) -> psutil.Process | None:
         """The recorded process if it still runs and provably is this worker, else None."""
+        proc = started_at(self.pid, self.create_time)
         try:
-            proc = psutil.Process(self.pid)
-            same = (abs(proc.create_time() - self.create_time) < START_TIME_TOLERANCE_S
-                    and tuple(proc.cmdline()) == self.argv)
-        except psutil.Error:  # gone, a zombie, or not ours to read
+            same = proc is not None and tuple(proc.cmdline()) == self.argv
+        except psutil.Error:  # gone since, or not ours to read
             return None
         return proc if same else None
 
@@ -84,22 +81,11 @@ def stop_survivors(directory: Path) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()  # psutil checks the start time again before it signals
         survivors.append((proc, path))
-    deadline = time.monotonic() + SURVIVOR_KILL_WAIT_S
-    while any(_running(proc) for proc, _ in survivors) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_gone((proc for proc, _ in survivors), KILL_WAIT_S)
     for proc, path in survivors:
-        if _running(proc):
+        if alive(proc):
             # Kept, so the next start tries again; the process is proven to be ours.
-            log.error("worker pid %d still runs %.0f s after SIGKILL", proc.pid,
-                      SURVIVOR_KILL_WAIT_S)
+            log.error("worker pid %d still runs %.0f s after SIGKILL", proc.pid, KILL_WAIT_S)
             continue
         path.unlink(missing_ok=True)
         log.info("worker pid %d stopped", proc.pid)
-
-
-def _running(proc: psutil.Process) -> bool:
-    """A zombie has exited: it waits only for its new parent (init) to reap it."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
