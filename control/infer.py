@@ -22,7 +22,7 @@ import httpx
 
 from rbee.dataplane.protocol import VERSION, ErrorCode
 
-from .api_client import RemoteError
+from .api_client import InvalidResponse, PeerSilent, RemoteError
 from .attempts import cannot_connect, connect_attempts
 from .console import ActionableError, Console, bar
 from .hive_client import HiveClient, provision, show_download
@@ -352,10 +352,10 @@ class Infer:
                     return await self._cancel(client, request_id, tokens)
                 try:
                     event = next_event.result()
-                except StopAsyncIteration:
+                except (StopAsyncIteration, httpx.TransportError):
                     return self._broken_stream(worker, request_id, tokens)
-                except (httpx.TransportError, httpx.RemoteProtocolError):
-                    return self._broken_stream(worker, request_id, tokens)
+                except (PeerSilent, InvalidResponse) as exc:  # frozen, or answering nonsense
+                    return self._broken_stream(worker, request_id, tokens, exc.message)
                 kind = event.get("type")
                 if kind == "token":
                     tokens.append(event["token"])
@@ -389,15 +389,18 @@ class Infer:
             self.console.status("Canceled (worker may still be processing).")
         return EXIT_INTERRUPTED
 
-    def _broken_stream(self, worker: RegisteredWorker, request_id: str, tokens: list[str]) -> int:
-        """EC4: the stream ended without its terminal event; keep what arrived."""
+    def _broken_stream(self, worker: RegisteredWorker, request_id: str, tokens: list[str],
+                       why: str | None = None) -> int:
+        """EC4: the stream ended without its terminal event; keep what arrived. `why`, when
+        known, is a detail line (a worker that fell silent, or answered nonsense)."""
         self.console.end_answer()
         try:
             saved = f"Partial result saved to: {save_partial(request_id, ''.join(tokens))}"
         except OSError as exc:
             saved = f"Partial result not saved: {exc.strerror or exc}"
         self.registry.remove(worker.worker_id)
-        self.console.error("SSE stream closed unexpectedly", saved,
+        self.console.error("SSE stream closed unexpectedly",
+                           *([why[:1].upper() + why[1:]] if why else []), saved,
                            f"Tokens generated: {len(tokens)} / {self.request.max_tokens}",
                            suggestion=f"the worker may have crashed: `rbee logs --node "
                                       f"{self.node.name}`")

@@ -144,12 +144,14 @@ def test_a_stopped_hive_is_not_answering_within_the_probe_deadline(
 class Collector:
     def __init__(self) -> None:
         self.first_token = asyncio.Event()
+        self.tokens: list[str] = []
         self.errors: list[ActionableError] = []
 
     def status(self, text: str) -> None:
         pass
 
     def token(self, text: str, stats: StreamStats) -> None:
+        self.tokens.append(text)
         self.first_token.set()
 
     def failed(self, error: ActionableError) -> None:
@@ -159,9 +161,11 @@ class Collector:
 def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
         tmp_path: Path, tiny_model: Path, spawn_worker, registry: WorkerRegistry,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """`rbee infer`'s stream from a worker that is SIGSTOPped mid-answer: an error that says
-    the worker stopped answering, once the silence limit has passed (lowered to 2 s here)."""
+    """`rbee infer`'s stream from a worker that is SIGSTOPped mid-answer: once the silence
+    limit has passed (lowered to 2 s here), EC4's words, saying the worker stopped answering,
+    with the tokens that arrived saved and counted; the worker is forgotten."""
     monkeypatch.setattr(api_client, "SILENCE_LIMIT_S", 2.0)
+    monkeypatch.setenv("RBEE_HOME", str(tmp_path / "home"))
     worker = spawn_worker(tiny_model, "--worker-id", "w-frozen", "--ctx-size", str(LONG_CTX))
     ref = f"file:{tiny_model}"
     node = write_inventory(tmp_path / "inventory.toml",
@@ -189,7 +193,14 @@ def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
         frozen.resume()
     assert code == 1
     [error] = listener.errors
-    assert error.message == "the worker stopped answering for 2 s"
+    assert error.message == "SSE stream closed unexpectedly"
+    why, saved, generated = error.details
+    assert why == "The worker stopped answering for 2 s"
+    [partial] = (tmp_path / "home" / "partial").iterdir()
+    assert saved == f"Partial result saved to: {partial}"
+    assert partial.read_text() == "".join(listener.tokens)
+    assert generated == f"Tokens generated: {len(listener.tokens)} / 8192"
+    assert listener.tokens and registry.get("w-frozen") is None
     assert 2 <= took < 5
 
 
