@@ -135,6 +135,9 @@ def stop(state_dir: str, timeout_s: float) -> None:
     except psutil.AccessDenied:
         raise click.ClickException(f"not allowed to signal rbee-hive (pid {pid}): it runs as "
                                    "another user") from None
+    except psutil.TimeoutExpired as exc:
+        raise click.ClickException(f"rbee-hive (pid {pid}) still runs {exc.seconds:g} s after "
+                                   "SIGKILL (stuck in the kernel?): see `rbee-hive pid`") from None
     if stopped:
         click.echo(f"rbee-hive stopped (pid {pid})")
     else:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
+
+import psutil
 
 from conftest import BIN, free_port
 from hive_process import start_hive
 from test_hive_app import provision
+
+from rbee.control.hive import pidfile
+from rbee.control.hive.process_proof import alive
 
 
 def run_hive(*args: str) -> subprocess.CompletedProcess[str]:
@@ -70,3 +76,27 @@ def test_status_and_models_list(tmp_path: Path, tiny_model: Path) -> None:
         assert hive.stop() == 0
     down = run_hive("status", "--addr", addr)
     assert down.returncode == 1 and "no hive answers" in down.stderr
+
+
+# Ignores SIGTERM, and holds 100 MB it wrote: a SIGKILLed process takes a moment to be gone.
+_STUBBORN = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+held = b"x" * (100 << 20)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_stop_returns_once_the_killed_process_is_gone() -> None:
+    # else a hive started right after `rbee-hive stop` finds the old one still running
+    child = subprocess.Popen([sys.executable, "-c", _STUBBORN], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        process = psutil.Process(child.pid)
+        assert pidfile.stop(process, grace_s=0.2) is False  # it ignored SIGTERM: killed
+        assert not alive(process)
+    finally:
+        child.kill()
+        child.wait()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from .process_proof import alive, started_at, wait_gone
+from .process_proof import KILL_WAIT_S, alive, started_at, wait_gone
 
 
 class NotProven(RuntimeError):
@@ -98,7 +98,10 @@ def check(path: Path) -> HiveCheck:
 
 def stop(process: psutil.Process, grace_s: float) -> bool:
     """SIGTERM (the hive then stops its workers), SIGKILL past `grace_s`; True when it
-    ended by itself. SIGCONT too: a stopped (SIGSTOP) process handles no SIGTERM."""
+    ended by itself. SIGCONT too: a stopped (SIGSTOP) process handles no SIGTERM.
+
+    Returns once the process is gone (or KILL_WAIT_S after SIGKILL), so that a hive started
+    right after does not find the old one still holding the pid file."""
     try:
         process.terminate()
         process.resume()
@@ -107,4 +110,6 @@ def stop(process: psutil.Process, grace_s: float) -> bool:
         process.kill()
     except psutil.NoSuchProcess:  # it ended between two looks
         return True
+    if not wait_gone([process], KILL_WAIT_S):
+        raise psutil.TimeoutExpired(KILL_WAIT_S, process.pid)
     return False
