@@ -132,6 +132,23 @@ def test_the_next_hive_stops_a_proven_survivor_and_nothing_else(
         decoy.wait()
 
 
+def test_a_worker_that_re_execs_is_recorded_as_it_runs_and_proven(
+        tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]) -> None:
+    # As a macOS framework Python's venv re-execs .../Python.app/Contents/MacOS/Python: the
+    # process runs another command line than the one the hive started.
+    launcher = tmp_path / "launcher"
+    launcher.write_text(f'#!/bin/sh\nexec "{BIN / "python"}" -m rbee.dataplane "$@"\n')
+    launcher.chmod(0o755)
+    hive = start_hive_with_settings(tmp_path / "hive", worker_command=[str(launcher)])
+    hives.append(hive)
+    assert spawn(hive, tiny_model).status_code == 200
+    [path] = records(hive)
+    record = WorkerRecord.load(path)
+    running = psutil.Process(listed(hive)[0]["pid"])
+    assert record.argv == tuple(running.cmdline()) and record.argv[0] != str(launcher)
+    assert record.process() == running  # the next hive would prove it, not call it stale
+
+
 def test_a_frozen_worker_is_unresponsive_at_once_then_killed_and_reaped(
         tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]) -> None:
     # Short bounds so three missed checks take seconds; the defaults are 30 s and 5 s.

@@ -89,7 +89,6 @@ class ManagedWorker:
     health_failures: int = 0
     error: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    _argv: tuple[str, ...] = field(default=(), repr=False)
     serving: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def __post_init__(self) -> None:
@@ -138,7 +137,6 @@ class ManagedWorker:
                 bufsize=0,  # unbuffered stdin: a worker that died at once fails the write only
             )
         self.pid = self._proc.pid
-        self._argv = tuple(argv)
         self._write_record()
         assert self._proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):  # it died at once; the spawn sees it exit
@@ -149,16 +147,20 @@ class ManagedWorker:
     def serving_at(self, url: str) -> None:
         self.url = url
         if self.exited() is None:
-            self._write_record()
+            self._write_record()  # its command line is final now (see _write_record)
 
     def _write_record(self) -> None:
+        """Records the process as the system shows it, not the argv it was started with: a
+        launcher may re-exec (a macOS framework Python's venv runs .../Python.app/Contents/
+        MacOS/Python), and the next hive compares against what psutil reports."""
         assert self.pid is not None
         try:
-            started = psutil.Process(self.pid).create_time()
+            process = psutil.Process(self.pid)
+            started, argv = process.create_time(), tuple(process.cmdline())
         except psutil.Error:
-            return  # already gone and reaped: nothing can survive
+            return  # already gone (or a zombie): nothing can survive
         try:
-            WorkerRecord(self.worker_id, self.pid, started, self._argv, self.spec.model_ref,
+            WorkerRecord(self.worker_id, self.pid, started, argv, self.spec.model_ref,
                          self.url).write(self.record_path)
         except OSError as exc:  # the worker still dies with the hive; only the safety net is off
             log.warning("worker %s: cannot write its record %s: %s", self.worker_id,

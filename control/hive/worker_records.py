@@ -1,10 +1,11 @@
 """One file per running worker, so a hive that starts after a crash finds the survivors.
 
-`state_dir/workers/<worker_id>.json` holds what proves a process is that worker: its pid, its
-start time and its exact command line (never its key). A worker normally dies with its hive
-(dataplane/parent_watch.py); these records catch the rest (say, a worker stuck in the kernel
-when its hive was killed). A starting hive stops every survivor it can prove is its worker and
-leaves every other process alone, whatever pid a stale record names.
+`state_dir/workers/<worker_id>.json` holds what proves a process is that worker: its pid,
+its start time and its exact command line as psutil reports it (never its key). A worker
+normally dies with its hive (dataplane/parent_watch.py); these records catch the rest (say, a
+worker stuck in the kernel when its hive was killed). A starting hive stops every survivor it
+can prove is its worker and leaves every other process alone, whatever pid a stale record
+names.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class WorkerRecord:
     worker_id: str
     pid: int
     create_time: float  # psutil's process start time
-    argv: tuple[str, ...]
+    argv: tuple[str, ...]  # psutil's cmdline(), which a re-exec may make differ from the spawn's
     model_ref: str
     url: str = ""
 
