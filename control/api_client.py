@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from httpx_sse import aconnect_sse
+from httpx_sse import SSEError, aconnect_sse
 
 from rbee.dataplane.protocol import SILENCE_LIMIT_S, SSE_DONE, ErrorCode
 
@@ -38,6 +38,13 @@ class PeerSilent(RemoteError):
     def __init__(self, peer: str, silent_s: float) -> None:
         super().__init__(ErrorCode.CONNECTION_TIMEOUT,
                          f"{peer} stopped answering for {silent_s:g} s")
+
+
+def error_message(event: dict[str, Any]) -> str | None:
+    """The message of an event's error object (DESIGN §4); None when it has none."""
+    error = event.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else None
 
 
 def raise_for_error(response: httpx.Response) -> None:
@@ -129,3 +136,5 @@ class ApiClient:
                     yield event
         except httpx.ReadTimeout:
             raise PeerSilent(self.peer, silence_s) from None
+        except SSEError:  # a 2xx answer that is not an event stream
+            raise InvalidResponse(self.peer, path) from None

@@ -7,12 +7,15 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from .api_client import ApiClient, InvalidResponse
+from .api_client import ApiClient, InvalidResponse, error_message
 from .console import ActionableError, Console, bar
 
 # What the keeper reads of each listed worker and log line (more fields are tolerated).
 WORKER_KEYS = ("worker_id", "model_ref", "state", "slots_busy", "slots_total", "url")
 LOG_LINE_KEYS = ("ts", "level", "logger", "message")
+# The numbers of a download progress event (each may be absent; bytes_total may be null).
+PROGRESS_NUMBERS = ("bytes_downloaded", "bytes_total", "speed_mbps", "attempt", "attempts",
+                    "delay_ms")
 
 
 class HiveClient(ApiClient):
@@ -66,7 +69,10 @@ class HiveClient(ApiClient):
     async def download_progress(self, download_id: str) -> AsyncIterator[dict[str, Any]]:
         path = "/v1/models/download/progress"
         async for event in self._sse("GET", path, params={"id": download_id}):
-            if event.get("stage") == "complete" and not isinstance(event.get("local_path"), str):
+            stage = event.get("stage")
+            if (stage == "complete" and not isinstance(event.get("local_path"), str)
+                    or stage == "failed" and error_message(event) is None
+                    or not all(_number(event.get(key, 0)) for key in PROGRESS_NUMBERS)):
                 raise InvalidResponse(self.peer, path)
             yield self._objects([event], path, "stage")[0]
 
@@ -77,6 +83,10 @@ class HiveClient(ApiClient):
     async def follow_logs(self) -> AsyncIterator[dict[str, Any]]:
         async for line in self._sse("GET", "/v1/logs", params={"follow": "true"}):
             yield self._objects([line], "/v1/logs", *LOG_LINE_KEYS)[0]
+
+
+def _number(value: object) -> bool:
+    return value is None or isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

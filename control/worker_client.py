@@ -8,7 +8,9 @@ from typing import Any
 
 from rbee.dataplane.protocol import ErrorCode
 
-from .api_client import ApiClient, RemoteError
+from .api_client import ApiClient, InvalidResponse, RemoteError, error_message
+
+LAYER_KEYS = ("layers_loaded", "layers_total")  # of a loading_to_vram event
 
 
 class WorkerClient(ApiClient):
@@ -21,8 +23,15 @@ class WorkerClient(ApiClient):
         return await self._object("GET", "/v1/ready", "ready")
 
     async def loading_progress(self) -> AsyncIterator[dict[str, Any]]:
-        async for data in self._sse("GET", "/v1/loading/progress"):
-            yield data
+        """The loading SSE events, each checked for the fields the keeper reads."""
+        path = "/v1/loading/progress"
+        async for event in self._sse("GET", path):
+            stage = event.get("stage")
+            counted = all(isinstance(event.get(key), int) for key in LAYER_KEYS)
+            if (stage == "loading_to_vram" and not counted
+                    or stage == "failed" and error_message(event) is None):
+                raise InvalidResponse(self.peer, path)
+            yield event
 
     async def wait_ready(
         self, *, timeout_s: float, on_progress: Callable[[dict[str, Any]], None] | None = None
@@ -34,9 +43,9 @@ class WorkerClient(ApiClient):
                 if on_progress:
                     on_progress(event)
                 if event.get("stage") == "failed":
-                    error = event.get("error", {})
+                    error = event["error"]
                     raise RemoteError(error.get("code", ErrorCode.BACKEND_UNAVAILABLE),
-                                      error.get("message", "loading failed"))
+                                      error["message"])
                 if event.get("stage") == "ready":
                     return
 
@@ -49,8 +58,13 @@ class WorkerClient(ApiClient):
     async def stream(self, prompt: str, **params: Any) -> AsyncIterator[dict[str, Any]]:
         """The inference SSE events (started, token…, done or error) of one request."""
         body = {"prompt": prompt, "stream": True, **params}
-        async for data in self._sse("POST", "/v1/inference", json=body):
-            yield data
+        path = "/v1/inference"
+        async for event in self._sse("POST", path, json=body):
+            kind = event.get("type")
+            if (kind == "token" and not isinstance(event.get("token"), str)
+                    or kind == "error" and error_message(event) is None):
+                raise InvalidResponse(self.peer, path)
+            yield event
 
     async def cancel(self, request_id: str, *, timeout_s: float | None = None) -> None:
         await self._json("DELETE", f"/v1/inference/{request_id}", timeout_s=timeout_s)

@@ -36,7 +36,8 @@ GARBAGE = b"<html>502 Bad Gateway, from a proxy</html>"
 
 class StandIn:
     """A loopback server answering each path with a fixed 200 body (what it is not given
-    gets HEALTH on /v1/health and GARBAGE elsewhere): a hive that answers nonsense."""
+    gets HEALTH on /v1/health and GARBAGE elsewhere): a hive that answers nonsense. A body
+    of `data:` lines goes out as an event stream."""
 
     def __init__(self, **bodies: bytes) -> None:
         answers = {"/v1/health": HEALTH, **{k.replace("_", "/"): v for k, v in bodies.items()}}
@@ -47,6 +48,8 @@ class StandIn:
                 self.rfile.read(length)
                 body = answers.get(self.path.split("?")[0], GARBAGE)
                 self.send_response(200)
+                if body.startswith(b"data:"):
+                    self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -81,7 +84,13 @@ def _rbee(inventory: Path, home: Path, *args: str) -> subprocess.CompletedProces
     ({}, ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
     ({"_v1_models_download": b'{"local_path": "/models/x.gguf"}'},
      ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
-], ids=["models-not-json", "models-wrong-shape", "download-not-json", "spawn-not-json"])
+    ({"_v1_models_download": b'{"download_id": "d-1"}',
+      "_v1_models_download_progress": b'data: {"stage": "failed", "error": "disk full"}\n\n'},
+     ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
+    ({"_v1_models_download": b'{"download_id": "d-1"}', "_v1_models_download_progress": GARBAGE},
+     ("models", "download", "--node", "garbled", "file:/models/x.gguf")),
+], ids=["models-not-json", "models-wrong-shape", "download-not-json", "spawn-not-json",
+        "download-failed-garbled", "download-progress-not-sse"])
 def test_a_garbled_answer_is_named_not_a_traceback(tmp_path: Path, bodies: dict[str, bytes],
                                                   command: tuple[str, ...]) -> None:
     stand_in = StandIn(**bodies)
@@ -202,6 +211,41 @@ def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
     assert generated == f"Tokens generated: {len(listener.tokens)} / 8192"
     assert listener.tokens and registry.get("w-frozen") is None
     assert 2 <= took < 5
+
+
+@pytest.mark.parametrize("garbled", [
+    b'data: {"type": "token", "token": 7, "index": 1}\n\n',
+    b'data: {"type": "error", "error": "out of memory"}\n\n',
+], ids=["token", "error"])
+def test_a_garbled_event_mid_stream_keeps_the_tokens(
+        tmp_path: Path, registry: WorkerRegistry, monkeypatch: pytest.MonkeyPatch,
+        garbled: bytes) -> None:
+    """A worker whose stream turns to nonsense after a token: EC4's words, naming the
+    garbled answer, with the token that arrived saved; never a traceback."""
+    monkeypatch.setenv("RBEE_HOME", str(tmp_path / "home"))
+    stand_in = StandIn(_health=b'{"worker_id": "w-garbled", "state": "idle"}',
+                       _v1_inference=b'data: {"type": "token", "token": "Hi", "index": 0}\n\n'
+                                     + garbled)
+    ref = "file:/models/x.gguf"
+    node = write_inventory(tmp_path / "inventory.toml",
+                           local_node("local", free_port(), tmp_path / "s")).get("local")
+    registry.record(RegisteredWorker(
+        worker_id="w-garbled", node="local", model_ref=ref,
+        url=f"http://127.0.0.1:{stand_in.port}", api_key="", backend="cpu", device=0,
+        state="idle", created_at=time.time(), last_health_check=None))
+    registry.mark_healthy("w-garbled", "idle")
+    listener = Collector()
+    try:
+        code = asyncio.run(InferStream(node, InferRequest("hi", ref), registry, listener).run())
+    finally:
+        stand_in.stop()
+    assert code == 1 and listener.tokens == ["Hi"]
+    [error] = listener.errors
+    assert error.message == "SSE stream closed unexpectedly"
+    assert error.details[0] == "Invalid response from the worker"
+    assert error.details[2] == "Tokens generated: 1 / 20"
+    [partial] = (tmp_path / "home" / "partial").iterdir()
+    assert partial.read_text() == "Hi"
 
 
 # ----------------------------------------------------------------- the local installation
