@@ -174,6 +174,26 @@ def test_a_frozen_worker_is_unresponsive_at_once_then_killed_and_reaped(
     assert hive.worker_pids() == [] and records(hive) == []
 
 
+def test_a_frozen_worker_shut_down_gets_sigterm_at_once_not_after_the_graceful_period(
+        tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]) -> None:
+    hive = start_hive_with_settings(tmp_path / "hive", graceful_stop_s=30.0,
+                                    terminate_stop_s=1.0, health_interval_s=600.0)
+    hives.append(hive)
+    worker_id = spawn(hive, tiny_model).json()["worker_id"]
+    wait_for(lambda: listed(hive)[0]["state"] == "idle", 30, "worker idle")
+    proc = psutil.Process(listed(hive)[0]["pid"])
+    proc.suspend()  # SIGSTOP: it takes no shutdown request (which times out in 5 s)
+    started = time.monotonic()
+    with hive.client() as client:
+        r = client.post(f"/v1/workers/{worker_id}/shutdown")
+    took = time.monotonic() - started
+    assert r.status_code == 200 and r.json()["state"] == "stopped", r.text
+    print(f"a frozen worker stopped in {took:.1f} s")
+    assert took < 15  # the request's 5 s and terminate_stop_s, not graceful_stop_s's 30
+    assert f"worker {worker_id}: shutdown request failed" in hive.log()
+    assert gone(proc) and listed(hive) == [] and records(hive) == []
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 def test_the_worker_key_is_in_neither_its_environ_nor_its_argv(
         tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]) -> None:

@@ -195,15 +195,23 @@ class ManagedWorker:
             return None
 
     async def stop(self, client: httpx.AsyncClient, *, graceful_s: float, terminate_s: float) -> None:
-        """Graceful shutdown, then SIGTERM, then SIGKILL; returns once the process is gone."""
+        """Graceful shutdown, then SIGTERM, then SIGKILL; returns once the process is gone.
+
+        A worker that did not take the shutdown request (frozen, or not serving) is not
+        draining: it gets SIGTERM at once, not after the graceful period."""
         self.to(M.DRAINING)
+        asked = False
         if self.exited() is None and self.url:
             try:
-                await client.post(f"{self.url}/v1/admin/shutdown",
-                                  headers={"Authorization": f"Bearer {self.api_key}"}, timeout=5)
+                response = await client.post(
+                    f"{self.url}/v1/admin/shutdown",
+                    headers={"Authorization": f"Bearer {self.api_key}"}, timeout=5)
+                response.raise_for_status()
+                asked = True
             except httpx.HTTPError as exc:
-                log.warning("worker %s: shutdown request failed: %s", self.worker_id, exc)
-        if not await self._wait_exit(graceful_s if self.url else 0):
+                log.warning("worker %s: shutdown request failed (%s): SIGTERM", self.worker_id,
+                            exc)
+        if not await self._wait_exit(graceful_s if asked else 0):
             self._signal(signal.SIGTERM)
             if not await self._wait_exit(terminate_s):
                 log.warning("worker %s did not stop: SIGKILL", self.worker_id)
