@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,6 +21,7 @@ from hypercorn.asyncio import serve
 from rbee.dataplane.http import server_config
 from rbee.dataplane.protocol import VERSION
 
+from . import pidfile
 from .app import create_app
 from .catalog import ModelCatalog
 from .config import HiveSettings
@@ -69,6 +71,8 @@ def pid_lock(path: Path) -> Iterator[None]:
 
 
 async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
+    """Serves until SIGTERM or SIGINT. The caller holds pid_lock(settings.pid_path)."""
+    _check_pid_lock_held(settings.pid_path)
     settings = replace(settings, port=sock.getsockname()[1])
     loop = asyncio.get_running_loop()
     logs = LogBuffer(settings.log_buffer_lines, loop)
@@ -76,7 +80,8 @@ async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    # Before anything else: the pid lock proves no other hive owns these records.
+    # Before anything else: the pid lock (checked above) proves no other hive owns these
+    # records.
     stop_survivors(settings.workers_dir)
 
     async with httpx.AsyncClient() as http:
@@ -102,6 +107,17 @@ async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
             catalog.close()
             logging.getLogger().removeHandler(logs)
             log.info("stopped")
+
+
+def _check_pid_lock_held(path: Path) -> None:
+    """Refuses to run unless this process holds the pid lock: without it, another hive may
+    own the worker records that run_hive reads, and stop its workers."""
+    try:
+        holder = pidfile.check(path).hive
+    except pidfile.NotProven:
+        holder = None
+    if holder is None or holder.pid != os.getpid():
+        raise RuntimeError(f"run_hive needs the pid lock on {path}: take it with pid_lock()")
 
 
 async def _every(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
