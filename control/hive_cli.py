@@ -16,7 +16,7 @@ import httpx
 
 from rbee.dataplane.protocol import VERSION
 
-from .hive.config import API_KEY_ENV, DEFAULT_ADDR, DEFAULT_STATE_DIR, HiveSettings
+from .hive.config import API_KEY_ENV, DEFAULT_ADDR, DEFAULT_STATE_DIR, KEY_FILE, HiveSettings
 
 if TYPE_CHECKING:
     from .hive.pidfile import HiveCheck
@@ -85,12 +85,14 @@ def daemon(addr: str, state_dir: str, idle_timeout_s: float, health_interval_s: 
 
 @main.command()
 @click.option("--addr", default=DEFAULT_ADDR, show_default=True)
+@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True,
+              help=f"Where to find the key rbee made ({KEY_FILE}).")
 @click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help=f"The hive's key (mode 0600). Default: ${API_KEY_ENV}, else the key the "
-                   f"keeper made in {DEFAULT_STATE_DIR}/hive.key, if any.")
-def status(addr: str, api_key_file: Path | None) -> None:
+              help=f"The hive's key (mode 0600). Default: ${API_KEY_ENV}, else the key rbee "
+                   f"made in the state dir ({KEY_FILE}), if any.")
+def status(addr: str, state_dir: str, api_key_file: Path | None) -> None:
     """Is the hive on this node up, and what runs on it."""
-    made = Path(DEFAULT_STATE_DIR).expanduser() / "hive.key"
+    made = HiveSettings(state_dir=Path(state_dir).expanduser()).key_path
     if api_key_file is None and not os.environ.get(API_KEY_ENV) and made.is_file():
         api_key_file = made
     body = _get(addr, "/v1/workers/list", api_key_file)

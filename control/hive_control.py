@@ -11,6 +11,7 @@ from rbee.dataplane.protocol import VERSION
 
 from .api_client import RemoteError
 from .console import ActionableError
+from .hive.config import KEY_FILE
 from .hive_cli import NOT_RUNNING_EXIT
 from .hive_client import HiveClient
 from .install_plan import Installer, RunnerTransport, Say
@@ -130,8 +131,9 @@ async def hive_up(node: Node, runner: Runner, say: Say, *,
     if key:
         # The key travels by SFTP into a 0600 file: sshd drops client environment variables,
         # and argv is visible to every user of the node.
-        await runner.write_file(f"{state_dir}/hive.key", key.encode(), mode=0o600)
-        argv += ["--api-key-file", f"{state_dir}/hive.key"]
+        key_file = f"{state_dir}/{KEY_FILE}"
+        await runner.write_file(key_file, key.encode(), mode=0o600)
+        argv += ["--api-key-file", key_file]
     say(f"{node.name}: starting rbee-hive")
     await runner.run(["mkdir", "-p", state_dir], timeout_s=PROBE_TIMEOUT_S, check=True)
     pid = await runner.start_detached(argv, log_path=f"{state_dir}/hive.log", append=True)

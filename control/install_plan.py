@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from .console import ActionableError
+from .hive.config import KEY_FILE
 from .inventory import Node
 from .runner import CommandResult, Runner, RunnerError
 from .wheel import build_wheel, wheel_version
@@ -153,7 +154,7 @@ def install_steps(node: Node, wheel: Path, home: str, *, bundled_model: bool,
     key = node.api_key()
     if key:
         steps.append(Upload("writing the hive's API key file (mode 0600)", key.encode(),
-                            f"{_on_node(node.state_dir, home)}/hive.key", 0o600))
+                            f"{_on_node(node.state_dir, home)}/{KEY_FILE}", 0o600))
     steps.append(Command(f"checking `rbee-hive --version` is {version}",
                          (f"{venv}/bin/rbee-hive", "--version"), CHECK_TIMEOUT_S,
                          expect=f"version {version}"))

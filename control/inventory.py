@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rbee.control.hive.config import DEFAULT_STATE_DIR
+from rbee.control.hive.config import DEFAULT_STATE_DIR, KEY_FILE
 from rbee.dataplane.config import is_loopback_host
 
 INVENTORY_ENV = "RBEE_INVENTORY"
@@ -199,7 +199,7 @@ class Node:
     @property
     def local_key_file(self) -> Path:
         """The local hive's own key when the inventory configures none."""
-        return Path(self.state_dir).expanduser() / "hive.key"
+        return Path(self.state_dir).expanduser() / KEY_FILE
 
     def api_key(self) -> str | None:
         """The node's API key, or None when none is configured."""

@@ -15,6 +15,8 @@ import psutil
 
 from conftest import BIN, free_port
 
+from rbee.control.hive.config import KEY_FILE
+
 
 @dataclass
 class HiveProcess:
@@ -60,7 +62,7 @@ def start_hive(state_dir: Path, *args: str, api_key: str | None = None,
     argv = [str(BIN / "rbee-hive"), "daemon", "--addr", f"127.0.0.1:{port}",
             "--state-dir", str(state_dir), *args]
     if api_key:
-        key_file = state_dir / "hive.key"
+        key_file = state_dir / KEY_FILE
         key_file.write_text(api_key)
         key_file.chmod(0o600)
         argv += ["--api-key-file", str(key_file)]

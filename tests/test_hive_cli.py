@@ -64,11 +64,12 @@ def test_bad_addr_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_status_and_models_list(tmp_path: Path, tiny_model: Path) -> None:
-    hive = start_hive(tmp_path / "state")
+    hive = start_hive(tmp_path / "state", api_key="status-key-0123456789")
     try:
         addr = hive.url.removeprefix("http://")
-        status = run_hive("status", "--addr", addr)
-        assert status.returncode == 0 and "0 worker(s)" in status.stdout
+        # the key is found in the state dir's key file
+        status = run_hive("status", "--addr", addr, "--state-dir", str(tmp_path / "state"))
+        assert status.returncode == 0 and "0 worker(s)" in status.stdout, status.stderr
         provision(hive, f"file:{tiny_model}")
         listed = run_hive("models", "list", "--state-dir", str(tmp_path / "state"))
         assert f"file:{tiny_model}" in listed.stdout

@@ -21,6 +21,7 @@ from conftest import BIN, free_port
 from sshd import FakeNode, start_sshd
 
 from rbee.control.cluster import NODE_PROBE_TIMEOUT_S
+from rbee.control.hive.config import KEY_FILE
 from rbee.control.hive.pidfile import PidRecord
 from rbee.control.hive_control import ANSWER_TIMEOUT_S
 
@@ -182,7 +183,7 @@ def test_a_node_listening_on_every_address_is_reached_directly(tmp_path: Path,
     try:
         up = operator.rbee("ssh-up", "direct", RBEE_DIRECT_KEY=key)
         assert up.returncode == 0, up.stderr
-        key_file = state / "hive.key"
+        key_file = state / KEY_FILE
         assert key_file.read_text() == key and key_file.stat().st_mode & 0o777 == 0o600
         pid = _recorded_pid(state)
         assert key not in Path(f"/proc/{pid}/cmdline").read_text()

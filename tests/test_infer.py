@@ -20,6 +20,7 @@ from conftest import BIN, free_port
 from hive_process import start_hive
 from model_server import ModelServer
 from tinymodel import write_tiny_gguf
+from rbee.control.hive.config import KEY_FILE
 from rbee.control.worker_registry import WorkerRegistry
 
 
@@ -55,7 +56,7 @@ class Keeper:
 
     def hive_headers(self) -> dict[str, str]:
         """The key rbee made for the local hive it started (none is configured)."""
-        return {"Authorization": f"Bearer {(self.state_dir / 'hive.key').read_text().strip()}"}
+        return {"Authorization": f"Bearer {(self.state_dir / KEY_FILE).read_text().strip()}"}
 
     def registered(self) -> list[dict]:
         with sqlite3.connect(self.home / "workers.db") as db:

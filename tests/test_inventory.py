@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rbee.control.hive.config import KEY_FILE
 from rbee.control.inventory import (
     DEFAULT_RBEE_PATH,
     InventoryError,
@@ -137,11 +138,11 @@ def test_a_local_node_without_a_key_gets_one_of_its_own(tmp_path: Path) -> None:
     local = load_inventory(tmp_path / "inventory.toml").get("local")
     key = local.api_key()
     assert key and len(key) >= 32
-    assert local.local_key_file == tmp_path / "state" / "hive.key"
+    assert local.local_key_file == tmp_path / "state" / KEY_FILE
     assert local.local_key_file.stat().st_mode & 0o777 == 0o600
     assert local.api_key() == key  # made once, then read
     assert str(local.local_key_file) in (local.api_key_source or "")
-    assert [p.name for p in (tmp_path / "state").iterdir()] == ["hive.key"]  # no draft left
+    assert [p.name for p in (tmp_path / "state").iterdir()] == [KEY_FILE]  # no draft left
 
 
 def test_bundled_copy_matches_the_repository_example() -> None:

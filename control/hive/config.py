@@ -11,6 +11,7 @@ from rbee.dataplane.config import is_loopback_host
 DEFAULT_ADDR = "127.0.0.1:8080"
 DEFAULT_STATE_DIR = "~/.rbee/hive"
 API_KEY_ENV = "RBEE_HIVE_API_KEY"
+KEY_FILE = "hive.key"  # the hive's key in its state dir (mode 0600), as rbee writes it
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class HiveSettings:
     @property
     def pid_path(self) -> Path:
         return self.state_dir / "hive.pid"
+
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / KEY_FILE
 
     @property
     def local_url(self) -> str:
