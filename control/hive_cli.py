@@ -21,8 +21,6 @@ from .hive.config import API_KEY_ENV, DEFAULT_ADDR, DEFAULT_STATE_DIR, KEY_FILE,
 if TYPE_CHECKING:
     from .hive.pidfile import HiveCheck
 
-NOT_RUNNING_EXIT = 3  # `rbee-hive pid`: no hive runs with that state dir (1 is an error)
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(VERSION, prog_name="rbee-hive")
@@ -109,6 +107,8 @@ def pid(state_dir: str) -> None:
     """The pid of the hive running with this state dir; exit 3 when none runs.
 
     Proven by the pid file's lock and recorded start time, never by the pid alone."""
+    from .hive.pidfile import NOT_RUNNING_EXIT
+
     running = _running_hive(state_dir)
     if running.hive is None:
         click.echo(running.not_running())

@@ -12,7 +12,7 @@ from rbee.dataplane.protocol import VERSION
 from .api_client import RemoteError
 from .console import ActionableError
 from .hive.config import KEY_FILE
-from .hive_cli import NOT_RUNNING_EXIT
+from .hive.pidfile import NOT_RUNNING_EXIT
 from .hive_client import HiveClient
 from .install_plan import Installer, RunnerTransport, Say
 from .inventory import Node

@@ -18,6 +18,8 @@ import psutil
 
 from .process_proof import KILL_WAIT_S, alive, started_at, wait_gone
 
+NOT_RUNNING_EXIT = 3  # `rbee-hive pid`: no hive runs with that state dir (1 is an error)
+
 
 class NotProven(RuntimeError):
     """A hive holds the pid file, but the file does not name it (it may be starting)."""
