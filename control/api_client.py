@@ -33,7 +33,8 @@ class InvalidResponse(RemoteError):
 
 
 class PeerSilent(RemoteError):
-    """The peer sent nothing, not even a keep-alive, for the whole silence limit."""
+    """The peer sent nothing, not even a keep-alive, for the whole silence limit (or, for a
+    call that takes long by nature, its own deadline)."""
 
     def __init__(self, peer: str, silent_s: float) -> None:
         super().__init__(ErrorCode.CONNECTION_TIMEOUT,

@@ -348,9 +348,20 @@ async def ssh_down(node: Node, say: Say) -> str:
     return await _with_runner(node, hive_down, say)
 
 
-async def spawn_worker(node: Node, model_ref: str, registry: WorkerRegistry) -> str:
-    """Starts a worker for `model_ref` (its model still loading) and registers it; its id."""
-    spawned = await with_hive(node, lambda hive: hive.spawn(model_ref, backend=node.backend))
+def _unheard(_step: DownloadProgress) -> None:
+    pass
+
+
+async def spawn_worker(node: Node, model_ref: str, registry: WorkerRegistry,
+                       on_progress: OnDownload = _unheard) -> str:
+    """Puts `model_ref` in the node's catalog (`on_progress` hears the download), starts a
+    worker for it (its model still loading) and registers it; its id."""
+
+    async def provision_and_spawn(hive: HiveClient) -> dict[str, Any]:
+        await provision(hive, model_ref, on_progress)
+        return await hive.spawn(model_ref, backend=node.backend)
+
+    spawned = await with_hive(node, provision_and_spawn)
     registry.record(RegisteredWorker(
         worker_id=spawned["worker_id"], node=node.name, model_ref=model_ref,
         url=spawned["url"], api_key=spawned["api_key"], backend=node.backend, device=0,

@@ -7,8 +7,11 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-from .api_client import ApiClient, InvalidResponse, error_message
+import httpx
+
+from .api_client import ApiClient, InvalidResponse, PeerSilent, error_message
 from .console import ActionableError, Console, bar
+from .hive.config import HiveSettings
 
 # What the keeper reads of each listed worker and log line (more fields are tolerated).
 WORKER_KEYS = ("worker_id", "model_ref", "state", "slots_busy", "slots_total", "url")
@@ -16,6 +19,9 @@ LOG_LINE_KEYS = ("ts", "level", "logger", "message")
 # The numbers of a download progress event (each may be absent; bytes_total may be null).
 PROGRESS_NUMBERS = ("bytes_downloaded", "bytes_total", "speed_mbps", "attempt", "attempts",
                     "delay_ms")
+# A spawn answers once its worker called back (the hive's worker start timeout), after a
+# preflight that reads the model: the keeper provisions (downloads) it before, never within.
+SPAWN_TIMEOUT_S = HiveSettings.worker_start_timeout_s + 60.0
 
 
 class HiveClient(ApiClient):
@@ -31,7 +37,8 @@ class HiveClient(ApiClient):
 
     async def spawn(self, model_ref: str, *, backend: str = "cpu", device: int = 0,
                     slots: int = 1, ctx_size: int | None = None) -> dict[str, Any]:
-        """Starts a worker; answers once it serves (model still loading). May provision first.
+        """Starts a worker; answers once it serves (model still loading). Call provision()
+        first: the hive would download a missing model, but not within SPAWN_TIMEOUT_S.
 
         Without `ctx_size` the hive picks its default, lowered to the model's trained context;
         a size sent is one the person asked for, and the hive refuses it past that context."""
@@ -39,9 +46,11 @@ class HiveClient(ApiClient):
                                 "slots": slots}
         if ctx_size is not None:
             body["ctx_size"] = ctx_size
-        # Provisioning a model on spawn can take as long as its download.
-        return await self._object("POST", "/v1/workers/spawn", "worker_id", "url", "api_key",
-                                  "state", json=body, timeout_s=3600)
+        try:
+            return await self._object("POST", "/v1/workers/spawn", "worker_id", "url",
+                                      "api_key", "state", json=body, timeout_s=SPAWN_TIMEOUT_S)
+        except httpx.TimeoutException:
+            raise PeerSilent(self.peer, SPAWN_TIMEOUT_S) from None
 
     async def workers_report(self) -> dict[str, Any]:
         """The workers, with the node's idle timeout and free RAM (newer hives)."""

@@ -23,7 +23,7 @@ from conftest import BIN, LONG_CTX, free_port
 from hive_process import HiveProcess, start_hive
 from inventories import local_node, write_inventory
 
-from rbee.control import api_client, cluster
+from rbee.control import api_client, cluster, hive_client
 from rbee.control.cluster import HiveState, InferRequest, InferStream, StreamStats
 from rbee.control.console import ActionableError
 from rbee.control.inventory import Node
@@ -37,16 +37,25 @@ GARBAGE = b"<html>502 Bad Gateway, from a proxy</html>"
 class StandIn:
     """A loopback server answering each path with a fixed 200 body (what it is not given
     gets HEALTH on /v1/health and GARBAGE elsewhere): a hive that answers nonsense. A body
-    of `data:` lines goes out as an event stream."""
+    of `data:` lines goes out as an event stream; the path `hang` is never answered (until
+    stop). `asked` lists the paths asked, in order."""
 
-    def __init__(self, **bodies: bytes) -> None:
+    def __init__(self, *, hang: str | None = None, **bodies: bytes) -> None:
         answers = {"/v1/health": HEALTH, **{k.replace("_", "/"): v for k, v in bodies.items()}}
+        self.asked: list[str] = []
+        self._released = threading.Event()
+        asked, released = self.asked, self._released
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
-                body = answers.get(self.path.split("?")[0], GARBAGE)
+                path = self.path.split("?")[0]
+                asked.append(path)
+                if path == hang:
+                    released.wait(60)
+                    return
+                body = answers.get(path, GARBAGE)
                 self.send_response(200)
                 if body.startswith(b"data:"):
                     self.send_header("Content-Type", "text/event-stream")
@@ -64,6 +73,7 @@ class StandIn:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
+        self._released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -246,6 +256,40 @@ def test_a_garbled_event_mid_stream_keeps_the_tokens(
     assert error.details[2] == "Tokens generated: 1 / 20"
     [partial] = (tmp_path / "home" / "partial").iterdir()
     assert partial.read_text() == "Hi"
+
+
+@pytest.mark.parametrize("face", ["dashboard", "infer"])
+def test_a_hive_frozen_at_the_spawn_is_named_within_the_spawn_deadline(
+        tmp_path: Path, registry: WorkerRegistry, monkeypatch: pytest.MonkeyPatch,
+        face: str) -> None:
+    """Both faces provision (download) before they spawn, so a spawn needs no hour: a hive
+    that never answers it is named once SPAWN_TIMEOUT_S (lowered to 1 s here) has passed."""
+    assert hive_client.SPAWN_TIMEOUT_S <= 120
+    monkeypatch.setattr(hive_client, "SPAWN_TIMEOUT_S", 1.0)
+    stand_in = StandIn(hang="/v1/workers/spawn",
+                       _v1_models_download=b'{"local_path": "/models/x.gguf"}')
+    ref = "file:/models/x.gguf"
+    node = write_inventory(tmp_path / "inventory.toml",
+                           local_node("frozen", stand_in.port, tmp_path / "s")).get("frozen")
+    listener = Collector()
+
+    async def spawn() -> None:
+        if face == "dashboard":
+            await cluster.spawn_worker(node, ref, registry)
+        else:
+            assert await InferStream(node, InferRequest("hi", ref), registry, listener).run() == 1
+            raise listener.errors[0]
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(ActionableError) as raised:
+            asyncio.run(spawn())
+    finally:
+        stand_in.stop()
+    assert raised.value.message == "rbee-hive on frozen stopped answering for 1 s"
+    assert time.monotonic() - started < 5
+    assert stand_in.asked[-2:] == ["/v1/models/download", "/v1/workers/spawn"]
+    assert registry.list() == []
 
 
 # ----------------------------------------------------------------- the local installation

@@ -376,13 +376,14 @@ class RbeeApp(App[None]):
         def chosen(ref: str | None) -> None:
             if ref:
                 self.act(node, f"{node.name}: starting a worker for {ref}…",
-                         lambda _say: self._spawn(node, ref))
+                         lambda say: self._spawn(node, ref, say))
 
         self.push_screen(ModelPickerScreen(f"Spawn a worker on {node.name}", self._catalog(node),
                                            DEFAULT_MODEL_REF), chosen)
 
-    async def _spawn(self, node: Node, ref: str) -> str:
-        worker_id = await spawn_worker(node, ref, self.registry)
+    async def _spawn(self, node: Node, ref: str, say: _ActionVoice) -> str:
+        worker_id = await spawn_worker(node, ref, self.registry,
+                                       self._download_progress(node, ref, say))
         return f"{node.name}: {worker_id} started for {ref} (loading)"
 
     def action_shutdown_worker(self) -> None:
@@ -417,6 +418,14 @@ class RbeeApp(App[None]):
                                            self._catalog(node), DEFAULT_MODEL_REF), chosen)
 
     async def _download(self, node: Node, ref: str, say: _ActionVoice) -> str:
+        path = await download_model(node, ref, self._download_progress(node, ref, say))
+        return f"{node.name}: {ref} is in the catalog ({path})"
+
+    @staticmethod
+    def _download_progress(node: Node, ref: str, say: _ActionVoice
+                           ) -> Callable[[DownloadProgress], None]:
+        """A download's steps, in the action's line of the activity bar."""
+
         def progress(step: DownloadProgress) -> None:
             if step.stage == "retrying":
                 say(f"{node.name}: retrying the download of {ref} "
@@ -426,8 +435,7 @@ class RbeeApp(App[None]):
                     f"{(step.bytes_total or 0) / 1e6:.1f} MB @ {step.speed_mbps:.1f} MB/s",
                     step.fraction)
 
-        path = await download_model(node, ref, progress)
-        return f"{node.name}: {ref} is in the catalog ({path})"
+        return progress
 
     # ----------------------------------------------------------------- streaming
 
