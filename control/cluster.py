@@ -129,14 +129,21 @@ def _auth_error(node: Node) -> ActionableError:
                            suggestion=f"check {node.api_key_source or 'the node key'}")
 
 
+@contextlib.asynccontextmanager
+async def hive_of(node: Node, timeout_s: float = NODE_PROBE_TIMEOUT_S
+                  ) -> AsyncIterator[HiveClient]:
+    """A client of the node's hive, reached as the node is; what goes wrong is raised as is."""
+    async with (open_node(node) as access,
+                HiveClient(await access.hive_url(), access.hive_key, timeout_s=timeout_s,
+                           node=node.name) as hive):
+        yield hive
+
+
 async def with_hive(node: Node, call: Callable[[HiveClient], Awaitable[T]]) -> T:
     """Runs `call` against the node's hive, turning what can go wrong into words."""
     try:
-        async with open_node(node) as access:
-            url = await access.hive_url()
-            async with HiveClient(url, access.hive_key, timeout_s=NODE_PROBE_TIMEOUT_S,
-                                  node=node.name) as hive:
-                return await call(hive)
+        async with hive_of(node) as hive:
+            return await call(hive)
     except httpx.TimeoutException:
         raise ActionableError(
             f"rbee-hive on {node.name} is {_not_answering(NODE_PROBE_TIMEOUT_S)}",

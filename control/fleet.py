@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 from rich.table import Table
 
+from rbee.dataplane.protocol import ErrorCode
+
 from . import cluster
 from .api_client import RemoteError
 from .console import ActionableError, Console
@@ -25,7 +27,11 @@ from .worker_registry import RegisteredWorker, WorkerRegistry
 
 EXIT_INTERRUPTED = 130
 HIVE_LIST_TIMEOUT_S = 5.0  # `workers list`: how long each node's hive has to list its workers
+# Why a worker's state is unknown, in `rbee workers list`.
 NOT_ANSWERING = "unknown (node not answering)"
+AUTH_FAILED = "unknown (auth failed)"
+UNREACHABLE = "unknown (node unreachable)"
+HIVE_ERROR = "unknown (hive error)"
 
 
 async def nodes_table(inventory: Inventory, console: Console) -> int:
@@ -64,9 +70,9 @@ async def reconciled(inventory: Inventory, registry: WorkerRegistry
     """The registry's workers, each with the state its hive reports now.
 
     Each node's hive is asked once, all at once, for at most HIVE_LIST_TIMEOUT_S. A worker
-    whose hive answers without it (idle timeout, crash, the hive restarted) leaves the
-    registry; a worker whose node does not answer keeps its row with an unknown state, never
-    the last one seen, which may be long gone."""
+    whose hive answers without it (idle timeout, crash, the hive restarted) or is down leaves
+    the registry; a worker whose node does not answer (or refuses our key) keeps its row with
+    an unknown state and why, never the last one seen, which may be long gone."""
     workers = registry.list()
     names = sorted({w.node for w in workers})
     views = dict(zip(names, await asyncio.gather(*(_hive_view(inventory, n) for n in names)),
@@ -85,16 +91,24 @@ async def reconciled(inventory: Inventory, registry: WorkerRegistry
 
 
 async def _hive_view(inventory: Inventory, name: str) -> dict[str, str] | str:
-    """worker id → state as the node's hive lists them, or why the state is unknown."""
+    """worker id → state as the node's hive lists them, or why the state is unknown. A hive
+    that refuses connections is down, and its workers died with it (parent_watch.py): none."""
     node = inventory.nodes.get(name)
     if node is None:
         return "unknown (node not in the inventory)"
     try:
-        async with asyncio.timeout(HIVE_LIST_TIMEOUT_S):
-            listed = await cluster.with_hive(node, lambda hive: hive.workers())
-        return {str(w["worker_id"]): str(w["state"]) for w in listed}
-    except (TimeoutError, ActionableError, httpx.HTTPError, ValueError, KeyError, TypeError):
+        async with (asyncio.timeout(HIVE_LIST_TIMEOUT_S),
+                    cluster.hive_of(node, HIVE_LIST_TIMEOUT_S) as hive):
+            listed = await hive.workers()
+    except (TimeoutError, httpx.TimeoutException):
         return NOT_ANSWERING
+    except httpx.TransportError:
+        return {}
+    except RemoteError as exc:
+        return AUTH_FAILED if exc.code == ErrorCode.INVALID_API_KEY else HIVE_ERROR
+    except (RunnerError, InventoryError):
+        return UNREACHABLE
+    return {str(w["worker_id"]): str(w["state"]) for w in listed}
 
 
 def _as_json(worker: RegisteredWorker, state: str) -> dict[str, object]:

@@ -16,12 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hive_process import start_hive
 from inventories import CLOSED_PORT, unreachable_node
 from sshd import start_sshd
 from test_fleet import rbee
 from test_hive_control import Operator, node_table
 from test_infer import Keeper, make_keeper
 from tinymodel import write_tiny_gguf
+
+from rbee.control.worker_registry import RegisteredWorker, WorkerRegistry
 
 
 def write_crashing_gguf(path: Path) -> Path:
@@ -233,3 +236,34 @@ def test_workers_list_and_health_tell_what_is_true_now(tmp_path: Path,
         assert rbee(keeper, "workers", "list").stdout.strip() == "No workers registered"
     finally:
         keeper.stop_hive()
+
+
+def test_workers_list_names_a_refused_key_and_forgets_the_workers_of_a_hive_that_is_down(
+        tmp_path: Path, tiny_model: Path) -> None:
+    """A hive that refuses our key: the worker's row stays, saying so (not "not answering").
+    A hive that refuses connections is down: its workers died with it and leave the registry."""
+    wrong_key = tmp_path / "wrong.key"
+    wrong_key.write_text("a-wrong-key")
+    wrong_key.chmod(0o600)
+    keeper = make_keeper(tmp_path, tiny_model, node_extra=f'api_key_file = "{wrong_key}"\n')
+    registry = WorkerRegistry(keeper.home / "workers.db")
+    registry.record(RegisteredWorker(
+        worker_id="w-1", node="local", model_ref=f"file:{tiny_model}", url="http://127.0.0.1:9",
+        api_key="k", backend="cpu", device=0, state="idle", created_at=time.time(),
+        last_health_check=None))
+    registry.close()
+    hive = start_hive(keeper.state_dir, api_key="the-right-key")
+    try:
+        keeper.inventory.write_text(keeper.inventory.read_text().replace(
+            f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"))
+        refused = rbee(keeper, "workers", "list")
+    finally:
+        hive.stop()
+    assert refused.returncode == 0, refused.stderr
+    assert "w-1" in refused.stdout and "unknown (auth failed)" in refused.stdout
+    assert [w["worker_id"] for w in keeper.registered()] == ["w-1"]
+
+    down = rbee(keeper, "workers", "list")  # the hive stopped: its port refuses connections
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.strip() == "No workers registered"
+    assert keeper.registered() == []
