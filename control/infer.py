@@ -26,7 +26,7 @@ from .api_client import InvalidResponse, PeerSilent, RemoteError
 from .attempts import cannot_connect, connect_attempts
 from .console import ActionableError, Console, bar
 from .hive_client import HiveClient, provision, show_download
-from .worker_client import WorkerClient
+from .worker_client import LoadFailed, WorkerClient
 from .worker_registry import RegisteredWorker, WorkerRegistry, rbee_home
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -237,6 +237,10 @@ class Infer:
                                     worker.api_key) as client:
                 await client.wait_ready(timeout_s=self.request.loading_timeout_s,
                                         on_progress=show)
+        except LoadFailed as exc:
+            self.registry.remove(worker.worker_id)  # it will never serve
+            self._load_failed(exc.message)
+            raise InferFailed() from None
         except RemoteError as exc:
             if exc.code == ErrorCode.LOADING_TIMEOUT:
                 limit = self.request.loading_timeout_s
@@ -249,8 +253,9 @@ class Infer:
                     suggestion=f"Check worker logs on {self.node.name} for errors")
                 raise InferFailed() from None
             if exc.code != ErrorCode.CONNECTION_TIMEOUT:  # else the stream fell silent
-                self.registry.remove(worker.worker_id)  # it will never serve
-                self._load_failed(exc.message)
+                self.registry.remove(worker.worker_id)  # it will not serve us
+                self.console.error(exc.message, suggestion=f"see `rbee logs --node "
+                                                           f"{self.node.name}` and retry")
                 raise InferFailed() from None
             await self._lost_while_loading(worker)
         except httpx.TransportError:  # the progress stream broke: did the worker die?

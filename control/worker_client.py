@@ -13,6 +13,10 @@ from .api_client import ApiClient, InvalidResponse, RemoteError, error_message
 LAYER_KEYS = ("layers_loaded", "layers_total")  # of a loading_to_vram event
 
 
+class LoadFailed(RemoteError):
+    """The worker could not load its model (its loading stream's `failed` event)."""
+
+
 class WorkerClient(ApiClient):
     peer = "the worker"
 
@@ -36,7 +40,8 @@ class WorkerClient(ApiClient):
     async def wait_ready(
         self, *, timeout_s: float, on_progress: Callable[[dict[str, Any]], None] | None = None
     ) -> None:
-        """Follows the loading progress until the model is ready; raises RemoteError otherwise."""
+        """Follows the loading progress until the model is ready; LoadFailed when it cannot
+        load, RemoteError when the worker answers otherwise (or LOADING_TIMEOUT past it)."""
 
         async def follow() -> None:
             async for event in self.loading_progress():
@@ -44,8 +49,8 @@ class WorkerClient(ApiClient):
                     on_progress(event)
                 if event.get("stage") == "failed":
                     error = event["error"]
-                    raise RemoteError(error.get("code", ErrorCode.BACKEND_UNAVAILABLE),
-                                      error["message"])
+                    raise LoadFailed(error.get("code", ErrorCode.BACKEND_UNAVAILABLE),
+                                     error["message"])
                 if event.get("stage") == "ready":
                     return
 

@@ -292,6 +292,32 @@ def test_a_hive_frozen_at_the_spawn_is_named_within_the_spawn_deadline(
     assert registry.list() == []
 
 
+def test_a_garbled_loading_stream_is_not_called_a_damaged_model(
+        tmp_path: Path, registry: WorkerRegistry) -> None:
+    """A worker whose loading progress is nonsense: named as such, and the words "the model
+    may be damaged" kept for a model that failed to load."""
+    worker = StandIn(_v1_loading_progress=b'data: {"stage": "loading_to_vram", '
+                                          b'"layers_loaded": "half", "layers_total": 4}\n\n')
+    spawned = {"worker_id": "w-1", "url": f"http://127.0.0.1:{worker.port}", "api_key": "k",
+               "state": "loading"}
+    hive = StandIn(_v1_models_download=b'{"local_path": "/models/x.gguf"}',
+                   _v1_workers_spawn=json.dumps(spawned).encode())
+    node = write_inventory(tmp_path / "inventory.toml",
+                           local_node("local", hive.port, tmp_path / "s")).get("local")
+    listener = Collector()
+    try:
+        code = asyncio.run(InferStream(node, InferRequest("hi", "file:/models/x.gguf"),
+                                       registry, listener).run())
+    finally:
+        hive.stop()
+        worker.stop()
+    assert code == 1
+    [error] = listener.errors
+    assert error.message == "Invalid response from the worker"
+    assert "damaged" not in error.in_words()
+    assert registry.get("w-1") is None
+
+
 # ----------------------------------------------------------------- the local installation
 
 
