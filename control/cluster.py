@@ -21,7 +21,7 @@ import httpx
 # Re-exported (`X as X`): the dashboard reaches the default model and the request and
 # progress types through this module only.
 from rbee.dataplane.config import DEFAULT_MODEL_REF as DEFAULT_MODEL_REF
-from rbee.dataplane.protocol import VERSION, ErrorCode
+from rbee.dataplane.protocol import SERVING_STATES, VERSION, ErrorCode
 
 from .api_client import InvalidResponse, RemoteError
 from .console import ActionableError, Console
@@ -41,7 +41,6 @@ T = TypeVar("T")
 DEFAULT_REFRESH_S = 2.0  # how often a live view (the dashboard) probes each node
 NODE_PROBE_TIMEOUT_S = 5.0
 WORKER_PROBE_TIMEOUT_S = 2.0
-SERVING_STATES = frozenset({"idle", "busy"})
 
 
 class HiveState(StrEnum):

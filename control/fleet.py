@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from rich.table import Table
 
-from rbee.dataplane.protocol import ErrorCode
+from rbee.dataplane.protocol import SERVING_STATES, ErrorCode
 
 from . import cluster
 from .api_client import RemoteError
@@ -140,7 +140,7 @@ async def workers_health(node: Node, registry: WorkerRegistry, console: Console)
             console.line(f"✗ {worker_id} - not answering (its hive last saw it {w['state']})")
             continue
         state = str(health.get("state"))
-        ready = state in cluster.SERVING_STATES
+        ready = state in SERVING_STATES
         console.line(f"{'✓' if ready else '✗'} {worker_id} - {state} "
                      f"(ready: {str(ready).lower()})")
         if ready and registry.get(worker_id):

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from rbee.dataplane.protocol import VERSION, ErrorCode
+from rbee.dataplane.protocol import SERVING_STATES, VERSION, ErrorCode
 
 from .api_client import InvalidResponse, PeerSilent, RemoteError
 from .attempts import cannot_connect, connect_attempts
@@ -144,7 +144,7 @@ class Infer:
                 health = await client.health()
         except (httpx.HTTPError, RemoteError, OSError):
             return False
-        return health.get("worker_id") == worker.worker_id and health["state"] in ("idle", "busy")
+        return health.get("worker_id") == worker.worker_id and health["state"] in SERVING_STATES
 
     async def _hive_preflight(self) -> str:
         """Phase 2: the hive answers (3 attempts) and speaks our version."""
@@ -271,7 +271,7 @@ class Infer:
             state = str(entry["state"]) if entry else "crashed"
         except (httpx.HTTPError, RemoteError, ValueError, KeyError):
             entry, record, state = None, None, "unknown"
-        if state in ("idle", "busy"):
+        if state in SERVING_STATES:
             return
         self.registry.remove(worker.worker_id)
         if state == "failed" and entry:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Generic, TypeVar
 
-from .protocol import WorkerState
+from .protocol import SERVING_STATES, WorkerState
 
 log = logging.getLogger(__name__)
 S = TypeVar("S", bound=StrEnum)
@@ -65,4 +65,4 @@ class Lifecycle(StateMachine[WorkerState]):
     @property
     def serving(self) -> bool:
         """True when new requests are accepted."""
-        return self.state in (WorkerState.IDLE, WorkerState.BUSY)
+        return self.state in SERVING_STATES

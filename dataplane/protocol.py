@@ -105,6 +105,10 @@ class WorkerState(StrEnum):
     FAILED = "failed"
 
 
+# The states in which a worker takes inference requests (a busy one may have a free slot).
+SERVING_STATES = frozenset({WorkerState.IDLE, WorkerState.BUSY})
+
+
 # Inference SSE events: one JSON object per `data:` line, then `data: [DONE]`.
 def started_event(request_id: str, model: str) -> dict[str, Any]:
     return {"type": "started", "request_id": request_id, "model": model}
