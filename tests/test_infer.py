@@ -185,7 +185,7 @@ def test_a_key_from_the_environment_stays_out_of_the_hives(tmp_path: Path,
         hive_pid = int((keeper.state_dir / "hive.pid").read_text().split()[0])
         environ = Path(f"/proc/{hive_pid}/environ").read_bytes()
         assert key.encode() not in environ and b"RBEE_LOCAL_KEY" not in environ
-        key_file = keeper.state_dir / "hive.key"
+        key_file = keeper.state_dir / KEY_FILE
         assert key_file.read_text() == key and key_file.stat().st_mode & 0o777 == 0o600
         assert httpx.get(f"{keeper.hive_url}/v1/workers/list").status_code == 401
     finally:
