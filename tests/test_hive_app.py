@@ -66,10 +66,10 @@ def provision(hive: HiveProcess, ref: str) -> list[dict]:
 
 def test_health_is_public(hive: HiveProcess) -> None:
     health = httpx.get(f"{hive.url}/v1/health").json()
-    # A loopback hive also names the rbee-hive it runs from (the keeper tells installations
-    # apart by it); SPEC's three fields are as they were.
+    # A loopback hive also names the rbee-hive it runs from and its pid (the keeper tells
+    # installations apart by them); SPEC's three fields are as they were.
     assert health == {"status": "alive", "version": "0.1.0", "api_version": "v1",
-                      "executable": str(BIN / "rbee-hive")}
+                      "executable": str(BIN / "rbee-hive"), "pid": hive.proc.pid}
 
 
 def test_spawn_ready_infer_list_shutdown(hive: HiveProcess, tiny_model: Path) -> None:
