@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from rbee.control.worker_registry import WorkerRegistry
+from model_server import ModelServer
 from tinymodel import write_corrupt_gguf, write_tiny_gguf
 
 BIN = Path(sys.executable).parent
@@ -187,6 +188,20 @@ def shared_worker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) ->
     )
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    """A loopback stand-in for the internet's model hosts (and the hub's file paths)."""
+    with ModelServer() as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A tiny model's bytes, for a server to serve (about 70 kB)."""
+    path = tmp_path_factory.mktemp("blobs") / "tiny.gguf"
+    return write_tiny_gguf(path, n_layers=1, n_embd=8).read_bytes()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +20,6 @@ from rbee.dataplane.model_file import resolve_model_path
 from tinymodel import write_tiny_gguf
 
 MB = 1_000_000
-
-
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    with ModelServer() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = tmp_path_factory.mktemp("blobs") / "tiny.gguf"
-    return write_tiny_gguf(path, n_layers=1, n_embd=8).read_bytes()  # about 70 kB
 
 
 @pytest.fixture

@@ -42,18 +42,6 @@ MB = 1_000_000
 DISK_BYTES = 2 << 20
 
 
-@pytest.fixture
-def server() -> Iterator[ModelServer]:
-    with ModelServer() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = tmp_path_factory.mktemp("blobs") / "tiny.gguf"
-    return write_tiny_gguf(path, n_layers=1, n_embd=8).read_bytes()  # about 70 kB
-
-
 def gguf_of(tiny_gguf: bytes, size: int, seed: int = 0) -> bytes:
     """A readable GGUF of `size` bytes: the tiny model and padding after its tensor data."""
     return tiny_gguf + random.Random(seed).randbytes(size - len(tiny_gguf))

@@ -327,34 +327,18 @@ class DownloadManager:
         """
         try:
             metadata = await asyncio.to_thread(get_hf_file_metadata, url, headers=headers)
-        except HfHubHTTPError as exc:
-            if exc.response is not None and exc.response.status_code in (401, 404):
-                raise DownloadError(ErrorCode.MODEL_NOT_FOUND,
-                                    f"{model.ref}: not found at {url}") from None
-            raise DownloadError(ErrorCode.DOWNLOAD_FAILED,
-                                f"{model.ref}: asking the hub for the file's checksum failed: "
-                                f"{str(exc).splitlines()[0]}") from None
         except Exception as exc:  # huggingface_hub's own HTTP client raises its own types
-            raise DownloadError(ErrorCode.DOWNLOAD_FAILED,
-                                f"{model.ref}: asking the hub for the file's checksum failed: "
-                                f"{exc}") from None
+            raise _hub_failure(exc, f"{model.ref}: not found at {url}",
+                               f"{model.ref}: asking the hub for the file's checksum") from None
         etag = (metadata.etag or "").lower()
         return etag if _SHA256_HEX.fullmatch(etag) else None
 
     async def _single_gguf(self, repo_id: str, endpoint: str) -> str:
         try:
             files = await asyncio.to_thread(HfApi(endpoint=endpoint).list_repo_files, repo_id)
-        except HfHubHTTPError as exc:
-            # The hub answers 401 as well as 404 for a repository that does not exist.
-            if exc.response is not None and exc.response.status_code in (401, 404):
-                raise DownloadError(ErrorCode.MODEL_NOT_FOUND,
-                                    f"hf:{repo_id}: no such repository at {endpoint}") from None
-            raise DownloadError(ErrorCode.DOWNLOAD_FAILED,
-                                f"hf:{repo_id}: listing the repository failed: "
-                                f"{str(exc).splitlines()[0]}") from None
         except Exception as exc:  # huggingface_hub's own HTTP client raises its own types
-            raise DownloadError(ErrorCode.DOWNLOAD_FAILED,
-                                f"hf:{repo_id}: listing the repository failed: {exc}") from None
+            raise _hub_failure(exc, f"hf:{repo_id}: no such repository at {endpoint}",
+                               f"hf:{repo_id}: listing the repository") from None
         ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
         if len(ggufs) == 1:
             return ggufs[0]
@@ -595,6 +579,16 @@ async def _model_file(func: Callable[[A], R], arg: A, code: ErrorCode) -> R:
         return await asyncio.to_thread(func, arg)
     except ModelFileError as exc:
         raise DownloadError(code, str(exc)) from None
+
+
+def _hub_failure(exc: Exception, not_found: str, doing: str) -> DownloadError:
+    """An error of huggingface_hub's in rbee's words. The hub answers 401 as well as 404 for
+    what does not exist (it will not say whether a private repository does)."""
+    response = exc.response if isinstance(exc, HfHubHTTPError) else None
+    if response is not None and response.status_code in (401, 404):
+        return DownloadError(ErrorCode.MODEL_NOT_FOUND, not_found)
+    first_line = (str(exc) or type(exc).__name__).splitlines()[0]
+    return DownloadError(ErrorCode.DOWNLOAD_FAILED, f"{doing} failed: {first_line}")
 
 
 def _verify_sha256(ref: str, actual: str, expected: str | None, source: str, *,
