@@ -9,8 +9,12 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from rbee.dataplane.protocol import SERVING_STATES
+
+from .hive.model_refs import InvalidModelRef, parse_model_ref
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -61,6 +65,7 @@ class WorkerRegistry:
         self._db.close()
 
     def record(self, worker: RegisteredWorker) -> None:
+        worker = replace(worker, model_ref=_model_of(worker.model_ref))
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -100,10 +105,11 @@ class WorkerRegistry:
 
     def find_warm(self, node: str, model_ref: str, *, max_age_s: float) -> RegisteredWorker | None:
         """A worker for node+model, idle or busy, health-checked in the last `max_age_s`."""
+        serving = sorted(str(state) for state in SERVING_STATES)
         rows = self._select(
-            "WHERE node = ? AND model_ref = ? AND state IN ('idle', 'busy') "
+            f"WHERE node = ? AND model_ref = ? AND state IN ({', '.join('?' * len(serving))}) "
             "AND last_health_check >= ? ORDER BY last_health_check DESC",
-            (node, model_ref, time.time() - max_age_s),
+            (node, _model_of(model_ref), *serving, time.time() - max_age_s),
         )
         return rows[0] if rows else None
 
@@ -111,3 +117,12 @@ class WorkerRegistry:
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM workers {where}", args).fetchall()
         return [RegisteredWorker(*row) for row in rows]
+
+
+def _model_of(ref: str) -> str:
+    """The model a ref names, without an expected checksum (`#sha256=`): the same file, the
+    same workers, with or without it (as the hive's catalog keys it)."""
+    try:
+        return parse_model_ref(ref).ref
+    except InvalidModelRef:
+        return ref
