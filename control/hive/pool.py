@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from rbee.dataplane.protocol import ApiError, ErrorCode
+from rbee.dataplane.protocol import SERVING_STATES, ApiError, ErrorCode, WorkerState
 
 from .config import HiveSettings
 from .managed_worker import LIVE_STATES, ManagedState, ManagedWorker, WorkerSpec
@@ -111,13 +111,13 @@ class WorkerPool:
         if report.get("url"):
             worker.serving_at(str(report["url"]))
         state = report.get("state")
-        if state == "loading":
+        if state == WorkerState.LOADING:
             worker.to(ManagedState.LOADING)
-        elif state in ("idle", "busy"):
+        elif state in SERVING_STATES:
             worker.to(ManagedState.LOADING)
             worker.observe(report)
             log.info("worker %s ready at %s", worker.worker_id, worker.url)
-        elif state == "failed":
+        elif state == WorkerState.FAILED:
             worker.error = str((report.get("error") or {}).get("message", "load failed"))
             worker.to(ManagedState.FAILED)
             log.error("worker %s failed to load its model: %s", worker.worker_id, worker.error)
