@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -92,10 +93,8 @@ class PeakRss:
     def now(self) -> int:
         total = 0
         for p in [self._proc, *self._proc.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += p.memory_info().rss
-            except psutil.Error:
-                pass
         return total
 
     def _run(self) -> None:
@@ -149,7 +148,7 @@ class ForeignCpu:
 
     def __exit__(self, *_exc: object) -> None:
         wall = time.perf_counter() - self._t0
-        own, children = (a - b for a, b in zip(self._ours(), self._ours0))
+        own, children = (a - b for a, b in zip(self._ours(), self._ours0, strict=True))
         busy = self._busy() - self._busy0
         self.wall = wall
         self.own = own / wall  # cores used by this process (the client, or in-process llama)
@@ -363,7 +362,7 @@ async def run_rows(url: str, args: argparse.Namespace, prompts: Iterator[str], g
                         t0 = time.perf_counter()
                         streams = await asyncio.gather(
                             *(one_stream(client, p, t0, args) for p in batch))
-                    texts.update((p, s.text) for p, s in zip(batch, streams))
+                    texts.update((p, s.text) for p, s in zip(batch, streams, strict=True))
                     row = summarize(t0, list(streams))
                     if guard.accept(other, attempt, f"{name}, {n} streams"):
                         break
@@ -375,33 +374,32 @@ def bench_server(name: str, argv: list[str], ready: Callable[[httpx.Client], boo
                  url: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard
                  ) -> tuple[dict[int, list[Row]], dict[str, Any], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k != "RBEE_WORKER_API_KEY"}
-    log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{name}-", suffix=".log", delete=False)
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        with PeakRss(proc.pid) as rss:
-            with httpx.Client(base_url=url, timeout=5) as client:
-                deadline = time.monotonic() + 300
-                while True:
-                    try:
-                        if ready(client):
-                            break
-                    except httpx.TransportError:
-                        pass
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        log.seek(0)
-                        raise SystemExit(f"{name} did not become ready:\n{log.read()[-3000:]}")
-                    time.sleep(0.1)
-            rows, texts = asyncio.run(run_rows(url, args, prompts, guard, name))
-        return rows, {"peak": rss.peak}, texts
-    finally:
-        proc.terminate()
+    # The server's output, read back if it does not become ready; deleted on the way out.
+    with tempfile.NamedTemporaryFile("w+", prefix=f"bench-{name}-", suffix=".log") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        os.unlink(log.name)
+            with PeakRss(proc.pid) as rss:
+                with httpx.Client(base_url=url, timeout=5) as client:
+                    deadline = time.monotonic() + 300
+                    while True:
+                        try:
+                            if ready(client):
+                                break
+                        except httpx.TransportError:
+                            pass
+                        if time.monotonic() > deadline or proc.poll() is not None:
+                            log.seek(0)
+                            raise SystemExit(f"{name} did not become ready:\n{log.read()[-3000:]}")
+                        time.sleep(0.1)
+                rows, texts = asyncio.run(run_rows(url, args, prompts, guard, name))
+            return rows, {"peak": rss.peak}, texts
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def bench_llama_server(path: str, args: argparse.Namespace, prompts: Iterator[str],
@@ -439,7 +437,8 @@ def draw_chart(results: dict[str, dict[int, Row]], title: str, path: Path) -> No
     import matplotlib.pyplot as plt
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-    colors = {"in-process": "tab:blue", "llama_cpp.server": "tab:orange", "rbee-worker": "tab:green"}
+    colors = {"in-process": "tab:blue", "llama_cpp.server": "tab:orange",
+              "rbee-worker": "tab:green"}
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
     for name, by_n in results.items():
         streams = sorted(by_n)

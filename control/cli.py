@@ -20,8 +20,8 @@ from .attempts import connect_over_ssh
 from .cluster import DEFAULT_REFRESH_S
 from .console import ActionableError, Console
 from .hive_control import Say, hive_down, hive_up
-from .install_plan import Installer
 from .infer import InferRequest, run_infer
+from .install_plan import Installer
 from .inventory import Backend, Inventory, InventoryError, Node, find_inventory, load_inventory
 from .node_access import open_node, runner_for
 from .runner import Runner, RunnerError

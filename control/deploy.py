@@ -11,10 +11,10 @@ one, paramiko's defaults (agent, ~/.ssh/id_*) apply. ~/.ssh/config is read only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import posixpath
 import secrets
 import shlex
-import socket
 from collections.abc import Sequence
 
 import fabric
@@ -92,7 +92,7 @@ class FabricTransport:
                 raise host_key_error(node.host, node.port, known_hosts, hint) from None
             raise SSHConnectError("lost", node.host, node.port,
                                   f"SSH to {node.host}:{node.port} failed: {e}") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise SSHConnectError(
                 "timeout", node.host, node.port,
                 f"Timed out connecting to {node.host}:{node.port}: is the node up and reachable "
@@ -127,10 +127,8 @@ class FabricTransport:
                 f.write(data)
             sftp.posix_rename(tmp, remote)
         except OSError as e:
-            try:
+            with contextlib.suppress(OSError):
                 sftp.remove(tmp)
-            except OSError:
-                pass
             raise RunnerError(f"{self.label}: cannot write {remote}: {e}") from None
 
     async def home(self) -> str:

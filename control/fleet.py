@@ -41,7 +41,8 @@ async def nodes_table(inventory: Inventory, console: Console) -> int:
         up = status.is_up
         table.add_row(status.name, status.host, str(status.state), status.version or "-",
                       str(len(status.workers)) if up else "-",
-                      str(len(status.models)) if up else "-", cluster.gigabytes(status.ram_available_mb),
+                      str(len(status.models)) if up else "-",
+                      cluster.gigabytes(status.ram_available_mb),
                       status.problem or "")
     console.table(table)
     return 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import os
 import posixpath
 import secrets
@@ -335,10 +336,8 @@ class LocalRunner(Runner):
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _write_local(target: str, data: bytes, mode: int) -> None:
@@ -354,10 +353,8 @@ def _write_local(target: str, data: bytes, mode: int) -> None:
             os.fchmod(f.fileno(), mode)  # explicit: the umask must not change the result
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -688,10 +685,8 @@ class SSHRunner(Runner):
         # `kill -- -PID` is bash/zsh/ksh syntax (the login shell runs this); dash rejects it
         # and falls back to the pid alone.
         cmd = f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null"
-        try:
+        with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
             await asyncio.wait_for(conn.run(cmd, stdin=asyncssh.DEVNULL), 5)
-        except (TimeoutError, OSError, asyncssh.Error):
-            pass
 
     async def _open_process(self, command: str) -> asyncssh.SSHClientProcess[str]:
         # Opening the channel is safe to retry once on a fresh connection: nothing ran yet.
@@ -758,10 +753,8 @@ class SSHRunner(Runner):
                                 await sftp.remove(target)
                             await sftp.rename(tmp, target)
                     except BaseException:
-                        try:
+                        with contextlib.suppress(OSError, asyncssh.Error):
                             await sftp.remove(tmp)
-                        except (OSError, asyncssh.Error):
-                            pass
                         raise
             except asyncssh.SFTPError as e:
                 raise RunnerError(f"{self.label}: cannot write {target}: {e.reason}") from None

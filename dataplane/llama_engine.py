@@ -253,7 +253,8 @@ class LlamaEngine:
         self.chat_template = template.decode("utf-8", "replace") if template else None
         self.bos_text = self._piece(llama_cpp.llama_vocab_bos(self._vocab), special=True)
         self.eos_text = self._piece(llama_cpp.llama_vocab_eos(self._vocab), special=True)
-        self._on_progress(LoadProgress(self._layers_total, self._layers_total, self._file_size >> 20))
+        self._on_progress(
+            LoadProgress(self._layers_total, self._layers_total, self._file_size >> 20))
 
     def _load_failure(self, fallback: str) -> str:
         """Names the file and llama.cpp's first error line (the cause; later ones are echoes)."""
@@ -448,7 +449,8 @@ def _make_sampler(params: SamplingParams) -> Any:
     if params.top_k > 0:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
     if params.top_p < 1.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        llama_cpp.llama_sampler_chain_add(
+            chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
     seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))

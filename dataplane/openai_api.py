@@ -37,7 +37,9 @@ def routes(worker: Worker) -> list[Route]:
         return JSONResponse(
             {
                 "object": "list",
-                "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "rbee"}],
+                "data": [
+                    {"id": model_id, "object": "model", "created": created, "owned_by": "rbee"},
+                ],
             }
         )
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from .config import MAX_TOKENS_LIMIT, OPENAI_DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS
+from .config import DEFAULT_MAX_TOKENS, MAX_TOKENS_LIMIT, OPENAI_DEFAULT_MAX_TOKENS
 
 MaxTokens = Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
@@ -60,7 +60,8 @@ class OpenAIRequest(BaseModel):
 
 
 class CompletionRequest(OpenAIRequest):
-    prompt: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: (Annotated[str, Field(min_length=1)]
+             | Annotated[list[str], Field(min_length=1, max_length=1)])
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

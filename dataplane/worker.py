@@ -19,9 +19,9 @@ from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from .config import WorkerSettings
 from .engine import DoneEvent, Engine, ErrorEvent, Generation, LoadProgress, SamplingParams
-from .model_file import ModelInfo, read_model_info, resolve_model_path
 from .lifecycle import Lifecycle
 from .metrics import WorkerMetrics
+from .model_file import ModelInfo, read_model_info, resolve_model_path
 from .protocol import VERSION, ApiError, ErrorCode, WorkerState
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,8 @@ class Worker:
                 await self._progress_changed.wait()
 
     def _failure(self) -> dict[str, str]:
-        return {"code": ErrorCode.BACKEND_UNAVAILABLE, "message": f"model failed to load: {self.load_error}"}
+        return {"code": ErrorCode.BACKEND_UNAVAILABLE,
+                "message": f"model failed to load: {self.load_error}"}
 
     # ----------------------------------------------------------------- status
 
@@ -175,7 +176,8 @@ class Worker:
             )
         return tokens
 
-    def begin(self, prompt_tokens: list[int], params: SamplingParams, request_id: str | None) -> Generation:
+    def begin(self, prompt_tokens: list[int], params: SamplingParams,
+              request_id: str | None) -> Generation:
         """Claims a slot and starts a generation. Never awaits, so the claim is atomic."""
         engine = self.serving_engine()
         if self.slots_busy >= self.settings.slots:
@@ -188,7 +190,8 @@ class Worker:
             )
         request_id = request_id or f"req-{uuid.uuid4().hex[:16]}"
         if request_id in self._generations:
-            raise ApiError(ErrorCode.INVALID_REQUEST, f"request_id: {request_id} is already running",
+            raise ApiError(ErrorCode.INVALID_REQUEST,
+                           f"request_id: {request_id} is already running",
                            details={"field": "request_id"})
         gen = Generation(request_id, prompt_tokens, params, asyncio.get_running_loop())
         self._last_activity = time.monotonic()
@@ -293,7 +296,8 @@ class Worker:
         }
         if self.load_error:
             body["error"] = self._failure()
-        headers = {"Authorization": f"Bearer {self.settings.api_key}"} if self.settings.api_key else {}
+        key = self.settings.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.settings.callback_attempts),

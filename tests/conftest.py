@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rbee.control.worker_registry import WorkerRegistry
 from model_server import ModelServer
 from tinymodel import write_corrupt_gguf, write_tiny_gguf
+
+from rbee.control.worker_registry import WorkerRegistry
 
 BIN = Path(sys.executable).parent
 # Long enough that a greedy stream from the tiny model (which never emits EOS) runs for
@@ -145,17 +146,19 @@ def start_long_stream(worker: WorkerProcess, request_id: str, got_token: threadi
                       result: dict, *, prompt: str = "Once upon a time") -> threading.Thread:
     """Starts a greedy 8192-token stream in a thread; `result` gets status and events at the end."""
     def run() -> None:
-        with worker.client() as client:
-            with client.stream("POST", "/v1/inference",
-                               json={"prompt": prompt, "max_tokens": 8192,
-                                     "temperature": 0, "request_id": request_id}) as r:
-                result["status"] = r.status_code
-                lines = []
-                for line in r.iter_lines():
-                    if line.startswith("data: "):
-                        lines.append(line[6:])
-                        got_token.set()
-                result["events"] = events_of(lines)
+        with (
+            worker.client() as client,
+            client.stream("POST", "/v1/inference",
+                          json={"prompt": prompt, "max_tokens": 8192,
+                                "temperature": 0, "request_id": request_id}) as r,
+        ):
+            result["status"] = r.status_code
+            lines = []
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line[6:])
+                    got_token.set()
+            result["events"] = events_of(lines)
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -178,8 +181,10 @@ def spawn_worker(tmp_path: Path) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def shared_worker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """One keyed, two-slot worker on the tiny model, for the tests that leave it as they found it."""
+def shared_worker(tiny_model: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One keyed, two-slot worker on the tiny model, for the tests that leave it as they found
+    it."""
     worker = start_worker(
         tiny_model,
         tmp_path_factory.mktemp("shared-worker"),

@@ -19,6 +19,7 @@ Facts this file is built on (measured on the project's machine, see issue 4):
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import secrets
@@ -121,10 +122,8 @@ class FakeNode:
             listed = subprocess.run(["ps", "-u", self.user, "-o", "pid="], capture_output=True,
                                     text=True)
             for pid in listed.stdout.split():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             subprocess.run(["userdel", "--remove", "--force", self.user], capture_output=True)
             self.created_user = False
         if self.public_dir is not None:

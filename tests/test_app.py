@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -42,14 +41,16 @@ def slots_busy(worker: WorkerProcess) -> int:
 
 
 def test_sse_event_sequence(shared_worker: WorkerProcess) -> None:
-    with shared_worker.client() as client:
-        with client.stream("POST", "/v1/inference",
-                           json={"prompt": "Once upon a time", "max_tokens": 12,
-                                 "temperature": 0, "request_id": "req-seq-1"}) as r:
-            assert r.status_code == 200
-            assert r.headers["content-type"].startswith("text/event-stream")
-            assert r.headers["x-request-id"] == "req-seq-1"
-            events = events_of(sse_data(r))
+    with (
+        shared_worker.client() as client,
+        client.stream("POST", "/v1/inference",
+                      json={"prompt": "Once upon a time", "max_tokens": 12,
+                            "temperature": 0, "request_id": "req-seq-1"}) as r,
+    ):
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-request-id"] == "req-seq-1"
+        events = events_of(sse_data(r))
     assert events[0] == {"type": "started", "request_id": "req-seq-1",
                          "model": events[0]["model"]}
     tokens = [e for e in events if e["type"] == "token"]
@@ -124,9 +125,8 @@ def test_loading_progress_reaches_ready(shared_worker: WorkerProcess) -> None:
 
 def test_loading_progress_streams_layers_from_start(spawn_worker, tiny_model: Path) -> None:
     worker = spawn_worker(tiny_model, wait_ready=False)
-    with worker.client() as client:
-        with client.stream("GET", "/v1/loading/progress") as r:
-            events = events_of(sse_data(r))
+    with worker.client() as client, client.stream("GET", "/v1/loading/progress") as r:
+        events = events_of(sse_data(r))
     assert events[-1] == {"stage": "ready"}
     layers = [e for e in events if e["stage"] == "loading_to_vram"]
     # A 2-layer model may load before the stream opens; when it does not, layers count up.

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from model_server import ModelServer
+from tinymodel import write_tiny_gguf
+
 from rbee.control.hive.catalog import ModelCatalog
 from rbee.control.hive.downloads import Download, DownloadError, DownloadManager, DownloadState
 from rbee.control.hive.model_refs import InvalidModelRef, local_filename
 from rbee.dataplane.model_file import resolve_model_path
-from tinymodel import write_tiny_gguf
 
 MB = 1_000_000
 

@@ -60,7 +60,8 @@ def provision(hive: HiveProcess, ref: str) -> list[dict]:
     with hive.client() as client:
         r = client.post("/v1/models/download", json={"model_ref": ref})
         assert r.status_code in (200, 202), r.text
-        with client.stream("GET", f"/v1/models/download/progress?id={r.json()['download_id']}") as s:
+        progress = f"/v1/models/download/progress?id={r.json()['download_id']}"
+        with client.stream("GET", progress) as s:
             return events_of(sse_data(s))
 
 
@@ -325,17 +326,19 @@ def test_a_streaming_worker_is_never_idle(tmp_path: Path, tiny_model: Path) -> N
         worker = spawn(hive, tiny_model, ctx_size=8256)
         wait_ready(worker)
         auth = {"Authorization": f"Bearer {worker['api_key']}"}
-        with httpx.Client(headers=auth, timeout=60) as client:
-            with client.stream("POST", f"{worker['url']}/v1/inference",
-                               json={"prompt": "Once upon a time", "max_tokens": 8192,
-                                     "temperature": 0, "request_id": "req-long"}) as r:
-                started = time.monotonic()
-                for _line in r.iter_lines():
-                    if time.monotonic() - started > 3:  # three idle timeouts
-                        break
-                listed = httpx.get(f"{hive.url}/v1/workers/list").json()["workers"]
-                assert [w["state"] for w in listed] == ["busy"]
-                client.delete(f"{worker['url']}/v1/inference/req-long")
+        with (
+            httpx.Client(headers=auth, timeout=60) as client,
+            client.stream("POST", f"{worker['url']}/v1/inference",
+                          json={"prompt": "Once upon a time", "max_tokens": 8192,
+                                "temperature": 0, "request_id": "req-long"}) as r,
+        ):
+            started = time.monotonic()
+            for _line in r.iter_lines():
+                if time.monotonic() - started > 3:  # three idle timeouts
+                    break
+            listed = httpx.get(f"{hive.url}/v1/workers/list").json()["workers"]
+            assert [w["state"] for w in listed] == ["busy"]
+            client.delete(f"{worker['url']}/v1/inference/req-long")
     finally:
         assert hive.stop() == 0
 

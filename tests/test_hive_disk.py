@@ -25,6 +25,9 @@ import pytest
 from conftest import BIN, events_of, sse_data
 from hive_process import start_hive
 from model_server import ModelServer
+from test_infer import make_keeper
+from tinymodel import write_tiny_gguf
+
 from rbee.control.hive.catalog import ModelCatalog
 from rbee.control.hive.downloads import (
     PARTIAL_MAX_AGE_S,
@@ -35,8 +38,6 @@ from rbee.control.hive.downloads import (
 from rbee.control.hive.managed_worker import ManagedState, ManagedWorker, WorkerSpec
 from rbee.control.hive.model_refs import InvalidModelRef, local_filename, parse_model_ref
 from rbee.control.hive.preflight import available_ram_mb
-from test_infer import make_keeper
-from tinymodel import write_tiny_gguf
 
 MB = 1_000_000
 DISK_BYTES = 2 << 20

@@ -23,6 +23,7 @@ import pytest
 
 from conftest import BIN, start_worker
 from hive_process import HiveProcess, start_hive, start_hive_with_settings
+
 from rbee.control.hive.worker_records import WorkerRecord
 
 KEY = "hive-fault-key-7"

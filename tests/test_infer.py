@@ -20,6 +20,7 @@ from conftest import BIN, free_port
 from hive_process import start_hive
 from model_server import ModelServer
 from tinymodel import write_tiny_gguf
+
 from rbee.control.hive.config import KEY_FILE
 from rbee.control.worker_registry import WorkerRegistry
 
@@ -136,7 +137,8 @@ def test_ec1_hive_that_cannot_start_is_unreachable(tmp_path: Path, tiny_model: P
     assert result.returncode == 1
     port = keeper.port
     for attempt in (1, 2, 3):
-        assert f"Attempt {attempt}: Connecting to 127.0.0.1:{port}... (timeout 10s)" in result.stderr
+        assert (f"Attempt {attempt}: Connecting to 127.0.0.1:{port}... (timeout 10s)"
+                in result.stderr)
     assert f"Error: Cannot connect to 127.0.0.1:{port} after 3 attempts" in result.stderr
     assert "Suggestion: Check if rbee-hive is running on local" in result.stderr
     assert "rbee ssh-up local" in result.stderr

@@ -241,7 +241,7 @@ def test_hive_url_of_direct_nodes(table: str, url: str) -> None:
 def test_forwarded_node_has_no_direct_url() -> None:
     node = load_inventory(write(FULL)).get("mac")
     with pytest.raises(ValueError, match="reach it through SSH"):
-        node.hive_url
+        _ = node.hive_url
 
 
 @pytest.mark.parametrize("name", ["a", "mac", "gpu-box.lan", "n_1", "9", "A" * 63])

@@ -19,6 +19,7 @@ import pytest
 
 from conftest import LONG_CTX, WorkerProcess, start_long_stream, start_worker
 from tinymodel import write_tiny_gguf
+
 from rbee.dataplane.engine import DoneEvent, Generation, SamplingParams, TokenEvent
 from rbee.dataplane.llama_engine import LlamaEngine
 
@@ -42,9 +43,11 @@ def complete(worker: WorkerProcess, prompt: str = PROMPT, **body: object) -> dic
 
 
 def first_token(worker: WorkerProcess, prompt: str) -> str:
-    with httpx.Client(base_url=worker.url, timeout=60) as client:
-        with client.stream("POST", "/v1/inference",
-                           json={"prompt": prompt, "max_tokens": 1, "temperature": 0}) as r:
+    with (
+        httpx.Client(base_url=worker.url, timeout=60) as client,
+        client.stream("POST", "/v1/inference",
+                      json={"prompt": prompt, "max_tokens": 1, "temperature": 0}) as r,
+    ):
             for line in r.iter_lines():
                 if '"type": "token"' in line:
                     return json.loads(line.removeprefix("data: "))["token"]
@@ -109,10 +112,12 @@ def test_fifth_stream_on_four_slots_gets_503(four_slot_worker: WorkerProcess) ->
     ids = [f"req-full-{i}" for i in range(4)]
 
     def hold(request_id: str) -> None:
-        with httpx.Client(base_url=four_slot_worker.url, timeout=60) as client:
-            with client.stream("POST", "/v1/inference",
-                               json={"prompt": PROMPT, "max_tokens": 8192,
-                                     "request_id": request_id}) as r:
+        with (
+            httpx.Client(base_url=four_slot_worker.url, timeout=60) as client,
+            client.stream("POST", "/v1/inference",
+                          json={"prompt": PROMPT, "max_tokens": 8192,
+                                "request_id": request_id}) as r,
+        ):
                 lines = r.iter_lines()
                 next(line for line in lines if '"type": "token"' in line)
                 started.wait()

@@ -7,13 +7,14 @@ import gguf
 import numpy as np
 import pytest
 
+from tinymodel import write_tiny_gguf
+
 from rbee.dataplane.model_file import (
     ModelFileError,
     check_model_ref,
     read_model_info,
     resolve_model_path,
 )
-from tinymodel import write_tiny_gguf
 
 
 def test_reads_architecture_and_layers(tmp_path: Path) -> None:

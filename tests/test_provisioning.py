@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, free_port
-from rbee.control.wheel import build_wheel
 from sshd import FakeNode, start_sshd
 from test_hive_control import Operator
 from tinymodel import write_tiny_gguf
+
+from rbee.control.wheel import build_wheel
 
 pytestmark = pytest.mark.slow
 

@@ -7,6 +7,7 @@ on the "node" side with plain os/ps calls. No mocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -20,6 +21,9 @@ from typing import TypeVar
 
 import httpx
 import pytest
+
+from sshd import FakeNode, _keygen, start_sshd
+
 import rbee.control.runner as runner_module
 from rbee.control.runner import (
     CommandError,
@@ -31,7 +35,6 @@ from rbee.control.runner import (
     detached_script,
     make_runner,
 )
-from sshd import FakeNode, _keygen, start_sshd
 
 T = TypeVar("T")
 
@@ -412,10 +415,8 @@ def test_detached_start_survives_the_session(make: Callable[[], Runner], tmp_pat
         assert os.getsid(pid) == pid  # its own session: no hangup from the SSH session
         assert log.read_text() == f"{workdir}\nstarted\n"
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 15)
-        except ProcessLookupError:
-            pass
 
 
 def test_literal_detached_pattern(node: FakeNode, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ real loopback sshd node, and a node whose sshd refuses connections."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,10 +14,10 @@ from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Sparkline
 from textual.worker import WorkerState
 
-from hive_process import HiveProcess, start_hive
+from hive_process import start_hive
 from inventories import local_node, unreachable_node, write_inventory
 from model_server import ModelServer
-from sshd import FakeNode, start_sshd
+from sshd import start_sshd
 from test_hive_control import node_table
 from tinymodel import write_tiny_gguf
 
@@ -47,10 +48,8 @@ def cluster_inventory(tmp_path: Path) -> Iterator[Inventory]:
 
 
 async def _quietly_down(inventory: Inventory) -> None:
-    try:
+    with contextlib.suppress(cluster.ActionableError):  # never started, or the test stopped it
         await cluster.ssh_down(inventory.get("alpha"), lambda _text: None)
-    except cluster.ActionableError:
-        pass  # the hive was never started, or the test stopped it
 
 
 async def wait_for(pilot: Pilot[None], check: Callable[[], bool], timeout_s: float = 30.0,

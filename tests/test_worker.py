@@ -80,12 +80,14 @@ def test_health_answers_during_a_long_generation(shared_worker: WorkerProcess) -
     started = threading.Event()
 
     def long_stream() -> None:
-        with shared_worker.client() as client:
-            with client.stream("POST", "/v1/inference",
-                               json={"prompt": "Once upon a time", "max_tokens": 4000,
-                                     "temperature": 0, "request_id": "req-health-1"}) as r:
-                for _line in r.iter_lines():
-                    started.set()
+        with (
+            shared_worker.client() as client,
+            client.stream("POST", "/v1/inference",
+                          json={"prompt": "Once upon a time", "max_tokens": 4000,
+                                "temperature": 0, "request_id": "req-health-1"}) as r,
+        ):
+            for _line in r.iter_lines():
+                started.set()
 
     thread = threading.Thread(target=long_stream)
     thread.start()

@@ -8,6 +8,7 @@ from contextlib import aclosing
 import pytest
 
 from conftest import WorkerProcess
+
 from rbee.control.api_client import RemoteError
 from rbee.control.worker_client import WorkerClient
 

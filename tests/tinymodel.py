@@ -34,7 +34,7 @@ _FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "q8_0": gguf.LlamaFileType.MOS
                "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
 
 # Words whose pieces make ordinary English prompts tokenize into few tokens.
-_WORDS = (
+_WORDS = (  # noqa: SIM905  the word list reads as prose, not 170 quoted items
     "the a an and or but if then so of to in on at by for with from up down out over "
     "under is are was were be been being have has had do does did will would can could "
     "should may might must i you he she it we they me him her us them my your his its "

@@ -57,6 +57,7 @@ from .nodes_table import NodesTable
 from .stream_panel import StreamPanel
 from .workers_table import WorkersTable
 
+
 class _ActionVoice:
     """One long action's reports: its steps and progress become that action's line in the
     activity bar (a Say for the cluster layer's callbacks)."""

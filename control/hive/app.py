@@ -33,6 +33,7 @@ from .downloads import DownloadError, DownloadManager
 from .logs import LogBuffer
 from .managed_worker import LIVE_STATES, ManagedState, WorkerSpec
 from .model_refs import InvalidModelRef, parse_model_ref
+from .pool import WorkerPool
 from .preflight import (
     available_ram_mb,
     check_backend,
@@ -41,7 +42,6 @@ from .preflight import (
     context_size,
     estimate_ram,
 )
-from .pool import WorkerPool
 
 # The rbee-hive program this hive runs from, as started (the keeper starts it by its full
 # path): the keeper tells by it that a local hive is another installation's, or a deleted one's.

@@ -194,7 +194,8 @@ class ManagedWorker:
         except (httpx.HTTPError, ValueError):
             return None
 
-    async def stop(self, client: httpx.AsyncClient, *, graceful_s: float, terminate_s: float) -> None:
+    async def stop(self, client: httpx.AsyncClient, *, graceful_s: float,
+                   terminate_s: float) -> None:
         """Graceful shutdown, then SIGTERM, then SIGKILL; returns once the process is gone.
 
         A worker that did not take the shutdown request (frozen, or not serving) is not

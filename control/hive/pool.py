@@ -67,14 +67,14 @@ class WorkerPool:
         self._workers[worker_id] = worker
         serving = asyncio.ensure_future(worker.serving.wait())
         try:
-            deadline = asyncio.get_running_loop().time() + self.settings.worker_start_timeout_s
+            timeout_s = self.settings.worker_start_timeout_s
+            deadline = asyncio.get_running_loop().time() + timeout_s
             while not serving.done():
                 if worker.exited() is not None:
                     raise self._start_failure(worker, f"exited with code {worker.exited()}")
                 if asyncio.get_running_loop().time() > deadline:
                     await worker.kill()
-                    raise self._start_failure(
-                        worker, f"did not answer within {self.settings.worker_start_timeout_s:.0f} s")
+                    raise self._start_failure(worker, f"did not answer within {timeout_s:.0f} s")
                 await asyncio.wait({serving}, timeout=0.05)
         finally:
             serving.cancel()
