@@ -291,9 +291,11 @@ KNOWN = ("ssh, host, user, port, identity_file, known_hosts, hive_port, rbee_pat
     ('[nodes.mac]\nhost = "m"\nidentity_file = ""\n',
      'inventory.toml:3: node "mac": "identity_file" must be a file path, got ""'),
     ('[nodes.mac]\nhost = "m"\nrbee_path = ["a"]\n',
-     'inventory.toml:3: node "mac": "rbee_path" must be a directory path, got an array'),
+     'inventory.toml:3: node "mac": "rbee_path" must be a directory path, '
+     'got an array'),
     ('[defaults]\nhive_port = 8080\nidle_timeout_s = -1\n',
-     'inventory.toml:3: [defaults]: "idle_timeout_s" must be a number of seconds > 0, got -1'),
+     'inventory.toml:3: [defaults]: "idle_timeout_s" must be a number of seconds > 0, '
+     'got -1'),
     ('[defaults]\nidle = 3\n',
      'inventory.toml:2: [defaults]: unknown key "idle" (known: hive_port, idle_timeout_s)'),
     ('defaults = 3\n', 'inventory.toml:1: "defaults" must be a table, got 3'),
@@ -310,8 +312,8 @@ KNOWN = ("ssh, host, user, port, identity_file, known_hosts, hive_port, rbee_pat
     ('[nodes.mac]\nhost = "m"\napi_key_env = "K"\napi_key_file = "~/k"\n',
      'inventory.toml:4: node "mac": set "api_key_env" or "api_key_file", not both'),
     ('[nodes.mac]\nhost = "m"\nlisten = "0.0.0.0"\n',
-     'inventory.toml:3: node "mac": listen = "0.0.0.0" is reachable from the network, so the '
-     'node needs an API key: set "api_key_env" or "api_key_file"'),
+     'inventory.toml:3: node "mac": listen = "0.0.0.0" is reachable from the network, '
+     'so the node needs an API key: set "api_key_env" or "api_key_file"'),
     ('[nodes.mac]\nhost = "m"\n[nodes.mac.extra]\nx = 1\n',
      f'inventory.toml:3: node "mac": unknown key "extra" (known: {KNOWN})'),
     ('[nodes.mac]\nhost = "m"\nport = \n',

@@ -95,7 +95,8 @@ def _rbee(inventory: Path, home: Path, *args: str) -> subprocess.CompletedProces
     ({"_v1_models_download": b'{"local_path": "/models/x.gguf"}'},
      ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
     ({"_v1_models_download": b'{"download_id": "d-1"}',
-      "_v1_models_download_progress": b'data: {"stage": "failed", "error": "disk full"}\n\n'},
+      "_v1_models_download_progress": (
+          b'data: {"stage": "failed", "error": "disk full"}\n\n')},
      ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
     ({"_v1_models_download": b'{"download_id": "d-1"}', "_v1_models_download_progress": GARBAGE},
      ("models", "download", "--node", "garbled", "file:/models/x.gguf")),
