@@ -34,8 +34,10 @@ except ImportError:
     checkout_python = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
     if checkout_python.is_file() and Path(sys.executable) != checkout_python:
         os.execv(checkout_python, [str(checkout_python), __file__, *sys.argv[1:]])
-    sys.exit(f"{__file__}: rbee is not importable by {sys.executable}; activate the venv "
-             "where rbee is installed (`make install` makes .venv)")
+    sys.exit(
+        f"{__file__}: rbee is not importable by {sys.executable}; activate the venv "
+        "where rbee is installed (`make install` makes .venv)"
+    )
 
 
 def host_vars(node: Node) -> dict[str, Any]:
@@ -45,9 +47,11 @@ def host_vars(node: Node) -> dict[str, Any]:
         found["rbee_api_key"] = key
     if node.is_local:
         # The keeper's own install (its default rbee_path) is never replaced by a wheel.
-        found.update(ansible_connection="local",
-                     ansible_python_interpreter=sys.executable,
-                     rbee_is_keeper_install=node.rbee_path == sysconfig.get_path("scripts"))
+        found.update(
+            ansible_connection="local",
+            ansible_python_interpreter=sys.executable,
+            rbee_is_keeper_install=node.rbee_path == sysconfig.get_path("scripts"),
+        )
         return found
     common = ["-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={node.known_hosts}"]
     if node.identity_file:
@@ -83,13 +87,22 @@ def main() -> None:
         return
     if sys.argv[1:] != ["--list"]:
         sys.exit(f"usage: {sys.argv[0]} --list | --host NODE")
-    print(json.dumps({
-        "all": {"children": ["rbee_nodes"],
-                "vars": {"rbee_version": VERSION, "rbee_llama_build_env": llama_build_env(),
-                         "rbee_bundled_model_extra": BUNDLED_MODEL_EXTRA}},
-        "rbee_nodes": {"hosts": list(hosts)},
-        "_meta": {"hostvars": hosts},
-    }))
+    print(
+        json.dumps(
+            {
+                "all": {
+                    "children": ["rbee_nodes"],
+                    "vars": {
+                        "rbee_version": VERSION,
+                        "rbee_llama_build_env": llama_build_env(),
+                        "rbee_bundled_model_extra": BUNDLED_MODEL_EXTRA,
+                    },
+                },
+                "rbee_nodes": {"hosts": list(hosts)},
+                "_meta": {"hostvars": hosts},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,18 +41,64 @@ import psutil
 # Each prompt starts with a different word, so a server that keeps the last prompt's KV cache
 # (llama_cpp.server's single Llama does prefix matching) shares at most the BOS token with it.
 NAMES = [
-    "Amelia", "Bartholomew", "Cecilia", "Desmond", "Eleanor", "Fitzgerald", "Genevieve",
-    "Horatio", "Isadora", "Jasper", "Katarina", "Leopold", "Marguerite", "Nathaniel", "Ophelia",
-    "Percival", "Quentin", "Rosalind", "Sebastian", "Theodora", "Ulysses", "Valentina",
-    "Wilhelmina", "Xavier", "Yolanda", "Zachariah", "Beatrix", "Cornelius", "Dorothea",
-    "Ebenezer", "Felicity", "Gideon", "Harriet", "Ignatius", "Josephine", "Lysander",
-    "Millicent", "Octavius", "Penelope", "Reginald", "Seraphina", "Tobias", "Winifred",
-    "Alistair", "Bernadette", "Clementine", "Dashiell", "Evangeline",
+    "Amelia",
+    "Bartholomew",
+    "Cecilia",
+    "Desmond",
+    "Eleanor",
+    "Fitzgerald",
+    "Genevieve",
+    "Horatio",
+    "Isadora",
+    "Jasper",
+    "Katarina",
+    "Leopold",
+    "Marguerite",
+    "Nathaniel",
+    "Ophelia",
+    "Percival",
+    "Quentin",
+    "Rosalind",
+    "Sebastian",
+    "Theodora",
+    "Ulysses",
+    "Valentina",
+    "Wilhelmina",
+    "Xavier",
+    "Yolanda",
+    "Zachariah",
+    "Beatrix",
+    "Cornelius",
+    "Dorothea",
+    "Ebenezer",
+    "Felicity",
+    "Gideon",
+    "Harriet",
+    "Ignatius",
+    "Josephine",
+    "Lysander",
+    "Millicent",
+    "Octavius",
+    "Penelope",
+    "Reginald",
+    "Seraphina",
+    "Tobias",
+    "Winifred",
+    "Alistair",
+    "Bernadette",
+    "Clementine",
+    "Dashiell",
+    "Evangeline",
 ]
 PLACES = [
-    "a lighthouse on a windy cape", "a bakery in a mountain town", "an old library by the river",
-    "a farm at the edge of the forest", "a harbour full of fishing boats",
-    "a castle above the valley", "a train station in the desert", "a cottage near the sea",
+    "a lighthouse on a windy cape",
+    "a bakery in a mountain town",
+    "an old library by the river",
+    "a farm at the edge of the forest",
+    "a harbour full of fishing boats",
+    "a castle above the valley",
+    "a train station in the desert",
+    "a cottage near the sea",
 ]
 
 
@@ -125,8 +171,9 @@ class ForeignCpu:
     @staticmethod
     def _busy() -> float:
         t = psutil.cpu_times()  # guest time is already inside user and nice
-        return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq",
-                                                 "steal"))
+        return sum(
+            getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal")
+        )
 
     def _ours(self) -> tuple[float, float]:
         """CPU seconds of (our processes, their children: the server)."""
@@ -189,8 +236,10 @@ class Guard:
             if attempt < self.args.redo and self.budget[0] > other.wall:
                 self.budget[0] -= other.wall
                 self.redone += 1
-                print(f"    {what}: {other.cores:.2f} cores went elsewhere; running it again",
-                      flush=True)
+                print(
+                    f"    {what}: {other.cores:.2f} cores went elsewhere; running it again",
+                    flush=True,
+                )
                 return False
             self.disturbed += 1
         self.worst = max(self.worst, other.cores)
@@ -200,8 +249,10 @@ class Guard:
     def usage(self) -> tuple[float, float]:
         """Average cores used by (this process, the server) over the kept repetitions."""
         wall = sum(o.wall for o in self.kept) or 1.0
-        return (sum(o.own * o.wall for o in self.kept) / wall,
-                sum(o.children * o.wall for o in self.kept) / wall)
+        return (
+            sum(o.own * o.wall for o in self.kept) / wall,
+            sum(o.children * o.wall for o in self.kept) / wall,
+        )
 
 
 @dataclass
@@ -226,8 +277,13 @@ def summarize(t0: float, streams: list[Stream]) -> Row:
     ttfts = [s.ttft for s in streams]
     tokens = sum(s.tokens for s in streams)
     wall = max(s.end for s in streams) - t0
-    return Row(percentile(ttfts, 0.5), percentile(ttfts, 0.95), tokens / wall, tokens,
-               sum(s.retries for s in streams))
+    return Row(
+        percentile(ttfts, 0.5),
+        percentile(ttfts, 0.95),
+        tokens / wall,
+        tokens,
+        sum(s.retries for s in streams),
+    )
 
 
 def median_row(reps: list[Row]) -> Row:
@@ -243,8 +299,9 @@ def median_row(reps: list[Row]) -> Row:
 # --- (a) llama-cpp-python in-process: one request at a time ------------------------------------
 
 
-def bench_in_process(path: str, args: argparse.Namespace, prompts: Iterator[str],
-                     guard: Guard) -> tuple[dict[int, list[Row]], dict[str, Any], dict[str, str]]:
+def bench_in_process(
+    path: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard
+) -> tuple[dict[int, list[Row]], dict[str, Any], dict[str, str]]:
     """N streams here means N requests that arrive together and are served one after another."""
     import llama_cpp
 
@@ -252,8 +309,14 @@ def bench_in_process(path: str, args: argparse.Namespace, prompts: Iterator[str]
     before = me.memory_info().rss
     texts: dict[str, str] = {}
     with PeakRss(os.getpid()) as rss:
-        llm = llama_cpp.Llama(model_path=path, n_ctx=args.ctx, n_threads=args.threads,
-                              n_threads_batch=args.threads, n_batch=512, verbose=False)
+        llm = llama_cpp.Llama(
+            model_path=path,
+            n_ctx=args.ctx,
+            n_threads=args.threads,
+            n_threads_batch=args.threads,
+            n_batch=512,
+            verbose=False,
+        )
         loaded = me.memory_info().rss
 
         def run(prompt: str, t0: float) -> Stream:
@@ -261,8 +324,9 @@ def bench_in_process(path: str, args: argparse.Namespace, prompts: Iterator[str]
             first = None
             text = []
             n = 0
-            for chunk in llm.create_completion(prompt, max_tokens=args.tokens, temperature=0,
-                                                stream=True):
+            for chunk in llm.create_completion(
+                prompt, max_tokens=args.tokens, temperature=0, stream=True
+            ):
                 piece = chunk["choices"][0]["text"]
                 if piece:
                     now = time.perf_counter()
@@ -297,12 +361,18 @@ def bench_in_process(path: str, args: argparse.Namespace, prompts: Iterator[str]
 # --- (b) llama_cpp.server and (c) rbee-worker over /v1/completions ----------------------------
 
 
-async def one_stream(client: httpx.AsyncClient, prompt: str, t0: float,
-                     args: argparse.Namespace) -> Stream:
+async def one_stream(
+    client: httpx.AsyncClient, prompt: str, t0: float, args: argparse.Namespace
+) -> Stream:
     # llama_cpp.server defaults repeat_penalty to 1.1 (the Llama API and rbee: none), which
     # changes greedy output; rbee's OpenAI endpoints ignore fields they do not know.
-    body = {"prompt": prompt, "max_tokens": args.tokens, "temperature": 0, "stream": True,
-            "repeat_penalty": 1.0}
+    body = {
+        "prompt": prompt,
+        "max_tokens": args.tokens,
+        "temperature": 0,
+        "stream": True,
+        "repeat_penalty": 1.0,
+    }
     retries = 0
     while True:
         async with client.stream("POST", "/v1/completions", json=body) as r:
@@ -338,17 +408,20 @@ async def one_stream(client: httpx.AsyncClient, prompt: str, t0: float,
             if finish is None:
                 raise SystemExit(
                     f"{client.base_url}: a stream ended after {n} tokens with no finish_reason "
-                    "(cut off: llama_cpp.server does that without --interrupt_requests False)")
+                    "(cut off: llama_cpp.server does that without --interrupt_requests False)"
+                )
             tokens = args.tokens if finish == "length" else n
             return Stream((first or end) - t0, end, tokens, "".join(text), retries)
 
 
-async def run_rows(url: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard,
-                   name: str) -> tuple[dict[int, list[Row]], dict[str, str]]:
+async def run_rows(
+    url: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard, name: str
+) -> tuple[dict[int, list[Row]], dict[str, str]]:
     texts: dict[str, str] = {}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30, read=None),
-                                 limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=httpx.Timeout(30, read=None), limits=limits
+    ) as client:
         for _ in range(args.warmup):
             await one_stream(client, next(prompts), time.perf_counter(), args)
         rows: dict[int, list[Row]] = {}
@@ -361,7 +434,8 @@ async def run_rows(url: str, args: argparse.Namespace, prompts: Iterator[str], g
                     with ForeignCpu([os.getpid()]) as other:  # the server is our child
                         t0 = time.perf_counter()
                         streams = await asyncio.gather(
-                            *(one_stream(client, p, t0, args) for p in batch))
+                            *(one_stream(client, p, t0, args) for p in batch)
+                        )
                     texts.update((p, s.text) for p, s in zip(batch, streams, strict=True))
                     row = summarize(t0, list(streams))
                     if guard.accept(other, attempt, f"{name}, {n} streams"):
@@ -370,9 +444,15 @@ async def run_rows(url: str, args: argparse.Namespace, prompts: Iterator[str], g
     return rows, texts
 
 
-def bench_server(name: str, argv: list[str], ready: Callable[[httpx.Client], bool],
-                 url: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard
-                 ) -> tuple[dict[int, list[Row]], dict[str, Any], dict[str, str]]:
+def bench_server(
+    name: str,
+    argv: list[str],
+    ready: Callable[[httpx.Client], bool],
+    url: str,
+    args: argparse.Namespace,
+    prompts: Iterator[str],
+    guard: Guard,
+) -> tuple[dict[int, list[Row]], dict[str, Any], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k != "RBEE_WORKER_API_KEY"}
     # The server's output, read back if it does not become ready; deleted on the way out.
     with tempfile.NamedTemporaryFile("w+", prefix=f"bench-{name}-", suffix=".log") as log:
@@ -402,24 +482,69 @@ def bench_server(name: str, argv: list[str], ready: Callable[[httpx.Client], boo
                 proc.wait()
 
 
-def bench_llama_server(path: str, args: argparse.Namespace, prompts: Iterator[str],
-                       guard: Guard):
+def bench_llama_server(path: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard):
     port = free_port()
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", path, "--host", "127.0.0.1",
-            "--port", str(port), "--n_ctx", str(args.ctx), "--n_batch", "512",
-            "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
-            "--interrupt_requests", "False", "--verbose", "False"]
-    return bench_server("llama_cpp.server", argv, lambda c: c.get("/v1/models").status_code == 200,
-                        f"http://127.0.0.1:{port}", args, prompts, guard)
+    argv = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(args.ctx),
+        "--n_batch",
+        "512",
+        "--n_threads",
+        str(args.threads),
+        "--n_threads_batch",
+        str(args.threads),
+        "--interrupt_requests",
+        "False",
+        "--verbose",
+        "False",
+    ]
+    return bench_server(
+        "llama_cpp.server",
+        argv,
+        lambda c: c.get("/v1/models").status_code == 200,
+        f"http://127.0.0.1:{port}",
+        args,
+        prompts,
+        guard,
+    )
 
 
 def bench_rbee(ref: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard):
     port = free_port()
-    argv = [str(Path(sys.executable).parent / "rbee-worker"), "--model", ref, "--port", str(port),
-            "--slots", str(args.slots), "--threads", str(args.threads), "--ctx-size",
-            str(args.ctx), "--log-level", "warning", *args.rbee_arg]
-    return bench_server("rbee-worker", argv, lambda c: c.get("/v1/ready").json().get("ready"),
-                        f"http://127.0.0.1:{port}", args, prompts, guard)
+    argv = [
+        str(Path(sys.executable).parent / "rbee-worker"),
+        "--model",
+        ref,
+        "--port",
+        str(port),
+        "--slots",
+        str(args.slots),
+        "--threads",
+        str(args.threads),
+        "--ctx-size",
+        str(args.ctx),
+        "--log-level",
+        "warning",
+        *args.rbee_arg,
+    ]
+    return bench_server(
+        "rbee-worker",
+        argv,
+        lambda c: c.get("/v1/ready").json().get("ready"),
+        f"http://127.0.0.1:{port}",
+        args,
+        prompts,
+        guard,
+    )
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -437,8 +562,11 @@ def draw_chart(results: dict[str, dict[int, Row]], title: str, path: Path) -> No
     import matplotlib.pyplot as plt
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-    colors = {"in-process": "tab:blue", "llama_cpp.server": "tab:orange",
-              "rbee-worker": "tab:green"}
+    colors = {
+        "in-process": "tab:blue",
+        "llama_cpp.server": "tab:orange",
+        "rbee-worker": "tab:green",
+    }
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
     for name, by_n in results.items():
         streams = sorted(by_n)
@@ -471,21 +599,44 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=2048, help="context tokens per stream")
     parser.add_argument("--slots", type=int, default=4, help="rbee-worker --slots")
-    parser.add_argument("--retry-s", type=float, default=0.1,
-                        help="client wait before retrying rbee's 503 ALL_SLOTS_BUSY")
-    parser.add_argument("--rbee-arg", action="append", default=[],
-                        help="extra rbee-worker option, e.g. --rbee-arg=--extra-bufts")
+    parser.add_argument(
+        "--retry-s",
+        type=float,
+        default=0.1,
+        help="client wait before retrying rbee's 503 ALL_SLOTS_BUSY",
+    )
+    parser.add_argument(
+        "--rbee-arg",
+        action="append",
+        default=[],
+        help="extra rbee-worker option, e.g. --rbee-arg=--extra-bufts",
+    )
     parser.add_argument("--skip-in-process", action="store_true")
-    parser.add_argument("--max-other", type=float, default=0.15,
-                        help="cores busy elsewhere above which a repetition is run again")
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.15,
+        help="cores busy elsewhere above which a repetition is run again",
+    )
     parser.add_argument("--redo", type=int, default=2, help="reruns allowed per repetition")
-    parser.add_argument("--quiet-wait-s", type=float, default=15,
-                        help="longest wait for a quiet machine before each repetition")
-    parser.add_argument("--extra-s", type=float, default=150,
-                        help="most seconds spent, over the whole run, on reruns and waits")
-    parser.add_argument("--chart", type=Path,
-                        default=Path(__file__).resolve().parent.parent / "docs" / "performance.png",
-                        help="where to write the chart (PNG)")
+    parser.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=15,
+        help="longest wait for a quiet machine before each repetition",
+    )
+    parser.add_argument(
+        "--extra-s",
+        type=float,
+        default=150,
+        help="most seconds spent, over the whole run, on reruns and waits",
+    )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "docs" / "performance.png",
+        help="where to write the chart (PNG)",
+    )
     args = parser.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
 
@@ -493,28 +644,34 @@ def main() -> None:
         import llama_cpp.server.app  # noqa: F401  (checks that its extra deps are there)
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise SystemExit(f"{exc.name} is not importable: run `make bench-compare`, which "
-                         "installs llama-cpp-python[server] and matplotlib into bench/.venv"
-                         ) from None
+        raise SystemExit(
+            f"{exc.name} is not importable: run `make bench-compare`, which "
+            "installs llama-cpp-python[server] and matplotlib into bench/.venv"
+        ) from None
     from rbee.dataplane.model_file import resolve_model_path
 
     path = str(resolve_model_path(args.model))
-    print(f"model {args.model} ({Path(path).name}), {args.threads} threads, ctx {args.ctx} per "
-          f"stream, max_tokens {args.tokens} greedy (repeat_penalty 1), /v1/completions "
-          f"streaming, median of {args.reps} (+{args.warmup} warm-up request)"
-          + (f"; rbee-worker {' '.join(args.rbee_arg)}" if args.rbee_arg else ""))
-    print(f"- concurrent streams are sent together (asyncio.gather over one httpx.AsyncClient); "
-          f"TTFT counts from then.\n"
-          f"- llama_cpp.server runs with --interrupt_requests False, so extra streams queue "
-          f"behind the running one;\n  its default (True) ends the running stream as soon as "
-          f"another request arrives, with [DONE] and\n  no finish_reason, so a client cannot "
-          f"tell a cut-off answer from a finished one.\n"
-          f"- rbee-worker --slots {args.slots}: a stream beyond the slots gets 503 "
-          f"ALL_SLOTS_BUSY and the client retries\n  every {args.retry_s * 1000:.0f} ms "
-          f"(ignoring Retry-After: 1); the wait counts in its TTFT.\n"
-          f"- in-process: one request at a time, llm.reset() before each; N streams = N "
-          f"requests arriving together,\n  served one after another (TTFT includes the wait).\n"
-          f"- aggregate tok/s = generated tokens / (last token - requests sent).", flush=True)
+    print(
+        f"model {args.model} ({Path(path).name}), {args.threads} threads, ctx {args.ctx} per "
+        f"stream, max_tokens {args.tokens} greedy (repeat_penalty 1), /v1/completions "
+        f"streaming, median of {args.reps} (+{args.warmup} warm-up request)"
+        + (f"; rbee-worker {' '.join(args.rbee_arg)}" if args.rbee_arg else "")
+    )
+    print(
+        f"- concurrent streams are sent together (asyncio.gather over one httpx.AsyncClient); "
+        f"TTFT counts from then.\n"
+        f"- llama_cpp.server runs with --interrupt_requests False, so extra streams queue "
+        f"behind the running one;\n  its default (True) ends the running stream as soon as "
+        f"another request arrives, with [DONE] and\n  no finish_reason, so a client cannot "
+        f"tell a cut-off answer from a finished one.\n"
+        f"- rbee-worker --slots {args.slots}: a stream beyond the slots gets 503 "
+        f"ALL_SLOTS_BUSY and the client retries\n  every {args.retry_s * 1000:.0f} ms "
+        f"(ignoring Retry-After: 1); the wait counts in its TTFT.\n"
+        f"- in-process: one request at a time, llm.reset() before each; N streams = N "
+        f"requests arriving together,\n  served one after another (TTFT includes the wait).\n"
+        f"- aggregate tok/s = generated tokens / (last token - requests sent).",
+        flush=True,
+    )
 
     # Each backend gets the same prompt sequence (a fresh prompt_stream()).
     started = time.perf_counter()
@@ -523,8 +680,7 @@ def main() -> None:
     info: dict[str, dict[str, Any]] = {}
     texts: dict[str, dict[str, str]] = {}
     guards: dict[str, Guard] = {}
-    runs = [("llama_cpp.server", bench_llama_server, path),
-            ("rbee-worker", bench_rbee, args.model)]
+    runs = [("llama_cpp.server", bench_llama_server, path), ("rbee-worker", bench_rbee, args.model)]
     if not args.skip_in_process:
         runs.insert(0, ("in-process", bench_in_process, path))
     for name, bench, model in runs:
@@ -534,22 +690,30 @@ def main() -> None:
     results = {name: {n: median_row(r) for n, r in by_n.items()} for name, by_n in reps.items()}
     print()
 
-    head = (f"{'streams':>7}  {'backend':<17} {'TTFT p50':>9} {'TTFT p95':>9} "
-            f"{'tok/s':>7} {'(min-max of reps)':>17} {'tokens':>6}")
+    head = (
+        f"{'streams':>7}  {'backend':<17} {'TTFT p50':>9} {'TTFT p95':>9} "
+        f"{'tok/s':>7} {'(min-max of reps)':>17} {'tokens':>6}"
+    )
     print(head)
     print("-" * len(head))
     for n in args.streams:
         for name, by_n in results.items():
             r = by_n[n]
-            spread = f"{min(x.tok_s for x in reps[name][n]):.1f}-" \
-                     f"{max(x.tok_s for x in reps[name][n]):.1f}"
-            print(f"{n:>7}  {name:<17} {r.ttft_p50 * 1000:6.0f} ms {r.ttft_p95 * 1000:6.0f} ms "
-                  f"{r.tok_s:7.1f} {spread:>17} {r.tokens:6d}")
+            spread = (
+                f"{min(x.tok_s for x in reps[name][n]):.1f}-"
+                f"{max(x.tok_s for x in reps[name][n]):.1f}"
+            )
+            print(
+                f"{n:>7}  {name:<17} {r.ttft_p50 * 1000:6.0f} ms {r.ttft_p95 * 1000:6.0f} ms "
+                f"{r.tok_s:7.1f} {spread:>17} {r.tokens:6d}"
+            )
         rb, ls = results["rbee-worker"][n], results["llama_cpp.server"][n]
         retries = sum(x.retries for x in reps["rbee-worker"][n])
-        print(f"{'':>7}  {'rbee / server':<17} {rb.ttft_p50 / ls.ttft_p50:8.2f}x "
-              f"{rb.ttft_p95 / ls.ttft_p95:8.2f}x {rb.tok_s / ls.tok_s:6.2f}x"
-              + (f"   (rbee: {retries} 503 retries over {args.reps} reps)" if retries else ""))
+        print(
+            f"{'':>7}  {'rbee / server':<17} {rb.ttft_p50 / ls.ttft_p50:8.2f}x "
+            f"{rb.ttft_p95 / ls.ttft_p95:8.2f}x {rb.tok_s / ls.tok_s:6.2f}x"
+            + (f"   (rbee: {retries} 503 retries over {args.reps} reps)" if retries else "")
+        )
     print()
 
     rb, ls = results["rbee-worker"], results["llama_cpp.server"]
@@ -566,17 +730,22 @@ def main() -> None:
         check(x >= 2.5, f"4 streams, tok/s rbee / llama_cpp.server: {x:.2f}x (target >= 2.5x)")
     if 1 in args.streams and 4 in args.streams:
         x = rb[4].ttft_p50 / rb[1].ttft_p50
-        check(x <= 2.0, f"rbee TTFT p50 4 streams / 1 stream: {x:.2f}x (target <= 2x; "
-                        f"{rb[4].ttft_p50 * 1000:.0f} ms vs {rb[1].ttft_p50 * 1000:.0f} ms)")
+        check(
+            x <= 2.0,
+            f"rbee TTFT p50 4 streams / 1 stream: {x:.2f}x (target <= 2x; "
+            f"{rb[4].ttft_p50 * 1000:.0f} ms vs {rb[1].ttft_p50 * 1000:.0f} ms)",
+        )
     print()
     print("peak RSS (sampled every 50 ms, children included):")
     for name in ("llama_cpp.server", "rbee-worker"):
         print(f"  {name:<17} {mb(info[name]['peak'])}")
     if "in-process" in info:
         mem = info["in-process"]
-        print(f"  {'in-process':<17} +{mb(mem['loaded'] - mem['before'])} after load, "
-              f"+{mb(mem['peak'] - mem['before'])} at peak (the process had "
-              f"{mb(mem['before'])} before loading)")
+        print(
+            f"  {'in-process':<17} +{mb(mem['loaded'] - mem['before'])} after load, "
+            f"+{mb(mem['peak'] - mem['before'])} at peak (the process had "
+            f"{mb(mem['before'])} before loading)"
+        )
     print()
 
     # Greedy decoding on three engines: texts agree for a while, then may part where two
@@ -588,24 +757,43 @@ def main() -> None:
             same = sum(base[p] == texts[name][p] for p in common)
             shared = statistics.median(
                 len(os.path.commonprefix([base[p], texts[name][p]])) / max(1, len(base[p]))
-                for p in common)
-            print(f"greedy texts vs llama_cpp.server: {name} identical {same}/{len(common)}, "
-                  f"median shared prefix {shared:.0%}")
-    print(f"other load (another process on the {psutil.cpu_count()} cores; a repetition with "
-          f"more than {args.max_other} cores busy elsewhere is rerun, up to {args.redo} times):")
+                for p in common
+            )
+            print(
+                f"greedy texts vs llama_cpp.server: {name} identical {same}/{len(common)}, "
+                f"median shared prefix {shared:.0%}"
+            )
+    print(
+        f"other load (another process on the {psutil.cpu_count()} cores; a repetition with "
+        f"more than {args.max_other} cores busy elsewhere is rerun, up to {args.redo} times):"
+    )
     for name, g in guards.items():
-        print(f"  {name:<17} reruns {g.redone}, kept while disturbed {g.disturbed}, "
-              f"worst kept {g.worst:.2f} cores")
+        print(
+            f"  {name:<17} reruns {g.redone}, kept while disturbed {g.disturbed}, "
+            f"worst kept {g.worst:.2f} cores"
+        )
     print("cores used while the rows ran (average over the kept repetitions):")
     for name, g in guards.items():
         own, server = g.usage()
-        print(f"  {name:<17} " + (f"in-process {own:.2f}" if name == "in-process" else
-                                  f"server {server:.2f}, benchmark client {own:.2f}"))
+        print(
+            f"  {name:<17} "
+            + (
+                f"in-process {own:.2f}"
+                if name == "in-process"
+                else f"server {server:.2f}, benchmark client {own:.2f}"
+            )
+        )
     if any(g.disturbed for g in guards.values()):
-        print("WARNING: some kept repetitions ran while the machine was busy elsewhere; "
-              "rerun when it is quiet.")
-    draw_chart(results, f"{args.model}, {args.threads} threads, greedy, {args.tokens} tokens per "
-               f"stream; rbee-worker --slots {args.slots}; median of {args.reps}", args.chart)
+        print(
+            "WARNING: some kept repetitions ran while the machine was busy elsewhere; "
+            "rerun when it is quiet."
+        )
+    draw_chart(
+        results,
+        f"{args.model}, {args.threads} threads, greedy, {args.tokens} tokens per "
+        f"stream; rbee-worker --slots {args.slots}; median of {args.reps}",
+        args.chart,
+    )
     print(f"chart: {args.chart}")
     print(f"total {time.perf_counter() - started:.0f} s")
 

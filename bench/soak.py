@@ -56,15 +56,32 @@ def start_worker(model: str, slots: int, log: Path) -> tuple[subprocess.Popen[by
     bin_dir = Path(sys.executable).parent
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(bin_dir / "rbee-worker"), "--model", model, "--port", str(port),
-             "--slots", str(slots), "--ctx-size", "1024", "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "RBEE_WORKER_API_KEY": KEY})
+            [
+                str(bin_dir / "rbee-worker"),
+                "--model",
+                model,
+                "--port",
+                str(port),
+                "--slots",
+                str(slots),
+                "--ctx-size",
+                "1024",
+                "--log-level",
+                "warning",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RBEE_WORKER_API_KEY": KEY},
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/v1/ready", headers={"Authorization": f"Bearer {KEY}"},
-                         timeout=2).json().get("ready"):
+            if (
+                httpx.get(f"{url}/v1/ready", headers={"Authorization": f"Bearer {KEY}"}, timeout=2)
+                .json()
+                .get("ready")
+            ):
                 return proc, url
         except httpx.HTTPError:
             pass
@@ -75,12 +92,18 @@ def start_worker(model: str, slots: int, log: Path) -> tuple[subprocess.Popen[by
     sys.exit(f"the worker did not become ready; see {log}")
 
 
-async def one_request(client: httpx.AsyncClient, rng: random.Random, n: int,
-                      outcomes: collections.Counter[str]) -> None:
+async def one_request(
+    client: httpx.AsyncClient, rng: random.Random, n: int, outcomes: collections.Counter[str]
+) -> None:
     fate = rng.choices(["complete", "disconnect", "delete"], weights=[4, 3, 3])[0]
     after = rng.randint(1, 24)  # tokens before the client vanishes or cancels
-    body = {"prompt": "Once upon a time", "max_tokens": rng.randint(8, 96),
-            "temperature": rng.choice([0, 0.8]), "seed": n, "request_id": f"soak-{n}"}
+    body = {
+        "prompt": "Once upon a time",
+        "max_tokens": rng.randint(8, 96),
+        "temperature": rng.choice([0, 0.8]),
+        "seed": n,
+        "request_id": f"soak-{n}",
+    }
     for _attempt in range(50):
         async with client.stream("POST", "/v1/inference", json=body) as response:
             if response.status_code == 503:
@@ -104,8 +127,9 @@ async def one_request(client: httpx.AsyncClient, rng: random.Random, n: int,
                     if tokens == after and fate == "delete":
                         for _twice in range(2):
                             r = await client.delete(f"/v1/inference/{body['request_id']}")
-                            outcomes["DELETE 204" if r.status_code == 204
-                                     else f"DELETE {r.status_code}"] += 1
+                            outcomes[
+                                "DELETE 204" if r.status_code == 204 else f"DELETE {r.status_code}"
+                            ] += 1
                 elif event["type"] == "done":
                     outcomes[f"done: {event['stop_reason']}"] += 1
                     return
@@ -122,8 +146,10 @@ async def soak(url: str, args: argparse.Namespace) -> collections.Counter[str]:
     outcomes: collections.Counter[str] = collections.Counter()
     gate = asyncio.Semaphore(args.concurrency)
     limits = httpx.Limits(max_connections=args.concurrency * 2)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY}"},
-                                 timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60, limits=limits
+    ) as client:
+
         async def gated(n: int) -> None:
             async with gate:
                 await one_request(client, random.Random(rng.random()), n, outcomes)
@@ -179,16 +205,23 @@ def main() -> int:
             proc.terminate()
             proc.wait(30)
 
-    print(f"rbee-worker soak: {args.requests} requests, {args.concurrency} clients, "
-          f"{args.slots} slots, seed {args.seed}, {elapsed:.1f} s")
+    print(
+        f"rbee-worker soak: {args.requests} requests, {args.concurrency} clients, "
+        f"{args.slots} slots, seed {args.seed}, {elapsed:.1f} s"
+    )
     for outcome, count in sorted(outcomes.items()):
         print(f"  {outcome:<32} {count:>6}")
     print(f"  slots busy after                 {busy:>6}  (settled in {waited * 1000:.0f} ms)")
     print(f"  RSS MB before / after        {rss0 / 2**20:>6.0f} / {rss1 / 2**20:.0f}")
     print(f"  open fds before / after      {fds0:>6} / {fds1}")
     print(f"  worker alive at the end          {'yes' if alive else 'NO':>6}")
-    failed = (busy != 0 or not alive or outcomes["ended without a terminal event"]
-              or (rss1 - rss0) / 2**20 > RSS_GROWTH_LIMIT_MB or fds1 - fds0 > FD_GROWTH_LIMIT)
+    failed = (
+        busy != 0
+        or not alive
+        or outcomes["ended without a terminal event"]
+        or (rss1 - rss0) / 2**20 > RSS_GROWTH_LIMIT_MB
+        or fds1 - fds0 > FD_GROWTH_LIMIT
+    )
     print("FAILED" if failed else "ok")
     return 1 if failed else 0
 

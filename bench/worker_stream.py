@@ -39,27 +39,45 @@ def speed(t0: float, stamps: list[float]) -> tuple[float, float]:
 def bench_in_process(path: str, args: argparse.Namespace) -> list[tuple[float, float]]:
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=path, n_ctx=args.ctx, n_threads=args.threads,
-                          n_threads_batch=args.threads, n_batch=512, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=path,
+        n_ctx=args.ctx,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_batch=512,
+        verbose=False,
+    )
     results = []
     for _ in range(args.warmup + args.runs):
         llm.reset()  # no prompt reuse from the last run: rbee-worker evaluates it fresh too
         t0 = time.perf_counter()
         stamps = []
-        for _chunk in llm.create_completion(PROMPT, max_tokens=args.tokens, temperature=0,
-                                            stream=True):
+        for _chunk in llm.create_completion(
+            PROMPT, max_tokens=args.tokens, temperature=0, stream=True
+        ):
             stamps.append(time.perf_counter())
         results.append(speed(t0, stamps))
     del llm
-    return results[args.warmup:]
+    return results[args.warmup :]
 
 
 def bench_worker(ref: str, args: argparse.Namespace) -> tuple[list[tuple[float, float]], int]:
     port = free_port()
     bin_dir = Path(sys.executable).parent
     proc = subprocess.Popen(
-        [str(bin_dir / "rbee-worker"), "--model", ref, "--port", str(port), "--threads",
-         str(args.threads), "--ctx-size", str(args.ctx), "--log-level", "warning"],
+        [
+            str(bin_dir / "rbee-worker"),
+            "--model",
+            ref,
+            "--port",
+            str(port),
+            "--threads",
+            str(args.threads),
+            "--ctx-size",
+            str(args.ctx),
+            "--log-level",
+            "warning",
+        ],
         env={k: v for k, v in os.environ.items() if k != "RBEE_WORKER_API_KEY"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -88,7 +106,7 @@ def bench_worker(ref: str, args: argparse.Namespace) -> tuple[list[tuple[float, 
                         elif line.startswith("data: {") and '"type": "done"' in line:
                             total = json.loads(line[6:])["total_tokens"]
                 results.append(speed(t0, stamps))
-        return results[args.warmup:], total
+        return results[args.warmup :], total
     finally:
         proc.terminate()
         proc.wait(30)
@@ -107,8 +125,10 @@ def main() -> None:
     from rbee.dataplane.model_file import resolve_model_path
 
     path = str(resolve_model_path(args.model))
-    print(f"model {args.model} ({Path(path).name}), {args.threads} threads, ctx {args.ctx}, "
-          f"{args.tokens} tokens greedy, median of {args.runs} (+{args.warmup} warm-up)")
+    print(
+        f"model {args.model} ({Path(path).name}), {args.threads} threads, ctx {args.ctx}, "
+        f"{args.tokens} tokens greedy, median of {args.runs} (+{args.warmup} warm-up)"
+    )
     inproc = bench_in_process(path, args)
     worker, total = bench_worker(args.model, args)
     if total != args.tokens:
@@ -124,8 +144,10 @@ def main() -> None:
     print(f"{'':<28} {'decode':>14}              {'first token':>11}")
     a_ttft, a_tps = row("llama-cpp-python in-process", inproc)
     b_ttft, b_tps = row("rbee-worker over SSE", worker)
-    print(f"ratio rbee / in-process: {b_tps / a_tps:.3f} (target >= 0.97); "
-          f"TTFT overhead {b_ttft - a_ttft:+.1f} ms (target <= 10 ms)")
+    print(
+        f"ratio rbee / in-process: {b_tps / a_tps:.3f} (target >= 0.97); "
+        f"TTFT overhead {b_ttft - a_ttft:+.1f} ms (target <= 10 ms)"
+    )
 
 
 if __name__ == "__main__":

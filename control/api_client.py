@@ -15,8 +15,14 @@ from rbee.dataplane.protocol import SILENCE_LIMIT_S, SSE_DONE, ErrorCode
 class RemoteError(Exception):
     """The other side answered with an error envelope, or with something unreadable."""
 
-    def __init__(self, code: str, message: str, *, status: int | None = None,
-                 details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -28,8 +34,9 @@ class InvalidResponse(RemoteError):
     """A 2xx answer whose body is not the JSON this endpoint sends: not our peer, or broken."""
 
     def __init__(self, peer: str, path: str) -> None:
-        super().__init__(ErrorCode.INTERNAL_ERROR, f"Invalid response from {peer}",
-                         details={"path": path})
+        super().__init__(
+            ErrorCode.INTERNAL_ERROR, f"Invalid response from {peer}", details={"path": path}
+        )
 
 
 class PeerSilent(RemoteError):
@@ -37,8 +44,9 @@ class PeerSilent(RemoteError):
     call that takes long by nature, its own deadline)."""
 
     def __init__(self, peer: str, silent_s: float) -> None:
-        super().__init__(ErrorCode.CONNECTION_TIMEOUT,
-                         f"{peer} stopped answering for {silent_s:g} s")
+        super().__init__(
+            ErrorCode.CONNECTION_TIMEOUT, f"{peer} stopped answering for {silent_s:g} s"
+        )
 
 
 def error_message(event: dict[str, Any]) -> str | None:
@@ -55,9 +63,11 @@ def raise_for_error(response: httpx.Response) -> None:
         error = response.json()["error"]
         code, message, details = error["code"], error["message"], error.get("details")
     except (ValueError, KeyError, TypeError):
-        raise RemoteError(ErrorCode.INTERNAL_ERROR,
-                          f"HTTP {response.status_code}: {response.text[:200]}",
-                          status=response.status_code) from None
+        raise RemoteError(
+            ErrorCode.INTERNAL_ERROR,
+            f"HTTP {response.status_code}: {response.text[:200]}",
+            status=response.status_code,
+        ) from None
     raise RemoteError(code, message, status=response.status_code, details=details)
 
 
@@ -70,8 +80,14 @@ class ApiClient:
 
     peer = "the server"
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 10.0,
-                 peer: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 10.0,
+        peer: str | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url
         if peer is not None:
@@ -88,8 +104,9 @@ class ApiClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _json(self, method: str, path: str, *, timeout_s: float | None = None,
-                    **kwargs: Any) -> Any:
+    async def _json(
+        self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any
+    ) -> Any:
         if timeout_s is not None:
             kwargs["timeout"] = timeout_s
         response = await self._http.request(method, path, **kwargs)
@@ -101,8 +118,9 @@ class ApiClient:
         except ValueError:
             raise InvalidResponse(self.peer, path) from None
 
-    async def _object(self, method: str, path: str, *keys: str, timeout_s: float | None = None,
-                      **kwargs: Any) -> dict[str, Any]:
+    async def _object(
+        self, method: str, path: str, *keys: str, timeout_s: float | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         """A JSON object answer holding at least `keys`; InvalidResponse otherwise."""
         body = await self._json(method, path, timeout_s=timeout_s, **kwargs)
         if not isinstance(body, dict) or not all(key in body for key in keys):
@@ -112,7 +130,8 @@ class ApiClient:
     def _objects(self, items: Any, path: str, *keys: str) -> list[dict[str, Any]]:
         """`items` when it is a list of JSON objects holding `keys`; InvalidResponse otherwise."""
         if not isinstance(items, list) or not all(
-                isinstance(item, dict) and all(key in item for key in keys) for item in items):
+            isinstance(item, dict) and all(key in item for key in keys) for item in items
+        ):
             raise InvalidResponse(self.peer, path)
         return items
 

@@ -22,24 +22,36 @@ ATTEMPTS = 3
 _BACKOFF = wait_exponential(multiplier=0.2)  # 200 ms after the first try, 400 ms after the second
 
 
-async def connect_attempts(connect: Callable[[], Awaitable[T]], *, address: str,
-                           timeout_s: float, say: Callable[[str], None],
-                           retry_if: Callable[[BaseException], bool]) -> T:
+async def connect_attempts(
+    connect: Callable[[], Awaitable[T]],
+    *,
+    address: str,
+    timeout_s: float,
+    say: Callable[[str], None],
+    retry_if: Callable[[BaseException], bool],
+) -> T:
     """`connect()`'s result; the last error once ATTEMPTS tries failed with errors `retry_if`
     accepts, any other error at once."""
-    retrying = AsyncRetrying(stop=stop_after_attempt(ATTEMPTS), wait=_BACKOFF,
-                             retry=retry_if_exception(retry_if), reraise=True)
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(ATTEMPTS),
+        wait=_BACKOFF,
+        retry=retry_if_exception(retry_if),
+        reraise=True,
+    )
     async for attempt in retrying:
         with attempt:
-            say(f"Attempt {attempt.retry_state.attempt_number}: Connecting to {address}... "
-                f"(timeout {timeout_s:g}s)")
+            say(
+                f"Attempt {attempt.retry_state.attempt_number}: Connecting to {address}... "
+                f"(timeout {timeout_s:g}s)"
+            )
             return await connect()
     raise AssertionError("tenacity ends with a result or the last error")
 
 
 def cannot_connect(address: str, *details: str, suggestion: str) -> ActionableError:
-    return ActionableError(f"Cannot connect to {address} after {ATTEMPTS} attempts", *details,
-                           suggestion=suggestion)
+    return ActionableError(
+        f"Cannot connect to {address} after {ATTEMPTS} attempts", *details, suggestion=suggestion
+    )
 
 
 async def connect_over_ssh(runner: Runner, node: Node, say: Callable[[str], None]) -> None:
@@ -51,20 +63,30 @@ async def connect_over_ssh(runner: Runner, node: Node, say: Callable[[str], None
         return
     address = f"{runner.host}:{runner.port}"
     try:
-        await connect_attempts(runner.connect, address=address, timeout_s=runner.connect_timeout_s,
-                               say=say, retry_if=lambda e: isinstance(e, SSHConnectError)
-                               and e.worth_retrying)
+        await connect_attempts(
+            runner.connect,
+            address=address,
+            timeout_s=runner.connect_timeout_s,
+            say=say,
+            retry_if=lambda e: isinstance(e, SSHConnectError) and e.worth_retrying,
+        )
     except SSHConnectError as exc:
         if not exc.worth_retrying:
             raise
         if exc.kind == "refused":
-            raise cannot_connect(address, "SSH: the connection was refused",
-                                 suggestion=f"Check if sshd is running on {node.name} "
-                                            f"(port {runner.port})") from None
+            raise cannot_connect(
+                address,
+                "SSH: the connection was refused",
+                suggestion=f"Check if sshd is running on {node.name} (port {runner.port})",
+            ) from None
         if exc.kind == "timeout":
-            raise cannot_connect(address, f"SSH: no answer within {runner.connect_timeout_s:g} s",
-                                 suggestion=f"Check if {node.name} is up and reachable from "
-                                            "here") from None
-        raise cannot_connect(address, f"SSH: {exc}",
-                             suggestion=f"Check the host of {node.name} in "
-                                        f"{node.inventory_path}") from None
+            raise cannot_connect(
+                address,
+                f"SSH: no answer within {runner.connect_timeout_s:g} s",
+                suggestion=f"Check if {node.name} is up and reachable from here",
+            ) from None
+        raise cannot_connect(
+            address,
+            f"SSH: {exc}",
+            suggestion=f"Check the host of {node.name} in {node.inventory_path}",
+        ) from None

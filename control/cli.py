@@ -29,9 +29,14 @@ from .worker_registry import WorkerRegistry
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--inventory", "inventory_path", default=None, metavar="FILE",
-              help="inventory.toml (else $RBEE_INVENTORY, ~/.config/rbee/inventory.toml, "
-                   "the bundled example).")
+@click.option(
+    "--inventory",
+    "inventory_path",
+    default=None,
+    metavar="FILE",
+    help="inventory.toml (else $RBEE_INVENTORY, ~/.config/rbee/inventory.toml, "
+    "the bundled example).",
+)
 @click.version_option(VERSION, prog_name="rbee")
 @click.pass_context
 def main(ctx: click.Context, inventory_path: str | None) -> None:
@@ -52,26 +57,59 @@ def _inventory(ctx: click.Context) -> Inventory:
 @click.option("--prompt", default=None, help="The prompt (or give it as arguments).")
 @click.option("--node", default="local", show_default=True)
 @click.option("--model", "model_ref", default=DEFAULT_MODEL_REF, show_default=True)
-@click.option("--max-tokens", type=click.IntRange(1, MAX_TOKENS_LIMIT), default=200,
-              show_default=True)
+@click.option(
+    "--max-tokens", type=click.IntRange(1, MAX_TOKENS_LIMIT), default=200, show_default=True
+)
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None)
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=300.0,
-              show_default=True, help="Seconds to wait for the model to load.")
-@click.option("--retry", "busy_retries", type=click.IntRange(0, 10), default=3, show_default=True,
-              help="Retries when the worker is busy (after 1, 2, 4 … s).")
-@click.option("--backend", type=click.Choice(get_args(Backend)), default=None,
-              help="cpu, cuda or metal (default: the node's backend in the inventory).")
-@click.option("--device", type=click.IntRange(0), default=0, show_default=True,
-              help="Which GPU of the node (cuda, metal).")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the model to load.",
+)
+@click.option(
+    "--retry",
+    "busy_retries",
+    type=click.IntRange(0, 10),
+    default=3,
+    show_default=True,
+    help="Retries when the worker is busy (after 1, 2, 4 … s).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(get_args(Backend)),
+    default=None,
+    help="cpu, cuda or metal (default: the node's backend in the inventory).",
+)
+@click.option(
+    "--device",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Which GPU of the node (cuda, metal).",
+)
 @click.pass_context
-def infer(ctx: click.Context, prompt_words: tuple[str, ...], prompt: str | None, node: str,
-          model_ref: str, max_tokens: int, temperature: float, seed: int | None,
-          timeout_s: float, busy_retries: int, backend: Backend | None, device: int) -> None:
+def infer(
+    ctx: click.Context,
+    prompt_words: tuple[str, ...],
+    prompt: str | None,
+    node: str,
+    model_ref: str,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    timeout_s: float,
+    busy_retries: int,
+    backend: Backend | None,
+    device: int,
+) -> None:
     """Stream an answer from MODEL on NODE (tokens on stdout, progress on stderr)."""
     text = prompt if prompt is not None else " ".join(prompt_words)
     if not text.strip():
-        raise click.UsageError("give a prompt: rbee infer \"write a short story\"")
+        raise click.UsageError('give a prompt: rbee infer "write a short story"')
     from rbee.control.hive.model_refs import InvalidModelRef, parse_model_ref
 
     try:
@@ -83,10 +121,17 @@ def infer(ctx: click.Context, prompt_words: tuple[str, ...], prompt: str | None,
         target = inventory.get(node)
     except InventoryError as exc:
         raise click.BadParameter(str(exc), param_hint="--node") from None
-    request = InferRequest(prompt=text, model_ref=model_ref, max_tokens=max_tokens,
-                           temperature=temperature, seed=seed, loading_timeout_s=timeout_s,
-                           busy_retries=busy_retries, backend=backend or target.backend,
-                           device=device)
+    request = InferRequest(
+        prompt=text,
+        model_ref=model_ref,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        loading_timeout_s=timeout_s,
+        busy_retries=busy_retries,
+        backend=backend or target.backend,
+        device=device,
+    )
 
     async def run() -> int:
         console = Console()
@@ -101,8 +146,10 @@ def infer(ctx: click.Context, prompt_words: tuple[str, ...], prompt: str | None,
             console.error(str(exc))
             return 1
         except (httpx.HTTPError, RemoteError) as exc:  # a node that went away mid-command
-            console.error(f"lost contact with {node}: {exc}",
-                          suggestion=f"see `rbee logs --node {node}` and retry")
+            console.error(
+                f"lost contact with {node}: {exc}",
+                suggestion=f"see `rbee logs --node {node}` and retry",
+            )
             return 1
         finally:
             registry.close()
@@ -139,31 +186,41 @@ def _on_each(nodes: list[Node], action: Callable[[Node, Say], Awaitable[str]]) -
         sys.exit(1)
 
 
-def _over_ssh(action: Callable[[Node, Runner, Say], Awaitable[str]]
-              ) -> Callable[[Node, Say], Awaitable[str]]:
+def _over_ssh(
+    action: Callable[[Node, Runner, Say], Awaitable[str]],
+) -> Callable[[Node, Say], Awaitable[str]]:
     """`action` with the node's runner, connected (EC1's attempts) for its duration."""
+
     async def with_runner(node: Node, say: Say) -> str:
         runner = runner_for(node)
         await connect_over_ssh(runner, node, lambda line: say(f"{node.name}: {line}"))
         async with runner:
             return await action(node, runner, say)
+
     return with_runner
 
 
 _bundled_model = click.option(
-    "--bundled-model/--no-bundled-model", default=True, show_default=True,
-    help="Also install the default model's package (about 250 MB) on the node.")
+    "--bundled-model/--no-bundled-model",
+    default=True,
+    show_default=True,
+    help="Also install the default model's package (about 250 MB) on the node.",
+)
 
 
 @main.command("ssh-up")
 @click.argument("names", nargs=-1, required=True, metavar="NODE...")
-@click.option("--no-install", is_flag=True,
-              help="Fail (with the install command) instead of installing rbee on a node that "
-                   "lacks it or has another version.")
+@click.option(
+    "--no-install",
+    is_flag=True,
+    help="Fail (with the install command) instead of installing rbee on a node that "
+    "lacks it or has another version.",
+)
 @_bundled_model
 @click.pass_context
-def ssh_up(ctx: click.Context, names: tuple[str, ...], no_install: bool,
-           bundled_model: bool) -> None:
+def ssh_up(
+    ctx: click.Context, names: tuple[str, ...], no_install: bool, bundled_model: bool
+) -> None:
     """Start the hive on NODEs (over SSH), installing rbee first where it is missing or
     another version, and wait until it answers."""
     nodes = _nodes(ctx, names)
@@ -172,8 +229,10 @@ def ssh_up(ctx: click.Context, names: tuple[str, ...], no_install: bool,
         return
     installer = Installer(bundled_model=bundled_model)
     try:
-        _on_each(nodes, _over_ssh(
-            lambda node, runner, say: hive_up(node, runner, say, installer=installer)))
+        _on_each(
+            nodes,
+            _over_ssh(lambda node, runner, say: hive_up(node, runner, say, installer=installer)),
+        )
     finally:
         installer.close()
 
@@ -244,8 +303,14 @@ def workers() -> None:
 
 
 @workers.command("list")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="json: one object per worker, for scripts.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: one object per worker, for scripts.",
+)
 @click.pass_context
 def workers_list(ctx: click.Context, output: str) -> None:
     """The workers this keeper started, as their hives report them now (a node that does
@@ -273,8 +338,12 @@ def workers_health(ctx: click.Context, node_name: str) -> None:
 
 @workers.command("shutdown")
 @click.option("--id", "worker_id", required=True, help="The worker to stop.")
-@click.option("--node", "node_name", default=None,
-              help="Its node (default: the node the registry knows it on).")
+@click.option(
+    "--node",
+    "node_name",
+    default=None,
+    help="Its node (default: the node the registry knows it on).",
+)
 @click.pass_context
 def workers_shutdown(ctx: click.Context, worker_id: str, node_name: str | None) -> None:
     """Stop one worker gracefully."""
@@ -330,9 +399,15 @@ def logs(ctx: click.Context, node_name: str, follow: bool) -> None:
 
 
 @main.command()
-@click.option("--refresh", "refresh_s", type=click.FloatRange(min=0.2),
-              default=DEFAULT_REFRESH_S, show_default=True, metavar="SECONDS",
-              help="Seconds between node refreshes.")
+@click.option(
+    "--refresh",
+    "refresh_s",
+    type=click.FloatRange(min=0.2),
+    default=DEFAULT_REFRESH_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between node refreshes.",
+)
 @click.pass_context
 def tui(ctx: click.Context, refresh_s: float) -> None:
     """The dashboard: nodes, workers, a prompt, the hive's log, and actions on them."""

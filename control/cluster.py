@@ -111,8 +111,11 @@ def checked_model_ref(ref: str) -> str:
     try:
         return parse_model_ref(ref.strip()).spelled
     except InvalidModelRef as exc:
-        raise ActionableError(str(exc), suggestion="e.g. pkg:gemma3-270m, file:/abs/model.gguf, "
-                                                   "hf:ORG/REPO or https://…/model.gguf") from None
+        raise ActionableError(
+            str(exc),
+            suggestion="e.g. pkg:gemma3-270m, file:/abs/model.gguf, "
+            "hf:ORG/REPO or https://…/model.gguf",
+        ) from None
 
 
 def gigabytes(mb: int | None) -> str:
@@ -124,17 +127,22 @@ def _host_of(node: Node) -> str:
 
 
 def _auth_error(node: Node) -> ActionableError:
-    return ActionableError("Authentication failed", f"Invalid API key for {node.name}",
-                           suggestion=f"check {node.api_key_source or 'the node key'}")
+    return ActionableError(
+        "Authentication failed",
+        f"Invalid API key for {node.name}",
+        suggestion=f"check {node.api_key_source or 'the node key'}",
+    )
 
 
 @contextlib.asynccontextmanager
-async def hive_of(node: Node, timeout_s: float = NODE_PROBE_TIMEOUT_S
-                  ) -> AsyncIterator[HiveClient]:
+async def hive_of(node: Node, timeout_s: float = NODE_PROBE_TIMEOUT_S) -> AsyncIterator[HiveClient]:
     """A client of the node's hive, reached as the node is; what goes wrong is raised as is."""
-    async with (open_node(node) as access,
-                HiveClient(await access.hive_url(), access.hive_key, timeout_s=timeout_s,
-                           node=node.name) as hive):
+    async with (
+        open_node(node) as access,
+        HiveClient(
+            await access.hive_url(), access.hive_key, timeout_s=timeout_s, node=node.name
+        ) as hive,
+    ):
         yield hive
 
 
@@ -146,16 +154,19 @@ async def with_hive(node: Node, call: Callable[[HiveClient], Awaitable[T]]) -> T
     except httpx.TimeoutException:
         raise ActionableError(
             f"rbee-hive on {node.name} is {_not_answering(NODE_PROBE_TIMEOUT_S)}",
-            suggestion=_restart_hint(node)) from None
+            suggestion=_restart_hint(node),
+        ) from None
     except httpx.TransportError:
-        raise ActionableError(f"Cannot connect to the hive on {node.name}",
-                              suggestion=f"is the hive running? try `rbee ssh-up {node.name}`"
-                              ) from None
+        raise ActionableError(
+            f"Cannot connect to the hive on {node.name}",
+            suggestion=f"is the hive running? try `rbee ssh-up {node.name}`",
+        ) from None
     except RemoteError as exc:
         if exc.code == ErrorCode.INVALID_API_KEY:
             raise _auth_error(node) from None
-        raise ActionableError(exc.message,
-                              suggestion=f"see `rbee logs --node {node.name}`") from None
+        raise ActionableError(
+            exc.message, suggestion=f"see `rbee logs --node {node.name}`"
+        ) from None
     except (RunnerError, InventoryError) as exc:
         raise ActionableError(str(exc)) from None
 
@@ -173,8 +184,9 @@ class NodeConnections:
 
     def access(self, node: Node) -> LocalNodeAccess | SSHNodeAccess:
         if node.name not in self._access:
-            self._access[node.name] = (LocalNodeAccess(node) if node.is_local
-                                       else SSHNodeAccess(node, runner_for(node)))
+            self._access[node.name] = (
+                LocalNodeAccess(node) if node.is_local else SSHNodeAccess(node, runner_for(node))
+            )
         return self._access[node.name]
 
     async def aclose(self) -> None:
@@ -185,8 +197,9 @@ class NodeConnections:
 
 
 @contextlib.asynccontextmanager
-async def _reach(node: Node, connections: NodeConnections | None
-                 ) -> AsyncIterator[LocalNodeAccess | SSHNodeAccess]:
+async def _reach(
+    node: Node, connections: NodeConnections | None
+) -> AsyncIterator[LocalNodeAccess | SSHNodeAccess]:
     """The node's access: a kept one when `connections` is given, else one for this call."""
     if connections is not None:
         yield connections.access(node)
@@ -200,8 +213,10 @@ def _not_answering(waited_s: float) -> str:
 
 
 def _restart_hint(node: Node) -> str:
-    return (f"it may be stopped or overloaded: `rbee ssh-down {node.name}`, "
-            f"then `rbee ssh-up {node.name}`")
+    return (
+        f"it may be stopped or overloaded: `rbee ssh-down {node.name}`, "
+        f"then `rbee ssh-up {node.name}`"
+    )
 
 
 def probe_deadline_s(node: Node) -> float:
@@ -209,8 +224,9 @@ def probe_deadline_s(node: Node) -> float:
     return NODE_PROBE_TIMEOUT_S + (0.0 if node.is_local else node.connect_timeout_s)
 
 
-async def probe_node(node: Node, registry: WorkerRegistry | None = None,
-                     connections: NodeConnections | None = None) -> NodeStatus:
+async def probe_node(
+    node: Node, registry: WorkerRegistry | None = None, connections: NodeConnections | None = None
+) -> NodeStatus:
     """The node's hive state, workers (with each worker's own health) and catalog.
 
     Never raises, and returns within probe_deadline_s: a node that does not answer in time
@@ -222,93 +238,153 @@ async def probe_node(node: Node, registry: WorkerRegistry | None = None,
         async with asyncio.timeout(deadline_s):
             return await _probe(node, registry, connections)
     except TimeoutError:
-        return NodeStatus(node.name, _host_of(node), HiveState.NOT_ANSWERING,
-                          problem=_not_answering(deadline_s), suggestion=_restart_hint(node))
+        return NodeStatus(
+            node.name,
+            _host_of(node),
+            HiveState.NOT_ANSWERING,
+            problem=_not_answering(deadline_s),
+            suggestion=_restart_hint(node),
+        )
 
 
-async def _probe(node: Node, registry: WorkerRegistry | None,
-                 connections: NodeConnections | None) -> NodeStatus:
+async def _probe(
+    node: Node, registry: WorkerRegistry | None, connections: NodeConnections | None
+) -> NodeStatus:
     host = _host_of(node)
     try:
         async with _reach(node, connections) as access:
             try:
                 return await _probe_hive(node, access, registry)
             except httpx.TimeoutException:
-                return NodeStatus(node.name, host, HiveState.NOT_ANSWERING,
-                                  problem=_not_answering(NODE_PROBE_TIMEOUT_S),
-                                  suggestion=_restart_hint(node))
+                return NodeStatus(
+                    node.name,
+                    host,
+                    HiveState.NOT_ANSWERING,
+                    problem=_not_answering(NODE_PROBE_TIMEOUT_S),
+                    suggestion=_restart_hint(node),
+                )
             except httpx.HTTPError:
-                return NodeStatus(node.name, host, HiveState.DOWN,
-                                  problem="the hive does not answer",
-                                  suggestion=f"start it: `rbee ssh-up {node.name}`")
+                return NodeStatus(
+                    node.name,
+                    host,
+                    HiveState.DOWN,
+                    problem="the hive does not answer",
+                    suggestion=f"start it: `rbee ssh-up {node.name}`",
+                )
             except (ValueError, KeyError, TypeError):  # a field of the wrong type
-                return NodeStatus(node.name, host, HiveState.DOWN,
-                                  problem=f"Invalid response from rbee-hive on {node.name}",
-                                  suggestion=f"see `rbee logs --node {node.name}`")
+                return NodeStatus(
+                    node.name,
+                    host,
+                    HiveState.DOWN,
+                    problem=f"Invalid response from rbee-hive on {node.name}",
+                    suggestion=f"see `rbee logs --node {node.name}`",
+                )
     except (RunnerError, InventoryError) as exc:
-        return NodeStatus(node.name, host, HiveState.UNREACHABLE, problem=str(exc),
-                          suggestion="check the node's entry in the inventory and that sshd "
-                                     "runs there")
+        return NodeStatus(
+            node.name,
+            host,
+            HiveState.UNREACHABLE,
+            problem=str(exc),
+            suggestion="check the node's entry in the inventory and that sshd runs there",
+        )
     except RemoteError as exc:
         if exc.code == ErrorCode.INVALID_API_KEY:
             auth = _auth_error(node)
-            return NodeStatus(node.name, host, HiveState.AUTH_FAILED,
-                              problem=f"{auth.message}: {auth.details[0]}",
-                              suggestion=auth.suggestion)
-        return NodeStatus(node.name, host, HiveState.DOWN, problem=exc.message,
-                          suggestion=f"see `rbee logs --node {node.name}`")
+            return NodeStatus(
+                node.name,
+                host,
+                HiveState.AUTH_FAILED,
+                problem=f"{auth.message}: {auth.details[0]}",
+                suggestion=auth.suggestion,
+            )
+        return NodeStatus(
+            node.name,
+            host,
+            HiveState.DOWN,
+            problem=exc.message,
+            suggestion=f"see `rbee logs --node {node.name}`",
+        )
 
 
-async def _probe_hive(node: Node, access: LocalNodeAccess | SSHNodeAccess,
-                      registry: WorkerRegistry | None) -> NodeStatus:
-    async with HiveClient(await access.hive_url(), access.hive_key,
-                          timeout_s=NODE_PROBE_TIMEOUT_S, node=node.name) as hive:
+async def _probe_hive(
+    node: Node, access: LocalNodeAccess | SSHNodeAccess, registry: WorkerRegistry | None
+) -> NodeStatus:
+    async with HiveClient(
+        await access.hive_url(), access.hive_key, timeout_s=NODE_PROBE_TIMEOUT_S, node=node.name
+    ) as hive:
         try:
             health = await hive.health()
         except InvalidResponse:
-            return NodeStatus(node.name, _host_of(node), HiveState.DOWN,
-                              problem=f"something other than rbee-hive answers on port "
-                                      f"{node.hive_port}",
-                              suggestion=f"give node {node.name} another hive_port in "
-                                         f"{node.inventory_path}")
+            return NodeStatus(
+                node.name,
+                _host_of(node),
+                HiveState.DOWN,
+                problem=f"something other than rbee-hive answers on port {node.hive_port}",
+                suggestion=f"give node {node.name} another hive_port in {node.inventory_path}",
+            )
         version = str(health.get("version"))
         if version != VERSION:
-            return NodeStatus(node.name, _host_of(node), HiveState.VERSION_MISMATCH, version,
-                              problem=f"Version mismatch: rbee={VERSION}, rbee-hive={version}",
-                              suggestion=f"upgrade it: `rbee deploy {node.name}`")
+            return NodeStatus(
+                node.name,
+                _host_of(node),
+                HiveState.VERSION_MISMATCH,
+                version,
+                problem=f"Version mismatch: rbee={VERSION}, rbee-hive={version}",
+                suggestion=f"upgrade it: `rbee deploy {node.name}`",
+            )
         report, models = await asyncio.gather(hive.workers_report(), hive.models())
     idle_timeout_s = report.get("idle_timeout_s")
-    workers = await asyncio.gather(*(_worker_status(node.name, access, w, idle_timeout_s)
-                                     for w in report["workers"]))
+    workers = await asyncio.gather(
+        *(_worker_status(node.name, access, w, idle_timeout_s) for w in report["workers"])
+    )
     if registry is not None:
         for worker in workers:
             if worker.state in SERVING_STATES and registry.get(worker.worker_id):
                 registry.mark_healthy(worker.worker_id, worker.state)
-    return NodeStatus(node.name, _host_of(node), HiveState.UP, version, tuple(workers),
-                      tuple(m["reference"] for m in models), report.get("ram_available_mb"))
+    return NodeStatus(
+        node.name,
+        _host_of(node),
+        HiveState.UP,
+        version,
+        tuple(workers),
+        tuple(m["reference"] for m in models),
+        report.get("ram_available_mb"),
+    )
 
 
-async def _worker_status(node: str, access: LocalNodeAccess | SSHNodeAccess,
-                         listed: dict[str, Any], idle_timeout_s: float | None) -> WorkerStatus:
+async def _worker_status(
+    node: str,
+    access: LocalNodeAccess | SSHNodeAccess,
+    listed: dict[str, Any],
+    idle_timeout_s: float | None,
+) -> WorkerStatus:
     """The hive's entry, freshened with the worker's own /health when it serves."""
     health: dict[str, Any] = {}
     if listed["state"] in SERVING_STATES and listed.get("url"):
         # A silent worker keeps the hive's view; the hive's health loop will notice it.
         with contextlib.suppress(httpx.HTTPError, RemoteError, RunnerError, OSError, ValueError):
-            async with WorkerClient(await access.worker_url(listed["url"]),
-                                    timeout_s=WORKER_PROBE_TIMEOUT_S) as worker:
+            async with WorkerClient(
+                await access.worker_url(listed["url"]), timeout_s=WORKER_PROBE_TIMEOUT_S
+            ) as worker:
                 health = await worker.health()
     return WorkerStatus(
-        node=node, worker_id=listed["worker_id"], model_ref=listed["model_ref"],
+        node=node,
+        worker_id=listed["worker_id"],
+        model_ref=listed["model_ref"],
         state=health.get("state", listed["state"]),
         slots_busy=int(health.get("slots_busy", listed["slots_busy"])),
-        slots_total=int(listed["slots_total"]), url=listed["url"],
-        last_tokens_per_s=health.get("last_tokens_per_s"), idle_s=health.get("idle_s"),
-        idle_timeout_s=idle_timeout_s, error=listed.get("error"))
+        slots_total=int(listed["slots_total"]),
+        url=listed["url"],
+        last_tokens_per_s=health.get("last_tokens_per_s"),
+        idle_s=health.get("idle_s"),
+        idle_timeout_s=idle_timeout_s,
+        error=listed.get("error"),
+    )
 
 
-async def probe_nodes(nodes: list[Node], registry: WorkerRegistry | None = None
-                      ) -> list[NodeStatus]:
+async def probe_nodes(
+    nodes: list[Node], registry: WorkerRegistry | None = None
+) -> list[NodeStatus]:
     """Every node at once, in the order given."""
     return list(await asyncio.gather(*(probe_node(n, registry) for n in nodes)))
 
@@ -335,8 +411,9 @@ async def follow_logs(node: Node, on_line: Callable[[LogLine], None]) -> None:
 # ----------------------------------------------------------------- acting
 
 
-async def _with_runner(node: Node, action: Callable[[Node, Runner, Say], Awaitable[str]],
-                       say: Say) -> str:
+async def _with_runner(
+    node: Node, action: Callable[[Node, Runner, Say], Awaitable[str]], say: Say
+) -> str:
     try:
         async with runner_for(node) as runner:
             return await action(node, runner, say)
@@ -358,8 +435,9 @@ def _unheard(_step: DownloadProgress) -> None:
     pass
 
 
-async def spawn_worker(node: Node, model_ref: str, registry: WorkerRegistry,
-                       on_progress: OnDownload = _unheard) -> str:
+async def spawn_worker(
+    node: Node, model_ref: str, registry: WorkerRegistry, on_progress: OnDownload = _unheard
+) -> str:
     """Puts `model_ref` in the node's catalog (`on_progress` hears the download), starts a
     worker for it (its model still loading) and registers it; its id."""
 
@@ -368,10 +446,20 @@ async def spawn_worker(node: Node, model_ref: str, registry: WorkerRegistry,
         return await hive.spawn(model_ref, backend=node.backend)
 
     spawned = await with_hive(node, provision_and_spawn)
-    registry.record(RegisteredWorker(
-        worker_id=spawned["worker_id"], node=node.name, model_ref=model_ref,
-        url=spawned["url"], api_key=spawned["api_key"], backend=node.backend, device=0,
-        state=spawned["state"], created_at=time.time(), last_health_check=None))
+    registry.record(
+        RegisteredWorker(
+            worker_id=spawned["worker_id"],
+            node=node.name,
+            model_ref=model_ref,
+            url=spawned["url"],
+            api_key=spawned["api_key"],
+            backend=node.backend,
+            device=0,
+            state=spawned["state"],
+            created_at=time.time(),
+            last_health_check=None,
+        )
+    )
     return str(spawned["worker_id"])
 
 
@@ -447,8 +535,9 @@ class InferStream:
     """One prompt to a model on a node, as `rbee infer` runs it (a warm worker, or provision,
     spawn and load one), reporting to a listener instead of a terminal; cancellable."""
 
-    def __init__(self, node: Node, request: InferRequest, registry: WorkerRegistry,
-                 listener: StreamListener) -> None:
+    def __init__(
+        self, node: Node, request: InferRequest, registry: WorkerRegistry, listener: StreamListener
+    ) -> None:
         self.node = node
         self.request = request
         self._registry = registry
@@ -479,7 +568,10 @@ class InferStream:
         except (InventoryError, RunnerError) as exc:
             self._listener.failed(ActionableError(str(exc)))
         except (httpx.HTTPError, RemoteError) as exc:  # the node went away mid-request
-            self._listener.failed(ActionableError(
-                f"lost contact with {self.node.name}: {exc}",
-                suggestion=f"see `rbee logs --node {self.node.name}` and retry"))
+            self._listener.failed(
+                ActionableError(
+                    f"lost contact with {self.node.name}: {exc}",
+                    suggestion=f"see `rbee logs --node {self.node.name}` and retry",
+                )
+            )
         return 1

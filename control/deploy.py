@@ -45,8 +45,9 @@ class FabricTransport:
             config.load_ssh_config()
         connect_kwargs: dict[str, object] = {}
         if node.identity_file:
-            connect_kwargs.update(key_filename=[str(node.identity_file)], look_for_keys=False,
-                                  allow_agent=False)
+            connect_kwargs.update(
+                key_filename=[str(node.identity_file)], look_for_keys=False, allow_agent=False
+            )
         explicit = node.passed_ssh_keys
         self.conn = fabric.Connection(
             node.host,
@@ -62,52 +63,75 @@ class FabricTransport:
     def _connect(self) -> None:
         node = self.node
         known_hosts = str(node.known_hosts)
-        hint = ssh_hint(node.host, node.port, node.user,
-                        str(node.identity_file) if node.identity_file else None, known_hosts)
+        hint = ssh_hint(
+            node.host,
+            node.port,
+            node.user,
+            str(node.identity_file) if node.identity_file else None,
+            known_hosts,
+        )
         if node.identity_file and not node.identity_file.is_file():
             # Checked here: paramiko would raise a bare FileNotFoundError mid-handshake.
-            raise SSHConnectError("config", node.host, node.port,
-                                  f"identity_file {node.identity_file} for {node.name} does not "
-                                  f"exist (in {node.inventory_path})")
+            raise SSHConnectError(
+                "config",
+                node.host,
+                node.port,
+                f"identity_file {node.identity_file} for {node.name} does not "
+                f"exist (in {node.inventory_path})",
+            )
         try:
             self.conn.client.load_system_host_keys(known_hosts)  # read-only: never written
         except OSError:
             raise SSHConnectError(
-                "host_key", node.host, node.port,
+                "host_key",
+                node.host,
+                node.port,
                 f"Host key verification failed for {node.host}:{node.port}: known_hosts file "
                 f"{known_hosts} cannot be read. Connect once with `{hint}` to check and accept "
-                "the node's key.") from None
+                "the node's key.",
+            ) from None
         try:
             self.conn.open()
         except paramiko.BadHostKeyException:
             raise host_key_error(node.host, node.port, known_hosts, hint) from None
         except paramiko.AuthenticationException as e:
             raise SSHConnectError(
-                "auth", node.host, node.port,
+                "auth",
+                node.host,
+                node.port,
                 f"Authentication failed for {self.label} ({e}). Check the node's user and "
                 "identity_file in the inventory and that the public key is in that user's "
-                "~/.ssh/authorized_keys on the node.") from None
+                "~/.ssh/authorized_keys on the node.",
+            ) from None
         except paramiko.SSHException as e:
             if "known_hosts" in str(e):  # RejectPolicy: the key is not in known_hosts
                 raise host_key_error(node.host, node.port, known_hosts, hint) from None
-            raise SSHConnectError("lost", node.host, node.port,
-                                  f"SSH to {node.host}:{node.port} failed: {e}") from None
+            raise SSHConnectError(
+                "lost", node.host, node.port, f"SSH to {node.host}:{node.port} failed: {e}"
+            ) from None
         except TimeoutError:
             raise SSHConnectError(
-                "timeout", node.host, node.port,
+                "timeout",
+                node.host,
+                node.port,
                 f"Timed out connecting to {node.host}:{node.port}: is the node up and reachable "
-                "from here?") from None
+                "from here?",
+            ) from None
         except OSError as e:  # refused, unreachable, unresolvable
             raise SSHConnectError(
-                "unreachable", node.host, node.port,
-                f"Cannot reach {node.host}:{node.port}: {e.strerror or e}") from None
+                "unreachable",
+                node.host,
+                node.port,
+                f"Cannot reach {node.host}:{node.port}: {e.strerror or e}",
+            ) from None
 
     def _run(self, command: str, timeout_s: float) -> CommandResult:
         if not self.conn.is_connected:
             self._connect()
         try:
-            result = self.conn.run(command, hide=True, warn=True, in_stream=False,
-                                   timeout=timeout_s)
+            result = self.conn.run(
+                command, hide=True, warn=True, in_stream=False, timeout=timeout_s
+            )
         except invoke.CommandTimedOut:
             raise CommandTimeout(self.label, command, timeout_s) from None
         return CommandResult(result.return_code, result.stdout, result.stderr)
@@ -119,8 +143,9 @@ class FabricTransport:
         if not made.ok:
             raise RunnerError(f"{self.label}: cannot create {parent}: {made.stderr.strip()}")
         sftp = self.conn.sftp()
-        tmp = posixpath.join(parent, f".{posixpath.basename(remote)}.rbee-tmp-"
-                                     f"{secrets.token_hex(6)}")
+        tmp = posixpath.join(
+            parent, f".{posixpath.basename(remote)}.rbee-tmp-{secrets.token_hex(6)}"
+        )
         try:
             with sftp.open(tmp, "wx") as f:  # exclusive: never a looser file left by others
                 f.chmod(mode)  # before any byte is written: the node's umask must not matter
@@ -150,8 +175,10 @@ class FabricTransport:
 async def deploy(node: Node, installer: Installer, say: Say) -> str:
     """Installs rbee on one node over fabric; the line to print."""
     if node.is_local:
-        raise ActionableError(f"{node.name} is this machine (ssh = false): nothing to deploy",
-                              suggestion="`make install` installs rbee here")
+        raise ActionableError(
+            f"{node.name} is this machine (ssh = false): nothing to deploy",
+            suggestion="`make install` installs rbee here",
+        )
     transport = FabricTransport(node)
     try:
         say(f"{node.name}: connecting to {transport.label} (fabric)")

@@ -39,17 +39,23 @@ async def nodes_table(inventory: Inventory, console: Console) -> int:
     table = Table("node", "host", "hive", "version", "workers", "models", "free RAM", "problem")
     for status in statuses:
         up = status.is_up
-        table.add_row(status.name, status.host, str(status.state), status.version or "-",
-                      str(len(status.workers)) if up else "-",
-                      str(len(status.models)) if up else "-",
-                      cluster.gigabytes(status.ram_available_mb),
-                      status.problem or "")
+        table.add_row(
+            status.name,
+            status.host,
+            str(status.state),
+            status.version or "-",
+            str(len(status.workers)) if up else "-",
+            str(len(status.models)) if up else "-",
+            cluster.gigabytes(status.ram_available_mb),
+            status.problem or "",
+        )
     console.table(table)
     return 0
 
 
-async def workers_list(inventory: Inventory, registry: WorkerRegistry, console: Console,
-                       output: str = "table") -> int:
+async def workers_list(
+    inventory: Inventory, registry: WorkerRegistry, console: Console, output: str = "table"
+) -> int:
     rows = await reconciled(inventory, registry)
     if output == "json":
         console.line(json.dumps([_as_json(w, state) for w, state in rows], indent=2))
@@ -59,15 +65,17 @@ async def workers_list(inventory: Inventory, registry: WorkerRegistry, console: 
         return 0
     table = Table("worker", "node", "model", "state", "url", "last health check")
     for w, state in rows:
-        checked = (f"{time.time() - w.last_health_check:.0f} s ago" if w.last_health_check
-                   else "never")
+        checked = (
+            f"{time.time() - w.last_health_check:.0f} s ago" if w.last_health_check else "never"
+        )
         table.add_row(w.worker_id, w.node, w.model_ref, state, w.url, checked)
     console.table(table)
     return 0
 
 
-async def reconciled(inventory: Inventory, registry: WorkerRegistry
-                     ) -> list[tuple[RegisteredWorker, str]]:
+async def reconciled(
+    inventory: Inventory, registry: WorkerRegistry
+) -> list[tuple[RegisteredWorker, str]]:
     """The registry's workers, each with the state its hive reports now.
 
     Each node's hive is asked once, all at once, for at most HIVE_LIST_TIMEOUT_S. A worker
@@ -76,8 +84,9 @@ async def reconciled(inventory: Inventory, registry: WorkerRegistry
     an unknown state and why, never the last one seen, which may be long gone."""
     workers = registry.list()
     names = sorted({w.node for w in workers})
-    views = dict(zip(names, await asyncio.gather(*(_hive_view(inventory, n) for n in names)),
-                     strict=True))
+    views = dict(
+        zip(names, await asyncio.gather(*(_hive_view(inventory, n) for n in names)), strict=True)
+    )
     rows = []
     for w in workers:
         view = views[w.node]
@@ -98,8 +107,10 @@ async def _hive_view(inventory: Inventory, name: str) -> dict[str, str] | str:
     if node is None:
         return "unknown (node not in the inventory)"
     try:
-        async with (asyncio.timeout(HIVE_LIST_TIMEOUT_S),
-                    cluster.hive_of(node, HIVE_LIST_TIMEOUT_S) as hive):
+        async with (
+            asyncio.timeout(HIVE_LIST_TIMEOUT_S),
+            cluster.hive_of(node, HIVE_LIST_TIMEOUT_S) as hive,
+        ):
             listed = await hive.workers()
     except (TimeoutError, httpx.TimeoutException):
         return NOT_ANSWERING
@@ -114,13 +125,21 @@ async def _hive_view(inventory: Inventory, name: str) -> dict[str, str] | str:
 
 def _as_json(worker: RegisteredWorker, state: str) -> dict[str, object]:
     """A row for scripts: no key (the registry holds it; scripts that need one ask the hive)."""
+
     def iso(ts: float | None) -> str | None:
         return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
-    return {"worker_id": worker.worker_id, "node": worker.node, "model_ref": worker.model_ref,
-            "state": state, "url": worker.url, "backend": worker.backend,
-            "device": worker.device, "created_at": iso(worker.created_at),
-            "last_health_check": iso(worker.last_health_check)}
+    return {
+        "worker_id": worker.worker_id,
+        "node": worker.node,
+        "model_ref": worker.model_ref,
+        "state": state,
+        "url": worker.url,
+        "backend": worker.backend,
+        "device": worker.device,
+        "created_at": iso(worker.created_at),
+        "last_health_check": iso(worker.last_health_check),
+    }
 
 
 async def workers_health(node: Node, registry: WorkerRegistry, console: Console) -> int:
@@ -142,15 +161,15 @@ async def workers_health(node: Node, registry: WorkerRegistry, console: Console)
             continue
         state = str(health.get("state"))
         ready = state in SERVING_STATES
-        console.line(f"{'✓' if ready else '✗'} {worker_id} - {state} "
-                     f"(ready: {str(ready).lower()})")
+        console.line(f"{'✓' if ready else '✗'} {worker_id} - {state} (ready: {str(ready).lower()})")
         if ready and registry.get(worker_id):
             registry.mark_healthy(worker_id, state)
     return 0
 
 
-async def _live_health(access: LocalNodeAccess | SSHNodeAccess, listed: dict[str, Any]
-                       ) -> dict[str, Any] | None:
+async def _live_health(
+    access: LocalNodeAccess | SSHNodeAccess, listed: dict[str, Any]
+) -> dict[str, Any] | None:
     """The worker's own /health, or None when it does not answer in time (or another process
     answers at its address)."""
     if not listed.get("url"):
@@ -165,8 +184,9 @@ async def _live_health(access: LocalNodeAccess | SSHNodeAccess, listed: dict[str
     return health if health.get("worker_id") == listed["worker_id"] else None
 
 
-async def workers_shutdown(node: Node, worker_id: str, registry: WorkerRegistry,
-                           console: Console) -> int:
+async def workers_shutdown(
+    node: Node, worker_id: str, registry: WorkerRegistry, console: Console
+) -> int:
     state = await cluster.shutdown_worker(node, worker_id, registry)
     console.status(f"{worker_id} on {node.name}: {state}")
     return 0
@@ -179,8 +199,9 @@ async def models_list(node: Node, console: Console) -> int:
         return 0
     table = Table("model", "size", "downloaded", "path")
     for m in models:
-        table.add_row(m["reference"], f"{m['size_bytes'] / 1e6:.1f} MB", m["downloaded_at"],
-                      m["local_path"])
+        table.add_row(
+            m["reference"], f"{m['size_bytes'] / 1e6:.1f} MB", m["downloaded_at"], m["local_path"]
+        )
     console.table(table)
     return 0
 

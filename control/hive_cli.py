@@ -29,32 +29,77 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--addr", default=DEFAULT_ADDR, show_default=True,
-              help="HOST:PORT to listen on. Anything but loopback needs an API key.")
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True,
-              help="Catalog, downloaded models, worker logs and the pid file.")
-@click.option("--idle-timeout-s", type=click.FloatRange(min=0.1), default=300.0,
-              show_default=True, help="Shut down a worker idle this long.")
-@click.option("--health-interval-s", type=click.FloatRange(min=0.1), default=30.0,
-              show_default=True, help="How often each worker's /health is checked.")
-@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help=f"File holding the API key (mode 0600). Or set {API_KEY_ENV}.")
-@click.option("--ram-budget-mb", type=click.IntRange(min=1), default=None,
-              help="Never count on more RAM than this in the spawn preflight.")
-@click.option("--max-workers", type=click.IntRange(min=1), default=HiveSettings.max_workers,
-              show_default=True, help="Refuse a spawn past this many workers.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True)
-def daemon(addr: str, state_dir: str, idle_timeout_s: float, health_interval_s: float,
-           api_key_file: Path | None, ram_budget_mb: int | None, max_workers: int,
-           log_level: str) -> None:
+@click.option(
+    "--addr",
+    default=DEFAULT_ADDR,
+    show_default=True,
+    help="HOST:PORT to listen on. Anything but loopback needs an API key.",
+)
+@click.option(
+    "--state-dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Catalog, downloaded models, worker logs and the pid file.",
+)
+@click.option(
+    "--idle-timeout-s",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="Shut down a worker idle this long.",
+)
+@click.option(
+    "--health-interval-s",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="How often each worker's /health is checked.",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"File holding the API key (mode 0600). Or set {API_KEY_ENV}.",
+)
+@click.option(
+    "--ram-budget-mb",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Never count on more RAM than this in the spawn preflight.",
+)
+@click.option(
+    "--max-workers",
+    type=click.IntRange(min=1),
+    default=HiveSettings.max_workers,
+    show_default=True,
+    help="Refuse a spawn past this many workers.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def daemon(
+    addr: str,
+    state_dir: str,
+    idle_timeout_s: float,
+    health_interval_s: float,
+    api_key_file: Path | None,
+    ram_budget_mb: int | None,
+    max_workers: int,
+    log_level: str,
+) -> None:
     """Run the hive (until SIGTERM: then every worker is stopped and it exits 0)."""
     from rbee.dataplane.http import bind
 
     from .hive.daemon import HiveAlreadyRunning, pid_lock, run_hive
 
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
     host, port = _split_addr(addr)
     settings = HiveSettings(
@@ -68,8 +113,10 @@ def daemon(addr: str, state_dir: str, idle_timeout_s: float, health_interval_s: 
         max_workers=max_workers,
     )
     if not settings.is_loopback and not settings.api_key:
-        raise click.UsageError(f"refusing to listen on {host} without an API key: use "
-                               f"--api-key-file or {API_KEY_ENV} (or listen on 127.0.0.1)")
+        raise click.UsageError(
+            f"refusing to listen on {host} without an API key: use "
+            f"--api-key-file or {API_KEY_ENV} (or listen on 127.0.0.1)"
+        )
     try:
         with pid_lock(settings.pid_path):
             try:
@@ -83,11 +130,19 @@ def daemon(addr: str, state_dir: str, idle_timeout_s: float, health_interval_s: 
 
 @main.command()
 @click.option("--addr", default=DEFAULT_ADDR, show_default=True)
-@click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True,
-              help=f"Where to find the key rbee made ({KEY_FILE}).")
-@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help=f"The hive's key (mode 0600). Default: ${API_KEY_ENV}, else the key rbee "
-                   f"made in the state dir ({KEY_FILE}), if any.")
+@click.option(
+    "--state-dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help=f"Where to find the key rbee made ({KEY_FILE}).",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"The hive's key (mode 0600). Default: ${API_KEY_ENV}, else the key rbee "
+    f"made in the state dir ({KEY_FILE}), if any.",
+)
 def status(addr: str, state_dir: str, api_key_file: Path | None) -> None:
     """Is the hive on this node up, and what runs on it."""
     made = HiveSettings(state_dir=Path(state_dir).expanduser()).key_path
@@ -97,8 +152,10 @@ def status(addr: str, state_dir: str, api_key_file: Path | None) -> None:
     health = _get(addr, "/v1/health", api_key_file)
     click.echo(f"rbee-hive {health['version']} at http://{addr}: {len(body['workers'])} worker(s)")
     for w in body["workers"]:
-        click.echo(f"  {w['worker_id']}  {w['state']:<8} {w['model_ref']}  {w['url']}  "
-                   f"slots {w['slots_busy']}/{w['slots_total']}")
+        click.echo(
+            f"  {w['worker_id']}  {w['state']:<8} {w['model_ref']}  {w['url']}  "
+            f"slots {w['slots_busy']}/{w['slots_total']}"
+        )
 
 
 @main.command()
@@ -118,8 +175,13 @@ def pid(state_dir: str) -> None:
 
 @main.command()
 @click.option("--state-dir", default=DEFAULT_STATE_DIR, show_default=True)
-@click.option("--timeout-s", type=click.FloatRange(min=0), default=60.0, show_default=True,
-              help="How long the hive may take to stop its workers before SIGKILL.")
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="How long the hive may take to stop its workers before SIGKILL.",
+)
 def stop(state_dir: str, timeout_s: float) -> None:
     """Stop the hive running with this state dir: SIGTERM (it stops its workers), SIGKILL
     past --timeout-s. Only a process proven to be that hive is signalled (see `pid`)."""
@@ -135,11 +197,14 @@ def stop(state_dir: str, timeout_s: float) -> None:
     try:
         stopped = pidfile.stop(running.hive, timeout_s)
     except psutil.AccessDenied:
-        raise click.ClickException(f"not allowed to signal rbee-hive (pid {pid}): it runs as "
-                                   "another user") from None
+        raise click.ClickException(
+            f"not allowed to signal rbee-hive (pid {pid}): it runs as another user"
+        ) from None
     except psutil.TimeoutExpired as exc:
-        raise click.ClickException(f"rbee-hive (pid {pid}) still runs {exc.seconds:g} s after "
-                                   "SIGKILL (stuck in the kernel?): see `rbee-hive pid`") from None
+        raise click.ClickException(
+            f"rbee-hive (pid {pid}) still runs {exc.seconds:g} s after "
+            "SIGKILL (stuck in the kernel?): see `rbee-hive pid`"
+        ) from None
     if stopped:
         click.echo(f"rbee-hive stopped (pid {pid})")
     else:
@@ -196,7 +261,8 @@ def _read_api_key(path: Path | None) -> str | None:
     if stat.S_IMODE(mode) & 0o077:
         raise click.BadParameter(
             f"{path} is readable by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it",
-            param_hint="--api-key-file")
+            param_hint="--api-key-file",
+        )
     key = path.read_text().strip()
     if not key:
         raise click.BadParameter(f"{path} is empty", param_hint="--api-key-file")
@@ -209,8 +275,9 @@ def _get(addr: str, path: str, api_key_file: Path | None) -> dict:
     try:
         response = httpx.get(f"http://{addr}{path}", headers=headers, timeout=10)
     except httpx.TransportError:
-        raise click.ClickException(f"no hive answers at {addr}: start it with "
-                                   "`rbee-hive daemon`") from None
+        raise click.ClickException(
+            f"no hive answers at {addr}: start it with `rbee-hive daemon`"
+        ) from None
     if response.status_code >= 400:
         raise click.ClickException(response.json().get("error", {}).get("message", response.text))
     return response.json()

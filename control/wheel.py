@@ -28,7 +28,8 @@ def source_root() -> Path:
             "cannot build the rbee wheel: this rbee is not running from its source checkout",
             f"(no rbee pyproject.toml in {root})",
             suggestion="run `rbee deploy` / `rbee ssh-up` from a clone of the rbee repository "
-                       "(`make install`), which builds the wheel it installs on nodes")
+            "(`make install`), which builds the wheel it installs on nodes",
+        )
     return root
 
 
@@ -42,16 +43,25 @@ def build_wheel(out_dir: Path) -> Path:
     try:
         result = subprocess.run(
             [sys.executable, "-m", "build", "--wheel", "--outdir", str(out_dir), str(root)],
-            capture_output=True, text=True, env=env, timeout=WHEEL_BUILD_TIMEOUT_S,
-            stdin=subprocess.DEVNULL)
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=WHEEL_BUILD_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
-        raise ActionableError(f"building the rbee wheel took over {WHEEL_BUILD_TIMEOUT_S:g} s",
-                              suggestion=f"try `python -m build --wheel {root}` by hand") from None
+        raise ActionableError(
+            f"building the rbee wheel took over {WHEEL_BUILD_TIMEOUT_S:g} s",
+            suggestion=f"try `python -m build --wheel {root}` by hand",
+        ) from None
     wheels = sorted(out_dir.glob("rbee-*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
         tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-15:]
-        raise ActionableError("building the rbee wheel failed", *tail,
-                              suggestion=f"try `python -m build --wheel {root}` by hand")
+        raise ActionableError(
+            "building the rbee wheel failed",
+            *tail,
+            suggestion=f"try `python -m build --wheel {root}` by hand",
+        )
     return wheels[0]
 
 
@@ -61,8 +71,11 @@ def wheel_version(wheel: Path) -> str:
 
 
 def main() -> None:
-    out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else (
-        Path(os.environ.get("RBEE_HOME", "~/.rbee")).expanduser() / "dist")
+    out_dir = (
+        Path(sys.argv[1])
+        if len(sys.argv) > 1
+        else (Path(os.environ.get("RBEE_HOME", "~/.rbee")).expanduser() / "dist")
+    )
     try:
         print(build_wheel(out_dir))
     except ActionableError as exc:

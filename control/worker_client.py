@@ -32,8 +32,12 @@ class WorkerClient(ApiClient):
         async for event in self._sse("GET", path):
             stage = event.get("stage")
             counted = all(isinstance(event.get(key), int) for key in LAYER_KEYS)
-            if (stage == "loading_to_vram" and not counted
-                    or stage == "failed" and error_message(event) is None):
+            if (
+                stage == "loading_to_vram"
+                and not counted
+                or stage == "failed"
+                and error_message(event) is None
+            ):
                 raise InvalidResponse(self.peer, path)
             yield event
 
@@ -49,16 +53,18 @@ class WorkerClient(ApiClient):
                     on_progress(event)
                 if event.get("stage") == "failed":
                     error = event["error"]
-                    raise LoadFailed(error.get("code", ErrorCode.BACKEND_UNAVAILABLE),
-                                     error["message"])
+                    raise LoadFailed(
+                        error.get("code", ErrorCode.BACKEND_UNAVAILABLE), error["message"]
+                    )
                 if event.get("stage") == "ready":
                     return
 
         try:
             await asyncio.wait_for(follow(), timeout_s)
         except TimeoutError:
-            raise RemoteError(ErrorCode.LOADING_TIMEOUT,
-                              f"the model did not load within {timeout_s:.0f} s") from None
+            raise RemoteError(
+                ErrorCode.LOADING_TIMEOUT, f"the model did not load within {timeout_s:.0f} s"
+            ) from None
 
     async def stream(self, prompt: str, **params: Any) -> AsyncIterator[dict[str, Any]]:
         """The inference SSE events (started, token…, done or error) of one request."""
@@ -66,8 +72,12 @@ class WorkerClient(ApiClient):
         path = "/v1/inference"
         async for event in self._sse("POST", path, json=body):
             kind = event.get("type")
-            if (kind == "token" and not isinstance(event.get("token"), str)
-                    or kind == "error" and error_message(event) is None):
+            if (
+                kind == "token"
+                and not isinstance(event.get("token"), str)
+                or kind == "error"
+                and error_message(event) is None
+            ):
                 raise InvalidResponse(self.peer, path)
             yield event
 

@@ -69,21 +69,31 @@ class WorkerRegistry:
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (worker.worker_id, worker.node, worker.model_ref, worker.url, worker.api_key,
-                 worker.backend, worker.device, worker.state, worker.created_at,
-                 worker.last_health_check),
+                (
+                    worker.worker_id,
+                    worker.node,
+                    worker.model_ref,
+                    worker.url,
+                    worker.api_key,
+                    worker.backend,
+                    worker.device,
+                    worker.state,
+                    worker.created_at,
+                    worker.last_health_check,
+                ),
             )
 
     def mark_healthy(self, worker_id: str, state: str) -> None:
         with self._lock:
-            self._db.execute("UPDATE workers SET state = ?, last_health_check = ? "
-                             "WHERE worker_id = ?", (state, time.time(), worker_id))
+            self._db.execute(
+                "UPDATE workers SET state = ?, last_health_check = ? WHERE worker_id = ?",
+                (state, time.time(), worker_id),
+            )
 
     def set_state(self, worker_id: str, state: str) -> None:
         """The state its hive reports (a report, not a health check of the worker itself)."""
         with self._lock:
-            self._db.execute("UPDATE workers SET state = ? WHERE worker_id = ?",
-                             (state, worker_id))
+            self._db.execute("UPDATE workers SET state = ? WHERE worker_id = ?", (state, worker_id))
 
     def remove(self, worker_id: str) -> None:
         with self._lock:

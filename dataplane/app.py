@@ -125,11 +125,11 @@ def create_app(worker: Worker) -> Starlette:
         Route("/metrics", worker.metrics.endpoint),
         *openai_api.routes(worker),
     ]
-    routes.append(openapi_route("rbee-worker", routes, bodies=REQUEST_BODIES,
-                                public_paths=PUBLIC_PATHS))
+    routes.append(
+        openapi_route("rbee-worker", routes, bodies=REQUEST_BODIES, public_paths=PUBLIC_PATHS)
+    )
     middleware = [
         Middleware(BrowserGuard, loopback=worker.settings.is_loopback),
         Middleware(BearerAuth, api_key=worker.settings.api_key, public_paths=PUBLIC_PATHS),
     ]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
-

@@ -29,37 +29,91 @@ log = logging.getLogger("rbee.worker")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_ref", default=DEFAULT_MODEL_REF, show_default=True,
-              help="pkg:NAME, file:/abs/path.gguf or a path to a GGUF file.")
-@click.option("--host", default=DEFAULT_HOST, show_default=True,
-              help="Address to bind. Anything but loopback needs RBEE_WORKER_API_KEY.")
-@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
-              help="Port to bind; 0 lets the OS pick one (the log and the callback say which).")
+@click.option(
+    "--model",
+    "model_ref",
+    default=DEFAULT_MODEL_REF,
+    show_default=True,
+    help="pkg:NAME, file:/abs/path.gguf or a path to a GGUF file.",
+)
+@click.option(
+    "--host",
+    default=DEFAULT_HOST,
+    show_default=True,
+    help="Address to bind. Anything but loopback needs RBEE_WORKER_API_KEY.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port to bind; 0 lets the OS pick one (the log and the callback say which).",
+)
 @click.option("--worker-id", default=None, help="Defaults to worker-<random>.")
-@click.option("--slots", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Streams served at once; one more gets 503 ALL_SLOTS_BUSY.")
-@click.option("--ctx-size", type=click.IntRange(32, 1 << 20), default=2048, show_default=True,
-              help="Context tokens per slot (prompt and answer together).")
-@click.option("--threads", type=click.IntRange(1, 1024), default=os.cpu_count() or 1,
-              show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 8192), default=512, show_default=True,
-              help="Tokens per decode step (prompt chunks plus one per running stream).")
-@click.option("--callback-url", default=None,
-              help="URL to POST this worker's identity to when it serves and when it is ready.")
-@click.option("--backend", type=click.Choice(["cpu", "cuda", "metal"]), default="cpu",
-              show_default=True)
+@click.option(
+    "--slots",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Streams served at once; one more gets 503 ALL_SLOTS_BUSY.",
+)
+@click.option(
+    "--ctx-size",
+    type=click.IntRange(32, 1 << 20),
+    default=2048,
+    show_default=True,
+    help="Context tokens per slot (prompt and answer together).",
+)
+@click.option(
+    "--threads", type=click.IntRange(1, 1024), default=os.cpu_count() or 1, show_default=True
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 8192),
+    default=512,
+    show_default=True,
+    help="Tokens per decode step (prompt chunks plus one per running stream).",
+)
+@click.option(
+    "--callback-url",
+    default=None,
+    help="URL to POST this worker's identity to when it serves and when it is ready.",
+)
+@click.option(
+    "--backend", type=click.Choice(["cpu", "cuda", "metal"]), default="cpu", show_default=True
+)
 @click.option("--device", type=click.IntRange(0, 64), default=0, show_default=True)
-@click.option("--extra-bufts/--no-extra-bufts", default=False, show_default=True,
-              help="llama.cpp weight-repacking buffers; off by default because they crash "
-                   "quantised models on CPUs that report AMX (llama.cpp #20824).")
-@click.option("--drain-timeout-s", type=click.FloatRange(0), default=30.0, show_default=True,
-              help="On shutdown, how long in-flight streams may finish before they are canceled.")
-@click.option("--api-key-stdin", is_flag=True,
-              help=f"Read the API key from the first line of stdin instead of {API_KEY_ENV}.")
-@click.option("--hive-pid", type=click.IntRange(1), default=None,
-              help="Exit when this process, which must be the worker's parent, exits.")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True)
+@click.option(
+    "--extra-bufts/--no-extra-bufts",
+    default=False,
+    show_default=True,
+    help="llama.cpp weight-repacking buffers; off by default because they crash "
+    "quantised models on CPUs that report AMX (llama.cpp #20824).",
+)
+@click.option(
+    "--drain-timeout-s",
+    type=click.FloatRange(0),
+    default=30.0,
+    show_default=True,
+    help="On shutdown, how long in-flight streams may finish before they are canceled.",
+)
+@click.option(
+    "--api-key-stdin",
+    is_flag=True,
+    help=f"Read the API key from the first line of stdin instead of {API_KEY_ENV}.",
+)
+@click.option(
+    "--hive-pid",
+    type=click.IntRange(1),
+    default=None,
+    help="Exit when this process, which must be the worker's parent, exits.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
 @click.version_option(VERSION, prog_name="rbee-worker")
 def main(
     model_ref: str,
@@ -162,8 +216,13 @@ async def _serve(settings: WorkerSettings, sock: socket.socket) -> None:
     # Streams are drained before the server stops; idle keep-alives need no wait.
     config = server_config(sock, graceful_timeout_s=1.0)
     app = create_app(worker)
-    log.info("rbee-worker %s (%s) serving %s on %s", VERSION, settings.worker_id,
-             settings.model_ref, worker.url)
+    log.info(
+        "rbee-worker %s (%s) serving %s on %s",
+        VERSION,
+        settings.worker_id,
+        settings.model_ref,
+        worker.url,
+    )
     loading = asyncio.create_task(worker.run_loading())
     await serve(app, config, shutdown_trigger=worker.stopped.wait)  # type: ignore[arg-type]
     loading.cancel()

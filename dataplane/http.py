@@ -139,8 +139,7 @@ class BrowserGuard:
                 why = f"requests from web pages ({origin.decode('latin-1')}) are refused"
             if why is not None:
                 log.warning("refused %s %s: %s", scope["method"], scope["path"], why)
-                response = JSONResponse(error_body(ErrorCode.INVALID_REQUEST, why),
-                                        status_code=403)
+                response = JSONResponse(error_body(ErrorCode.INVALID_REQUEST, why), status_code=403)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -35,8 +35,9 @@ class InvalidTransition(RuntimeError):
 class StateMachine(Generic[S]):
     """Holds the current state; every change goes through `to()` and the table."""
 
-    def __init__(self, transitions: Mapping[S, frozenset[S]], initial: S, *,
-                 name: str = "") -> None:
+    def __init__(
+        self, transitions: Mapping[S, frozenset[S]], initial: S, *, name: str = ""
+    ) -> None:
         self._table = transitions
         self._state = initial
         self._name = name
@@ -53,7 +54,8 @@ class StateMachine(Generic[S]):
             return
         if not self.can(new):
             raise InvalidTransition(
-                f"{self._name or 'state'}: {self._state} -> {new} is not allowed")
+                f"{self._name or 'state'}: {self._state} -> {new} is not allowed"
+            )
         old, self._state = self._state, new
         log.debug("%s: %s -> %s", self._name or "state", old, new)
 

@@ -246,15 +246,17 @@ class LlamaEngine:
         self.n_ctx_per_slot = llama_cpp.llama_n_ctx(ctx) // self._slots
         # llama.cpp may lower the batch (to a context smaller than it) and pad the context:
         # a step larger than its batch aborts the process (GGML_ASSERT), so its word counts.
-        self._batch_size = min(self._batch_size, llama_cpp.llama_n_batch(ctx),
-                               llama_cpp.llama_n_ubatch(ctx))
+        self._batch_size = min(
+            self._batch_size, llama_cpp.llama_n_batch(ctx), llama_cpp.llama_n_ubatch(ctx)
+        )
         self._batch = llama_cpp.llama_batch_init(self._batch_size, 0, 1)
         template = llama_cpp.llama_model_chat_template(model, None)
         self.chat_template = template.decode("utf-8", "replace") if template else None
         self.bos_text = self._piece(llama_cpp.llama_vocab_bos(self._vocab), special=True)
         self.eos_text = self._piece(llama_cpp.llama_vocab_eos(self._vocab), special=True)
         self._on_progress(
-            LoadProgress(self._layers_total, self._layers_total, self._file_size >> 20))
+            LoadProgress(self._layers_total, self._layers_total, self._file_size >> 20)
+        )
 
     def _load_failure(self, fallback: str) -> str:
         """Names the file and llama.cpp's first error line (the cause; later ones are echoes)."""
@@ -450,7 +452,8 @@ def _make_sampler(params: SamplingParams) -> Any:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
     if params.top_p < 1.0:
         llama_cpp.llama_sampler_chain_add(
-            chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1)
+        )
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
     seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))

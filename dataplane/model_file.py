@@ -107,10 +107,17 @@ def read_model_info(path: Path) -> ModelInfo:
 
 
 _SCALAR_FORMATS = {
-    GGUFValueType.UINT8: "B", GGUFValueType.INT8: "b", GGUFValueType.UINT16: "H",
-    GGUFValueType.INT16: "h", GGUFValueType.UINT32: "I", GGUFValueType.INT32: "i",
-    GGUFValueType.FLOAT32: "f", GGUFValueType.BOOL: "?", GGUFValueType.UINT64: "Q",
-    GGUFValueType.INT64: "q", GGUFValueType.FLOAT64: "d",
+    GGUFValueType.UINT8: "B",
+    GGUFValueType.INT8: "b",
+    GGUFValueType.UINT16: "H",
+    GGUFValueType.INT16: "h",
+    GGUFValueType.UINT32: "I",
+    GGUFValueType.INT32: "i",
+    GGUFValueType.FLOAT32: "f",
+    GGUFValueType.BOOL: "?",
+    GGUFValueType.UINT64: "Q",
+    GGUFValueType.INT64: "q",
+    GGUFValueType.FLOAT64: "d",
 }
 _HEADER = struct.Struct("<IIQQ")  # magic, version, tensor count, key-value count
 _U32 = struct.Struct("<I")
@@ -171,8 +178,9 @@ class _GGUFScan:
             key_length=self._get(int, f"{arch}.attention.key_length", head_dim),
             value_length=self._get(int, f"{arch}.attention.value_length", head_dim),
             embedding_length=n_embd,
-            vocab_size=self._get(int, f"{arch}.vocab_size",
-                                 tokens.count if isinstance(tokens, _Array) else 0),
+            vocab_size=self._get(
+                int, f"{arch}.vocab_size", tokens.count if isinstance(tokens, _Array) else 0
+            ),
         )
 
     def tensor_data_end(self) -> tuple[int, str]:
@@ -256,7 +264,7 @@ class _GGUFScan:
             raise ValueError("implausible key length")
         start = self._pos
         self._skip(length)
-        return self._buf[start:self._pos].decode("utf-8")
+        return self._buf[start : self._pos].decode("utf-8")
 
     def _unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
         start = self._pos

@@ -65,8 +65,9 @@ def routes(worker: Worker) -> list[Route]:
         try:
             prompt = render_chat(template, messages, bos_token=bos, eos_token=eos)
         except ChatTemplateError as exc:
-            raise ApiError(ErrorCode.INVALID_REQUEST, f"messages: {exc}",
-                           details={"field": "messages"}) from None
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST, f"messages: {exc}", details={"field": "messages"}
+            ) from None
         # A template that writes the BOS token itself must not get a second one.
         add_special = not (bos and prompt.startswith(bos))
         tokens = await worker.prepare_prompt(prompt, add_special=add_special)
@@ -147,4 +148,3 @@ def _params(body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
         seed=body.seed,
         stop=tuple(body.stop or ()),
     )
-

@@ -22,12 +22,17 @@ OPENAPI_PATH = "/openapi.json"
 _ERROR_SCHEMA = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {
-        "type": "object",
-        "required": ["code", "message"],
-        "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-                       "details": {"type": "object"}},
-    }},
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {"type": "object"},
+            },
+        }
+    },
 }
 
 
@@ -49,10 +54,14 @@ def openapi_document(
     for route in routes:
         if not isinstance(route, Route) or route.path == OPENAPI_PATH:
             continue
-        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                  for name in route.param_convertors]
-        params += [{"name": name, "in": "query", "required": False,
-                    "schema": {"type": "string"}} for name in queries.get(route.path, ())]
+        params = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in route.param_convertors
+        ]
+        params += [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            for name in queries.get(route.path, ())
+        ]
         for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
             operation: dict[str, Any] = {
                 "operationId": f"{method.lower()}{route.path_format}",
@@ -60,15 +69,20 @@ def openapi_document(
                 "parameters": params,
                 "responses": {
                     "2XX": {"description": "success"},
-                    "default": {"description": "error",
-                                "content": {"application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Error"}}}},
+                    "default": {
+                        "description": "error",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
+                    },
                 },
             }
             model = bodies.get(route.path)
             if model is not None:
-                operation["requestBody"] = {"required": True, "content": {"application/json": {
-                    "schema": by_model[(model, "validation")]}}}
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": by_model[(model, "validation")]}},
+                }
             if route.path not in public_paths:
                 operation["security"] = [{"bearer": []}]
             paths.setdefault(route.path_format, {})[method.lower()] = operation
@@ -76,23 +90,32 @@ def openapi_document(
         "openapi": "3.1.0",
         "info": {"title": title, "version": VERSION},
         "paths": paths,
-        "components": {"schemas": schemas,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }
 
 
-def openapi_route(title: str, routes: Sequence[BaseRoute], *,
-                  bodies: Mapping[str, type[BaseModel]],
-                  queries: Mapping[str, Collection[str]] | None = None,
-                  public_paths: Collection[str]) -> Route:
+def openapi_route(
+    title: str,
+    routes: Sequence[BaseRoute],
+    *,
+    bodies: Mapping[str, type[BaseModel]],
+    queries: Mapping[str, Collection[str]] | None = None,
+    public_paths: Collection[str],
+) -> Route:
     """The route serving the document (built once, at the first request)."""
     document: dict[str, Any] = {}
 
     async def openapi(_request: Request) -> JSONResponse:
         """This API's OpenAPI document."""
         if not document:
-            document.update(openapi_document(title, routes, bodies=bodies,
-                                             queries=queries or {}, public_paths=public_paths))
+            document.update(
+                openapi_document(
+                    title, routes, bodies=bodies, queries=queries or {}, public_paths=public_paths
+                )
+            )
         return JSONResponse(document)
 
     return Route(OPENAPI_PATH, openapi)

@@ -35,8 +35,10 @@ def die_with_parent(parent_pid: int) -> None:
         _set_pdeathsig(signal.SIGKILL)
     # The parent may have died before prctl took effect; then nothing will ever signal us.
     if os.getppid() != parent_pid:
-        raise ParentGone(f"process {parent_pid} is not this worker's parent "
-                         f"(its parent is {os.getppid()}): the hive that started it is gone")
+        raise ParentGone(
+            f"process {parent_pid} is not this worker's parent "
+            f"(its parent is {os.getppid()}): the hive that started it is gone"
+        )
     # A backstop on Linux too: PDEATHSIG follows the parent *thread* that forked us.
     threading.Thread(target=_watch, args=(parent_pid,), name="parent-watch", daemon=True).start()
 
@@ -45,8 +47,10 @@ def _set_pdeathsig(sig: signal.Signals) -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         errno = ctypes.get_errno()
-        log.warning("prctl(PR_SET_PDEATHSIG) failed (%s): relying on the parent watchdog",
-                    os.strerror(errno))
+        log.warning(
+            "prctl(PR_SET_PDEATHSIG) failed (%s): relying on the parent watchdog",
+            os.strerror(errno),
+        )
 
 
 def _watch(parent_pid: int) -> None:

@@ -13,13 +13,16 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 TopK = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
+
 def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
 # `stop` may be one string or a list of them, as in OpenAI's API.
-StopList = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16),
-                     BeforeValidator(_as_list)]
+StopList = Annotated[
+    list[Annotated[str, Field(min_length=1)]], Field(max_length=16), BeforeValidator(_as_list)
+]
 
 
 class InferenceRequest(BaseModel):
@@ -60,8 +63,10 @@ class OpenAIRequest(BaseModel):
 
 
 class CompletionRequest(OpenAIRequest):
-    prompt: (Annotated[str, Field(min_length=1)]
-             | Annotated[list[str], Field(min_length=1, max_length=1)])
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[str], Field(min_length=1, max_length=1)]
+    )
 
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]

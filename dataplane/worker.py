@@ -114,15 +114,22 @@ class Worker:
                 yield {"stage": "failed", "error": self._failure()}
                 return
             if state in (WorkerState.DRAINING, WorkerState.STOPPED):
-                yield {"stage": "failed", "error": {"code": ErrorCode.BACKEND_UNAVAILABLE,
-                                                    "message": "the worker is shutting down"}}
+                yield {
+                    "stage": "failed",
+                    "error": {
+                        "code": ErrorCode.BACKEND_UNAVAILABLE,
+                        "message": "the worker is shutting down",
+                    },
+                }
                 return
             async with self._progress_changed:
                 await self._progress_changed.wait()
 
     def _failure(self) -> dict[str, str]:
-        return {"code": ErrorCode.BACKEND_UNAVAILABLE,
-                "message": f"model failed to load: {self.load_error}"}
+        return {
+            "code": ErrorCode.BACKEND_UNAVAILABLE,
+            "message": f"model failed to load: {self.load_error}",
+        }
 
     # ----------------------------------------------------------------- status
 
@@ -165,8 +172,11 @@ class Worker:
         tokens = await engine.tokenize(text, add_special=add_special)
         limit = engine.n_ctx_per_slot
         if not tokens:
-            raise ApiError(ErrorCode.INVALID_REQUEST, "prompt: the prompt is empty",
-                           details={"field": "prompt"})
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                "prompt: the prompt is empty",
+                details={"field": "prompt"},
+            )
         if len(tokens) >= limit:
             raise ApiError(
                 ErrorCode.INVALID_REQUEST,
@@ -176,8 +186,9 @@ class Worker:
             )
         return tokens
 
-    def begin(self, prompt_tokens: list[int], params: SamplingParams,
-              request_id: str | None) -> Generation:
+    def begin(
+        self, prompt_tokens: list[int], params: SamplingParams, request_id: str | None
+    ) -> Generation:
         """Claims a slot and starts a generation. Never awaits, so the claim is atomic."""
         engine = self.serving_engine()
         if self.slots_busy >= self.settings.slots:
@@ -190,9 +201,11 @@ class Worker:
             )
         request_id = request_id or f"req-{uuid.uuid4().hex[:16]}"
         if request_id in self._generations:
-            raise ApiError(ErrorCode.INVALID_REQUEST,
-                           f"request_id: {request_id} is already running",
-                           details={"field": "request_id"})
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                f"request_id: {request_id} is already running",
+                details={"field": "request_id"},
+            )
         gen = Generation(request_id, prompt_tokens, params, asyncio.get_running_loop())
         self._last_activity = time.monotonic()
         self.slots_busy += 1
@@ -248,8 +261,12 @@ class Worker:
             message = f"the model failed to load: {self.load_error}"
         else:
             message = "the worker is shutting down"
-        raise ApiError(ErrorCode.BACKEND_UNAVAILABLE, message, details={"state": str(state)},
-                       headers={"Retry-After": "2"} if state is WorkerState.LOADING else None)
+        raise ApiError(
+            ErrorCode.BACKEND_UNAVAILABLE,
+            message,
+            details={"state": str(state)},
+            headers={"Retry-After": "2"} if state is WorkerState.LOADING else None,
+        )
 
     # ----------------------------------------------------------------- shutdown
 
@@ -270,8 +287,9 @@ class Worker:
                 log.warning("drain timeout: canceling %d stream(s)", len(self._generations))
                 for gen in list(self._generations.values()):
                     gen.cancel()
-                await _wait_all([g.finished.wait() for g in self._generations.values()],
-                                CANCEL_GRACE_S)
+                await _wait_all(
+                    [g.finished.wait() for g in self._generations.values()], CANCEL_GRACE_S
+                )
         if self.engine is not None:
             await self.engine.close()
         self.lifecycle.to(WorkerState.STOPPED)

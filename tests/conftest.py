@@ -134,7 +134,7 @@ def start_worker(
 
 
 def sse_data(response: httpx.Response) -> list[str]:
-    return [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
 
 
 def events_of(lines: list[str]) -> list[dict]:
@@ -142,15 +142,29 @@ def events_of(lines: list[str]) -> list[dict]:
     return [json.loads(line) for line in lines[:-1]]
 
 
-def start_long_stream(worker: WorkerProcess, request_id: str, got_token: threading.Event,
-                      result: dict, *, prompt: str = "Once upon a time") -> threading.Thread:
+def start_long_stream(
+    worker: WorkerProcess,
+    request_id: str,
+    got_token: threading.Event,
+    result: dict,
+    *,
+    prompt: str = "Once upon a time",
+) -> threading.Thread:
     """Starts a greedy 8192-token stream in a thread; `result` gets status and events at the end."""
+
     def run() -> None:
         with (
             worker.client() as client,
-            client.stream("POST", "/v1/inference",
-                          json={"prompt": prompt, "max_tokens": 8192,
-                                "temperature": 0, "request_id": request_id}) as r,
+            client.stream(
+                "POST",
+                "/v1/inference",
+                json={
+                    "prompt": prompt,
+                    "max_tokens": 8192,
+                    "temperature": 0,
+                    "request_id": request_id,
+                },
+            ) as r,
         ):
             result["status"] = r.status_code
             lines = []
@@ -181,8 +195,9 @@ def spawn_worker(tmp_path: Path) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def shared_worker(tiny_model: Path,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def shared_worker(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
     """One keyed, two-slot worker on the tiny model, for the tests that leave it as they found
     it."""
     worker = start_worker(

@@ -55,12 +55,20 @@ class HiveProcess:
         return self.proc.returncode
 
 
-def start_hive(state_dir: Path, *args: str, api_key: str | None = None,
-               env: dict[str, str] | None = None) -> HiveProcess:
+def start_hive(
+    state_dir: Path, *args: str, api_key: str | None = None, env: dict[str, str] | None = None
+) -> HiveProcess:
     port = free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
-    argv = [str(BIN / "rbee-hive"), "daemon", "--addr", f"127.0.0.1:{port}",
-            "--state-dir", str(state_dir), *args]
+    argv = [
+        str(BIN / "rbee-hive"),
+        "daemon",
+        "--addr",
+        f"127.0.0.1:{port}",
+        "--state-dir",
+        str(state_dir),
+        *args,
+    ]
     if api_key:
         key_file = state_dir / KEY_FILE
         key_file.write_text(api_key)
@@ -95,12 +103,14 @@ def start_hive_with_settings(state_dir: Path, **fields: object) -> HiveProcess:
     return _launch(argv, state_dir, port, None, None)
 
 
-def _launch(argv: list[str], state_dir: Path, port: int, api_key: str | None,
-            env: dict[str, str] | None) -> HiveProcess:
+def _launch(
+    argv: list[str], state_dir: Path, port: int, api_key: str | None, env: dict[str, str] | None
+) -> HiveProcess:
     log_path = state_dir / "hive-test.log"
     with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                env={**os.environ, **(env or {})})
+        proc = subprocess.Popen(
+            argv, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     hive = HiveProcess(proc, f"http://127.0.0.1:{port}", state_dir, log_path, api_key)
     deadline = time.monotonic() + 20
     while True:

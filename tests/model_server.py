@@ -92,9 +92,16 @@ class ModelServer:
             self._blobs[path] = Blob(data, **behaviour)
         return self.url + path
 
-    def add_hub_file(self, repo_id: str, filename: str, data: bytes, *,
-                     revision: str = "main", sha256: str | None = None,
-                     **behaviour: Any) -> str:
+    def add_hub_file(
+        self,
+        repo_id: str,
+        filename: str,
+        data: bytes,
+        *,
+        revision: str = "main",
+        sha256: str | None = None,
+        **behaviour: Any,
+    ) -> str:
         """Puts a file in a hub repo and returns the path its bytes are served from.
 
         Like the real hub for LFS files, `/{repo}/resolve/{revision}/{file}` answers 302 to a
@@ -123,8 +130,9 @@ class ModelServer:
         self._httpd = ThreadingHTTPServer((self._host, 0), _handler_for(self))
         self._httpd.daemon_threads = True
         # A short poll interval: stop() waits up to one interval for the serving loop.
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
-                                        name="model-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="model-server", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -139,17 +147,26 @@ class ModelServer:
     def __enter__(self) -> ModelServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # The request handler calls these.
 
     def _record(self, handler: BaseHTTPRequestHandler, path: str) -> None:
         with self._lock:
-            self._requests.append(RecordedRequest(
-                handler.command, path, handler.headers.get("Range"), dict(handler.headers),
-            ))
+            self._requests.append(
+                RecordedRequest(
+                    handler.command,
+                    path,
+                    handler.headers.get("Range"),
+                    dict(handler.headers),
+                )
+            )
 
     def _answer(self, handler: BaseHTTPRequestHandler) -> None:
         path = unquote(urlsplit(handler.path).path)
@@ -161,8 +178,9 @@ class ModelServer:
         else:
             self._serve_blob(handler, path)
 
-    def _hub_resolve(self, handler: BaseHTTPRequestHandler, repo_id: str, revision: str,
-                     filename: str) -> None:
+    def _hub_resolve(
+        self, handler: BaseHTTPRequestHandler, repo_id: str, revision: str, filename: str
+    ) -> None:
         repo = self._hub_repo(handler, repo_id, revision)
         if repo is None:
             return
@@ -171,12 +189,16 @@ class ModelServer:
             _send_status(handler, 404, {"X-Error-Code": "EntryNotFound"})
             return
         cdn = f"http://localhost:{self.url.rsplit(':', 1)[1]}"
-        _send_status(handler, 302, {
-            "Location": cdn + blob_path,
-            "X-Linked-Etag": f'"{repo.sha256[filename]}"',
-            "X-Linked-Size": str(len(self._blobs[blob_path].data)),
-            "X-Repo-Commit": "0" * 40,
-        })
+        _send_status(
+            handler,
+            302,
+            {
+                "Location": cdn + blob_path,
+                "X-Linked-Etag": f'"{repo.sha256[filename]}"',
+                "X-Linked-Size": str(len(self._blobs[blob_path].data)),
+                "X-Repo-Commit": "0" * 40,
+            },
+        )
 
     def _hub_tree(self, handler: BaseHTTPRequestHandler, repo_id: str, revision: str) -> None:
         repo = self._hub_repo(handler, repo_id, revision)
@@ -190,7 +212,9 @@ class ModelServer:
                 entries[folder] = {"type": "directory", "oid": "0" * 40, "path": folder}
             data = self._blobs[blob_path].data
             entries[name] = {
-                "type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data),
+                "type": "file",
+                "oid": hashlib.sha1(data).hexdigest(),
+                "size": len(data),
                 "path": name,
                 "lfs": {"oid": repo.sha256[name], "size": len(data), "pointerSize": 134},
             }
@@ -201,8 +225,9 @@ class ModelServer:
         handler.end_headers()
         handler.wfile.write(body)
 
-    def _hub_repo(self, handler: BaseHTTPRequestHandler, repo_id: str,
-                  revision: str) -> _HubRepo | None:
+    def _hub_repo(
+        self, handler: BaseHTTPRequestHandler, repo_id: str, revision: str
+    ) -> _HubRepo | None:
         with self._lock:
             repo = self._hub.get(repo_id)
         if repo is None:
@@ -245,13 +270,14 @@ class ModelServer:
         handler.send_header("Accept-Ranges", "bytes" if blob.ranges else "none")
         handler.end_headers()
         if handler.command != "HEAD":
-            body = blob.data[start:end + 1]
+            body = blob.data[start : end + 1]
             self._write_body(handler, body if drop is None else body[:drop], blob.bytes_per_s)
         if drop is not None:
             handler.close_connection = True  # the client sees the body end early
 
-    def _write_body(self, handler: BaseHTTPRequestHandler, body: bytes,
-                    bytes_per_s: int | None) -> None:
+    def _write_body(
+        self, handler: BaseHTTPRequestHandler, body: bytes, bytes_per_s: int | None
+    ) -> None:
         piece = _WRITE_PIECE if bytes_per_s is None else max(1, bytes_per_s // 20)
         started = time.monotonic()
         try:
@@ -259,7 +285,7 @@ class ModelServer:
                 if self._stopping.is_set():
                     handler.close_connection = True
                     return
-                handler.wfile.write(body[offset:offset + piece])
+                handler.wfile.write(body[offset : offset + piece])
                 if bytes_per_s is not None:
                     ahead = started + (offset + piece) / bytes_per_s - time.monotonic()
                     if ahead > 0:
@@ -268,8 +294,9 @@ class ModelServer:
             handler.close_connection = True  # the client went away; nothing to tell it
 
 
-def _send_status(handler: BaseHTTPRequestHandler, status: int,
-                 headers: dict[str, str] | None = None) -> None:
+def _send_status(
+    handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str] | None = None
+) -> None:
     handler.send_response(status)
     for name, value in (headers or {}).items():
         handler.send_header(name, value)

@@ -119,8 +119,9 @@ class FakeNode:
         """Stop sshd, and remove a login user made for this node, its processes and home."""
         self.stop()
         if self.created_user:
-            listed = subprocess.run(["ps", "-u", self.user, "-o", "pid="], capture_output=True,
-                                    text=True)
+            listed = subprocess.run(
+                ["ps", "-u", self.user, "-o", "pid="], capture_output=True, text=True
+            )
             for pid in listed.stdout.split():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
@@ -275,13 +276,17 @@ class FakeNode:
 def _add_login_user(name: str) -> str:
     """A new user with an empty home (`useradd --create-home`); fails clearly without root."""
     if shutil.which("useradd") is None or os.geteuid() != 0:
-        raise RuntimeError("a fake node with its own login user needs root and useradd "
-                           "(CI runs the suite as root); run the tests as root")
+        raise RuntimeError(
+            "a fake node with its own login user needs root and useradd "
+            "(CI runs the suite as root); run the tests as root"
+        )
     user = f"rbee-{name}-{secrets.token_hex(3)}"[:32]
     # Password "*": no password login, but not "locked" ("!"), which sshd refuses without PAM.
-    made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", "--password",
-                           "*", user],
-                          capture_output=True, text=True)
+    made = subprocess.run(
+        ["useradd", "--create-home", "--shell", "/bin/bash", "--password", "*", user],
+        capture_output=True,
+        text=True,
+    )
     if made.returncode != 0:
         raise RuntimeError(f"useradd {user} failed: {made.stderr.strip()}")
     return user

@@ -18,9 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 def ansible_inventory(inventory: Path, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RBEE_", "ANSIBLE_"))}
     clean.update(RBEE_INVENTORY=str(inventory), PATH=f"{BIN}{os.pathsep}{clean['PATH']}", **env)
-    return subprocess.run([str(BIN / "ansible-inventory"), "-i", "ansible/inventory_toml.py",
-                           "--list"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env=clean)
+    return subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", "ansible/inventory_toml.py", "--list"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean,
+    )
 
 
 def test_nodes_map_to_ansible_variables(tmp_path: Path) -> None:
@@ -47,11 +52,21 @@ api_key_env = "RBEE_BOX_KEY"
     assert sorted(listed["rbee_nodes"]["hosts"]) == ["box", "local"]
     box = listed["_meta"]["hostvars"]["box"]
     assert (box["ansible_host"], box["ansible_port"], box["ansible_user"]) == (
-        "box.home.arpa", 2222, "vince")
+        "box.home.arpa",
+        2222,
+        "vince",
+    )
     assert box["ansible_ssh_private_key_file"] == str(key_file)
     assert shlex.split(box["ansible_ssh_common_args"]) == [
-        "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={tmp_path}/known hosts", "-o", "IdentitiesOnly=yes"]
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={tmp_path}/known hosts",
+        "-o",
+        "IdentitiesOnly=yes",
+    ]
     assert "ControlMaster=no" in box["ansible_ssh_args"]
     assert box["ansible_python_interpreter"] == "python3"
     assert (box["rbee_path"], box["rbee_state_dir"]) == ("~/rbee/venv/bin", "~/.rbee/hive")

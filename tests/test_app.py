@@ -43,16 +43,22 @@ def slots_busy(worker: WorkerProcess) -> int:
 def test_sse_event_sequence(shared_worker: WorkerProcess) -> None:
     with (
         shared_worker.client() as client,
-        client.stream("POST", "/v1/inference",
-                      json={"prompt": "Once upon a time", "max_tokens": 12,
-                            "temperature": 0, "request_id": "req-seq-1"}) as r,
+        client.stream(
+            "POST",
+            "/v1/inference",
+            json={
+                "prompt": "Once upon a time",
+                "max_tokens": 12,
+                "temperature": 0,
+                "request_id": "req-seq-1",
+            },
+        ) as r,
     ):
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["x-request-id"] == "req-seq-1"
         events = events_of(sse_data(r))
-    assert events[0] == {"type": "started", "request_id": "req-seq-1",
-                         "model": events[0]["model"]}
+    assert events[0] == {"type": "started", "request_id": "req-seq-1", "model": events[0]["model"]}
     tokens = [e for e in events if e["type"] == "token"]
     assert [t["index"] for t in tokens] == list(range(len(tokens)))
     assert all(isinstance(t["token"], str) for t in tokens)
@@ -80,15 +86,28 @@ def test_stream_false_answers_one_json(shared_worker: WorkerProcess) -> None:
 def test_streamed_text_equals_collected_text(shared_worker: WorkerProcess) -> None:
     with shared_worker.client() as client:
         events = stream(client, max_tokens=10, temperature=0)
-        collected = client.post("/v1/inference", json={"prompt": "Once upon a time",
-                                                       "max_tokens": 10, "temperature": 0,
-                                                       "stream": False}).json()
+        collected = client.post(
+            "/v1/inference",
+            json={
+                "prompt": "Once upon a time",
+                "max_tokens": 10,
+                "temperature": 0,
+                "stream": False,
+            },
+        ).json()
     assert "".join(e["token"] for e in events if e["type"] == "token") == collected["text"]
 
 
 def test_seed_reproduces_a_sampled_answer(shared_worker: WorkerProcess) -> None:
-    body = {"prompt": "Once upon a time", "max_tokens": 16, "temperature": 1.2, "top_k": 40,
-            "top_p": 0.95, "seed": 1234, "stream": False}
+    body = {
+        "prompt": "Once upon a time",
+        "max_tokens": 16,
+        "temperature": 1.2,
+        "top_k": 40,
+        "top_p": 0.95,
+        "seed": 1234,
+        "stream": False,
+    }
     with shared_worker.client() as client:
         a = client.post("/v1/inference", json=body).json()["text"]
         b = client.post("/v1/inference", json=body).json()["text"]
@@ -99,14 +118,28 @@ def test_seed_reproduces_a_sampled_answer(shared_worker: WorkerProcess) -> None:
 
 def test_stop_string_ends_the_stream(shared_worker: WorkerProcess) -> None:
     with shared_worker.client() as client:
-        free = client.post("/v1/inference", json={"prompt": "Once upon a time", "max_tokens": 24,
-                                                  "temperature": 0, "stream": False}).json()
+        free = client.post(
+            "/v1/inference",
+            json={
+                "prompt": "Once upon a time",
+                "max_tokens": 24,
+                "temperature": 0,
+                "stream": False,
+            },
+        ).json()
         text = free["text"]
-        stop = text[len(text) // 2:][:3]  # a string the model is known to produce
+        stop = text[len(text) // 2 :][:3]  # a string the model is known to produce
         assert stop.strip(), text
-        cut = client.post("/v1/inference", json={"prompt": "Once upon a time", "max_tokens": 24,
-                                                 "temperature": 0, "stream": False,
-                                                 "stop": [stop]}).json()
+        cut = client.post(
+            "/v1/inference",
+            json={
+                "prompt": "Once upon a time",
+                "max_tokens": 24,
+                "temperature": 0,
+                "stream": False,
+                "stop": [stop],
+            },
+        ).json()
     assert cut["stop_reason"] == "stop"
     assert cut["text"] == text[: text.index(stop)]
 
@@ -177,16 +210,20 @@ def test_client_disconnect_cancels_generation(shared_worker: WorkerProcess) -> N
         text = httpx.get(f"{shared_worker.url}/metrics", headers=shared_worker.headers).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "rbee_worker_requests_total" and \
-                        sample.labels.get("outcome") == "canceled":
+                if (
+                    sample.name == "rbee_worker_requests_total"
+                    and sample.labels.get("outcome") == "canceled"
+                ):
                     return sample.value
         return 0.0
 
     before = canceled_count()
     client = shared_worker.client()
-    with client.stream("POST", "/v1/inference",
-                       json={"prompt": "Once upon a time", "max_tokens": 8192,
-                             "temperature": 0}) as r:
+    with client.stream(
+        "POST",
+        "/v1/inference",
+        json={"prompt": "Once upon a time", "max_tokens": 8192, "temperature": 0},
+    ) as r:
         lines = r.iter_lines()  # held: dropping the iterator would close the stream early
         for line in lines:
             if '"type": "token"' in line:
@@ -240,15 +277,26 @@ def test_two_streams_at_once_with_two_slots(shared_worker: WorkerProcess) -> Non
 # ---------------------------------------------------------------------------- auth
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key"},
-                                     {"Authorization": f"Basic {KEY}"}])
-@pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/v1/inference"), ("GET", "/v1/ready"), ("GET", "/v1/loading/progress"),
-    ("DELETE", "/v1/inference/x"), ("POST", "/v1/admin/shutdown"), ("GET", "/metrics"),
-    ("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"),
-])
-def test_401_without_the_right_key(shared_worker: WorkerProcess, headers: dict, method: str,
-                                   path: str) -> None:
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong-key"}, {"Authorization": f"Basic {KEY}"}]
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/inference"),
+        ("GET", "/v1/ready"),
+        ("GET", "/v1/loading/progress"),
+        ("DELETE", "/v1/inference/x"),
+        ("POST", "/v1/admin/shutdown"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/completions"),
+        ("POST", "/v1/chat/completions"),
+    ],
+)
+def test_401_without_the_right_key(
+    shared_worker: WorkerProcess, headers: dict, method: str, path: str
+) -> None:
     r = httpx.request(method, shared_worker.url + path, headers=headers, json={"prompt": "x"})
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "INVALID_API_KEY"
@@ -264,23 +312,27 @@ def test_health_needs_no_key(shared_worker: WorkerProcess) -> None:
 # ---------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
-    ({"prompt": "x", "max_tokens": 8193}, "max_tokens"),
-    ({"prompt": "x", "temperature": 2.5}, "temperature"),
-    ({"prompt": "x", "temperature": "hot"}, "temperature"),
-    ({"prompt": "x", "top_p": 1.5}, "top_p"),
-    ({"prompt": "x", "top_k": -1}, "top_k"),
-    ({"prompt": "x", "seed": -3}, "seed"),
-    ({"prompt": "x", "stream": "yes"}, "stream"),
-    ({"prompt": 42}, "prompt"),
-    ({"prompt": ""}, "prompt"),
-    ({}, "prompt"),
-    ({"prompt": "x", "bogus": 1}, "bogus"),
-    ({"prompt": "x", "request_id": "has space"}, "request_id"),
-])
-def test_bad_fields_get_400_naming_the_field(shared_worker: WorkerProcess, body: dict,
-                                             field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 8193}, "max_tokens"),
+        ({"prompt": "x", "temperature": 2.5}, "temperature"),
+        ({"prompt": "x", "temperature": "hot"}, "temperature"),
+        ({"prompt": "x", "top_p": 1.5}, "top_p"),
+        ({"prompt": "x", "top_k": -1}, "top_k"),
+        ({"prompt": "x", "seed": -3}, "seed"),
+        ({"prompt": "x", "stream": "yes"}, "stream"),
+        ({"prompt": 42}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({}, "prompt"),
+        ({"prompt": "x", "bogus": 1}, "bogus"),
+        ({"prompt": "x", "request_id": "has space"}, "request_id"),
+    ],
+)
+def test_bad_fields_get_400_naming_the_field(
+    shared_worker: WorkerProcess, body: dict, field: str
+) -> None:
     with shared_worker.client() as client:
         r = client.post("/v1/inference", json=body)
     assert r.status_code == 400, r.text
@@ -293,8 +345,9 @@ def test_bad_fields_get_400_naming_the_field(shared_worker: WorkerProcess, body:
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe"])
 def test_malformed_bodies_get_400(shared_worker: WorkerProcess, content: bytes) -> None:
     with shared_worker.client() as client:
-        r = client.post("/v1/inference", content=content,
-                        headers={"content-type": "application/json"})
+        r = client.post(
+            "/v1/inference", content=content, headers={"content-type": "application/json"}
+        )
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "INVALID_REQUEST"
 
@@ -324,8 +377,9 @@ def test_a_prompt_longer_than_a_small_batch_is_served(spawn_worker, tiny_model: 
     GGML_ASSERT(n_tokens_all <= cparams.n_batch))."""
     worker = spawn_worker(tiny_model, "--ctx-size", "64")
     with worker.client() as client:
-        r = client.post("/v1/inference", json={"prompt": "the story " * 75, "max_tokens": 4,
-                                                "stream": False})
+        r = client.post(
+            "/v1/inference", json={"prompt": "the story " * 75, "max_tokens": 4, "stream": False}
+        )
         assert r.status_code == 200, r.text
         assert r.json()["total_tokens"] == 4
         assert client.get("/health").status_code == 200
@@ -347,11 +401,20 @@ def test_metrics_parse_with_prometheus_parser(shared_worker: WorkerProcess) -> N
         stream(client, max_tokens=5, temperature=0)
         text = client.get("/metrics").text
     names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
-    assert {"rbee_worker_tokens_generated_total", "rbee_worker_slots_busy",
-            "rbee_worker_slots_total", "rbee_worker_time_to_first_token_seconds_count",
-            "rbee_worker_tokens_per_second_count", "rbee_worker_requests_total"} <= names
-    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if not s.labels}
+    assert {
+        "rbee_worker_tokens_generated_total",
+        "rbee_worker_slots_busy",
+        "rbee_worker_slots_total",
+        "rbee_worker_time_to_first_token_seconds_count",
+        "rbee_worker_tokens_per_second_count",
+        "rbee_worker_requests_total",
+    } <= names
+    samples = {
+        s.name: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if not s.labels
+    }
     assert samples["rbee_worker_tokens_generated_total"] >= 5
     assert samples["rbee_worker_slots_total"] == 2
 
@@ -359,8 +422,9 @@ def test_metrics_parse_with_prometheus_parser(shared_worker: WorkerProcess) -> N
 # ---------------------------------------------------------------------------- shutdown
 
 
-def test_shutdown_while_streaming_ends_the_stream_and_exits_0(spawn_worker,
-                                                             tiny_model: Path) -> None:
+def test_shutdown_while_streaming_ends_the_stream_and_exits_0(
+    spawn_worker, tiny_model: Path
+) -> None:
     worker = spawn_worker(tiny_model, "--ctx-size", str(LONG_CTX), "--drain-timeout-s", "0.5")
     got, result = threading.Event(), {}
     thread = start_long_stream(worker, "req-shut-1", got, result)

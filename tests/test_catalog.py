@@ -112,4 +112,3 @@ def test_concurrent_calls_from_threads(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     assert len(catalog.list()) == 80
-

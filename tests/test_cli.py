@@ -13,8 +13,9 @@ from conftest import BIN, WorkerProcess
 
 
 def run_worker(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "rbee-worker"), *args], capture_output=True, text=True,
-                          timeout=30, env=env)
+    return subprocess.run(
+        [str(BIN / "rbee-worker"), *args], capture_output=True, text=True, timeout=30, env=env
+    )
 
 
 def test_version() -> None:
@@ -30,12 +31,15 @@ def test_refuses_a_public_address_without_a_key(tiny_model: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(("model", "says"), [
-    ("/nonexistent/model.gguf", "no such model file"),
-    ("pkg:nope", "unknown bundled model"),
-    ("https://example.invalid/x.gguf", "through the hive"),
-    ("hf:org/repo:x.gguf", "through the hive"),
-])
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        ("/nonexistent/model.gguf", "no such model file"),
+        ("pkg:nope", "unknown bundled model"),
+        ("https://example.invalid/x.gguf", "through the hive"),
+        ("hf:org/repo:x.gguf", "through the hive"),
+    ],
+)
 def test_bad_model_refs_are_clear_errors(model: str, says: str) -> None:
     result = run_worker("--model", model)
     assert result.returncode == 2

@@ -63,9 +63,11 @@ async def _until(check, timeout_s: float = 30.0):  # type: ignore[no-untyped-def
 
 
 def test_a_local_node_through_spawn_stream_cancel_and_shutdown(
-        tmp_path: Path, hive: HiveProcess, tiny_model: Path, registry: WorkerRegistry) -> None:
-    inventory = write_inventory(tmp_path / "inventory.toml",
-                                local_node("local", _port(hive), hive.state_dir))
+    tmp_path: Path, hive: HiveProcess, tiny_model: Path, registry: WorkerRegistry
+) -> None:
+    inventory = write_inventory(
+        tmp_path / "inventory.toml", local_node("local", _port(hive), hive.state_dir)
+    )
     node = inventory.get("local")
     ref = f"file:{tiny_model}"
 
@@ -90,8 +92,9 @@ def test_a_local_node_through_spawn_stream_cancel_and_shutdown(
         assert registry.get(worker_id).last_health_check is not None  # warm for infer
 
         heard = Collector()
-        request = InferRequest(prompt="Once upon a time", model_ref=ref, max_tokens=12,
-                               temperature=0)
+        request = InferRequest(
+            prompt="Once upon a time", model_ref=ref, max_tokens=12, temperature=0
+        )
         stream = InferStream(node, request, registry, heard)
         assert await stream.run() == 0, [e.in_words() for e in heard.errors]
         assert len(heard.tokens) == 12 and heard.last_stats.tokens == 12
@@ -101,9 +104,12 @@ def test_a_local_node_through_spawn_stream_cancel_and_shutdown(
         after = await cluster.probe_node(node, registry)
         assert after.workers[0].last_tokens_per_s is not None  # worker /health's new field
 
-        long = InferStream(node, InferRequest(prompt="Once upon a time", model_ref=ref,
-                                              max_tokens=2000, temperature=0),
-                           registry, heard := Collector())
+        long = InferStream(
+            node,
+            InferRequest(prompt="Once upon a time", model_ref=ref, max_tokens=2000, temperature=0),
+            registry,
+            heard := Collector(),
+        )
         running = asyncio.ensure_future(long.run())
         await _until(lambda: asyncio.sleep(0, result=len(heard.tokens) > 0))
         long.cancel()
@@ -120,10 +126,12 @@ def test_a_local_node_through_spawn_stream_cancel_and_shutdown(
     asyncio.run(scenario())
 
 
-def test_download_reports_and_lands_in_the_catalog(tmp_path: Path, hive: HiveProcess,
-                                                   tiny_model: Path) -> None:
-    node = write_inventory(tmp_path / "inventory.toml",
-                           local_node("local", _port(hive), hive.state_dir)).get("local")
+def test_download_reports_and_lands_in_the_catalog(
+    tmp_path: Path, hive: HiveProcess, tiny_model: Path
+) -> None:
+    node = write_inventory(
+        tmp_path / "inventory.toml", local_node("local", _port(hive), hive.state_dir)
+    ).get("local")
     data = tiny_model.read_bytes()
     steps: list[cluster.DownloadProgress] = []
 
@@ -169,8 +177,9 @@ class LoopbackAnswer:
 
 def test_states_in_words_when_a_node_is_not_up(tmp_path: Path) -> None:
     keyed = start_hive(tmp_path / "keyed", api_key="the-right-key-0123456789")
-    older = LoopbackAnswer(json.dumps({"status": "alive", "version": "0.2.0",
-                                       "api_version": "v1"}).encode())
+    older = LoopbackAnswer(
+        json.dumps({"status": "alive", "version": "0.2.0", "api_version": "v1"}).encode()
+    )
     stranger = LoopbackAnswer(b"<html>a router's admin page</html>")
     try:
         inventory = write_inventory(
@@ -180,9 +189,11 @@ def test_states_in_words_when_a_node_is_not_up(tmp_path: Path) -> None:
             local_node("keyed", _port(keyed), tmp_path / "keyed-node-state"),
             unreachable_node("gone", tmp_path / "known_hosts"),
             local_node("old", older.port, tmp_path / "old-state"),
-            local_node("stranger", stranger.port, tmp_path / "stranger-state"))
+            local_node("stranger", stranger.port, tmp_path / "stranger-state"),
+        )
         down, keyed_status, gone, old, other = asyncio.run(
-            cluster.probe_nodes(list(inventory.nodes.values())))
+            cluster.probe_nodes(list(inventory.nodes.values()))
+        )
     finally:
         keyed.stop()
         older.stop()
@@ -205,8 +216,9 @@ def test_ssh_up_and_down_through_a_real_sshd(tmp_path: Path) -> None:
 
     sshd = start_sshd(tmp_path / "sshd", "alpha")
     try:
-        inventory = write_inventory(tmp_path / "inventory.toml",
-                                    node_table("alpha", sshd, tmp_path / "alpha-hive"))
+        inventory = write_inventory(
+            tmp_path / "inventory.toml", node_table("alpha", sshd, tmp_path / "alpha-hive")
+        )
         node = inventory.get("alpha")
         said: list[str] = []
 

@@ -26,9 +26,11 @@ MB = 1_000_000
 @pytest.fixture
 def model_bytes(tiny_gguf: bytes) -> Any:
     """A readable GGUF of exactly `size` bytes: the tiny model plus deterministic padding."""
+
     def make(size: int, seed: int = 0) -> bytes:
         assert size >= len(tiny_gguf)
         return tiny_gguf + random.Random(seed).randbytes(size - len(tiny_gguf))
+
     return make
 
 
@@ -128,7 +130,9 @@ def test_gives_up_after_six_attempts_with_backoff_keeping_the_partial(
     assert server.count("/flaky.gguf") == 6
     # Each attempt resumed where the last one was cut off.
     assert [r.range for r in server.requests("/flaky.gguf")] == [
-        None, *(f"bytes={1000 * n}-" for n in range(1, 6))]
+        None,
+        *(f"bytes={1000 * n}-" for n in range(1, 6)),
+    ]
     assert elapsed >= 3.0
     assert events[-1]["stage"] == "failed"
     assert events[-1]["error"]["code"] == "DOWNLOAD_FAILED"
@@ -159,13 +163,12 @@ def test_a_server_error_is_retried_then_reported(tmp_path: Path, server: ModelSe
 
     assert info.value.code == "DOWNLOAD_FAILED"
     assert info.value.message == (
-        "Failed to download model after 6 attempts: the server answered 500 Internal Server Error")
+        "Failed to download model after 6 attempts: the server answered 500 Internal Server Error"
+    )
     assert server.count("/broken.gguf") == 6
 
 
-def test_not_found_is_model_not_found_without_retrying(
-    tmp_path: Path, server: ModelServer
-) -> None:
+def test_not_found_is_model_not_found_without_retrying(tmp_path: Path, server: ModelServer) -> None:
     url = server.url + "/missing.gguf"
     dm = manager(tmp_path)
 
@@ -219,7 +222,8 @@ def test_a_cached_model_is_complete_at_once(
         download = dm.start(url)
         assert download.state == DownloadState.COMPLETE
         assert await events_of(download) == [
-            {"stage": "complete", "local_path": str(download.local_path)}]
+            {"stage": "complete", "local_path": str(download.local_path)}
+        ]
         assert (await dm.ensure(url)).local_path == download.local_path
         return download
 
@@ -383,8 +387,10 @@ def test_the_bundled_model_is_registered_in_place(tmp_path: Path) -> None:
     entry = asyncio.run(dm.ensure("pkg:gemma3-270m"))
     path = resolve_model_path("pkg:gemma3-270m")
     assert (entry.local_path, entry.provider, entry.size_bytes) == (
-        path, "pkg", path.stat().st_size)
+        path,
+        "pkg",
+        path.stat().st_size,
+    )
     assert len(entry.sha256) == 64
     asyncio.run(dm.remove("pkg:gemma3-270m"))
     assert path.is_file()
-

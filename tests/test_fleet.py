@@ -12,8 +12,13 @@ from test_infer import Keeper, make_keeper
 
 
 def rbee(keeper: Keeper, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "rbee"), *args], capture_output=True, text=True,
-                          timeout=120, env=keeper.env(COLUMNS="250"))
+    return subprocess.run(
+        [str(BIN / "rbee"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=keeper.env(COLUMNS="250"),
+    )
 
 
 def test_fleet_commands_on_the_local_node(tmp_path: Path, tiny_model: Path) -> None:
@@ -46,9 +51,13 @@ def test_fleet_commands_on_the_local_node(tmp_path: Path, tiny_model: Path) -> N
         logs = rbee(keeper, "logs", "--node", "local")
         assert "listening on" in logs.stdout and worker["worker_id"] in logs.stdout
 
-        follower = subprocess.Popen([str(BIN / "rbee"), "logs", "--node", "local", "--follow"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                    env=keeper.env())
+        follower = subprocess.Popen(
+            [str(BIN / "rbee"), "logs", "--node", "local", "--follow"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=keeper.env(),
+        )
         assert "listening on" in follower.stdout.readline() + follower.stdout.readline()
         time.sleep(0.3)
         follower.send_signal(signal.SIGINT)

@@ -19,8 +19,9 @@ from rbee.control.hive.process_proof import alive
 
 def run_hive(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "RBEE_HIVE_API_KEY"}
-    return subprocess.run([str(BIN / "rbee-hive"), *args], capture_output=True, text=True,
-                          timeout=60, env=env)
+    return subprocess.run(
+        [str(BIN / "rbee-hive"), *args], capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 def test_version() -> None:
@@ -31,8 +32,9 @@ def test_version() -> None:
 def test_second_hive_on_the_same_state_dir_refuses(tmp_path: Path) -> None:
     hive = start_hive(tmp_path / "state")
     try:
-        result = run_hive("daemon", "--addr", f"127.0.0.1:{free_port()}",
-                          "--state-dir", str(tmp_path / "state"))
+        result = run_hive(
+            "daemon", "--addr", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "state")
+        )
         assert result.returncode == 1
         assert f"another rbee-hive (pid {hive.proc.pid}) is running" in result.stderr
     finally:
@@ -46,15 +48,23 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     key = tmp_path / "key"
     key.write_text("secret")
     key.chmod(0o644)
-    result = run_hive("daemon", "--addr", f"127.0.0.1:{free_port()}", "--state-dir",
-                      str(tmp_path / "s"), "--api-key-file", str(key))
+    result = run_hive(
+        "daemon",
+        "--addr",
+        f"127.0.0.1:{free_port()}",
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--api-key-file",
+        str(key),
+    )
     assert result.returncode == 2
     assert "chmod 600" in result.stderr and "secret" not in result.stderr
 
 
 def test_public_address_without_key_is_refused(tmp_path: Path) -> None:
-    result = run_hive("daemon", "--addr", f"0.0.0.0:{free_port()}", "--state-dir",
-                      str(tmp_path / "s"))
+    result = run_hive(
+        "daemon", "--addr", f"0.0.0.0:{free_port()}", "--state-dir", str(tmp_path / "s")
+    )
     assert result.returncode == 2 and "without an API key" in result.stderr
 
 
@@ -91,8 +101,7 @@ time.sleep(60)
 
 def test_stop_returns_once_the_killed_process_is_gone() -> None:
     # else a hive started right after `rbee-hive stop` finds the old one still running
-    child = subprocess.Popen([sys.executable, "-c", _STUBBORN], stdout=subprocess.PIPE,
-                             text=True)
+    child = subprocess.Popen([sys.executable, "-c", _STUBBORN], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "ready\n"
         process = psutil.Process(child.pid)

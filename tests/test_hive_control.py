@@ -29,10 +29,16 @@ from rbee.control.hive_control import ANSWER_TIMEOUT_S
 def node_table(name: str, node: FakeNode, state_dir: Path, *, rbee_path: Path = BIN) -> str:
     entry = node.inventory_entry()
     lines = [f"[nodes.{name}]"]
-    lines += [f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
-              for key, value in entry.items()]
-    lines += [f'rbee_path = "{rbee_path}"', f'state_dir = "{state_dir}"',
-              f"hive_port = {free_port()}", "use_ssh_config = false"]
+    lines += [
+        f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}"
+        for key, value in entry.items()
+    ]
+    lines += [
+        f'rbee_path = "{rbee_path}"',
+        f'state_dir = "{state_dir}"',
+        f"hive_port = {free_port()}",
+        "use_ssh_config = false",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -48,12 +54,14 @@ class Operator:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM workers")]
 
-    def rbee(self, *args: str, timeout: float = 120, **extra_env: str
-             ) -> subprocess.CompletedProcess[str]:
+    def rbee(
+        self, *args: str, timeout: float = 120, **extra_env: str
+    ) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
         env.update(RBEE_HOME=str(self.home), RBEE_INVENTORY=str(self.inventory), **extra_env)
-        return subprocess.run([str(BIN / "rbee"), *args], capture_output=True, text=True,
-                              timeout=timeout, env=env)
+        return subprocess.run(
+            [str(BIN / "rbee"), *args], capture_output=True, text=True, timeout=timeout, env=env
+        )
 
 
 @pytest.fixture
@@ -78,12 +86,32 @@ def test_up_infer_down_through_ssh_tunnels(two_nodes, tiny_model: Path) -> None:
     again = operator.rbee("ssh-up", "alpha")
     assert again.returncode == 0 and "alpha: rbee-hive 0.1.0 already running" in again.stderr
 
-    answer = operator.rbee("infer", "--node", "alpha", "--model", f"file:{tiny_model}",
-                           "--max-tokens", "8", "--temperature", "0", "Once upon a time")
+    answer = operator.rbee(
+        "infer",
+        "--node",
+        "alpha",
+        "--model",
+        f"file:{tiny_model}",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "Once upon a time",
+    )
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.strip() and "Model ready!" in answer.stderr
-    warm = operator.rbee("infer", "--node", "alpha", "--model", f"file:{tiny_model}",
-                         "--max-tokens", "8", "--temperature", "0", "Once upon a time")
+    warm = operator.rbee(
+        "infer",
+        "--node",
+        "alpha",
+        "--model",
+        f"file:{tiny_model}",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "Once upon a time",
+    )
     assert warm.returncode == 0 and warm.stdout == answer.stdout
     assert "Model ready!" not in warm.stderr  # the warm path, through a fresh tunnel
 
@@ -119,8 +147,10 @@ def test_changed_host_key_is_refused(two_nodes) -> None:
 def test_node_without_rbee_gets_the_install_hint(tmp_path: Path) -> None:
     node = start_sshd(tmp_path / "sshd", "bare")
     try:
-        operator = Operator(tmp_path, node_table("bare", node, tmp_path / "state",
-                                                 rbee_path=tmp_path / "not-installed"))
+        operator = Operator(
+            tmp_path,
+            node_table("bare", node, tmp_path / "state", rbee_path=tmp_path / "not-installed"),
+        )
         result = operator.rbee("ssh-up", "bare", "--no-install")
     finally:
         node.stop()
@@ -133,8 +163,12 @@ def test_metacharacters_in_paths_never_reach_a_shell(tmp_path: Path) -> None:
     node = start_sshd(tmp_path / "sshd", "quoted")
     marker = tmp_path / "pwned"
     try:
-        operator = Operator(tmp_path, node_table(
-            "quoted", node, tmp_path / "state", rbee_path=Path(f"/nonexistent; touch {marker}")))
+        operator = Operator(
+            tmp_path,
+            node_table(
+                "quoted", node, tmp_path / "state", rbee_path=Path(f"/nonexistent; touch {marker}")
+            ),
+        )
         result = operator.rbee("ssh-up", "quoted", "--no-install")
     finally:
         node.stop()
@@ -162,8 +196,9 @@ def test_ec8_version_mismatch_names_both_versions(tmp_path: Path) -> None:
     (old_install / "rbee-hive").chmod(0o755)
     node = start_sshd(tmp_path / "sshd", "old")
     try:
-        operator = Operator(tmp_path, node_table("old", node, tmp_path / "state",
-                                                 rbee_path=old_install))
+        operator = Operator(
+            tmp_path, node_table("old", node, tmp_path / "state", rbee_path=old_install)
+        )
         result = operator.rbee("ssh-up", "old", "--no-install")
     finally:
         node.stop()
@@ -172,13 +207,16 @@ def test_ec8_version_mismatch_names_both_versions(tmp_path: Path) -> None:
     assert "rbee deploy old" in result.stderr
 
 
-def test_a_node_listening_on_every_address_is_reached_directly(tmp_path: Path,
-                                                               tiny_model: Path) -> None:
+def test_a_node_listening_on_every_address_is_reached_directly(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     """listen = 0.0.0.0: no tunnels; the key travels by SFTP into a 0600 file, never argv."""
     node = start_sshd(tmp_path / "sshd", "direct")
     state = tmp_path / "direct-hive"
-    operator = Operator(tmp_path, node_table("direct", node, state)
-                        + 'listen = "0.0.0.0"\napi_key_env = "RBEE_DIRECT_KEY"\n')
+    operator = Operator(
+        tmp_path,
+        node_table("direct", node, state) + 'listen = "0.0.0.0"\napi_key_env = "RBEE_DIRECT_KEY"\n',
+    )
     key = "direct-node-key-0123456789"
     try:
         up = operator.rbee("ssh-up", "direct", RBEE_DIRECT_KEY=key)
@@ -187,8 +225,17 @@ def test_a_node_listening_on_every_address_is_reached_directly(tmp_path: Path,
         assert key_file.read_text() == key and key_file.stat().st_mode & 0o777 == 0o600
         pid = _recorded_pid(state)
         assert key not in Path(f"/proc/{pid}/cmdline").read_text()
-        answer = operator.rbee("infer", "--node", "direct", "--model", f"file:{tiny_model}",
-                               "--max-tokens", "5", "hi", RBEE_DIRECT_KEY=key)
+        answer = operator.rbee(
+            "infer",
+            "--node",
+            "direct",
+            "--model",
+            f"file:{tiny_model}",
+            "--max-tokens",
+            "5",
+            "hi",
+            RBEE_DIRECT_KEY=key,
+        )
         assert answer.returncode == 0, answer.stderr
         [worker] = Operator.registered_in(operator.home)
         assert worker["url"].startswith("http://0.0.0.0:")  # bound everywhere, reached directly
@@ -211,8 +258,9 @@ def test_ssh_down_leaves_the_process_a_stale_pid_file_names_alone(tmp_path: Path
         operator = Operator(tmp_path, node_table("stale", node, state))
         down = operator.rbee("ssh-down", "stale")
         assert down.returncode == 0, down.stderr
-        assert (f"stale: rbee-hive is not running (stale hive.pid names pid {decoy.pid}: "
-                "left alone)") in down.stderr
+        assert (
+            f"stale: rbee-hive is not running (stale hive.pid names pid {decoy.pid}: left alone)"
+        ) in down.stderr
         time.sleep(0.5)
         assert decoy.poll() is None  # alive: never signalled
     finally:

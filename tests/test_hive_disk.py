@@ -57,9 +57,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     if shutil.which("mount") is None or os.geteuid() != 0:
         why = "mounting a tmpfs needs root and mount(8)"
     else:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs",
-                               str(mount)], capture_output=True, text=True, timeout=10,
-                              check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         if done.returncode != 0:
             why = f"mount -t tmpfs failed: {done.stderr.strip() or done.returncode}"
     if why is not None:
@@ -106,8 +110,9 @@ def test_a_download_larger_than_the_free_space_is_refused_at_once(
 
     assert last["stage"] == "failed" and last["error"]["code"] == "DOWNLOAD_FAILED"
     assert error.code == "DOWNLOAD_FAILED"
-    assert error.message.startswith(f"Not enough disk space for {url}: it needs 3,000,000 more "
-                                    f"bytes, {dm.models_dir} has ")
+    assert error.message.startswith(
+        f"Not enough disk space for {url}: it needs 3,000,000 more bytes, {dm.models_dir} has "
+    )
     free = error.details["free_bytes"]
     assert f"has {free:,} bytes free" in error.message and 0 < free <= DISK_BYTES
     assert server.count("/big.gguf") == 1  # no retries of a full disk
@@ -138,8 +143,9 @@ def test_a_hive_reports_a_full_disk_and_keeps_nothing(
     try:
         with hive.client() as client:
             started = client.post("/v1/models/download", json={"model_ref": url}).json()
-            with client.stream("GET", "/v1/models/download/progress",
-                               params={"id": started["download_id"]}) as stream:
+            with client.stream(
+                "GET", "/v1/models/download/progress", params={"id": started["download_id"]}
+            ) as stream:
                 events = events_of(sse_data(stream))
             spawn = client.post("/v1/workers/spawn", json={"model_ref": url})
     finally:
@@ -147,7 +153,8 @@ def test_a_hive_reports_a_full_disk_and_keeps_nothing(
     failed = events[-1]
     assert failed["stage"] == "failed" and failed["error"]["code"] == "DOWNLOAD_FAILED"
     assert failed["error"]["message"].startswith(
-        f"Not enough disk space for {url}: it needs 3,000,000 more bytes, ")
+        f"Not enough disk space for {url}: it needs 3,000,000 more bytes, "
+    )
     assert spawn.status_code == 502
     error = spawn.json()["error"]
     assert error["code"] == "DOWNLOAD_FAILED" and error["details"]["needed_bytes"] == 3 * MB
@@ -229,18 +236,21 @@ def test_an_expected_sha256_on_the_url_is_checked(
     assert mismatch.code == "DOWNLOAD_FAILED"
     assert mismatch.message == (
         f"Checksum mismatch for {bad}: it downloaded with sha256 {digest}, but the reference's "
-        f"#sha256 is {wrong}; the file was not kept")
+        f"#sha256 is {wrong}; the file was not kept"
+    )
     assert dm.catalog.get(bad) is None and not partial_of(dm, bad).exists()
     assert not (dm.models_dir / local_filename(bad)).exists()
     assert catalogued.message.startswith(
         f"Checksum mismatch for {good}: it is in the catalog with sha256 {digest}, but the "
-        f"reference's #sha256 is {wrong}; delete it")
+        f"reference's #sha256 is {wrong}; delete it"
+    )
     assert again.message == catalogued.message
     assert server.count("/good.gguf") == 1
 
 
-@pytest.mark.parametrize("fragment",
-                         ["#sha256=abc", "#md5=" + "0" * 32, "#", "#sha256=" + "g" * 64])
+@pytest.mark.parametrize(
+    "fragment", ["#sha256=abc", "#md5=" + "0" * 32, "#", "#sha256=" + "g" * 64]
+)
 def test_a_url_fragment_other_than_a_sha256_is_refused(fragment: str) -> None:
     with pytest.raises(InvalidModelRef, match="#sha256=<64 hex digits>"):
         parse_model_ref("https://example.com/m.gguf" + fragment)
@@ -274,7 +284,8 @@ def test_hf_downloads_are_checked_against_the_hubs_lfs_sha256(
     assert error.message == (
         f"Checksum mismatch for hf:org/bad:bad.gguf: it downloaded with sha256 "
         f"{hashlib.sha256(data).hexdigest()}, but the hub's LFS sha256 is {recorded}; "
-        "the file was not kept")
+        "the file was not kept"
+    )
     assert [e.reference for e in dm.catalog.list()] == ["hf:org/ok:ok.gguf"]
     assert files_under(dm.models_dir) == [dm.models_dir / local_filename("hf:org/ok:ok.gguf")]
 
@@ -289,8 +300,14 @@ def test_the_keeper_passes_the_expected_sha256_on(
     keeper = make_keeper(tmp_path, tiny_model)
 
     def rbee(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "rbee"), *args], capture_output=True, text=True,
-                              timeout=120, env=keeper.env(), check=False)
+        return subprocess.run(
+            [str(BIN / "rbee"), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=keeper.env(),
+            check=False,
+        )
 
     try:
         bad = rbee("infer", "--model", f"{url}#sha256={wrong}", "--max-tokens", "2", "hi")
@@ -298,8 +315,10 @@ def test_the_keeper_passes_the_expected_sha256_on(
     finally:
         keeper.stop_hive()
     assert bad.returncode == 1
-    assert (f"Error: Checksum mismatch for {url}: it downloaded with sha256 {digest}, but the "
-            f"reference's #sha256 is {wrong}; the file was not kept") in bad.stderr
+    assert (
+        f"Error: Checksum mismatch for {url}: it downloaded with sha256 {digest}, but the "
+        f"reference's #sha256 is {wrong}; the file was not kept"
+    ) in bad.stderr
     assert keeper.registered() == []
     assert good.returncode == 0, good.stderr
     assert f"{url}#sha256={digest} is on local: " in good.stderr
@@ -308,9 +327,7 @@ def test_the_keeper_passes_the_expected_sha256_on(
 # ---------------------------------------------------------------------------- truncated models
 
 
-def test_truncated_models_never_enter_the_catalog(
-    tmp_path: Path, server: ModelServer
-) -> None:
+def test_truncated_models_never_enter_the_catalog(tmp_path: Path, server: ModelServer) -> None:
     whole = write_tiny_gguf(tmp_path / "whole.gguf").read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(whole[: len(whole) * 6 // 10])
@@ -360,9 +377,12 @@ def test_a_loading_worker_counts_by_its_estimate(tmp_path: Path) -> None:
     """Until its model is in memory a worker holds little: it counts by its estimate (or what
     it holds, if more); once loaded, by what it holds."""
     estimate = 300 << 20
-    worker = ManagedWorker("worker-test", WorkerSpec("file:/m.gguf", Path("/m.gguf"),
-                                                     ram_estimate_bytes=estimate),
-                           tmp_path / "w.log", tmp_path / "w.json")
+    worker = ManagedWorker(
+        "worker-test",
+        WorkerSpec("file:/m.gguf", Path("/m.gguf"), ram_estimate_bytes=estimate),
+        tmp_path / "w.log",
+        tmp_path / "w.json",
+    )
     worker.pid = os.getpid()  # a live process whose RSS stands in for the worker's
     held = psutil.Process().memory_info().rss
     assert held < estimate

@@ -69,7 +69,8 @@ def hives() -> Iterator[list[HiveProcess]]:
 
 
 def test_workers_die_within_2_s_of_a_kill_9_of_their_hive(
-        tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]) -> None:
+    tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]
+) -> None:
     hive = start_hive(tmp_path / "hive", api_key=KEY)
     hives.append(hive)
     workers = [spawn(hive, tiny_model).json() for _ in range(2)]
@@ -94,35 +95,52 @@ def test_workers_die_within_2_s_of_a_kill_9_of_their_hive(
 
 
 def test_the_next_hive_stops_a_proven_survivor_and_nothing_else(
-        tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]) -> None:
+    tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]
+) -> None:
     state_dir = tmp_path / "hive"
     # A worker no hive watches any more (as one stuck in the kernel through its hive's death).
-    survivor = start_worker(tiny_model, tmp_path, args=("--worker-id", "worker-5a5a5a5a"),
-                            wait_ready=False)
+    survivor = start_worker(
+        tiny_model, tmp_path, args=("--worker-id", "worker-5a5a5a5a"), wait_ready=False
+    )
     decoy = subprocess.Popen(["sleep", "60"])
     try:
         worker = psutil.Process(survivor.proc.pid)
         sleep = psutil.Process(decoy.pid)
         workers_dir = state_dir / "workers"
-        WorkerRecord("worker-5a5a5a5a", worker.pid, worker.create_time(),
-                     tuple(worker.cmdline()), f"file:{tiny_model}", survivor.url,
-                     ).write(workers_dir / "worker-5a5a5a5a.json")
+        WorkerRecord(
+            "worker-5a5a5a5a",
+            worker.pid,
+            worker.create_time(),
+            tuple(worker.cmdline()),
+            f"file:{tiny_model}",
+            survivor.url,
+        ).write(workers_dir / "worker-5a5a5a5a.json")
         # The same worker's record, its pid since reused by `sleep`.
-        WorkerRecord("worker-0b0b0b0b", sleep.pid, sleep.create_time(),
-                     tuple(worker.cmdline()), f"file:{tiny_model}",
-                     ).write(workers_dir / "worker-0b0b0b0b.json")
+        WorkerRecord(
+            "worker-0b0b0b0b",
+            sleep.pid,
+            sleep.create_time(),
+            tuple(worker.cmdline()),
+            f"file:{tiny_model}",
+        ).write(workers_dir / "worker-0b0b0b0b.json")
         # The right command line but another start time: a reused pid, not proof.
-        WorkerRecord("worker-0c0c0c0c", sleep.pid, sleep.create_time() - 100,
-                     tuple(sleep.cmdline()), f"file:{tiny_model}",
-                     ).write(workers_dir / "worker-0c0c0c0c.json")
+        WorkerRecord(
+            "worker-0c0c0c0c",
+            sleep.pid,
+            sleep.create_time() - 100,
+            tuple(sleep.cmdline()),
+            f"file:{tiny_model}",
+        ).write(workers_dir / "worker-0c0c0c0c.json")
 
         hive = start_hive(state_dir)
         hives.append(hive)
         assert survivor.proc.wait(5) == -signal.SIGKILL
         assert sleep.is_running() and sleep.status() != psutil.STATUS_ZOMBIE
         log = hive.log()
-        assert (f"worker worker-5a5a5a5a (pid {worker.pid}, file:{tiny_model}) outlived a "
-                "previous hive: stopping it, not adopting it") in log
+        assert (
+            f"worker worker-5a5a5a5a (pid {worker.pid}, file:{tiny_model}) outlived a "
+            "previous hive: stopping it, not adopting it"
+        ) in log
         assert f"worker pid {worker.pid} stopped" in log
         assert f"worker-0b0b0b0b.json is stale (pid {sleep.pid} is gone or is another " in log
         assert "worker-0c0c0c0c.json is stale" in log
@@ -134,7 +152,8 @@ def test_the_next_hive_stops_a_proven_survivor_and_nothing_else(
 
 
 def test_a_worker_that_re_execs_is_recorded_as_it_runs_and_proven(
-        tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]) -> None:
+    tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]
+) -> None:
     # As a macOS framework Python's venv re-execs .../Python.app/Contents/MacOS/Python: the
     # process runs another command line than the one the hive started.
     launcher = tmp_path / "launcher"
@@ -151,10 +170,10 @@ def test_a_worker_that_re_execs_is_recorded_as_it_runs_and_proven(
 
 
 def test_a_frozen_worker_is_unresponsive_at_once_then_killed_and_reaped(
-        tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]) -> None:
+    tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]
+) -> None:
     # Short bounds so three missed checks take seconds; the defaults are 30 s and 5 s.
-    hive = start_hive_with_settings(tmp_path / "hive", health_interval_s=0.5,
-                                    health_timeout_s=1.0)
+    hive = start_hive_with_settings(tmp_path / "hive", health_interval_s=0.5, health_timeout_s=1.0)
     hives.append(hive)
     worker_id = spawn(hive, tiny_model).json()["worker_id"]
     wait_for(lambda: listed(hive)[0]["state"] == "idle", 30, "worker idle")
@@ -176,9 +195,11 @@ def test_a_frozen_worker_is_unresponsive_at_once_then_killed_and_reaped(
 
 
 def test_a_frozen_worker_shut_down_gets_sigterm_at_once_not_after_the_graceful_period(
-        tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]) -> None:
-    hive = start_hive_with_settings(tmp_path / "hive", graceful_stop_s=30.0,
-                                    terminate_stop_s=1.0, health_interval_s=600.0)
+    tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]
+) -> None:
+    hive = start_hive_with_settings(
+        tmp_path / "hive", graceful_stop_s=30.0, terminate_stop_s=1.0, health_interval_s=600.0
+    )
     hives.append(hive)
     worker_id = spawn(hive, tiny_model).json()["worker_id"]
     wait_for(lambda: listed(hive)[0]["state"] == "idle", 30, "worker idle")
@@ -197,7 +218,8 @@ def test_a_frozen_worker_shut_down_gets_sigterm_at_once_not_after_the_graceful_p
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 def test_the_worker_key_is_in_neither_its_environ_nor_its_argv(
-        tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]) -> None:
+    tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]
+) -> None:
     hive = start_hive(tmp_path / "hive", api_key=KEY)
     hives.append(hive)
     worker = spawn(hive, tiny_model).json()
@@ -208,13 +230,15 @@ def test_the_worker_key_is_in_neither_its_environ_nor_its_argv(
     assert b"RBEE_WORKER_API_KEY" not in Path(f"/proc/{pid}/environ").read_bytes()
     # and the worker did get it (on stdin)
     assert httpx.get(f"{worker['url']}/v1/ready").status_code == 401
-    ready = httpx.get(f"{worker['url']}/v1/ready",
-                      headers={"Authorization": f"Bearer {worker['api_key']}"})
+    ready = httpx.get(
+        f"{worker['url']}/v1/ready", headers={"Authorization": f"Bearer {worker['api_key']}"}
+    )
     assert ready.status_code == 200
 
 
-def test_a_spawn_past_max_workers_is_refused(tmp_path: Path, tiny_model: Path,
-                                             hives: list[HiveProcess]) -> None:
+def test_a_spawn_past_max_workers_is_refused(
+    tmp_path: Path, tiny_model: Path, hives: list[HiveProcess]
+) -> None:
     hive = start_hive(tmp_path / "hive", "--max-workers", "1")
     hives.append(hive)
     assert spawn(hive, tiny_model).status_code == 200
@@ -232,13 +256,15 @@ def test_a_spawn_past_max_workers_is_refused(tmp_path: Path, tiny_model: Path,
 
 @pytest.mark.parametrize("case", ["missing", "not executable"])
 def test_a_spawn_that_cannot_start_a_process_is_a_clean_error(
-        tmp_path: Path, tiny_model: Path, hives: list[HiveProcess], case: str) -> None:
+    tmp_path: Path, tiny_model: Path, hives: list[HiveProcess], case: str
+) -> None:
     python = tmp_path / "deleted-venv" / "bin" / "python"  # as after the checkout was removed
     if case == "not executable":
         python.parent.mkdir(parents=True)
         python.write_text("#!/bin/sh\n")
-    hive = start_hive_with_settings(tmp_path / "hive",
-                                    worker_command=[str(python), "-m", "rbee.dataplane"])
+    hive = start_hive_with_settings(
+        tmp_path / "hive", worker_command=[str(python), "-m", "rbee.dataplane"]
+    )
     hives.append(hive)
     r = spawn(hive, tiny_model)
     assert r.status_code == 502, r.text
@@ -254,11 +280,17 @@ def test_a_spawn_that_cannot_start_a_process_is_a_clean_error(
 
 
 def test_a_worker_refuses_a_hive_pid_that_is_not_its_parent() -> None:
-    r = subprocess.run([str(BIN / "rbee-worker"), "--hive-pid", "1", "--model", "file:/x.gguf"],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [str(BIN / "rbee-worker"), "--hive-pid", "1", "--model", "file:/x.gguf"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
-    assert (f"--hive-pid: process 1 is not this worker's parent (its parent is {os.getpid()}): "
-            "the hive that started it is gone") in r.stderr
+    assert (
+        f"--hive-pid: process 1 is not this worker's parent (its parent is {os.getpid()}): "
+        "the hive that started it is gone"
+    ) in r.stderr
 
 
 # The watchdog alone (macOS has no prctl): the child watches its parent, whose pid it prints.

@@ -37,19 +37,24 @@ class Keeper:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
-        return {**env, "RBEE_HOME": str(self.home), "RBEE_INVENTORY": str(self.inventory),
-                **extra}
+        return {**env, "RBEE_HOME": str(self.home), "RBEE_INVENTORY": str(self.inventory), **extra}
 
     def argv(self, *args: str) -> list[str]:
         return [str(BIN / "rbee"), "infer", "--model", f"file:{self.model}", *args]
 
     def infer(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=120,
-                              env=self.env(**env))
+        return subprocess.run(
+            self.argv(*args), capture_output=True, text=True, timeout=120, env=self.env(**env)
+        )
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=self.env())
+        return subprocess.Popen(
+            self.argv(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env(),
+        )
 
     @property
     def hive_url(self) -> str:
@@ -81,14 +86,16 @@ class Keeper:
                 time.sleep(0.1)
 
 
-def make_keeper(tmp_path: Path, model: Path, *, rbee_path: Path = BIN, node_extra: str = ""
-                ) -> Keeper:
+def make_keeper(
+    tmp_path: Path, model: Path, *, rbee_path: Path = BIN, node_extra: str = ""
+) -> Keeper:
     port = free_port()
     state_dir = tmp_path / "hive-state"
     inventory = tmp_path / "inventory.toml"
     inventory.write_text(
-        f'[defaults]\nhive_port = {port}\n\n[nodes.local]\nssh = false\n'
-        f'rbee_path = "{rbee_path}"\nstate_dir = "{state_dir}"\n{node_extra}')
+        f"[defaults]\nhive_port = {port}\n\n[nodes.local]\nssh = false\n"
+        f'rbee_path = "{rbee_path}"\nstate_dir = "{state_dir}"\n{node_extra}'
+    )
     return Keeper(tmp_path / "rbee-home", inventory, port, state_dir, model)
 
 
@@ -121,8 +128,10 @@ def test_missing_rbee_install_is_named(tmp_path: Path, tiny_model: Path) -> None
     keeper = make_keeper(tmp_path, tiny_model, rbee_path=tmp_path / "nowhere")
     result = keeper.infer("hello")
     assert result.returncode == 1
-    assert f"Error: rbee is not installed on local: there is no {tmp_path}/nowhere/rbee-hive" \
+    assert (
+        f"Error: rbee is not installed on local: there is no {tmp_path}/nowhere/rbee-hive"
         in result.stderr
+    )
     assert "Suggestion: set rbee_path for node local" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -137,8 +146,9 @@ def test_ec1_hive_that_cannot_start_is_unreachable(tmp_path: Path, tiny_model: P
     assert result.returncode == 1
     port = keeper.port
     for attempt in (1, 2, 3):
-        assert (f"Attempt {attempt}: Connecting to 127.0.0.1:{port}... (timeout 10s)"
-                in result.stderr)
+        assert (
+            f"Attempt {attempt}: Connecting to 127.0.0.1:{port}... (timeout 10s)" in result.stderr
+        )
     assert f"Error: Cannot connect to 127.0.0.1:{port} after 3 attempts" in result.stderr
     assert "Suggestion: Check if rbee-hive is running on local" in result.stderr
     assert "rbee ssh-up local" in result.stderr
@@ -151,8 +161,11 @@ def test_ec3_insufficient_ram(tmp_path: Path, tiny_model: Path) -> None:
     keeper.model = big
     hive = start_hive(keeper.state_dir, "--ram-budget-mb", "1")
     try:
-        keeper.inventory.write_text(keeper.inventory.read_text().replace(
-            f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"))
+        keeper.inventory.write_text(
+            keeper.inventory.read_text().replace(
+                f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"
+            )
+        )
         result = keeper.infer("hello")
     finally:
         hive.stop()
@@ -175,8 +188,9 @@ def test_a_model_trained_on_a_short_context_runs(tmp_path: Path) -> None:
     assert "ctx_size" not in result.stderr
 
 
-def test_a_key_from_the_environment_stays_out_of_the_hives(tmp_path: Path,
-                                                           tiny_model: Path) -> None:
+def test_a_key_from_the_environment_stays_out_of_the_hives(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     """api_key_env: the keeper hands the hive its key in a 0600 file, never in its
     environment (readable in /proc/PID/environ for the process's whole life)."""
     key = "env-key-0123456789abcdef"
@@ -197,8 +211,12 @@ def test_a_key_from_the_environment_stays_out_of_the_hives(tmp_path: Path,
 def test_ec4_worker_crash_mid_stream_keeps_the_tokens(keeper: Keeper) -> None:
     assert keeper.infer("warm up", "--max-tokens", "2").returncode == 0
     [worker] = keeper.registered()
-    pid = next(w["pid"] for w in httpx.get(
-        f"{keeper.hive_url}/v1/workers/list", headers=keeper.hive_headers()).json()["workers"])
+    pid = next(
+        w["pid"]
+        for w in httpx.get(
+            f"{keeper.hive_url}/v1/workers/list", headers=keeper.hive_headers()
+        ).json()["workers"]
+    )
     proc = keeper.popen("Once upon a time", "--max-tokens", "8000", "--temperature", "0")
     first = proc.stdout.read(20)  # tokens are flowing
     os.kill(pid, signal.SIGKILL)
@@ -234,24 +252,41 @@ def test_ec5_ctrl_c_cancels_on_the_worker(keeper: Keeper) -> None:
 def test_ec6_busy_worker_retries_then_stops(keeper: Keeper) -> None:
     assert keeper.infer("warm up", "--max-tokens", "2").returncode == 0
     # A one-slot worker with room for a stream long enough to outlast the retries.
-    spawned = httpx.post(f"{keeper.hive_url}/v1/workers/spawn", timeout=60,
-                         headers=keeper.hive_headers(), json={
-        "model_ref": f"file:{keeper.model}", "ctx_size": 8256}).json()
+    spawned = httpx.post(
+        f"{keeper.hive_url}/v1/workers/spawn",
+        timeout=60,
+        headers=keeper.hive_headers(),
+        json={"model_ref": f"file:{keeper.model}", "ctx_size": 8256},
+    ).json()
     auth = {"Authorization": f"Bearer {spawned['api_key']}"}
     registry = WorkerRegistry(keeper.home / "workers.db")
     [old] = registry.list()
     registry.remove(old.worker_id)
-    registry.record(replace(old, worker_id=spawned["worker_id"], url=spawned["url"],
-                            api_key=spawned["api_key"], last_health_check=time.time()))
+    registry.record(
+        replace(
+            old,
+            worker_id=spawned["worker_id"],
+            url=spawned["url"],
+            api_key=spawned["api_key"],
+            last_health_check=time.time(),
+        )
+    )
     registry.close()
     holding, stop = threading.Event(), threading.Event()
 
     def hold_the_only_slot() -> None:
         with httpx.Client(headers=auth, timeout=60) as client:
             while not stop.is_set():
-                with client.stream("POST", f"{spawned['url']}/v1/inference",
-                                   json={"prompt": "Once upon a time", "max_tokens": 8192,
-                                         "temperature": 0, "request_id": "req-hold"}) as r:
+                with client.stream(
+                    "POST",
+                    f"{spawned['url']}/v1/inference",
+                    json={
+                        "prompt": "Once upon a time",
+                        "max_tokens": 8192,
+                        "temperature": 0,
+                        "request_id": "req-hold",
+                    },
+                ) as r:
                     for _ in r.iter_lines():
                         holding.set()
                         if stop.is_set():
@@ -267,20 +302,25 @@ def test_ec6_busy_worker_retries_then_stops(keeper: Keeper) -> None:
     assert result.returncode == 1, result.stderr
     assert "Worker is busy, retrying in 1 second..." in result.stderr
     assert "Error: Worker still busy after 1 retry" in result.stderr
-    assert ("Suggestion: Wait for current request to complete or use a different node"
-            in result.stderr)
+    assert (
+        "Suggestion: Wait for current request to complete or use a different node" in result.stderr
+    )
 
 
 def test_ec9_wrong_api_key_names_the_node_and_where_the_key_lives(
-        tmp_path: Path, tiny_model: Path) -> None:
+    tmp_path: Path, tiny_model: Path
+) -> None:
     keeper = make_keeper(tmp_path, tiny_model, node_extra='api_key_env = "RBEE_LOCAL_KEY"\n')
     key_file = tmp_path / "hive.key"
     key_file.write_text("the-right-key")
     key_file.chmod(0o600)
     hive = start_hive(keeper.state_dir, api_key="the-right-key")
     try:
-        keeper.inventory.write_text(keeper.inventory.read_text().replace(
-            f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"))
+        keeper.inventory.write_text(
+            keeper.inventory.read_text().replace(
+                f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"
+            )
+        )
         result = keeper.infer("hello", RBEE_LOCAL_KEY="a-wrong-key")
     finally:
         hive.stop()
@@ -291,13 +331,15 @@ def test_ec9_wrong_api_key_names_the_node_and_where_the_key_lives(
     assert "a-wrong-key" not in result.stderr and "the-right-key" not in result.stderr
 
 
-def test_ec10_after_the_idle_timeout_a_new_worker_starts(tmp_path: Path,
-                                                         tiny_model: Path) -> None:
+def test_ec10_after_the_idle_timeout_a_new_worker_starts(tmp_path: Path, tiny_model: Path) -> None:
     keeper = make_keeper(tmp_path, tiny_model)
     hive = start_hive(keeper.state_dir, "--idle-timeout-s", "1", "--health-interval-s", "0.5")
     try:
-        keeper.inventory.write_text(keeper.inventory.read_text().replace(
-            f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"))
+        keeper.inventory.write_text(
+            keeper.inventory.read_text().replace(
+                f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"
+            )
+        )
         assert keeper.infer("hello", "--max-tokens", "3").returncode == 0
         deadline = time.monotonic() + 20
         while httpx.get(f"{hive.url}/v1/workers/list").json()["workers"]:
@@ -314,8 +356,12 @@ def test_ec10_after_the_idle_timeout_a_new_worker_starts(tmp_path: Path,
 def test_bad_input_is_refused_before_any_network_call(keeper: Keeper) -> None:
     unknown = keeper.infer("hello", "--node", "nope")
     assert unknown.returncode == 2 and 'unknown node "nope"' in unknown.stderr
-    bad_model = subprocess.run([str(BIN / "rbee"), "infer", "--model", "hf:../../x", "hi"],
-                               capture_output=True, text=True, env=keeper.env())
+    bad_model = subprocess.run(
+        [str(BIN / "rbee"), "infer", "--model", "hf:../../x", "hi"],
+        capture_output=True,
+        text=True,
+        env=keeper.env(),
+    )
     assert bad_model.returncode == 2 and "hf:" in bad_model.stderr
     assert not (keeper.state_dir / "hive.pid").exists()  # no hive was started
     for result in (unknown, bad_model):
@@ -328,8 +374,12 @@ def test_ec7_loading_timeout_names_where_it_stopped(tmp_path: Path, tiny_model: 
     try:
         # The bundled model takes well over 0.2 s to load (a second or more here).
         result = subprocess.run(
-            [str(BIN / "rbee"), "infer", "--model", "pkg:gemma3-270m", "--timeout", "0.2",
-             "hello"], capture_output=True, text=True, timeout=120, env=keeper.env())
+            [str(BIN / "rbee"), "infer", "--model", "pkg:gemma3-270m", "--timeout", "0.2", "hello"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=keeper.env(),
+        )
     finally:
         keeper.stop_hive()
     assert result.returncode == 1, result.stderr
@@ -341,8 +391,13 @@ def test_ec7_loading_timeout_names_where_it_stopped(tmp_path: Path, tiny_model: 
 def test_ec2_download_failure_after_6_attempts(keeper: Keeper) -> None:
     with ModelServer() as internet:
         url = internet.add("/models/gone.gguf", b"", status=503)
-        result = subprocess.run([str(BIN / "rbee"), "infer", "--model", url, "hello"],
-                                capture_output=True, text=True, timeout=120, env=keeper.env())
+        result = subprocess.run(
+            [str(BIN / "rbee"), "infer", "--model", url, "hello"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=keeper.env(),
+        )
         assert internet.count("/models/gone.gguf") == 6
     assert result.returncode == 1
     assert "Retrying download (attempt 2/6)... delay 100ms" in result.stderr
@@ -354,8 +409,11 @@ def test_another_server_on_the_hive_port_is_named(tmp_path: Path, tiny_model: Pa
     with ModelServer() as stranger:  # any HTTP server that is not a hive
         keeper = make_keeper(tmp_path, tiny_model)
         port = stranger.url.rsplit(":", 1)[1]
-        keeper.inventory.write_text(keeper.inventory.read_text().replace(
-            f"hive_port = {keeper.port}", f"hive_port = {port}"))
+        keeper.inventory.write_text(
+            keeper.inventory.read_text().replace(
+                f"hive_port = {keeper.port}", f"hive_port = {port}"
+            )
+        )
         result = keeper.infer("hello")
     assert result.returncode == 1
     assert f"Error: Something other than rbee-hive answers at 127.0.0.1:{port}" in result.stderr

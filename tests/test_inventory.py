@@ -105,13 +105,19 @@ def test_tilde_in_explicit_path(home: Path) -> None:
 
 
 def test_missing_explicit_file_is_an_error_not_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(InventoryError, match=r"^nope\.toml: no such inventory file \(from "
-                                             r"--inventory\)$"):
+    with pytest.raises(
+        InventoryError,
+        match=r"^nope\.toml: no such inventory file \(from "
+        r"--inventory\)$",
+    ):
         find_inventory("nope.toml")
 
     monkeypatch.setenv("RBEE_INVENTORY", "gone.toml")
-    with pytest.raises(InventoryError, match=r"^gone\.toml: no such inventory file \(from "
-                                             r"\$RBEE_INVENTORY\)$"):
+    with pytest.raises(
+        InventoryError,
+        match=r"^gone\.toml: no such inventory file \(from "
+        r"\$RBEE_INVENTORY\)$",
+    ):
         find_inventory(None)
 
     Path("adir").mkdir()
@@ -134,7 +140,8 @@ def test_bundled_default_has_the_local_node() -> None:
 def test_a_local_node_without_a_key_gets_one_of_its_own(tmp_path: Path) -> None:
     """Other users of the machine reach 127.0.0.1 too: the local hive is keyed all the same."""
     (tmp_path / "inventory.toml").write_text(
-        f'[nodes.local]\nssh = false\nstate_dir = "{tmp_path / "state"}"\n')
+        f'[nodes.local]\nssh = false\nstate_dir = "{tmp_path / "state"}"\n'
+    )
     local = load_inventory(tmp_path / "inventory.toml").get("local")
     key = local.api_key()
     assert key and len(key) >= 32
@@ -171,7 +178,8 @@ def test_full_remote_node(home: Path) -> None:
 
 
 def test_a_node_sets_its_own_idle_timeout(home: Path) -> None:
-    inventory = load_inventory(write("""
+    inventory = load_inventory(
+        write("""
         [defaults]
         idle_timeout_s = 600
 
@@ -181,19 +189,22 @@ def test_a_node_sets_its_own_idle_timeout(home: Path) -> None:
 
         [nodes.mac]
         host = "192.168.1.21"
-    """))
+    """)
+    )
     assert (inventory.get("pi").idle_timeout_s, inventory.get("mac").idle_timeout_s) == (30, 600)
 
 
 def test_minimal_remote_node_gets_the_defaults(home: Path) -> None:
-    inventory = load_inventory(write("""
+    inventory = load_inventory(
+        write("""
         [defaults]
         hive_port = 9000
         idle_timeout_s = 60.5
 
         [nodes.pi]
         host = "192.168.1.20"
-    """))
+    """)
+    )
     node = inventory.get("pi")
     assert inventory.idle_timeout_s == node.idle_timeout_s == 60.5
     assert (node.user, node.port, node.hive_port, node.backend) == ("alice", 22, 9000, "cpu")
@@ -212,27 +223,34 @@ def test_empty_file_has_no_nodes() -> None:
 
 
 def test_local_node_paths_are_expanded_here(home: Path) -> None:
-    node = load_inventory(write("""
+    node = load_inventory(
+        write("""
         [nodes.box]
         ssh = false
         rbee_path = "~/venv/bin"
         state_dir = "~/hive"
         api_key_file = "~/keys/box"
-    """)).get("box")
+    """)
+    ).get("box")
     assert node.rbee_path == str(home / "venv" / "bin")
     assert node.state_dir == str(home / "hive")
     assert node.api_key_file == home / "keys" / "box"
     assert node.host == "127.0.0.1"
 
 
-@pytest.mark.parametrize(("table", "url"), [
-    ('ssh = false', "http://127.0.0.1:8080"),
-    ('ssh = false\nlisten = "0.0.0.0"\napi_key_env = "K"', "http://127.0.0.1:8080"),
-    ('host = "mac.lan"\nlisten = "192.168.1.5"\napi_key_env = "K"', "http://192.168.1.5:8080"),
-    ('host = "mac.lan"\nlisten = "0.0.0.0"\napi_key_env = "K"', "http://mac.lan:8080"),
-    ('host = "mac.lan"\nlisten = "fd00::5"\napi_key_env = "K"\nhive_port = 81',
-     "http://[fd00::5]:81"),
-])
+@pytest.mark.parametrize(
+    ("table", "url"),
+    [
+        ("ssh = false", "http://127.0.0.1:8080"),
+        ('ssh = false\nlisten = "0.0.0.0"\napi_key_env = "K"', "http://127.0.0.1:8080"),
+        ('host = "mac.lan"\nlisten = "192.168.1.5"\napi_key_env = "K"', "http://192.168.1.5:8080"),
+        ('host = "mac.lan"\nlisten = "0.0.0.0"\napi_key_env = "K"', "http://mac.lan:8080"),
+        (
+            'host = "mac.lan"\nlisten = "fd00::5"\napi_key_env = "K"\nhive_port = 81',
+            "http://[fd00::5]:81",
+        ),
+    ],
+)
 def test_hive_url_of_direct_nodes(table: str, url: str) -> None:
     node = load_inventory(write("[nodes.n]\n" + table + "\n")).get("n")
     assert node.direct and node.hive_url == url
@@ -249,78 +267,129 @@ def test_valid_node_names(name: str) -> None:
     assert load_inventory(write(f'[nodes."{name}"]\nssh = false\n')).get(name).name == name
 
 
-@pytest.mark.parametrize("name", ["", "-x", ".hidden", "_x", "a b", "a;rm -rf", "$(id)",
-                                  "a/b", "é", "A" * 64])
+@pytest.mark.parametrize(
+    "name", ["", "-x", ".hidden", "_x", "a b", "a;rm -rf", "$(id)", "a/b", "é", "A" * 64]
+)
 def test_invalid_node_names(name: str) -> None:
     found = problems(f'[nodes."{name}"]\nssh = false\n')
     assert len(found) == 1
     assert found[0].startswith("inventory.toml:1: node ")
-    assert found[0].endswith(': invalid node name: use 1–63 letters, digits, "_", "." or "-", '
-                             "starting with a letter or digit")
+    assert found[0].endswith(
+        ': invalid node name: use 1–63 letters, digits, "_", "." or "-", '
+        "starting with a letter or digit"
+    )
 
 
 # --- errors, each with its line -------------------------------------------------------------
 
-KNOWN = ("ssh, host, user, port, identity_file, known_hosts, hive_port, rbee_path, backend, "
-         "listen, api_key_env, api_key_file, connect_timeout_s, use_ssh_config, state_dir, "
-         "idle_timeout_s")
+KNOWN = (
+    "ssh, host, user, port, identity_file, known_hosts, hive_port, rbee_path, backend, "
+    "listen, api_key_env, api_key_file, connect_timeout_s, use_ssh_config, state_dir, "
+    "idle_timeout_s"
+)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ('[nodes.mac]\nhots = "m"\nhost = "m"\n',
-     f'inventory.toml:2: node "mac": unknown key "hots" (known: {KNOWN})'),
-    ('[nodes.mac]\nhost = "m"\n\nport = "22a"\n',
-     'inventory.toml:4: node "mac": "port" must be an integer 1–65535, got "22a"'),
-    ('[nodes.mac]\nhost = "m"\nport = 70000\n',
-     'inventory.toml:3: node "mac": "port" must be an integer 1–65535, got 70000'),
-    ('[nodes.mac]\nhost = "m"\nport = 22.0\n',
-     'inventory.toml:3: node "mac": "port" must be an integer 1–65535, got 22.0'),
-    ('# comment\n\n[nodes.mac]\nuser = "v"\n',
-     'inventory.toml:3: node "mac": "host" is required for an SSH node'),
-    ('[nodes.mac]\nssh = "yes"\nhost = "m"\n',
-     'inventory.toml:2: node "mac": "ssh" must be true or false, got "yes"'),
-    ('[nodes.mac]\nhost = "m"\nbackend = "rocm"\n',
-     'inventory.toml:3: node "mac": "backend" must be one of "cpu", "cuda", "metal", '
-     'got "rocm"'),
-    ('[nodes.mac]\nhost = "-oProxyCommand=x"\n',
-     'inventory.toml:2: node "mac": "host" must be a host name or IP address, '
-     'got "-oProxyCommand=x"'),
-    ('[nodes.mac]\nhost = "m"\nconnect_timeout_s = 0\n',
-     'inventory.toml:3: node "mac": "connect_timeout_s" must be a number of seconds > 0, '
-     'got 0'),
-    ('[nodes.mac]\nhost = "m"\nidentity_file = ""\n',
-     'inventory.toml:3: node "mac": "identity_file" must be a file path, got ""'),
-    ('[nodes.mac]\nhost = "m"\nrbee_path = ["a"]\n',
-     'inventory.toml:3: node "mac": "rbee_path" must be a directory path, '
-     'got an array'),
-    ('[defaults]\nhive_port = 8080\nidle_timeout_s = -1\n',
-     'inventory.toml:3: [defaults]: "idle_timeout_s" must be a number of seconds > 0, '
-     'got -1'),
-    ('[defaults]\nidle = 3\n',
-     'inventory.toml:2: [defaults]: unknown key "idle" (known: hive_port, idle_timeout_s)'),
-    ('defaults = 3\n', 'inventory.toml:1: "defaults" must be a table, got 3'),
-    ('[node.mac]\nhost = "m"\n',
-     'inventory.toml:1: unknown top-level key "node" (known: defaults, nodes)'),
-    ('nodes = ["mac"]\n',
-     'inventory.toml:1: "nodes" must be a table of [nodes.NAME] tables, got an array'),
-    ('[nodes]\nmac = "m.lan"\n', 'inventory.toml:2: node "mac": must be a table, got "m.lan"'),
-    ('[nodes]\nlocal = { ssh = false }\nmac = { host = "m", port = 0 }\n',
-     'inventory.toml:3: node "mac": "port" must be an integer 1–65535, got 0'),
-    ('[nodes.local]\nssh = false\nhost = "127.0.0.1"\n',
-     'inventory.toml:3: node "local": "host" applies to SSH nodes only (this node has '
-     'ssh = false)'),
-    ('[nodes.mac]\nhost = "m"\napi_key_env = "K"\napi_key_file = "~/k"\n',
-     'inventory.toml:4: node "mac": set "api_key_env" or "api_key_file", not both'),
-    ('[nodes.mac]\nhost = "m"\nlisten = "0.0.0.0"\n',
-     'inventory.toml:3: node "mac": listen = "0.0.0.0" is reachable from the network, '
-     'so the node needs an API key: set "api_key_env" or "api_key_file"'),
-    ('[nodes.mac]\nhost = "m"\n[nodes.mac.extra]\nx = 1\n',
-     f'inventory.toml:3: node "mac": unknown key "extra" (known: {KNOWN})'),
-    ('[nodes.mac]\nhost = "m"\nport = \n',
-     'inventory.toml:3: not valid TOML: Invalid value (column 8)'),
-    ('[nodes.mac]\nhost = "m"\n[nodes.mac]\n',
-     "inventory.toml:3: not valid TOML: Cannot declare ('nodes', 'mac') twice (column 11)"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[nodes.mac]\nhots = "m"\nhost = "m"\n',
+            f'inventory.toml:2: node "mac": unknown key "hots" (known: {KNOWN})',
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\n\nport = "22a"\n',
+            'inventory.toml:4: node "mac": "port" must be an integer 1–65535, got "22a"',
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\nport = 70000\n',
+            'inventory.toml:3: node "mac": "port" must be an integer 1–65535, got 70000',
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\nport = 22.0\n',
+            'inventory.toml:3: node "mac": "port" must be an integer 1–65535, got 22.0',
+        ),
+        (
+            '# comment\n\n[nodes.mac]\nuser = "v"\n',
+            'inventory.toml:3: node "mac": "host" is required for an SSH node',
+        ),
+        (
+            '[nodes.mac]\nssh = "yes"\nhost = "m"\n',
+            'inventory.toml:2: node "mac": "ssh" must be true or false, got "yes"',
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\nbackend = "rocm"\n',
+            'inventory.toml:3: node "mac": "backend" must be one of "cpu", "cuda", "metal", '
+            'got "rocm"',
+        ),
+        (
+            '[nodes.mac]\nhost = "-oProxyCommand=x"\n',
+            'inventory.toml:2: node "mac": "host" must be a host name or IP address, '
+            'got "-oProxyCommand=x"',
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\nconnect_timeout_s = 0\n',
+            'inventory.toml:3: node "mac": "connect_timeout_s" must be a number of seconds > 0, '
+            "got 0",
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\nidentity_file = ""\n',
+            'inventory.toml:3: node "mac": "identity_file" must be a file path, got ""',
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\nrbee_path = ["a"]\n',
+            'inventory.toml:3: node "mac": "rbee_path" must be a directory path, got an array',
+        ),
+        (
+            "[defaults]\nhive_port = 8080\nidle_timeout_s = -1\n",
+            'inventory.toml:3: [defaults]: "idle_timeout_s" must be a number of seconds > 0, '
+            "got -1",
+        ),
+        (
+            "[defaults]\nidle = 3\n",
+            'inventory.toml:2: [defaults]: unknown key "idle" (known: hive_port, idle_timeout_s)',
+        ),
+        ("defaults = 3\n", 'inventory.toml:1: "defaults" must be a table, got 3'),
+        (
+            '[node.mac]\nhost = "m"\n',
+            'inventory.toml:1: unknown top-level key "node" (known: defaults, nodes)',
+        ),
+        (
+            'nodes = ["mac"]\n',
+            'inventory.toml:1: "nodes" must be a table of [nodes.NAME] tables, got an array',
+        ),
+        ('[nodes]\nmac = "m.lan"\n', 'inventory.toml:2: node "mac": must be a table, got "m.lan"'),
+        (
+            '[nodes]\nlocal = { ssh = false }\nmac = { host = "m", port = 0 }\n',
+            'inventory.toml:3: node "mac": "port" must be an integer 1–65535, got 0',
+        ),
+        (
+            '[nodes.local]\nssh = false\nhost = "127.0.0.1"\n',
+            'inventory.toml:3: node "local": "host" applies to SSH nodes only (this node has '
+            "ssh = false)",
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\napi_key_env = "K"\napi_key_file = "~/k"\n',
+            'inventory.toml:4: node "mac": set "api_key_env" or "api_key_file", not both',
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\nlisten = "0.0.0.0"\n',
+            'inventory.toml:3: node "mac": listen = "0.0.0.0" is reachable from the network, '
+            'so the node needs an API key: set "api_key_env" or "api_key_file"',
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\n[nodes.mac.extra]\nx = 1\n',
+            f'inventory.toml:3: node "mac": unknown key "extra" (known: {KNOWN})',
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\nport = \n',
+            "inventory.toml:3: not valid TOML: Invalid value (column 8)",
+        ),
+        (
+            '[nodes.mac]\nhost = "m"\n[nodes.mac]\n',
+            "inventory.toml:3: not valid TOML: Cannot declare ('nodes', 'mac') twice (column 11)",
+        ),
+    ],
+)
 def test_error_names_file_line_node_and_key(text: str, expected: str) -> None:
     assert problems(text) == [expected]
 
@@ -352,7 +421,7 @@ def test_several_problems_listed_in_file_order() -> None:
 def test_unreadable_and_non_utf8_files() -> None:
     with pytest.raises(InventoryError, match="^missing.toml: cannot read the inventory: "):
         load_inventory(Path("missing.toml"))
-    Path("latin1.toml").write_bytes(b'# caf\xe9\n')
+    Path("latin1.toml").write_bytes(b"# caf\xe9\n")
     with pytest.raises(InventoryError, match=r"^latin1.toml: not UTF-8 text \(byte 5\)$"):
         load_inventory(Path("latin1.toml"))
 
@@ -385,8 +454,10 @@ def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RBEE_MAC_KEY")
     with pytest.raises(InventoryError) as caught:
         node.api_key()
-    assert str(caught.value) == ('node "mac": environment variable RBEE_MAC_KEY is not set or '
-                                 "empty (api_key_env in inventory.toml)")
+    assert str(caught.value) == (
+        'node "mac": environment variable RBEE_MAC_KEY is not set or '
+        "empty (api_key_env in inventory.toml)"
+    )
 
 
 def test_api_key_from_a_private_file(home: Path) -> None:
@@ -409,8 +480,10 @@ def test_key_file_readable_by_others_is_refused(home: Path, mode: int) -> None:
     node = load_inventory(write(key_node('api_key_file = "~/mac.key"'))).get("mac")
     with pytest.raises(InventoryError) as caught:
         node.api_key()
-    assert str(caught.value) == (f'node "mac": API key file {key_file} has mode {mode:04o}; '
-                                 f"it must be private to its owner: chmod 600 {key_file}")
+    assert str(caught.value) == (
+        f'node "mac": API key file {key_file} has mode {mode:04o}; '
+        f"it must be private to its owner: chmod 600 {key_file}"
+    )
 
 
 def test_missing_or_empty_key_file(home: Path) -> None:
@@ -449,8 +522,10 @@ def test_key_never_in_messages(home: Path, monkeypatch: pytest.MonkeyPatch) -> N
         node.api_key()
     messages.append(str(caught.value))
 
-    assert messages[0] == ('inventory.toml:3: node "mac": "api_key_env" must be an environment '
-                           "variable name (value not shown)")
-    assert 'the API key in $RBEE_MAC_KEY contains spaces' in messages[3]
+    assert messages[0] == (
+        'inventory.toml:3: node "mac": "api_key_env" must be an environment '
+        "variable name (value not shown)"
+    )
+    assert "the API key in $RBEE_MAC_KEY contains spaces" in messages[3]
     assert len(messages) == 5
     assert not [m for m in messages if SECRET in m or "sk-rbee" in m]

@@ -81,29 +81,53 @@ class StandIn:
 def _rbee(inventory: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
     env.update(RBEE_HOME=str(home), RBEE_INVENTORY=str(inventory), COLUMNS="200")
-    return subprocess.run([str(BIN / "rbee"), *args], capture_output=True, text=True,
-                          timeout=60, env=env)
+    return subprocess.run(
+        [str(BIN / "rbee"), *args], capture_output=True, text=True, timeout=60, env=env
+    )
 
 
 # ----------------------------------------------------------------- malformed answers
 
 
-@pytest.mark.parametrize("bodies, command", [
-    ({}, ("models", "list", "--node", "garbled")),
-    ({"_v1_models": b'{"models": "all of them"}'}, ("models", "list", "--node", "garbled")),
-    ({}, ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
-    ({"_v1_models_download": b'{"local_path": "/models/x.gguf"}'},
-     ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
-    ({"_v1_models_download": b'{"download_id": "d-1"}',
-      "_v1_models_download_progress": (
-          b'data: {"stage": "failed", "error": "disk full"}\n\n')},
-     ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
-    ({"_v1_models_download": b'{"download_id": "d-1"}', "_v1_models_download_progress": GARBAGE},
-     ("models", "download", "--node", "garbled", "file:/models/x.gguf")),
-], ids=["models-not-json", "models-wrong-shape", "download-not-json", "spawn-not-json",
-        "download-failed-garbled", "download-progress-not-sse"])
-def test_a_garbled_answer_is_named_not_a_traceback(tmp_path: Path, bodies: dict[str, bytes],
-                                                  command: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "bodies, command",
+    [
+        ({}, ("models", "list", "--node", "garbled")),
+        ({"_v1_models": b'{"models": "all of them"}'}, ("models", "list", "--node", "garbled")),
+        ({}, ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
+        (
+            {"_v1_models_download": b'{"local_path": "/models/x.gguf"}'},
+            ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi"),
+        ),
+        (
+            {
+                "_v1_models_download": b'{"download_id": "d-1"}',
+                "_v1_models_download_progress": (
+                    b'data: {"stage": "failed", "error": "disk full"}\n\n'
+                ),
+            },
+            ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi"),
+        ),
+        (
+            {
+                "_v1_models_download": b'{"download_id": "d-1"}',
+                "_v1_models_download_progress": GARBAGE,
+            },
+            ("models", "download", "--node", "garbled", "file:/models/x.gguf"),
+        ),
+    ],
+    ids=[
+        "models-not-json",
+        "models-wrong-shape",
+        "download-not-json",
+        "spawn-not-json",
+        "download-failed-garbled",
+        "download-progress-not-sse",
+    ],
+)
+def test_a_garbled_answer_is_named_not_a_traceback(
+    tmp_path: Path, bodies: dict[str, bytes], command: tuple[str, ...]
+) -> None:
     stand_in = StandIn(**bodies)
     try:
         inventory = tmp_path / "inventory.toml"
@@ -117,11 +141,13 @@ def test_a_garbled_answer_is_named_not_a_traceback(tmp_path: Path, bodies: dict[
 
 
 def test_probe_names_a_garbled_workers_list(tmp_path: Path) -> None:
-    stand_in = StandIn(_v1_models=b'{"models": []}',
-                       _v1_workers_list=b'{"workers": [{"worker_id": "w"}]}')
+    stand_in = StandIn(
+        _v1_models=b'{"models": []}', _v1_workers_list=b'{"workers": [{"worker_id": "w"}]}'
+    )
     try:
-        node = write_inventory(tmp_path / "inventory.toml",
-                               local_node("garbled", stand_in.port, tmp_path / "s")).get("garbled")
+        node = write_inventory(
+            tmp_path / "inventory.toml", local_node("garbled", stand_in.port, tmp_path / "s")
+        ).get("garbled")
         status = asyncio.run(cluster.probe_node(node))
     finally:
         stand_in.stop()
@@ -142,12 +168,14 @@ def hive(tmp_path: Path) -> Iterator[HiveProcess]:
 
 def _local(tmp_path: Path, hive: HiveProcess) -> Node:
     port = int(hive.url.rsplit(":", 1)[1])
-    return write_inventory(tmp_path / "inventory.toml",
-                           local_node("local", port, hive.state_dir)).get("local")
+    return write_inventory(
+        tmp_path / "inventory.toml", local_node("local", port, hive.state_dir)
+    ).get("local")
 
 
 def test_a_stopped_hive_is_not_answering_within_the_probe_deadline(
-        tmp_path: Path, hive: HiveProcess) -> None:
+    tmp_path: Path, hive: HiveProcess
+) -> None:
     node = _local(tmp_path, hive)
     psutil.Process(hive.proc.pid).suspend()  # SIGSTOP: the port still accepts connections
     started = time.monotonic()
@@ -179,8 +207,12 @@ class Collector:
 
 
 def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
-        tmp_path: Path, tiny_model: Path, spawn_worker, registry: WorkerRegistry,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path,
+    tiny_model: Path,
+    spawn_worker,
+    registry: WorkerRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """`rbee infer`'s stream from a worker that is SIGSTOPped mid-answer: once the silence
     limit has passed (lowered to 2 s here), EC4's words, saying the worker stopped answering,
     with the tokens that arrived saved and counted; the worker is forgotten."""
@@ -188,18 +220,34 @@ def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
     monkeypatch.setenv("RBEE_HOME", str(tmp_path / "home"))
     worker = spawn_worker(tiny_model, "--worker-id", "w-frozen", "--ctx-size", str(LONG_CTX))
     ref = f"file:{tiny_model}"
-    node = write_inventory(tmp_path / "inventory.toml",
-                           local_node("local", free_port(), tmp_path / "s")).get("local")
-    registry.record(RegisteredWorker(
-        worker_id="w-frozen", node="local", model_ref=ref, url=worker.url, api_key="",
-        backend="cpu", device=0, state="idle", created_at=time.time(), last_health_check=None))
+    node = write_inventory(
+        tmp_path / "inventory.toml", local_node("local", free_port(), tmp_path / "s")
+    ).get("local")
+    registry.record(
+        RegisteredWorker(
+            worker_id="w-frozen",
+            node="local",
+            model_ref=ref,
+            url=worker.url,
+            api_key="",
+            backend="cpu",
+            device=0,
+            state="idle",
+            created_at=time.time(),
+            last_health_check=None,
+        )
+    )
     registry.mark_healthy("w-frozen", "idle")
     listener = Collector()
     frozen = psutil.Process(worker.proc.pid)
 
     async def scenario() -> tuple[int, float]:
-        stream = InferStream(node, InferRequest("Once upon a time", ref, max_tokens=8192,
-                                                temperature=0), registry, listener)
+        stream = InferStream(
+            node,
+            InferRequest("Once upon a time", ref, max_tokens=8192, temperature=0),
+            registry,
+            listener,
+        )
         run = asyncio.create_task(stream.run())
         await asyncio.wait_for(listener.first_token.wait(), 30)
         frozen.suspend()
@@ -224,26 +272,42 @@ def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
     assert 2 <= took < 5
 
 
-@pytest.mark.parametrize("garbled", [
-    b'data: {"type": "token", "token": 7, "index": 1}\n\n',
-    b'data: {"type": "error", "error": "out of memory"}\n\n',
-], ids=["token", "error"])
+@pytest.mark.parametrize(
+    "garbled",
+    [
+        b'data: {"type": "token", "token": 7, "index": 1}\n\n',
+        b'data: {"type": "error", "error": "out of memory"}\n\n',
+    ],
+    ids=["token", "error"],
+)
 def test_a_garbled_event_mid_stream_keeps_the_tokens(
-        tmp_path: Path, registry: WorkerRegistry, monkeypatch: pytest.MonkeyPatch,
-        garbled: bytes) -> None:
+    tmp_path: Path, registry: WorkerRegistry, monkeypatch: pytest.MonkeyPatch, garbled: bytes
+) -> None:
     """A worker whose stream turns to nonsense after a token: EC4's words, naming the
     garbled answer, with the token that arrived saved; never a traceback."""
     monkeypatch.setenv("RBEE_HOME", str(tmp_path / "home"))
-    stand_in = StandIn(_health=b'{"worker_id": "w-garbled", "state": "idle"}',
-                       _v1_inference=b'data: {"type": "token", "token": "Hi", "index": 0}\n\n'
-                                     + garbled)
+    stand_in = StandIn(
+        _health=b'{"worker_id": "w-garbled", "state": "idle"}',
+        _v1_inference=b'data: {"type": "token", "token": "Hi", "index": 0}\n\n' + garbled,
+    )
     ref = "file:/models/x.gguf"
-    node = write_inventory(tmp_path / "inventory.toml",
-                           local_node("local", free_port(), tmp_path / "s")).get("local")
-    registry.record(RegisteredWorker(
-        worker_id="w-garbled", node="local", model_ref=ref,
-        url=f"http://127.0.0.1:{stand_in.port}", api_key="", backend="cpu", device=0,
-        state="idle", created_at=time.time(), last_health_check=None))
+    node = write_inventory(
+        tmp_path / "inventory.toml", local_node("local", free_port(), tmp_path / "s")
+    ).get("local")
+    registry.record(
+        RegisteredWorker(
+            worker_id="w-garbled",
+            node="local",
+            model_ref=ref,
+            url=f"http://127.0.0.1:{stand_in.port}",
+            api_key="",
+            backend="cpu",
+            device=0,
+            state="idle",
+            created_at=time.time(),
+            last_health_check=None,
+        )
+    )
     registry.mark_healthy("w-garbled", "idle")
     listener = Collector()
     try:
@@ -261,17 +325,19 @@ def test_a_garbled_event_mid_stream_keeps_the_tokens(
 
 @pytest.mark.parametrize("face", ["dashboard", "infer"])
 def test_a_hive_frozen_at_the_spawn_is_named_within_the_spawn_deadline(
-        tmp_path: Path, registry: WorkerRegistry, monkeypatch: pytest.MonkeyPatch,
-        face: str) -> None:
+    tmp_path: Path, registry: WorkerRegistry, monkeypatch: pytest.MonkeyPatch, face: str
+) -> None:
     """Both faces provision (download) before they spawn, so a spawn needs no hour: a hive
     that never answers it is named once SPAWN_TIMEOUT_S (lowered to 1 s here) has passed."""
     assert hive_client.SPAWN_TIMEOUT_S <= 120
     monkeypatch.setattr(hive_client, "SPAWN_TIMEOUT_S", 1.0)
-    stand_in = StandIn(hang="/v1/workers/spawn",
-                       _v1_models_download=b'{"local_path": "/models/x.gguf"}')
+    stand_in = StandIn(
+        hang="/v1/workers/spawn", _v1_models_download=b'{"local_path": "/models/x.gguf"}'
+    )
     ref = "file:/models/x.gguf"
-    node = write_inventory(tmp_path / "inventory.toml",
-                           local_node("frozen", stand_in.port, tmp_path / "s")).get("frozen")
+    node = write_inventory(
+        tmp_path / "inventory.toml", local_node("frozen", stand_in.port, tmp_path / "s")
+    ).get("frozen")
     listener = Collector()
 
     async def spawn() -> None:
@@ -294,21 +360,32 @@ def test_a_hive_frozen_at_the_spawn_is_named_within_the_spawn_deadline(
 
 
 def test_a_garbled_loading_stream_is_not_called_a_damaged_model(
-        tmp_path: Path, registry: WorkerRegistry) -> None:
+    tmp_path: Path, registry: WorkerRegistry
+) -> None:
     """A worker whose loading progress is nonsense: named as such, and the words "the model
     may be damaged" kept for a model that failed to load."""
-    worker = StandIn(_v1_loading_progress=b'data: {"stage": "loading_to_vram", '
-                                          b'"layers_loaded": "half", "layers_total": 4}\n\n')
-    spawned = {"worker_id": "w-1", "url": f"http://127.0.0.1:{worker.port}", "api_key": "k",
-               "state": "loading"}
-    hive = StandIn(_v1_models_download=b'{"local_path": "/models/x.gguf"}',
-                   _v1_workers_spawn=json.dumps(spawned).encode())
-    node = write_inventory(tmp_path / "inventory.toml",
-                           local_node("local", hive.port, tmp_path / "s")).get("local")
+    worker = StandIn(
+        _v1_loading_progress=b'data: {"stage": "loading_to_vram", '
+        b'"layers_loaded": "half", "layers_total": 4}\n\n'
+    )
+    spawned = {
+        "worker_id": "w-1",
+        "url": f"http://127.0.0.1:{worker.port}",
+        "api_key": "k",
+        "state": "loading",
+    }
+    hive = StandIn(
+        _v1_models_download=b'{"local_path": "/models/x.gguf"}',
+        _v1_workers_spawn=json.dumps(spawned).encode(),
+    )
+    node = write_inventory(
+        tmp_path / "inventory.toml", local_node("local", hive.port, tmp_path / "s")
+    ).get("local")
     listener = Collector()
     try:
-        code = asyncio.run(InferStream(node, InferRequest("hi", "file:/models/x.gguf"),
-                                       registry, listener).run())
+        code = asyncio.run(
+            InferStream(node, InferRequest("hi", "file:/models/x.gguf"), registry, listener).run()
+        )
     finally:
         hive.stop()
         worker.stop()
@@ -327,8 +404,7 @@ def _health(port: int) -> dict:
 
 
 @pytest.mark.parametrize("deleted", [False, True], ids=["other", "deleted"])
-def test_a_local_hive_of_another_installation_is_restarted(tmp_path: Path,
-                                                           deleted: bool) -> None:
+def test_a_local_hive_of_another_installation_is_restarted(tmp_path: Path, deleted: bool) -> None:
     """A hive left running by another checkout (here: rbee-hive copied elsewhere and started
     from there; then that copy deleted) is stopped, by proof, and started from ours."""
     other = tmp_path / "other-checkout"
@@ -337,11 +413,21 @@ def test_a_local_hive_of_another_installation_is_restarted(tmp_path: Path,
     port, state = free_port(), tmp_path / "state"
     state.mkdir()
     with open(tmp_path / "other.log", "wb") as log:
-        theirs = subprocess.Popen([str(other / "rbee-hive"), "daemon", "--addr",
-                                   f"127.0.0.1:{port}", "--state-dir", str(state)],
-                                  stdout=log, stderr=log)
-    node = write_inventory(tmp_path / "inventory.toml",
-                           local_node("local", port, state)).get("local")
+        theirs = subprocess.Popen(
+            [
+                str(other / "rbee-hive"),
+                "daemon",
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--state-dir",
+                str(state),
+            ],
+            stdout=log,
+            stderr=log,
+        )
+    node = write_inventory(tmp_path / "inventory.toml", local_node("local", port, state)).get(
+        "local"
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -363,5 +449,8 @@ def test_a_local_hive_of_another_installation_is_restarted(tmp_path: Path,
     finally:
         if theirs.poll() is None:
             theirs.kill()
-        subprocess.run([str(BIN / "rbee-hive"), "stop", "--state-dir", str(state)],
-                       capture_output=True, timeout=90)
+        subprocess.run(
+            [str(BIN / "rbee-hive"), "stop", "--state-dir", str(state)],
+            capture_output=True,
+            timeout=90,
+        )

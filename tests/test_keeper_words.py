@@ -64,7 +64,8 @@ def test_ec1_over_ssh_refused_three_attempts_then_the_words(tmp_path: Path) -> N
     infer = operator.rbee("infer", "--node", "gone", "hello")
     assert infer.returncode == 1
     assert attempt_lines(infer.stderr) == [
-        f"Attempt {n}: Connecting to 127.0.0.1:{CLOSED_PORT}... (timeout 10s)" for n in (1, 2, 3)]
+        f"Attempt {n}: Connecting to 127.0.0.1:{CLOSED_PORT}... (timeout 10s)" for n in (1, 2, 3)
+    ]
     assert f"Error: Cannot connect to 127.0.0.1:{CLOSED_PORT} after 3 attempts" in infer.stderr
     assert f"Suggestion: Check if sshd is running on gone (port {CLOSED_PORT})" in infer.stderr
 
@@ -89,9 +90,12 @@ def silent_port() -> Iterator[int]:
 def test_ec1_over_ssh_silent_node(tmp_path: Path, silent_port: int) -> None:
     known_hosts = tmp_path / "known_hosts"
     known_hosts.touch()
-    operator = Operator(tmp_path, f'[nodes.mute]\nhost = "127.0.0.1"\nport = {silent_port}\n'
-                                  f'known_hosts = "{known_hosts}"\nuse_ssh_config = false\n'
-                                  "connect_timeout_s = 0.5\n")
+    operator = Operator(
+        tmp_path,
+        f'[nodes.mute]\nhost = "127.0.0.1"\nport = {silent_port}\n'
+        f'known_hosts = "{known_hosts}"\nuse_ssh_config = false\n'
+        "connect_timeout_s = 0.5\n",
+    )
     started = time.monotonic()
     result = operator.rbee("infer", "--node", "mute", "hello")
     assert time.monotonic() - started >= 3 * 0.5 + 0.2 + 0.4
@@ -105,10 +109,13 @@ def test_ec1_over_ssh_silent_node(tmp_path: Path, silent_port: int) -> None:
 
 
 def test_ssh_up_passes_the_idle_timeout_and_a_changed_host_key_is_not_retried(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     node = start_sshd(tmp_path / "sshd", "alpha")
-    operator = Operator(tmp_path, "[defaults]\nidle_timeout_s = 7\n\n"
-                        + node_table("alpha", node, tmp_path / "alpha-hive"))
+    operator = Operator(
+        tmp_path,
+        "[defaults]\nidle_timeout_s = 7\n\n" + node_table("alpha", node, tmp_path / "alpha-hive"),
+    )
     try:
         up = operator.rbee("ssh-up", "--no-install", "alpha")
         assert up.returncode == 0, up.stderr
@@ -133,8 +140,9 @@ def test_a_worker_that_crashes_while_loading_is_named_and_forgotten(tmp_path: Pa
     keeper = make_keeper(tmp_path, write_crashing_gguf(tmp_path / "crash.gguf"))
     try:
         result = keeper.infer("hello")
-        report = httpx.get(f"{keeper.hive_url}/v1/workers/list",
-                           headers=keeper.hive_headers()).json()
+        report = httpx.get(
+            f"{keeper.hive_url}/v1/workers/list", headers=keeper.hive_headers()
+        ).json()
     finally:
         keeper.stop_hive()
     assert result.returncode == 1, result.stderr
@@ -143,8 +151,10 @@ def test_a_worker_that_crashes_while_loading_is_named_and_forgotten(tmp_path: Pa
     assert "Last lines of its log:" in result.stderr
     unwrapped = " ".join(result.stderr.split())  # the log's lines come wrapped to 80 columns
     assert "GGML_ASSERT(id_to_token.size() == token_to_id.size()) failed" in unwrapped
-    assert "Suggestion: the model may be damaged or unsupported; `rbee logs --node local`" \
+    assert (
+        "Suggestion: the model may be damaged or unsupported; `rbee logs --node local`"
         in result.stderr
+    )
     assert "lost contact" not in result.stderr and "Traceback" not in result.stderr
     assert_fits_80_columns(result.stderr)
     assert keeper.registered() == [] and report["workers"] == []
@@ -158,8 +168,10 @@ def test_backend_flag_and_the_suggestion_that_names_it(keeper: Keeper) -> None:
     result = keeper.infer("hello", "--backend", "cuda")
     assert result.returncode == 1
     assert "Error: Cuda backend not available on this node (available: cpu)" in result.stderr
-    assert 'Suggestion: use --backend cpu, or backend = "cpu" for local in the inventory' \
+    assert (
+        'Suggestion: use --backend cpu, or backend = "cpu" for local in the inventory'
         in result.stderr
+    )
     assert_fits_80_columns(result.stderr)
     unknown = keeper.infer("hello", "--backend", "vulkan")
     assert unknown.returncode == 2 and "'--backend'" in unknown.stderr
@@ -168,17 +180,21 @@ def test_backend_flag_and_the_suggestion_that_names_it(keeper: Keeper) -> None:
 # ----------------------------------------------------------------- the registry, now
 
 
-def test_idle_timeout_from_the_inventory_and_the_list_after_it(tmp_path: Path,
-                                                              tiny_model: Path) -> None:
+def test_idle_timeout_from_the_inventory_and_the_list_after_it(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     keeper = make_keeper(tmp_path, tiny_model, node_extra="idle_timeout_s = 1.5\n")
     hive = f"http://127.0.0.1:{keeper.port}"
     try:
         assert keeper.infer("hello", "--max-tokens", "2").returncode == 0
-        assert httpx.get(f"{hive}/v1/workers/list",
-                         headers=keeper.hive_headers()).json()["idle_timeout_s"] == 1.5
+        assert (
+            httpx.get(f"{hive}/v1/workers/list", headers=keeper.hive_headers()).json()[
+                "idle_timeout_s"
+            ]
+            == 1.5
+        )
         deadline = time.monotonic() + 30
-        while httpx.get(f"{hive}/v1/workers/list",
-                        headers=keeper.hive_headers()).json()["workers"]:
+        while httpx.get(f"{hive}/v1/workers/list", headers=keeper.hive_headers()).json()["workers"]:
             assert time.monotonic() < deadline, "the worker did not idle out"
             time.sleep(0.2)
         assert len(keeper.registered()) == 1  # the keeper has not looked yet
@@ -190,15 +206,15 @@ def test_idle_timeout_from_the_inventory_and_the_list_after_it(tmp_path: Path,
     assert keeper.registered() == []
 
 
-def test_workers_list_and_health_tell_what_is_true_now(tmp_path: Path,
-                                                       tiny_model: Path) -> None:
+def test_workers_list_and_health_tell_what_is_true_now(tmp_path: Path, tiny_model: Path) -> None:
     keeper = make_keeper(tmp_path, tiny_model)
     try:
         assert keeper.infer("hello", "--max-tokens", "2").returncode == 0
         [registered] = keeper.registered()
         worker_id = registered["worker_id"]
-        [listed] = httpx.get(f"{keeper.hive_url}/v1/workers/list",
-                             headers=keeper.hive_headers()).json()["workers"]
+        [listed] = httpx.get(
+            f"{keeper.hive_url}/v1/workers/list", headers=keeper.hive_headers()
+        ).json()["workers"]
 
         as_json = rbee(keeper, "workers", "list", "-o", "json")
         assert as_json.returncode == 0, as_json.stderr
@@ -239,7 +255,8 @@ def test_workers_list_and_health_tell_what_is_true_now(tmp_path: Path,
 
 
 def test_workers_list_names_a_refused_key_and_forgets_the_workers_of_a_hive_that_is_down(
-        tmp_path: Path, tiny_model: Path) -> None:
+    tmp_path: Path, tiny_model: Path
+) -> None:
     """A hive that refuses our key: the worker's row stays, saying so (not "not answering").
     A hive that refuses connections is down: its workers died with it and leave the registry."""
     wrong_key = tmp_path / "wrong.key"
@@ -247,15 +264,28 @@ def test_workers_list_names_a_refused_key_and_forgets_the_workers_of_a_hive_that
     wrong_key.chmod(0o600)
     keeper = make_keeper(tmp_path, tiny_model, node_extra=f'api_key_file = "{wrong_key}"\n')
     registry = WorkerRegistry(keeper.home / "workers.db")
-    registry.record(RegisteredWorker(
-        worker_id="w-1", node="local", model_ref=f"file:{tiny_model}", url="http://127.0.0.1:9",
-        api_key="k", backend="cpu", device=0, state="idle", created_at=time.time(),
-        last_health_check=None))
+    registry.record(
+        RegisteredWorker(
+            worker_id="w-1",
+            node="local",
+            model_ref=f"file:{tiny_model}",
+            url="http://127.0.0.1:9",
+            api_key="k",
+            backend="cpu",
+            device=0,
+            state="idle",
+            created_at=time.time(),
+            last_health_check=None,
+        )
+    )
     registry.close()
     hive = start_hive(keeper.state_dir, api_key="the-right-key")
     try:
-        keeper.inventory.write_text(keeper.inventory.read_text().replace(
-            f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"))
+        keeper.inventory.write_text(
+            keeper.inventory.read_text().replace(
+                f"hive_port = {keeper.port}", f"hive_port = {hive.url.rsplit(':', 1)[1]}"
+            )
+        )
         refused = rbee(keeper, "workers", "list")
     finally:
         hive.stop()

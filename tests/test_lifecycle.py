@@ -23,8 +23,12 @@ def test_load_failure_then_shutdown() -> None:
 
 @pytest.mark.parametrize(
     ("path", "bad"),
-    [((), S.BUSY), ((S.LOADING,), S.BUSY), ((S.LOADING, S.FAILED), S.IDLE),
-     ((S.LOADING, S.IDLE, S.DRAINING), S.IDLE)],
+    [
+        ((), S.BUSY),
+        ((S.LOADING,), S.BUSY),
+        ((S.LOADING, S.FAILED), S.IDLE),
+        ((S.LOADING, S.IDLE, S.DRAINING), S.IDLE),
+    ],
 )
 def test_disallowed_transitions_raise(path: tuple[S, ...], bad: S) -> None:
     life = Lifecycle()

@@ -27,17 +27,24 @@ PROMPT = "Once upon a time"
 
 
 @pytest.fixture(scope="module")
-def four_slot_worker(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-                     ) -> Iterator[WorkerProcess]:
-    worker = start_worker(tiny_model, tmp_path_factory.mktemp("four-slots"),
-                          args=("--slots", "4", "--ctx-size", str(LONG_CTX), "--batch-size", "64"))
+def four_slot_worker(
+    tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    worker = start_worker(
+        tiny_model,
+        tmp_path_factory.mktemp("four-slots"),
+        args=("--slots", "4", "--ctx-size", str(LONG_CTX), "--batch-size", "64"),
+    )
     yield worker
     worker.stop()
 
 
 def complete(worker: WorkerProcess, prompt: str = PROMPT, **body: object) -> dict:
-    r = httpx.post(f"{worker.url}/v1/inference", timeout=60,
-                   json={"prompt": prompt, "stream": False, "temperature": 0, **body})
+    r = httpx.post(
+        f"{worker.url}/v1/inference",
+        timeout=60,
+        json={"prompt": prompt, "stream": False, "temperature": 0, **body},
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -45,17 +52,19 @@ def complete(worker: WorkerProcess, prompt: str = PROMPT, **body: object) -> dic
 def first_token(worker: WorkerProcess, prompt: str) -> str:
     with (
         httpx.Client(base_url=worker.url, timeout=60) as client,
-        client.stream("POST", "/v1/inference",
-                      json={"prompt": prompt, "max_tokens": 1, "temperature": 0}) as r,
+        client.stream(
+            "POST", "/v1/inference", json={"prompt": prompt, "max_tokens": 1, "temperature": 0}
+        ) as r,
     ):
-            for line in r.iter_lines():
-                if '"type": "token"' in line:
-                    return json.loads(line.removeprefix("data: "))["token"]
+        for line in r.iter_lines():
+            if '"type": "token"' in line:
+                return json.loads(line.removeprefix("data: "))["token"]
     raise AssertionError("no token")
 
 
 def test_four_concurrent_streams_agree_with_one_on_the_invariants(
-        four_slot_worker: WorkerProcess) -> None:
+    four_slot_worker: WorkerProcess,
+) -> None:
     alone = first_token(four_slot_worker, PROMPT)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: complete(four_slot_worker, max_tokens=48), range(4)))
@@ -80,7 +89,8 @@ def test_a_request_arriving_mid_generation_starts_at_once(four_slot_worker: Work
 
 
 def test_prompt_prefilled_in_chunks_next_to_a_running_stream(
-        four_slot_worker: WorkerProcess) -> None:
+    four_slot_worker: WorkerProcess,
+) -> None:
     long_prompt = "the little bird saw the old king near the river " * 60  # > 64-token batches
     alone = first_token(four_slot_worker, long_prompt)
     running, other_result = threading.Event(), {}
@@ -97,8 +107,9 @@ def test_freed_kv_cells_leave_no_trace(four_slot_worker: WorkerProcess) -> None:
     # fill every slot with a long stream, cancel them all, then ask again
     ids = [f"req-fill-{i}" for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(complete, four_slot_worker, max_tokens=600, request_id=i)
-                   for i in ids]
+        futures = [
+            pool.submit(complete, four_slot_worker, max_tokens=600, request_id=i) for i in ids
+        ]
         time.sleep(0.3)
         for request_id in ids:
             httpx.delete(f"{four_slot_worker.url}/v1/inference/{request_id}")
@@ -114,15 +125,17 @@ def test_fifth_stream_on_four_slots_gets_503(four_slot_worker: WorkerProcess) ->
     def hold(request_id: str) -> None:
         with (
             httpx.Client(base_url=four_slot_worker.url, timeout=60) as client,
-            client.stream("POST", "/v1/inference",
-                          json={"prompt": PROMPT, "max_tokens": 8192,
-                                "request_id": request_id}) as r,
+            client.stream(
+                "POST",
+                "/v1/inference",
+                json={"prompt": PROMPT, "max_tokens": 8192, "request_id": request_id},
+            ) as r,
         ):
-                lines = r.iter_lines()
-                next(line for line in lines if '"type": "token"' in line)
-                started.wait()
-                for _ in lines:
-                    pass
+            lines = r.iter_lines()
+            next(line for line in lines if '"type": "token"' in line)
+            started.wait()
+            for _ in lines:
+                pass
 
     threads = [threading.Thread(target=hold, args=(i,)) for i in ids]
     for t in threads:
@@ -143,9 +156,15 @@ def test_seeds_reproduce_within_the_same_batch(tiny_model: Path) -> None:
     async def run_batch(engine: LlamaEngine, seeds: list[int]) -> list[str]:
         loop = asyncio.get_running_loop()
         tokens = await engine.tokenize(PROMPT, add_special=True)
-        gens = [Generation(f"r{seed}", tokens, SamplingParams(max_tokens=40, temperature=1.1,
-                                                              top_k=50, top_p=0.95, seed=seed),
-                           loop) for seed in seeds]
+        gens = [
+            Generation(
+                f"r{seed}",
+                tokens,
+                SamplingParams(max_tokens=40, temperature=1.1, top_k=50, top_p=0.95, seed=seed),
+                loop,
+            )
+            for seed in seeds
+        ]
         # Hold the engine thread for a moment so all four join the same first step.
         hold = asyncio.ensure_future(engine._call(lambda: time.sleep(0.2)))  # noqa: SLF001
         await asyncio.sleep(0.05)
@@ -160,9 +179,19 @@ def test_seeds_reproduce_within_the_same_batch(tiny_model: Path) -> None:
         return texts
 
     async def main() -> None:
-        engine = LlamaEngine(str(tiny_model), slots=4, ctx_size=256, threads=2, batch_size=64,
-                             extra_bufts=False, backend="cpu", device=0,
-                             on_progress=lambda _p: None, layers_total=2, file_size=1)
+        engine = LlamaEngine(
+            str(tiny_model),
+            slots=4,
+            ctx_size=256,
+            threads=2,
+            batch_size=64,
+            extra_bufts=False,
+            backend="cpu",
+            device=0,
+            on_progress=lambda _p: None,
+            layers_total=2,
+            file_size=1,
+        )
         engine.start()
         await engine.wait_loaded()
         try:
@@ -178,15 +207,29 @@ def test_seeds_reproduce_within_the_same_batch(tiny_model: Path) -> None:
 
 def greedy_text(model: Path, *, threads: int, extra_bufts: bool) -> str:
     async def main() -> str:
-        engine = LlamaEngine(str(model), slots=1, ctx_size=256, threads=threads, batch_size=64,
-                             extra_bufts=extra_bufts, backend="cpu", device=0,
-                             on_progress=lambda _p: None, layers_total=2, file_size=1)
+        engine = LlamaEngine(
+            str(model),
+            slots=1,
+            ctx_size=256,
+            threads=threads,
+            batch_size=64,
+            extra_bufts=extra_bufts,
+            backend="cpu",
+            device=0,
+            on_progress=lambda _p: None,
+            layers_total=2,
+            file_size=1,
+        )
         engine.start()
         await engine.wait_loaded()
         try:
             tokens = await engine.tokenize(PROMPT, add_special=True)
-            gen = Generation("r", tokens, SamplingParams(max_tokens=32, temperature=0),
-                             asyncio.get_running_loop())
+            gen = Generation(
+                "r",
+                tokens,
+                SamplingParams(max_tokens=32, temperature=0),
+                asyncio.get_running_loop(),
+            )
             engine.submit(gen)
             text = "".join([e.text async for e in gen if isinstance(e, TokenEvent)])
             assert isinstance(gen.terminal, DoneEvent) and gen.terminal.total_tokens == 32
@@ -198,7 +241,8 @@ def greedy_text(model: Path, *, threads: int, extra_bufts: bool) -> str:
 
 
 def test_repacked_weights_decode_alike_on_one_thread_and_on_the_two_thread_pool(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     # --extra-bufts repacks q4_0 weights (AVX2). The pool's second thread must run the very ggml
     # that llama.cpp uses: a second copy of libggml-cpu computed repacked matmuls as plain q4_0
     # and gave NaN logits: the two-thread run produced no text at all.

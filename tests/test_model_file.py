@@ -24,8 +24,9 @@ def test_reads_architecture_and_layers(tmp_path: Path) -> None:
     assert info.size_bytes == path.stat().st_size
 
 
-@pytest.mark.parametrize("content", [b"", b"GGUF", b"not a model at all" * 10,
-                                     b"GGUF\x03\x00\x00\x00" + b"\xff" * 40])
+@pytest.mark.parametrize(
+    "content", [b"", b"GGUF", b"not a model at all" * 10, b"GGUF\x03\x00\x00\x00" + b"\xff" * 40]
+)
 def test_unreadable_files_raise_model_file_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.gguf"
     path.write_bytes(content)
@@ -40,11 +41,14 @@ def test_file_refs_and_plain_paths_resolve(tmp_path: Path) -> None:
     check_model_ref(str(path))
 
 
-@pytest.mark.parametrize(("ref", "message"), [
-    ("file:/no/such.gguf", "no such model file"),
-    ("pkg:unknown", "unknown bundled model"),
-    ("hf:org/repo", "through the hive"),
-])
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("file:/no/such.gguf", "no such model file"),
+        ("pkg:unknown", "unknown bundled model"),
+        ("hf:org/repo", "through the hive"),
+    ],
+)
 def test_bad_refs(ref: str, message: str) -> None:
     with pytest.raises(ModelFileError, match=message):
         check_model_ref(ref)
@@ -65,8 +69,11 @@ def test_a_truncated_file_is_refused(tmp_path: Path, keep: float) -> None:
     whole = write_tiny_gguf(tmp_path / "whole.gguf").read_bytes()  # about 900 kB
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(whole[: int(len(whole) * keep) if keep < 1 else int(keep)])
-    with pytest.raises(ModelFileError, match=r"cut.gguf is truncated: tensor '.+' ends at byte "
-                                              rf"{len(whole)} but the file has"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"cut.gguf is truncated: tensor '.+' ends at byte "
+        rf"{len(whole)} but the file has",
+    ):
         read_model_info(cut)
 
 

@@ -20,33 +20,69 @@ from rbee.control.hive.model_refs import (
     ("ref", "expected"),
     [
         ("pkg:gemma3-270m", ModelRef("pkg:gemma3-270m", "pkg", name="gemma3-270m")),
-        ("file:/models/tiny.gguf",
-         ModelRef("file:/models/tiny.gguf", "file", path=Path("/models/tiny.gguf"))),
-        ("file:/models/./sub//Tiny-Q8_0.GGUF",
-         ModelRef("file:/models/sub/Tiny-Q8_0.GGUF", "file",
-                  path=Path("/models/sub/Tiny-Q8_0.GGUF"))),
-        ("https://example.com/m/tiny.gguf",
-         ModelRef("https://example.com/m/tiny.gguf", "https",
-                  url="https://example.com/m/tiny.gguf")),
-        ("HTTPS://Example.COM:443/m/a%20b.gguf",
-         ModelRef("https://example.com/m/a%20b.gguf", "https",
-                  url="https://example.com/m/a%20b.gguf")),
-        ("https://example.com:8443/m/tiny.gguf",
-         ModelRef("https://example.com:8443/m/tiny.gguf", "https",
-                  url="https://example.com:8443/m/tiny.gguf")),
-        ("http://127.0.0.1:8000/m/tiny.gguf",
-         ModelRef("http://127.0.0.1:8000/m/tiny.gguf", "https",
-                  url="http://127.0.0.1:8000/m/tiny.gguf")),
-        ("http://localhost/tiny.gguf",
-         ModelRef("http://localhost/tiny.gguf", "https", url="http://localhost/tiny.gguf")),
-        ("http://[::1]:9/tiny.gguf",
-         ModelRef("http://[::1]:9/tiny.gguf", "https", url="http://[::1]:9/tiny.gguf")),
-        ("hf:TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
-         ModelRef("hf:TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF", "hf",
-                  repo_id="TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF")),
-        ("hf:org/repo:sub/dir/model.Q4_K_M.gguf",
-         ModelRef("hf:org/repo:sub/dir/model.Q4_K_M.gguf", "hf", repo_id="org/repo",
-                  filename="sub/dir/model.Q4_K_M.gguf")),
+        (
+            "file:/models/tiny.gguf",
+            ModelRef("file:/models/tiny.gguf", "file", path=Path("/models/tiny.gguf")),
+        ),
+        (
+            "file:/models/./sub//Tiny-Q8_0.GGUF",
+            ModelRef(
+                "file:/models/sub/Tiny-Q8_0.GGUF", "file", path=Path("/models/sub/Tiny-Q8_0.GGUF")
+            ),
+        ),
+        (
+            "https://example.com/m/tiny.gguf",
+            ModelRef(
+                "https://example.com/m/tiny.gguf", "https", url="https://example.com/m/tiny.gguf"
+            ),
+        ),
+        (
+            "HTTPS://Example.COM:443/m/a%20b.gguf",
+            ModelRef(
+                "https://example.com/m/a%20b.gguf", "https", url="https://example.com/m/a%20b.gguf"
+            ),
+        ),
+        (
+            "https://example.com:8443/m/tiny.gguf",
+            ModelRef(
+                "https://example.com:8443/m/tiny.gguf",
+                "https",
+                url="https://example.com:8443/m/tiny.gguf",
+            ),
+        ),
+        (
+            "http://127.0.0.1:8000/m/tiny.gguf",
+            ModelRef(
+                "http://127.0.0.1:8000/m/tiny.gguf",
+                "https",
+                url="http://127.0.0.1:8000/m/tiny.gguf",
+            ),
+        ),
+        (
+            "http://localhost/tiny.gguf",
+            ModelRef("http://localhost/tiny.gguf", "https", url="http://localhost/tiny.gguf"),
+        ),
+        (
+            "http://[::1]:9/tiny.gguf",
+            ModelRef("http://[::1]:9/tiny.gguf", "https", url="http://[::1]:9/tiny.gguf"),
+        ),
+        (
+            "hf:TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
+            ModelRef(
+                "hf:TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
+                "hf",
+                repo_id="TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
+            ),
+        ),
+        (
+            "hf:org/repo:sub/dir/model.Q4_K_M.gguf",
+            ModelRef(
+                "hf:org/repo:sub/dir/model.Q4_K_M.gguf",
+                "hf",
+                repo_id="org/repo",
+                filename="sub/dir/model.Q4_K_M.gguf",
+            ),
+        ),
     ],
 )
 def test_accepted_forms_parse_into_their_parts(ref: str, expected: ModelRef) -> None:
@@ -136,6 +172,8 @@ def test_local_filename_is_safe_stable_and_collision_free() -> None:
     assert names["https://a.example/m/model.gguf"].startswith("model-")
     assert names["http://127.0.0.1:8000/a%20b%2F..%2Fc.gguf"].startswith("a_b_.._c-")
     # The same model spelt differently gets the same file.
-    assert local_filename("HTTPS://A.example:443/m/model.gguf") == names[
-        "https://a.example/m/model.gguf"]
+    assert (
+        local_filename("HTTPS://A.example:443/m/model.gguf")
+        == names["https://a.example/m/model.gguf"]
+    )
     assert local_filename(parse_model_ref("hf:org/repo")) == names["hf:org/repo"]

@@ -12,8 +12,9 @@ from conftest import WorkerProcess
 
 
 def sdk(worker: WorkerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{worker.url}/v1", api_key=worker.api_key or "unused",
-                         max_retries=0)
+    return openai.OpenAI(
+        base_url=f"{worker.url}/v1", api_key=worker.api_key or "unused", max_retries=0
+    )
 
 
 def test_models_lists_the_loaded_model(shared_worker: WorkerProcess) -> None:
@@ -22,9 +23,15 @@ def test_models_lists_the_loaded_model(shared_worker: WorkerProcess) -> None:
 
 
 def test_sdk_streams_a_chat_completion(shared_worker: WorkerProcess) -> None:
-    chunks = list(sdk(shared_worker).chat.completions.create(
-        model="anything", messages=[{"role": "user", "content": "Tell me a story"}],
-        max_tokens=12, temperature=0, stream=True))
+    chunks = list(
+        sdk(shared_worker).chat.completions.create(
+            model="anything",
+            messages=[{"role": "user", "content": "Tell me a story"}],
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text
@@ -34,9 +41,11 @@ def test_sdk_streams_a_chat_completion(shared_worker: WorkerProcess) -> None:
 
 def test_sdk_chat_completion_without_stream(shared_worker: WorkerProcess) -> None:
     answer = sdk(shared_worker).chat.completions.create(
-        model="anything", messages=[{"role": "system", "content": "Be brief."},
-                                    {"role": "user", "content": "Hello"}],
-        max_tokens=6, temperature=0)
+        model="anything",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
+        max_tokens=6,
+        temperature=0,
+    )
     assert answer.choices[0].message.role == "assistant"
     assert answer.choices[0].message.content
     assert answer.choices[0].finish_reason == "length"
@@ -45,10 +54,15 @@ def test_sdk_chat_completion_without_stream(shared_worker: WorkerProcess) -> Non
 
 def test_sdk_completion_streaming_matches_non_streaming(shared_worker: WorkerProcess) -> None:
     client = sdk(shared_worker)
-    streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model="x", prompt="Once upon a time", max_tokens=10, temperature=0, stream=True))
-    whole = client.completions.create(model="x", prompt="Once upon a time", max_tokens=10,
-                                      temperature=0)
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="x", prompt="Once upon a time", max_tokens=10, temperature=0, stream=True
+        )
+    )
+    whole = client.completions.create(
+        model="x", prompt="Once upon a time", max_tokens=10, temperature=0
+    )
     assert streamed == whole.choices[0].text
     assert whole.choices[0].finish_reason == "length"
 
@@ -60,10 +74,12 @@ def test_sdk_sees_validation_errors(shared_worker: WorkerProcess) -> None:
 
 
 def test_chat_on_a_model_without_template_points_to_completions(
-        spawn_worker, tiny_model_no_template: Path) -> None:
+    spawn_worker, tiny_model_no_template: Path
+) -> None:
     worker = spawn_worker(tiny_model_no_template)
-    r = httpx.post(f"{worker.url}/v1/chat/completions",
-                   json={"messages": [{"role": "user", "content": "hi"}]})
+    r = httpx.post(
+        f"{worker.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+    )
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["code"] == "INVALID_REQUEST"
@@ -73,7 +89,10 @@ def test_chat_on_a_model_without_template_points_to_completions(
 
 
 def test_chat_rejects_bad_messages(shared_worker: WorkerProcess) -> None:
-    r = httpx.post(f"{shared_worker.url}/v1/chat/completions", headers=shared_worker.headers,
-                   json={"messages": [{"role": "wizard", "content": "hi"}]})
+    r = httpx.post(
+        f"{shared_worker.url}/v1/chat/completions",
+        headers=shared_worker.headers,
+        json={"messages": [{"role": "wizard", "content": "hi"}]},
+    )
     assert r.status_code == 400
     assert r.json()["error"]["details"]["field"].startswith("messages")

@@ -32,8 +32,9 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = ("--max-tokens", "6", "--temperature", "0", "Once upon a time")
-_RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
-                    re.MULTILINE)
+_RECAP = re.compile(
+    r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE
+)
 
 
 @pytest.fixture(scope="session")
@@ -50,15 +51,32 @@ def wheelhouse(shared_dir: Path) -> Path:
     """Every wheel an rbee install needs, so nodes install offline and nothing compiles."""
     wheels = shared_dir / "wheelhouse"
     rbee_wheel = build_wheel(wheels)
-    cached = subprocess.run([str(BIN / "pip"), "cache", "list", "llama_cpp_python",
-                             "--format=abspath"], capture_output=True, text=True).stdout.split()
-    assert cached, ("no llama-cpp-python wheel in pip's cache; `make install` builds it once "
-                    "per machine")
+    cached = subprocess.run(
+        [str(BIN / "pip"), "cache", "list", "llama_cpp_python", "--format=abspath"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert cached, (
+        "no llama-cpp-python wheel in pip's cache; `make install` builds it once per machine"
+    )
     shutil.copy(cached[-1], wheels)
     download = subprocess.run(
-        [str(BIN / "pip"), "download", "--quiet", "--disable-pip-version-check",
-         "--only-binary=:all:", "--find-links", str(wheels), "--dest", str(wheels),
-         str(rbee_wheel)], capture_output=True, text=True, timeout=600)
+        [
+            str(BIN / "pip"),
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--find-links",
+            str(wheels),
+            "--dest",
+            str(wheels),
+            str(rbee_wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert download.returncode == 0, download.stderr
     for wheel in wheels.iterdir():
         wheel.chmod(0o644)
@@ -78,8 +96,12 @@ def fresh_node(tmp_path: Path, wheelhouse: Path) -> Iterator[Callable[[str], Fak
     started: list[FakeNode] = []
 
     def start(name: str) -> FakeNode:
-        node = start_sshd(tmp_path / "sshd", name, login_user=True,
-                          session_env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse)})
+        node = start_sshd(
+            tmp_path / "sshd",
+            name,
+            login_user=True,
+            session_env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse)},
+        )
         started.append(node)
         return node
 
@@ -91,28 +113,49 @@ def fresh_node(tmp_path: Path, wheelhouse: Path) -> Iterator[Callable[[str], Fak
 def inventory_table(name: str, node: FakeNode, extra: str = "") -> str:
     """The node with rbee_path and state_dir left at their defaults (under its home)."""
     entry = node.inventory_entry()
-    lines = [f"[nodes.{name}]", *(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}"
-                                  for k, v in entry.items()),
-             f"hive_port = {free_port()}", "use_ssh_config = false"]
+    lines = [
+        f"[nodes.{name}]",
+        *(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in entry.items()),
+        f"hive_port = {free_port()}",
+        "use_ssh_config = false",
+    ]
     return "\n".join(lines) + "\n" + extra
 
 
 def recap(output: str, node: str) -> dict[str, int]:
     for match in _RECAP.finditer(output):
         if match[1] == node:
-            return {"ok": int(match[2]), "changed": int(match[3]),
-                    "unreachable": int(match[4]), "failed": int(match[5])}
+            return {
+                "ok": int(match[2]),
+                "changed": int(match[3]),
+                "unreachable": int(match[4]),
+                "failed": int(match[5]),
+            }
     raise AssertionError(f"no PLAY RECAP line for {node}:\n{output}")
 
 
 def ansible_playbook(operator: Operator, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RBEE_", "ANSIBLE_"))}
     # The dynamic inventory runs with the python first on PATH: the venv's, as when activated.
-    env.update(RBEE_HOME=str(operator.home), RBEE_INVENTORY=str(operator.inventory),
-               PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    env.update(
+        RBEE_HOME=str(operator.home),
+        RBEE_INVENTORY=str(operator.inventory),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
     return subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", "ansible/inventory_toml.py", "ansible/site.yml",
-         *args], cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            "ansible/inventory_toml.py",
+            "ansible/site.yml",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
 
 
 def assert_serves(operator: Operator, name: str, model: Path, **env: str) -> None:
@@ -128,20 +171,29 @@ def assert_installed(node: FakeNode) -> None:
     assert hive.stat().st_uid == pwd.getpwnam(node.user).pw_uid
 
 
-def test_deploy_installs_and_ssh_up_serves(fresh_node, tmp_path: Path,
-                                           shared_tiny_model: Path) -> None:
+def test_deploy_installs_and_ssh_up_serves(
+    fresh_node, tmp_path: Path, shared_tiny_model: Path
+) -> None:
     node = fresh_node("single")
     key = "deploy-test-key-0123456789"
-    operator = Operator(tmp_path, inventory_table("single", node,
-                                                  'api_key_env = "RBEE_SINGLE_KEY"\n'))
+    operator = Operator(
+        tmp_path, inventory_table("single", node, 'api_key_env = "RBEE_SINGLE_KEY"\n')
+    )
     try:
-        deployed = operator.rbee("deploy", "single", "--no-bundled-model", timeout=600,
-                                 RBEE_SINGLE_KEY=key)
+        deployed = operator.rbee(
+            "deploy", "single", "--no-bundled-model", timeout=600, RBEE_SINGLE_KEY=key
+        )
         assert deployed.returncode == 0, deployed.stderr
-        for step in ("building the rbee wheel", "checking for Python", "creating the venv",
-                     "uploading rbee-0.1.0-py3-none-any.whl", "installing dependencies",
-                     "installing rbee 0.1.0", "writing the hive's API key file",
-                     "checking `rbee-hive --version` is 0.1.0"):
+        for step in (
+            "building the rbee wheel",
+            "checking for Python",
+            "creating the venv",
+            "uploading rbee-0.1.0-py3-none-any.whl",
+            "installing dependencies",
+            "installing rbee 0.1.0",
+            "writing the hive's API key file",
+            "checking `rbee-hive --version` is 0.1.0",
+        ):
             assert step in deployed.stderr, deployed.stderr
         assert "single: rbee installed in" in deployed.stderr
         assert key not in deployed.stderr + deployed.stdout
@@ -157,8 +209,9 @@ def test_deploy_installs_and_ssh_up_serves(fresh_node, tmp_path: Path,
         operator.rbee("ssh-down", "single", RBEE_SINGLE_KEY=key)
 
 
-def test_ssh_up_installs_an_empty_node_once(fresh_node, tmp_path: Path,
-                                            shared_tiny_model: Path) -> None:
+def test_ssh_up_installs_an_empty_node_once(
+    fresh_node, tmp_path: Path, shared_tiny_model: Path
+) -> None:
     node = fresh_node("fresh")
     operator = Operator(tmp_path, inventory_table("fresh", node))
     try:
@@ -216,15 +269,15 @@ def test_a_changed_or_unknown_host_key_stops_deploy_and_ansible(tmp_path: Path) 
         node.remove()
 
 
-def test_ansible_installs_idempotently_then_ssh_up_serves(fresh_node, tmp_path: Path,
-                                                          shared_tiny_model: Path) -> None:
+def test_ansible_installs_idempotently_then_ssh_up_serves(
+    fresh_node, tmp_path: Path, shared_tiny_model: Path
+) -> None:
     node = fresh_node("fleet")
     key = "ansible-test-key-0123456789"
     key_file = tmp_path / "fleet.key"
     key_file.write_text(key)
     key_file.chmod(0o600)
-    operator = Operator(tmp_path, inventory_table("fleet", node,
-                                                  f'api_key_file = "{key_file}"\n'))
+    operator = Operator(tmp_path, inventory_table("fleet", node, f'api_key_file = "{key_file}"\n'))
     try:
         first = ansible_playbook(operator, "--limit", "fleet", "-e", "rbee_bundled_model=false")
         assert first.returncode == 0, first.stdout + first.stderr
@@ -238,8 +291,15 @@ def test_ansible_installs_idempotently_then_ssh_up_serves(fresh_node, tmp_path: 
         # The wheel the first run built: the same bytes as a rebuild of the same sources (the
         # build is reproducible), and steady even if someone edits the checkout meanwhile.
         [built] = (operator.home / "dist").glob("rbee-*.whl")
-        second = ansible_playbook(operator, "--limit", "fleet", "-e", "rbee_bundled_model=false",
-                                  "-e", f"rbee_wheel={built}")
+        second = ansible_playbook(
+            operator,
+            "--limit",
+            "fleet",
+            "-e",
+            "rbee_bundled_model=false",
+            "-e",
+            f"rbee_wheel={built}",
+        )
         assert second.returncode == 0, second.stdout + second.stderr
         counts = recap(second.stdout, "fleet")
         assert counts["changed"] == 0 and counts["failed"] == 0, second.stdout
@@ -258,24 +318,33 @@ def test_ansible_installs_idempotently_then_ssh_up_serves(fresh_node, tmp_path: 
 def test_a_failing_step_is_named_with_the_remote_stderr(tmp_path: Path) -> None:
     node = start_sshd(tmp_path / "sshd", "readonly")
     # /proc takes no new folders, even from root: the venv step fails on the node.
-    operator = Operator(tmp_path, inventory_table("readonly", node,
-                                                  'rbee_path = "/proc/rbee/venv/bin"\n'))
+    operator = Operator(
+        tmp_path, inventory_table("readonly", node, 'rbee_path = "/proc/rbee/venv/bin"\n')
+    )
     try:
         deployed = operator.rbee("deploy", "readonly", "--no-bundled-model")
         # The role's Python check, fed an old Python's answer, with sudo not allowed.
-        played = ansible_playbook(operator, "--limit", "readonly",
-                                  "-e", "rbee_install_system_python=false",
-                                  "-e", json.dumps({"rbee_python_check":
-                                                    "import sys; sys.exit('Python 3.9.2')"}))
+        played = ansible_playbook(
+            operator,
+            "--limit",
+            "readonly",
+            "-e",
+            "rbee_install_system_python=false",
+            "-e",
+            json.dumps({"rbee_python_check": "import sys; sys.exit('Python 3.9.2')"}),
+        )
     finally:
         node.remove()
     assert played.returncode != 0, played.stdout
-    assert ("rbee needs Python 3.11 or newer with its venv module on readonly (python3 says: "
-            "Python 3.9.2)") in played.stdout, played.stdout
+    assert (
+        "rbee needs Python 3.11 or newer with its venv module on readonly (python3 says: "
+        "Python 3.9.2)"
+    ) in played.stdout, played.stdout
     assert recap(played.stdout, "readonly")["failed"] == 1
     assert deployed.returncode == 1
-    assert ("Error: installing rbee on readonly failed at step 2/6: creating the venv "
-            "/proc/rbee/venv") in deployed.stderr
+    assert (
+        "Error: installing rbee on readonly failed at step 2/6: creating the venv /proc/rbee/venv"
+    ) in deployed.stderr
     assert "`python3 -m venv /proc/rbee/venv` on" in deployed.stderr
     assert "Error: [Errno 2] No such file or directory: '/proc/rbee'" in deployed.stderr  # venv's
     assert "Suggestion: check that /proc/rbee is writable" in deployed.stderr

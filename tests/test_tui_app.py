@@ -37,10 +37,12 @@ def cluster_inventory(tmp_path: Path) -> Iterator[Inventory]:
     hive = start_hive(tmp_path / "hive", "--idle-timeout-s", "600")
     sshd = start_sshd(tmp_path / "sshd", "alpha")
     port = int(hive.url.rsplit(":", 1)[1])
-    inventory = write_inventory(tmp_path / "inventory.toml",
-                                local_node("local", port, hive.state_dir),
-                                node_table("alpha", sshd, tmp_path / "alpha-hive"),
-                                unreachable_node("gone", tmp_path / "known_hosts"))
+    inventory = write_inventory(
+        tmp_path / "inventory.toml",
+        local_node("local", port, hive.state_dir),
+        node_table("alpha", sshd, tmp_path / "alpha-hive"),
+        unreachable_node("gone", tmp_path / "known_hosts"),
+    )
     yield inventory
     asyncio.run(_quietly_down(inventory))
     sshd.stop()
@@ -52,8 +54,12 @@ async def _quietly_down(inventory: Inventory) -> None:
         await cluster.ssh_down(inventory.get("alpha"), lambda _text: None)
 
 
-async def wait_for(pilot: Pilot[None], check: Callable[[], bool], timeout_s: float = 30.0,
-                   what: str = "the condition") -> None:
+async def wait_for(
+    pilot: Pilot[None],
+    check: Callable[[], bool],
+    timeout_s: float = 30.0,
+    what: str = "the condition",
+) -> None:
     """Lets the app run until `check()` holds (never a fixed sleep)."""
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -69,8 +75,9 @@ def select_node(app: RbeeApp, node: str) -> None:
     app.nodes_table.move_cursor(row=app.nodes_table.get_row_index(node))
 
 
-def test_nodes_fill_and_an_unreachable_node_says_why(cluster_inventory: Inventory,
-                                                     registry: WorkerRegistry) -> None:
+def test_nodes_fill_and_an_unreachable_node_says_why(
+    cluster_inventory: Inventory, registry: WorkerRegistry
+) -> None:
     async def scenario() -> None:
         app = RbeeApp(cluster_inventory, registry, TuiConfig(refresh_s=0.5))
         async with app.run_test(size=SIZE) as pilot:
@@ -89,20 +96,29 @@ def test_nodes_fill_and_an_unreachable_node_says_why(cluster_inventory: Inventor
             assert app.nodes_table.selected_node == "gone"
             problem = str(app.query_one("#node-problem").content)
             assert "Connection refused by 127.0.0.1:1" in problem and "Suggestion:" in problem
-            await wait_for(pilot, lambda: any("Cannot follow the log" in line
-                                              for line in app.query_one("#log").shown),
-                           what="the log panel's error")
+            await wait_for(
+                pilot,
+                lambda: any(
+                    "Cannot follow the log" in line for line in app.query_one("#log").shown
+                ),
+                what="the log panel's error",
+            )
             first = str(app.nodes_table.get_cell("local", "last checked"))
-            await wait_for(pilot, lambda: str(app.nodes_table.get_cell(
-                "local", "last checked")) != first, what="a live refresh")
+            await wait_for(
+                pilot,
+                lambda: str(app.nodes_table.get_cell("local", "last checked")) != first,
+                what="a live refresh",
+            )
 
     asyncio.run(scenario())
 
 
-def test_model_output_and_errors_show_as_text_not_markup(tmp_path: Path,
-                                                        registry: WorkerRegistry) -> None:
-    inventory = write_inventory(tmp_path / "inventory.toml",
-                                unreachable_node("gone", tmp_path / "known_hosts"))
+def test_model_output_and_errors_show_as_text_not_markup(
+    tmp_path: Path, registry: WorkerRegistry
+) -> None:
+    inventory = write_inventory(
+        tmp_path / "inventory.toml", unreachable_node("gone", tmp_path / "known_hosts")
+    )
     answer = "a [bold]b[/bold] [/INST] list[int]"
 
     async def scenario() -> None:
@@ -119,8 +135,9 @@ def test_model_output_and_errors_show_as_text_not_markup(tmp_path: Path,
     asyncio.run(scenario())
 
 
-def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory,
-                                                    registry: WorkerRegistry) -> None:
+def test_ssh_up_by_key_while_the_ui_keeps_answering(
+    cluster_inventory: Inventory, registry: WorkerRegistry
+) -> None:
     outcomes: dict[str, str] = {}
 
     def keep(message: object) -> None:
@@ -141,7 +158,9 @@ def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory
             # The activity bar gives each node a line of its own: its latest step…
             await wait_for(pilot, lambda: len(app.activity.lines) == 2, what="a line per node")
             assert [line.text.split(":")[0] for line in app.activity.lines.values()] == [
-                "local", "alpha"]
+                "local",
+                "alpha",
+            ]
             # While the ssh-ups are in flight, the prompt takes typing: each key is handled
             # (the value grows) while an ssh-up worker is still running.
             prompt = app.query_one("#prompt", Input)
@@ -168,8 +187,9 @@ def test_ssh_up_by_key_while_the_ui_keeps_answering(cluster_inventory: Inventory
             select_node(app, "local")
             await pilot.press("space")  # unmarked: ssh-down stops alpha alone
             await pilot.press("d", "y")  # the confirmation
-            await wait_for(pilot, lambda: "rbee-hive stopped" in app.activity.text,
-                           what="ssh-down's outcome")
+            await wait_for(
+                pilot, lambda: "rbee-hive stopped" in app.activity.text, what="ssh-down's outcome"
+            )
             assert len(app.activity.lines) == 1  # a new round: the ssh-ups' lines went
             await wait_for(pilot, lambda: hive_cell(app, "alpha") == "down", what="alpha down")
             assert hive_cell(app, "local") == "up"
@@ -183,12 +203,14 @@ def deep_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with) takes seconds on any CPU. Pilot's key presses wait up to a second for the app to
     go idle, so the 2-layer model's answer could end within one press, before the test
     looked or canceled (it did on a fast CPU)."""
-    return write_tiny_gguf(tmp_path_factory.mktemp("deep") / "tiny-deep.gguf", n_layers=16,
-                           n_ctx_train=16384)
+    return write_tiny_gguf(
+        tmp_path_factory.mktemp("deep") / "tiny-deep.gguf", n_layers=16, n_ctx_train=16384
+    )
 
 
-def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: WorkerRegistry,
-                                        deep_tiny_model: Path) -> None:
+def test_spawn_stream_and_stop_a_worker(
+    cluster_inventory: Inventory, registry: WorkerRegistry, deep_tiny_model: Path
+) -> None:
     ref = f"file:{deep_tiny_model}"
 
     async def scenario() -> None:
@@ -201,9 +223,14 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             assert picker.value == cluster.DEFAULT_MODEL_REF
             picker.value = ref
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.workers_table.row_count == 1
-                           and str(app.workers_table.get_row_at(0)[2]) == "idle",
-                           what="an idle worker row")
+            await wait_for(
+                pilot,
+                lambda: (
+                    app.workers_table.row_count == 1
+                    and str(app.workers_table.get_row_at(0)[2]) == "idle"
+                ),
+                what="an idle worker row",
+            )
             worker = app.workers_table.selected
             assert worker is not None and worker.node == "local"
             worker_id = worker.worker_id
@@ -219,8 +246,9 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             app.query_one("#prompt", Input).value = "Once upon a time"
             await pilot.press("enter")
             panel = app.stream_panel
-            await wait_for(pilot, lambda: app.stream is None and panel.answer != "",
-                           what="the streamed answer")
+            await wait_for(
+                pilot, lambda: app.stream is None and panel.answer != "", what="the streamed answer"
+            )
             stats = str(panel.query_one("#stream-stats").content)
             assert "TTFT" in stats and "tok/s" in stats and stats.endswith("done"), stats
             assert len(panel.query_one(Sparkline).data or []) == 1
@@ -232,8 +260,11 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             await wait_for(pilot, lambda: panel.answer != "", what="the long answer's first tokens")
             assert app.stream is not None, "the long answer ended before it could be canceled"
             box = panel.query_one("#stream-answer-box")
-            await wait_for(pilot, lambda: 0 < box.max_scroll_y == box.scroll_y,
-                           what="the panel following the answer past its height")
+            await wait_for(
+                pilot,
+                lambda: 0 < box.max_scroll_y == box.scroll_y,
+                what="the panel following the answer past its height",
+            )
             await pilot.press("escape", "c")
             await wait_for(pilot, lambda: app.stream is None, what="the cancel", timeout_s=10)
             assert str(panel.query_one("#stream-stats").content).startswith("Canceled")
@@ -242,16 +273,18 @@ def test_spawn_stream_and_stop_a_worker(cluster_inventory: Inventory, registry: 
             app.workers_table.focus()
             await pilot.press("x")
             await pilot.press("y")
-            await wait_for(pilot, lambda: app.workers_table.row_count == 0,
-                           what="the worker row to go")
+            await wait_for(
+                pilot, lambda: app.workers_table.row_count == 0, what="the worker row to go"
+            )
             assert f"{worker_id} stopped" in app.activity.text
             assert registry.get(worker_id) is None
 
     asyncio.run(scenario())
 
 
-def test_spawn_a_model_picked_from_the_catalog(cluster_inventory: Inventory,
-                                              registry: WorkerRegistry, tiny_model: Path) -> None:
+def test_spawn_a_model_picked_from_the_catalog(
+    cluster_inventory: Inventory, registry: WorkerRegistry, tiny_model: Path
+) -> None:
     ref = f"file:{tiny_model}"
 
     async def scenario() -> None:
@@ -264,17 +297,23 @@ def test_spawn_a_model_picked_from_the_catalog(cluster_inventory: Inventory,
             await pilot.press("s", "tab")  # the picker, then from its input to the catalog
             catalog = app.screen.query_one("#catalog", OptionList)
             assert catalog.has_focus
-            prompts = [str(catalog.get_option_at_index(i).prompt)
-                       for i in range(catalog.option_count)]
+            prompts = [
+                str(catalog.get_option_at_index(i).prompt) for i in range(catalog.option_count)
+            ]
             for _ in prompts:  # down the list to the model, as a person would
                 if catalog.highlighted == prompts.index(ref):
                     break
                 await pilot.press("down")
             assert catalog.highlighted == prompts.index(ref), prompts
             await pilot.press("enter")
-            await wait_for(pilot, lambda: app.workers_table.row_count == 1
-                           and str(app.workers_table.get_row_at(0)[2]) == "idle",
-                           what="an idle worker row")
+            await wait_for(
+                pilot,
+                lambda: (
+                    app.workers_table.row_count == 1
+                    and str(app.workers_table.get_row_at(0)[2]) == "idle"
+                ),
+                what="an idle worker row",
+            )
             worker = app.workers_table.selected
             assert worker is not None and worker.model_ref == ref
             assert f"{worker.worker_id} started for {ref}" in app.activity.text
@@ -282,8 +321,9 @@ def test_spawn_a_model_picked_from_the_catalog(cluster_inventory: Inventory,
     asyncio.run(scenario())
 
 
-def test_download_shows_its_progress(cluster_inventory: Inventory, registry: WorkerRegistry,
-                                     tiny_model: Path) -> None:
+def test_download_shows_its_progress(
+    cluster_inventory: Inventory, registry: WorkerRegistry, tiny_model: Path
+) -> None:
     data = tiny_model.read_bytes()
     seen: list[ActionProgress] = []
 
@@ -299,11 +339,17 @@ def test_download_shows_its_progress(cluster_inventory: Inventory, registry: Wor
             await pilot.press("m")
             app.screen.query_one("#model-ref", Input).value = url
             await pilot.press("enter")
-            await wait_for(pilot, lambda: "is in the catalog" in app.activity.text,
-                           what="the download's outcome")
+            await wait_for(
+                pilot,
+                lambda: "is in the catalog" in app.activity.text,
+                what="the download's outcome",
+            )
             assert seen and "MB @" in seen[-1].text
-            await wait_for(pilot, lambda: url in app.statuses["local"].models,
-                           what="the model in the node's catalog")
+            await wait_for(
+                pilot,
+                lambda: url in app.statuses["local"].models,
+                what="the model in the node's catalog",
+            )
 
     with ModelServer() as internet:  # throttled: the download takes about a second
         asyncio.run(scenario(internet.add("/m/tiny.gguf", data, bytes_per_s=len(data))))

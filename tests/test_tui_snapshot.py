@@ -34,11 +34,14 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     time.tzset()
 
 
-def test_main_screen_with_a_down_and_an_unreachable_node(tmp_path: Path, utc: None,
-                                                        snap_compare) -> None:  # type: ignore[no-untyped-def]
-    inventory = write_inventory(tmp_path / "inventory.toml",
-                                local_node("local", CLOSED_PORT, tmp_path / "state"),
-                                unreachable_node("gone", tmp_path / "known_hosts"))
+def test_main_screen_with_a_down_and_an_unreachable_node(
+    tmp_path: Path, utc: None, snap_compare
+) -> None:  # type: ignore[no-untyped-def]
+    inventory = write_inventory(
+        tmp_path / "inventory.toml",
+        local_node("local", CLOSED_PORT, tmp_path / "state"),
+        unreachable_node("gone", tmp_path / "known_hosts"),
+    )
     registry = WorkerRegistry(tmp_path / "home" / "workers.db")
     app = RbeeApp(inventory, registry, TuiConfig(refresh_s=3600, clock=lambda: FIXED_CLOCK))
 

@@ -32,8 +32,9 @@ def tmux() -> Iterator[Callable[..., str]]:
     socket = f"rbee-tui-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def run(*args: str) -> str:
-        return subprocess.run(["tmux", "-L", socket, *args], check=True, capture_output=True,
-                              text=True, timeout=10).stdout
+        return subprocess.run(
+            ["tmux", "-L", socket, *args], check=True, capture_output=True, text=True, timeout=10
+        ).stdout
 
     yield run
     subprocess.run(["tmux", "-L", socket, "kill-server"], capture_output=True, timeout=10)
@@ -53,14 +54,32 @@ def test_the_dashboard_in_tmux_shows_the_nodes(tmp_path: Path, tmux) -> None:  #
     hive = start_hive(tmp_path / "hive")
     try:
         inventory = tmp_path / "inventory.toml"
-        inventory.write_text(local_node("local", int(hive.url.rsplit(":", 1)[1]),
-                                        hive.state_dir))
-        command = shlex.join(["env", f"RBEE_HOME={tmp_path / 'home'}", "TERM=xterm-256color",
-                              str(BIN / "rbee"), "--inventory", str(inventory), "tui",
-                              "--refresh", "0.5"])
+        inventory.write_text(local_node("local", int(hive.url.rsplit(":", 1)[1]), hive.state_dir))
+        command = shlex.join(
+            [
+                "env",
+                f"RBEE_HOME={tmp_path / 'home'}",
+                "TERM=xterm-256color",
+                str(BIN / "rbee"),
+                "--inventory",
+                str(inventory),
+                "tui",
+                "--refresh",
+                "0.5",
+            ]
+        )
         # The exit code stays on screen after the app ends (the shell waits a little).
-        tmux("new-session", "-d", "-s", "tui", "-x", "120", "-y", "40",
-             f"{command}; echo {EXIT_MARK}$?; sleep 30")
+        tmux(
+            "new-session",
+            "-d",
+            "-s",
+            "tui",
+            "-x",
+            "120",
+            "-y",
+            "40",
+            f"{command}; echo {EXIT_MARK}$?; sleep 30",
+        )
         screen = wait_for_screen(tmux, r"local\s+local\s+up\s+0\s+\d+\.\d GB")
         assert "ssh-up" in screen and "quit" in screen  # the footer's key bindings
         assert "Traceback" not in screen
@@ -82,7 +101,14 @@ def test_the_refresh_option_names_its_default() -> None:
 def test_the_keeper_loads_without_the_dashboard() -> None:
     """The arrow points tui → control: the command line imports rbee.tui only to run it."""
     loaded = subprocess.run(
-        [str(BIN / "python"), "-c",
-         "import sys, rbee.control.cli; print('rbee.tui' in sys.modules)"],
-        capture_output=True, text=True, check=True, timeout=30).stdout
+        [
+            str(BIN / "python"),
+            "-c",
+            "import sys, rbee.control.cli; print('rbee.tui' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
     assert loaded.strip() == "False"

@@ -49,10 +49,19 @@ def recorder() -> Iterator[CallbackRecorder]:
     server.shutdown()
 
 
-def test_callback_when_serving_and_when_ready(spawn_worker, tiny_model: Path,
-                                              recorder: CallbackRecorder) -> None:
-    worker = spawn_worker(tiny_model, "--callback-url", recorder.url, "--worker-id", "worker-cb1",
-                          "--slots", "3", api_key="cb-key-1234")
+def test_callback_when_serving_and_when_ready(
+    spawn_worker, tiny_model: Path, recorder: CallbackRecorder
+) -> None:
+    worker = spawn_worker(
+        tiny_model,
+        "--callback-url",
+        recorder.url,
+        "--worker-id",
+        "worker-cb1",
+        "--slots",
+        "3",
+        api_key="cb-key-1234",
+    )
     deadline = time.monotonic() + 10
     while len(recorder.calls) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -65,8 +74,9 @@ def test_callback_when_serving_and_when_ready(spawn_worker, tiny_model: Path,
         assert (body["backend"], body["device"], body["slots_total"]) == ("cpu", 0, 3)
 
 
-def test_callback_reports_a_failed_load(spawn_worker, corrupt_model: Path,
-                                        recorder: CallbackRecorder) -> None:
+def test_callback_reports_a_failed_load(
+    spawn_worker, corrupt_model: Path, recorder: CallbackRecorder
+) -> None:
     spawn_worker(corrupt_model, "--callback-url", recorder.url, wait_ready=False)
     deadline = time.monotonic() + 10
     while len(recorder.calls) < 2 and time.monotonic() < deadline:
@@ -82,9 +92,16 @@ def test_health_answers_during_a_long_generation(shared_worker: WorkerProcess) -
     def long_stream() -> None:
         with (
             shared_worker.client() as client,
-            client.stream("POST", "/v1/inference",
-                          json={"prompt": "Once upon a time", "max_tokens": 4000,
-                                "temperature": 0, "request_id": "req-health-1"}) as r,
+            client.stream(
+                "POST",
+                "/v1/inference",
+                json={
+                    "prompt": "Once upon a time",
+                    "max_tokens": 4000,
+                    "temperature": 0,
+                    "request_id": "req-health-1",
+                },
+            ) as r,
         ):
             for _line in r.iter_lines():
                 started.set()
@@ -100,7 +117,7 @@ def test_health_answers_during_a_long_generation(shared_worker: WorkerProcess) -
             latencies.append(time.monotonic() - t0)
         client.delete("/v1/inference/req-health-1", headers=shared_worker.headers)
     thread.join(10)
-    logging.getLogger(__name__).info("/health during generation: max %.1f ms",
-                                     max(latencies) * 1000)
+    logging.getLogger(__name__).info(
+        "/health during generation: max %.1f ms", max(latencies) * 1000
+    )
     assert max(latencies) < 0.5
-

@@ -32,8 +32,7 @@ def test_health_ready_and_wait_ready(shared_worker: WorkerProcess) -> None:
 def test_stream_yields_the_events_in_order(shared_worker: WorkerProcess) -> None:
     async def main() -> list[dict]:
         async with client_for(shared_worker) as client:
-            return [e async for e in client.stream("Once upon a time", max_tokens=5,
-                                                   temperature=0)]
+            return [e async for e in client.stream("Once upon a time", max_tokens=5, temperature=0)]
 
     events = asyncio.run(main())
     assert [e["type"] for e in events] == ["started"] + ["token"] * 5 + ["done"]
@@ -58,8 +57,9 @@ def test_errors_become_worker_errors(shared_worker: WorkerProcess) -> None:
 def test_cancel_ends_the_stream_as_canceled(shared_worker: WorkerProcess) -> None:
     async def main() -> dict:
         async with client_for(shared_worker) as client:
-            events = client.stream("Once upon a time", max_tokens=8192, temperature=0,
-                                   request_id="req-client-1")
+            events = client.stream(
+                "Once upon a time", max_tokens=8192, temperature=0, request_id="req-client-1"
+            )
             async with aclosing(events):
                 async for event in events:
                     if event["type"] == "token" and event["index"] == 3:

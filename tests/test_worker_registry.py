@@ -10,9 +10,18 @@ SHA = "ab" * 32
 
 
 def worker(worker_id: str, model_ref: str, state: str = "idle") -> RegisteredWorker:
-    return RegisteredWorker(worker_id=worker_id, node="mac", model_ref=model_ref,
-                            url="http://127.0.0.1:1", api_key="k", backend="cpu", device=0,
-                            state=state, created_at=time.time(), last_health_check=time.time())
+    return RegisteredWorker(
+        worker_id=worker_id,
+        node="mac",
+        model_ref=model_ref,
+        url="http://127.0.0.1:1",
+        api_key="k",
+        backend="cpu",
+        device=0,
+        state=state,
+        created_at=time.time(),
+        last_health_check=time.time(),
+    )
 
 
 def test_a_checksum_in_the_ref_names_the_same_model(registry: WorkerRegistry) -> None:

@@ -28,10 +28,16 @@ UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 _N_HEAD = 4
 _N_HEAD_KV = 2  # fewer KV heads than query heads: exercises grouped-query attention
 # q4_0: the type llama.cpp repacks into its CPU_REPACK buffers on AVX2 (use_extra_bufts).
-_QUANT_TYPES = {"f32": gguf.GGMLQuantizationType.F32, "q8_0": gguf.GGMLQuantizationType.Q8_0,
-                "q4_0": gguf.GGMLQuantizationType.Q4_0}
-_FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-               "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
+_QUANT_TYPES = {
+    "f32": gguf.GGMLQuantizationType.F32,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "q4_0": gguf.GGMLQuantizationType.Q4_0,
+}
+_FILE_TYPES = {
+    "f32": gguf.LlamaFileType.ALL_F32,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+}
 
 # Words whose pieces make ordinary English prompts tokenize into few tokens.
 _WORDS = (  # noqa: SIM905  the word list reads as prose, not 170 quoted items
@@ -175,7 +181,8 @@ def write_tiny_gguf(
     for name, tensor in tensors.items():
         if tensor.ndim == 2 and quant != "f32":
             writer.add_tensor(
-                name, gguf.quants.quantize(tensor, _QUANT_TYPES[quant]),
+                name,
+                gguf.quants.quantize(tensor, _QUANT_TYPES[quant]),
                 raw_dtype=_QUANT_TYPES[quant],
             )
         else:

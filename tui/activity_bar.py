@@ -61,8 +61,9 @@ class ActivityBar(Horizontal):
 
     def _set(self, action: int, line: ActivityLine) -> None:
         self.lines = {**self.lines, action: line}
-        shown = Text("\n").join(Text(line.text, style=LINE_STYLES[line.kind])
-                                for line in self.lines.values())
+        shown = Text("\n").join(
+            Text(line.text, style=LINE_STYLES[line.kind]) for line in self.lines.values()
+        )
         self.query_one("#activity-text", Static).update(shown)
         self.query_one(ProgressBar).display = self.running
 

@@ -104,8 +104,9 @@ class RbeeApp(App[None]):
         Binding("escape", "leave_input", "leave input", show=False),
     ]
 
-    def __init__(self, inventory: Inventory, registry: WorkerRegistry,
-                 config: TuiConfig | None = None) -> None:
+    def __init__(
+        self, inventory: Inventory, registry: WorkerRegistry, config: TuiConfig | None = None
+    ) -> None:
         super().__init__()
         self.nodes = {node.name: node for node in inventory.nodes.values()}
         self.registry = registry
@@ -210,8 +211,10 @@ class RbeeApp(App[None]):
             problem.update("")
             problem.display = False
             return
-        problem.update(f"{status.name}: {status.problem}"
-                       + (f"\nSuggestion: {status.suggestion}" if status.suggestion else ""))
+        problem.update(
+            f"{status.name}: {status.problem}"
+            + (f"\nSuggestion: {status.suggestion}" if status.suggestion else "")
+        )
         problem.display = True
 
     def _show_workers(self) -> None:
@@ -219,8 +222,9 @@ class RbeeApp(App[None]):
         names = list(self.statuses) if self.show_all_workers else [selected]
         workers = [w for name in names if (s := self.statuses.get(name or "")) for w in s.workers]
         self.workers_table.show(workers)
-        self.workers_table.border_title = ("workers: every node" if self.show_all_workers
-                                           else f"workers: {selected}")
+        self.workers_table.border_title = (
+            "workers: every node" if self.show_all_workers else f"workers: {selected}"
+        )
         self._show_worker_detail()
 
     def _show_worker_detail(self) -> None:
@@ -296,8 +300,9 @@ class RbeeApp(App[None]):
     # ----------------------------------------------------------------- long actions
 
     @work(group="actions", exit_on_error=False)
-    async def act(self, node: Node, doing: str,
-                  action: Callable[[_ActionVoice], Awaitable[str]]) -> None:
+    async def act(
+        self, node: Node, doing: str, action: Callable[[_ActionVoice], Awaitable[str]]
+    ) -> None:
         """One long action on a node: its own line in the activity bar, with each step while
         it runs, then its outcome in words."""
         number = next(self._action_numbers)
@@ -359,11 +364,13 @@ class RbeeApp(App[None]):
 
         def answered(yes: bool | None) -> None:
             for node in nodes if yes else []:
-                self.act(node, f"{node.name}: ssh-down…",
-                         lambda say, node=node: ssh_down(node, say))
+                self.act(
+                    node, f"{node.name}: ssh-down…", lambda say, node=node: ssh_down(node, say)
+                )
 
-        self.push_screen(ConfirmScreen(f"Stop the hive on {names} and its {workers} "
-                                       "worker(s)?"), answered)
+        self.push_screen(
+            ConfirmScreen(f"Stop the hive on {names} and its {workers} worker(s)?"), answered
+        )
 
     def _catalog(self, node: Node) -> list[str]:
         status = self.statuses.get(node.name)
@@ -376,15 +383,23 @@ class RbeeApp(App[None]):
 
         def chosen(ref: str | None) -> None:
             if ref:
-                self.act(node, f"{node.name}: starting a worker for {ref}…",
-                         lambda say: self._spawn(node, ref, say))
+                self.act(
+                    node,
+                    f"{node.name}: starting a worker for {ref}…",
+                    lambda say: self._spawn(node, ref, say),
+                )
 
-        self.push_screen(ModelPickerScreen(f"Spawn a worker on {node.name}", self._catalog(node),
-                                           DEFAULT_MODEL_REF), chosen)
+        self.push_screen(
+            ModelPickerScreen(
+                f"Spawn a worker on {node.name}", self._catalog(node), DEFAULT_MODEL_REF
+            ),
+            chosen,
+        )
 
     async def _spawn(self, node: Node, ref: str, say: _ActionVoice) -> str:
-        worker_id = await spawn_worker(node, ref, self.registry,
-                                       self._download_progress(node, ref, say))
+        worker_id = await spawn_worker(
+            node, ref, self.registry, self._download_progress(node, ref, say)
+        )
         return f"{node.name}: {worker_id} started for {ref} (loading)"
 
     def action_shutdown_worker(self) -> None:
@@ -396,8 +411,11 @@ class RbeeApp(App[None]):
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self.act(node, f"{node.name}: stopping {worker_id}…",
-                         lambda _say: self._stop_worker(node, worker_id))
+                self.act(
+                    node,
+                    f"{node.name}: stopping {worker_id}…",
+                    lambda _say: self._stop_worker(node, worker_id),
+                )
 
         self.push_screen(ConfirmScreen(f"Stop worker {worker_id} on {node.name}?"), answered)
 
@@ -412,29 +430,41 @@ class RbeeApp(App[None]):
 
         def chosen(ref: str | None) -> None:
             if ref:
-                self.act(node, f"{node.name}: downloading {ref}…",
-                         lambda say: self._download(node, ref, say))
+                self.act(
+                    node,
+                    f"{node.name}: downloading {ref}…",
+                    lambda say: self._download(node, ref, say),
+                )
 
-        self.push_screen(ModelPickerScreen(f"Download a model to {node.name}",
-                                           self._catalog(node), DEFAULT_MODEL_REF), chosen)
+        self.push_screen(
+            ModelPickerScreen(
+                f"Download a model to {node.name}", self._catalog(node), DEFAULT_MODEL_REF
+            ),
+            chosen,
+        )
 
     async def _download(self, node: Node, ref: str, say: _ActionVoice) -> str:
         path = await download_model(node, ref, self._download_progress(node, ref, say))
         return f"{node.name}: {ref} is in the catalog ({path})"
 
     @staticmethod
-    def _download_progress(node: Node, ref: str, say: _ActionVoice
-                           ) -> Callable[[DownloadProgress], None]:
+    def _download_progress(
+        node: Node, ref: str, say: _ActionVoice
+    ) -> Callable[[DownloadProgress], None]:
         """A download's steps, in the action's line of the activity bar."""
 
         def progress(step: DownloadProgress) -> None:
             if step.stage == "retrying":
-                say(f"{node.name}: retrying the download of {ref} "
-                    f"(attempt {step.attempt}/{step.attempts})")
+                say(
+                    f"{node.name}: retrying the download of {ref} "
+                    f"(attempt {step.attempt}/{step.attempts})"
+                )
             elif step.fraction is not None:
-                say(f"{node.name}: downloading {ref} {step.bytes_downloaded / 1e6:.1f} / "
+                say(
+                    f"{node.name}: downloading {ref} {step.bytes_downloaded / 1e6:.1f} / "
                     f"{(step.bytes_total or 0) / 1e6:.1f} MB @ {step.speed_mbps:.1f} MB/s",
-                    step.fraction)
+                    step.fraction,
+                )
 
         return progress
 
@@ -454,8 +484,12 @@ class RbeeApp(App[None]):
         except ActionableError as exc:
             panel.failed(exc.in_words())
             return
-        request = InferRequest(prompt=message.prompt, model_ref=ref,
-                               max_tokens=self.config.max_tokens, backend=node.backend)
+        request = InferRequest(
+            prompt=message.prompt,
+            model_ref=ref,
+            max_tokens=self.config.max_tokens,
+            backend=node.backend,
+        )
         self.stream = InferStream(node, request, self.registry, _PanelListener(self))
         panel.started()
         self.run_stream(self.stream)
@@ -473,8 +507,9 @@ class RbeeApp(App[None]):
     def on_stream_token(self, message: StreamToken) -> None:
         if not self.is_running:
             return  # background work reporting while the app closes
-        self.stream_panel.add_token(message.text, message.tokens, message.ttft_s,
-                                    message.tokens_per_s)
+        self.stream_panel.add_token(
+            message.text, message.tokens, message.ttft_s, message.tokens_per_s
+        )
 
     def on_stream_failed(self, message: StreamFailed) -> None:
         if not self.is_running:

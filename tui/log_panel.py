@@ -25,8 +25,10 @@ class LogPanel(RichLog):
     def add(self, line: LogLine) -> None:
         # A narrow panel: the time of day and the message; the full line is `rbee logs`'s.
         time_of_day = line.ts[11:19] or line.ts
-        self._write(f"{time_of_day} {line.level:<5} {line.message}",
-                    "red" if line.level in ("ERROR", "CRITICAL") else "")
+        self._write(
+            f"{time_of_day} {line.level:<5} {line.message}",
+            "red" if line.level in ("ERROR", "CRITICAL") else "",
+        )
 
     def problem(self, text: str) -> None:
         self._write(f"Cannot follow the log: {text}", "red")

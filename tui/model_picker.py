@@ -26,8 +26,9 @@ class ModelPickerScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Label(self.title_text, id="picker-title")
-            yield Input(self.default, placeholder="pkg:…, file:/…, hf:ORG/REPO, https://…",
-                        id="model-ref")
+            yield Input(
+                self.default, placeholder="pkg:…, file:/…, hf:ORG/REPO, https://…", id="model-ref"
+            )
             yield Label("", markup=False, id="picker-problem")
             if self.catalog:
                 yield Label("in the node's catalog:")

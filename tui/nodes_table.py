@@ -37,8 +37,9 @@ class NodesTable(DataTable[str | Text]):
             self.add_column(column, key=column)
         for node in self.inventory_nodes:
             host = "local" if node.is_local else node.host
-            self.add_row(node.name, host, Text("checking…", style="dim"), "-", "-", "-", "",
-                         key=node.name)
+            self.add_row(
+                node.name, host, Text("checking…", style="dim"), "-", "-", "-", "", key=node.name
+            )
 
     @property
     def selected_node(self) -> str | None:
@@ -48,8 +49,9 @@ class NodesTable(DataTable[str | Text]):
 
     def toggle_mark(self, name: str) -> None:
         self.marked ^= {name}
-        self.update_cell(name, "node", f"● {name}" if name in self.marked else name,
-                         update_width=True)
+        self.update_cell(
+            name, "node", f"● {name}" if name in self.marked else name, update_width=True
+        )
 
     def show(self, status: NodeStatus, checked_at: float) -> None:
         up = status.is_up

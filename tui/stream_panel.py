@@ -80,8 +80,9 @@ class StreamPanel(Vertical):
         self.stats(text)
         self.query_one("#stream-stats", Static).add_class("error")
 
-    def add_token(self, text: str, tokens: int, ttft_s: float | None,
-                  tokens_per_s: float | None) -> None:
+    def add_token(
+        self, text: str, tokens: int, ttft_s: float | None, tokens_per_s: float | None
+    ) -> None:
         self.answer += text
         ttft = "-" if ttft_s is None else f"{ttft_s * 1000:.0f} ms"
         speed = "-" if tokens_per_s is None else f"{tokens_per_s:.1f}"

@@ -10,8 +10,14 @@ from rbee.control.cluster import WorkerStatus
 from .cells import clipped
 
 COLUMNS = ("worker", "model", "state", "slots", "tok/s", "idle left", "url", "node")
-STATE_STYLES = {"idle": "green", "busy": "bold cyan", "loading": "yellow", "starting": "yellow",
-                "failed": "bold red", "draining": "dim"}
+STATE_STYLES = {
+    "idle": "green",
+    "busy": "bold cyan",
+    "loading": "yellow",
+    "starting": "yellow",
+    "failed": "bold red",
+    "draining": "dim",
+}
 # Cells that keep every column in view at 120 columns; the line under the table has the
 # selected worker's model, url and error in full.
 MODEL_WIDTH = 24
@@ -62,8 +68,16 @@ class WorkersTable(DataTable[str | Text]):
             if w.error:
                 state.append(f" ({w.error})", style="red")
             state.truncate(STATE_WIDTH, overflow="ellipsis")
-            self.add_row(w.worker_id, clipped(_short_model(w.model_ref), MODEL_WIDTH), state,
-                         f"{w.slots_busy}/{w.slots_total}", speed, _idle_left(w),
-                         clipped(w.url, URL_WIDTH), w.node, key=w.worker_id)
+            self.add_row(
+                w.worker_id,
+                clipped(_short_model(w.model_ref), MODEL_WIDTH),
+                state,
+                f"{w.slots_busy}/{w.slots_total}",
+                speed,
+                _idle_left(w),
+                clipped(w.url, URL_WIDTH),
+                w.node,
+                key=w.worker_id,
+            )
         if keep is not None and keep.worker_id in self.shown_workers:
             self.move_cursor(row=self.get_row_index(keep.worker_id))

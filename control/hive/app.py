@@ -86,8 +86,9 @@ def create_app(
         try:
             return parse_model_ref(raw).ref
         except InvalidModelRef as exc:
-            raise ApiError(ErrorCode.INVALID_REQUEST, str(exc),
-                           details={"field": "model_ref"}) from None
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST, str(exc), details={"field": "model_ref"}
+            ) from None
 
     async def health(_request: Request) -> JSONResponse:
         body = {"status": "alive", "version": VERSION, "api_version": API_VERSION}
@@ -108,23 +109,36 @@ def create_app(
             info = await downloads.model_info(entry)
         except DownloadError as exc:
             spawns.labels("download_failed").inc()
-            raise ApiError(exc.code, exc.message,
-                           details={**exc.details, "model_ref": ref}) from None
+            raise ApiError(
+                exc.code, exc.message, details={**exc.details, "model_ref": ref}
+            ) from None
         ctx_size = context_size(info, body.ctx_size, asked="ctx_size" in body.model_fields_set)
         estimate = estimate_ram(info, slots=body.slots, ctx_size=ctx_size)
         # Workers still loading count by their estimate: their RAM is not in use yet.
         check_ram(estimate, pool.settings.ram_budget_mb, pool.list())
-        spec = WorkerSpec(model_ref=ref, model_path=entry.local_path, backend=body.backend,
-                          device=body.device, slots=body.slots, ctx_size=ctx_size,
-                          ram_estimate_bytes=estimate.total_bytes)
+        spec = WorkerSpec(
+            model_ref=ref,
+            model_path=entry.local_path,
+            backend=body.backend,
+            device=body.device,
+            slots=body.slots,
+            ctx_size=ctx_size,
+            ram_estimate_bytes=estimate.total_bytes,
+        )
         try:
             worker = await pool.spawn(spec)
         except ApiError:
             spawns.labels("failed").inc()
             raise
         spawns.labels("ok").inc()
-        return JSONResponse({"worker_id": worker.worker_id, "url": worker.url,
-                             "api_key": worker.api_key, "state": str(worker.state)})
+        return JSONResponse(
+            {
+                "worker_id": worker.worker_id,
+                "url": worker.url,
+                "api_key": worker.api_key,
+                "state": str(worker.state),
+            }
+        )
 
     async def worker_ready(request: Request) -> JSONResponse:
         body = await read_body(request, ReadyCallback)
@@ -134,10 +148,13 @@ def create_app(
 
     async def workers_list(_request: Request) -> JSONResponse:
         # The node's capacity and idle policy ride along, so a dashboard needs one call per node.
-        return JSONResponse({"workers": [w.to_json() for w in pool.list()],
-                             "idle_timeout_s": pool.settings.idle_timeout_s,
-                             "ram_available_mb": available_ram_mb(pool.settings.ram_budget_mb,
-                                                                  pool.list())})
+        return JSONResponse(
+            {
+                "workers": [w.to_json() for w in pool.list()],
+                "idle_timeout_s": pool.settings.idle_timeout_s,
+                "ram_available_mb": available_ram_mb(pool.settings.ram_budget_mb, pool.list()),
+            }
+        )
 
     async def worker_shutdown(request: Request) -> JSONResponse:
         worker = await pool.stop(request.path_params["worker_id"])
@@ -150,8 +167,11 @@ def create_app(
         body = await read_body(request, DownloadRequest)
         model_ref_of(body.model_ref)  # a 400 naming the field
         download = downloads.start(body.model_ref)  # as given: its #sha256 is checked
-        answer = {"download_id": download.id, "model_ref": download.ref,
-                  "state": str(download.state)}
+        answer = {
+            "download_id": download.id,
+            "model_ref": download.ref,
+            "state": str(download.state),
+        }
         if download.local_path is not None:
             answer["local_path"] = str(download.local_path)
         return JSONResponse(answer, status_code=202 if download.local_path is None else 200)
@@ -160,8 +180,9 @@ def create_app(
         download_id = request.query_params.get("id", "")
         download = downloads.get(download_id)
         if download is None:
-            raise ApiError(ErrorCode.NOT_FOUND, f"no download {download_id!r}",
-                           details={"field": "id"})
+            raise ApiError(
+                ErrorCode.NOT_FOUND, f"no download {download_id!r}", details={"field": "id"}
+            )
 
         async def lines() -> AsyncIterator[str]:
             async for event in download.events():
@@ -172,12 +193,16 @@ def create_app(
 
     async def model_delete(request: Request) -> Response:
         ref = model_ref_of(request.path_params["ref"])
-        users = [w.worker_id for w in pool.list()
-                 if w.spec.model_ref == ref and w.state in LIVE_STATES]
+        users = [
+            w.worker_id for w in pool.list() if w.spec.model_ref == ref and w.state in LIVE_STATES
+        ]
         if users:
-            raise ApiError(ErrorCode.INVALID_REQUEST,
-                           f"{ref} is in use by {', '.join(users)}; shut them down first",
-                           status=409, details={"workers": users})
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                f"{ref} is in use by {', '.join(users)}; shut them down first",
+                status=409,
+                details={"workers": users},
+            )
         if await downloads.remove(ref) is None:
             raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"{ref} is not in this hive's catalog")
         return Response(status_code=204)
@@ -214,11 +239,21 @@ def create_app(
         Route("/v1/logs", logs_endpoint),
         Route("/metrics", metrics_endpoint),
     ]
-    routes.append(openapi_route(
-        "rbee-hive", routes, public_paths=PUBLIC_PATHS,
-        bodies={"/v1/workers/spawn": SpawnRequest, "/v1/workers/ready": ReadyCallback,
-                "/v1/models/download": DownloadRequest},
-        queries={"/v1/models/download/progress": ("id",), "/v1/logs": ("follow",)}))
-    middleware = [Middleware(BrowserGuard, loopback=pool.settings.is_loopback),
-                  Middleware(BearerAuth, api_key=api_key, public_paths=PUBLIC_PATHS)]
+    routes.append(
+        openapi_route(
+            "rbee-hive",
+            routes,
+            public_paths=PUBLIC_PATHS,
+            bodies={
+                "/v1/workers/spawn": SpawnRequest,
+                "/v1/workers/ready": ReadyCallback,
+                "/v1/models/download": DownloadRequest,
+            },
+            queries={"/v1/models/download/progress": ("id",), "/v1/logs": ("follow",)},
+        )
+    )
+    middleware = [
+        Middleware(BrowserGuard, loopback=pool.settings.is_loopback),
+        Middleware(BearerAuth, api_key=api_key, public_paths=PUBLIC_PATHS),
+    ]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)

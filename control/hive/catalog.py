@@ -146,7 +146,9 @@ class ModelCatalog:
                 side.replace(aside.with_name(aside.name + suffix))
         log.warning(
             "model catalog %s is corrupt (%s): moved it to %s and started an empty catalog",
-            self.db_path, exc, aside,
+            self.db_path,
+            exc,
+            aside,
         )
 
 

@@ -90,8 +90,13 @@ async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
         pool = WorkerPool(settings, http)
         app = create_app(pool, downloads, logs, settings.api_key)
         config = server_config(sock, graceful_timeout_s=3.0)
-        log.info("rbee-hive %s listening on http://%s:%d (state %s)", VERSION, settings.host,
-                 settings.port, settings.state_dir)
+        log.info(
+            "rbee-hive %s listening on http://%s:%d (state %s)",
+            VERSION,
+            settings.host,
+            settings.port,
+            settings.state_dir,
+        )
         loops = [
             asyncio.create_task(_every(settings.health_interval_s, pool.check_health)),
             asyncio.create_task(_every(settings.idle_check_interval_s, pool.stop_idle)),

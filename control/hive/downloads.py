@@ -148,12 +148,25 @@ class Download:
         self._changed = asyncio.Event()
 
     def _progress(self, done: int, total: int | None, speed_mbps: float) -> None:
-        self._publish({"stage": "downloading", "bytes_downloaded": done, "bytes_total": total,
-                       "speed_mbps": round(speed_mbps, 2)})
+        self._publish(
+            {
+                "stage": "downloading",
+                "bytes_downloaded": done,
+                "bytes_total": total,
+                "speed_mbps": round(speed_mbps, 2),
+            }
+        )
 
     def _retrying(self, attempt: int, attempts: int, delay_ms: int, error: str) -> None:
-        self._publish({"stage": "retrying", "attempt": attempt, "attempts": attempts,
-                       "delay_ms": delay_ms, "error": error})
+        self._publish(
+            {
+                "stage": "retrying",
+                "attempt": attempt,
+                "attempts": attempts,
+                "delay_ms": delay_ms,
+                "error": error,
+            }
+        )
 
     def _complete(self, entry: CatalogEntry) -> None:
         self.entry, self.state = entry, DownloadState.COMPLETE
@@ -161,8 +174,9 @@ class Download:
 
     def _fail(self, error: DownloadError) -> None:
         self.error, self.state = error, DownloadState.FAILED
-        self._publish({"stage": "failed",
-                       "error": {"code": str(error.code), "message": error.message}})
+        self._publish(
+            {"stage": "failed", "error": {"code": str(error.code), "message": error.message}}
+        )
 
 
 class DownloadManager:
@@ -203,8 +217,13 @@ class DownloadManager:
         self._by_id[download.id] = download
         if (entry := self._cached(model.ref)) is not None:
             try:
-                _verify_sha256(model.ref, entry.sha256, model.sha256, "the reference's #sha256",
-                               catalogued=True)
+                _verify_sha256(
+                    model.ref,
+                    entry.sha256,
+                    model.sha256,
+                    "the reference's #sha256",
+                    catalogued=True,
+                )
             except DownloadError as exc:
                 download._fail(exc)
             else:
@@ -224,8 +243,9 @@ class DownloadManager:
         entry = await self.start(ref).wait()
         # A download already under way for the same file may have had no #sha256 to check.
         model = parse_model_ref(ref)
-        _verify_sha256(model.ref, entry.sha256, model.sha256, "the reference's #sha256",
-                       catalogued=True)
+        _verify_sha256(
+            model.ref, entry.sha256, model.sha256, "the reference's #sha256", catalogued=True
+        )
         return entry
 
     async def remove(self, ref: str) -> CatalogEntry | None:
@@ -236,8 +256,11 @@ class DownloadManager:
         inside the models directory (it may be another entry's download).
         """
         entry = self.catalog.remove(parse_model_ref(ref).ref)
-        if entry is not None and entry.provider in _DOWNLOADED and entry.local_path.resolve(
-        ).is_relative_to(self.models_dir.resolve()):
+        if (
+            entry is not None
+            and entry.provider in _DOWNLOADED
+            and entry.local_path.resolve().is_relative_to(self.models_dir.resolve())
+        ):
             await asyncio.to_thread(entry.local_path.unlink, missing_ok=True)
             log.info("removed %s (%s)", entry.reference, entry.local_path)
         elif entry is not None:
@@ -257,8 +280,9 @@ class DownloadManager:
     def _cached(self, ref: str) -> CatalogEntry | None:
         entry = self.catalog.get(ref)
         if entry is not None and not entry.local_path.is_file():
-            log.warning("%s: catalog entry's file %s is gone; provisioning it again",
-                        ref, entry.local_path)
+            log.warning(
+                "%s: catalog entry's file %s is gone; provisioning it again", ref, entry.local_path
+            )
             self.catalog.remove(ref)
             return None
         return entry
@@ -279,8 +303,13 @@ class DownloadManager:
             log.exception("%s: provisioning failed unexpectedly", model.ref)
             download._fail(DownloadError(ErrorCode.DOWNLOAD_FAILED, f"unexpected error: {exc}"))
         else:
-            log.info("%s ready at %s (%d bytes, %.1f s)", model.ref, entry.local_path,
-                     entry.size_bytes, time.monotonic() - started)
+            log.info(
+                "%s ready at %s (%d bytes, %.1f s)",
+                model.ref,
+                entry.local_path,
+                entry.size_bytes,
+                time.monotonic() - started,
+            )
             download._complete(entry)
         finally:
             self._active.pop(model.ref, None)
@@ -297,15 +326,20 @@ class DownloadManager:
                 return await self._register_in_place(model, model.path)
             case "https":
                 assert model.url is not None
-                return await self._download(download, model, model.url, {},
-                                            (model.sha256, "the reference's #sha256"))
+                return await self._download(
+                    download, model, model.url, {}, (model.sha256, "the reference's #sha256")
+                )
             case "hf":
                 url = await self._hub_url(model)
                 # The hub's user agent, and the user's token if one is configured (gated repos).
                 headers = build_hf_headers()
-                return await self._download(download, model, url, headers,
-                                            (await self._hub_sha256(model, url, headers),
-                                             "the hub's LFS sha256"))
+                return await self._download(
+                    download,
+                    model,
+                    url,
+                    headers,
+                    (await self._hub_sha256(model, url, headers), "the hub's LFS sha256"),
+                )
 
     async def _register_in_place(self, model: ModelRef, path: Path) -> CatalogEntry:
         info = await _model_file(read_model_info, path, ErrorCode.DOWNLOAD_FAILED)
@@ -328,8 +362,11 @@ class DownloadManager:
         try:
             metadata = await asyncio.to_thread(get_hf_file_metadata, url, headers=headers)
         except Exception as exc:  # huggingface_hub's own HTTP client raises its own types
-            raise _hub_failure(exc, f"{model.ref}: not found at {url}",
-                               f"{model.ref}: asking the hub for the file's checksum") from None
+            raise _hub_failure(
+                exc,
+                f"{model.ref}: not found at {url}",
+                f"{model.ref}: asking the hub for the file's checksum",
+            ) from None
         etag = (metadata.etag or "").lower()
         return etag if _SHA256_HEX.fullmatch(etag) else None
 
@@ -337,23 +374,33 @@ class DownloadManager:
         try:
             files = await asyncio.to_thread(HfApi(endpoint=endpoint).list_repo_files, repo_id)
         except Exception as exc:  # huggingface_hub's own HTTP client raises its own types
-            raise _hub_failure(exc, f"hf:{repo_id}: no such repository at {endpoint}",
-                               f"hf:{repo_id}: listing the repository") from None
+            raise _hub_failure(
+                exc,
+                f"hf:{repo_id}: no such repository at {endpoint}",
+                f"hf:{repo_id}: listing the repository",
+            ) from None
         ggufs = sorted(f for f in files if f.lower().endswith(".gguf"))
         if len(ggufs) == 1:
             return ggufs[0]
         if not ggufs:
-            raise DownloadError(ErrorCode.MODEL_NOT_FOUND,
-                                f"hf:{repo_id} has no .gguf file (files: {_names(files)})")
+            raise DownloadError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"hf:{repo_id} has no .gguf file (files: {_names(files)})",
+            )
         raise DownloadError(
             ErrorCode.INVALID_REQUEST,
             f"hf:{repo_id} has {len(ggufs)} .gguf files; name one as hf:{repo_id}:FILE "
             f"(files: {_names(ggufs)})",
         )
 
-    async def _download(self, download: Download, model: ModelRef, url: str,
-                        headers: dict[str, str],
-                        expected: tuple[str | None, str]) -> CatalogEntry:
+    async def _download(
+        self,
+        download: Download,
+        model: ModelRef,
+        url: str,
+        headers: dict[str, str],
+        expected: tuple[str | None, str],
+    ) -> CatalogEntry:
         """Downloads into the partial file, verifies it, moves it into place.
 
         `expected` is the sha256 the file must have (or None) and where that value came from.
@@ -371,8 +418,9 @@ class DownloadManager:
         )
         size = 0
         try:
-            async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT, follow_redirects=True,
-                                         headers=headers) as client:
+            async with httpx.AsyncClient(
+                timeout=_HTTP_TIMEOUT, follow_redirects=True, headers=headers
+            ) as client:
                 async for attempt in retrying:
                     with attempt:
                         size = await self._attempt(client, url, partial, download)
@@ -380,8 +428,9 @@ class DownloadManager:
             await _model_file(read_model_info, partial.path, ErrorCode.DOWNLOAD_FAILED)
         except _Retryable as exc:
             # Kept: the next try resumes where this one stopped.
-            log.info("%s: keeping %d bytes in %s to resume from", model.ref, partial.size,
-                     partial.path)
+            log.info(
+                "%s: keeping %d bytes in %s to resume from", model.ref, partial.size, partial.path
+            )
             raise DownloadError(
                 ErrorCode.DOWNLOAD_FAILED,
                 f"Failed to download model after {self._attempts} attempts: {exc}",
@@ -398,8 +447,9 @@ class DownloadManager:
         os.replace(partial.path, final)
         return CatalogEntry(model.ref, model.provider, final, size, partial.sha256(), utc_now())
 
-    async def _attempt(self, client: httpx.AsyncClient, url: str, partial: _PartialFile,
-                       download: Download) -> int:
+    async def _attempt(
+        self, client: httpx.AsyncClient, url: str, partial: _PartialFile, download: Download
+    ) -> int:
         """One GET, resuming from the partial file; returns the file's verified size."""
         offset = partial.size
         headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -423,8 +473,9 @@ class DownloadManager:
         except OSError as exc:
             if exc.errno not in _DISK_FULL:
                 raise
-            raise _DiskFull(total - partial.size if total is not None else None,
-                            partial.size) from None
+            raise _DiskFull(
+                total - partial.size if total is not None else None, partial.size
+            ) from None
         if total is not None and partial.size != total:
             if partial.size > total:
                 partial.truncate()
@@ -436,14 +487,20 @@ class DownloadManager:
 
     def _no_space(self, ref: str, full: _DiskFull) -> DownloadError:
         free = self._free_bytes()
-        need = (f"needs {full.needed:,} more bytes" if full.needed is not None
-                else f"filled the disk after {full.written:,} bytes")
+        need = (
+            f"needs {full.needed:,} more bytes"
+            if full.needed is not None
+            else f"filled the disk after {full.written:,} bytes"
+        )
         return DownloadError(
             ErrorCode.DOWNLOAD_FAILED,
             f"Not enough disk space for {ref}: it {need}, {self.models_dir} has {free:,} "
             "bytes free; free some space (or delete models) and try again",
-            details={"needed_bytes": full.needed, "free_bytes": free,
-                     "models_dir": str(self.models_dir)},
+            details={
+                "needed_bytes": full.needed,
+                "free_bytes": free,
+                "models_dir": str(self.models_dir),
+            },
         )
 
     def _sweep_partials(self) -> None:
@@ -455,8 +512,11 @@ class DownloadManager:
             try:
                 if path.stat().st_mtime < oldest:
                     path.unlink()
-                    log.info("removed %s: a partial download untouched for %.0f days", path,
-                             self._partial_max_age_s / 86400)
+                    log.info(
+                        "removed %s: a partial download untouched for %.0f days",
+                        path,
+                        self._partial_max_age_s / 86400,
+                    )
             except FileNotFoundError:
                 pass
 
@@ -465,8 +525,14 @@ class DownloadManager:
             error = state.outcome.exception() if state.outcome else None
             delay_ms = round((state.next_action.sleep if state.next_action else 0) * 1000)
             attempt = state.attempt_number + 1
-            log.warning("Retrying download (attempt %d/%d)... delay %dms: %s: %s",
-                        attempt, self._attempts, delay_ms, download.ref, error)
+            log.warning(
+                "Retrying download (attempt %d/%d)... delay %dms: %s: %s",
+                attempt,
+                self._attempts,
+                delay_ms,
+                download.ref,
+                error,
+            )
             download._retrying(attempt, self._attempts, delay_ms, str(error))
 
         return before_sleep
@@ -479,8 +545,9 @@ def _begin(response: httpx.Response, offset: int, partial: _PartialFile, ref: st
     """
     status = response.status_code
     if status == 404:
-        raise DownloadError(ErrorCode.MODEL_NOT_FOUND,
-                            f"{ref}: not found (404 from {response.url})")
+        raise DownloadError(
+            ErrorCode.MODEL_NOT_FOUND, f"{ref}: not found (404 from {response.url})"
+        )
     if status == 416:  # our partial file is longer than the server's: start again
         partial.truncate()
         raise _Retryable("the server refused to resume (416); starting again")
@@ -500,8 +567,9 @@ def _begin(response: httpx.Response, offset: int, partial: _PartialFile, ref: st
         partial.open_for_append()
         length = response.headers.get("Content-Length", "")
         return int(length) if length.isdigit() else None
-    raise DownloadError(ErrorCode.DOWNLOAD_FAILED,
-                        f"{ref}: the server answered {status} {response.reason_phrase}")
+    raise DownloadError(
+        ErrorCode.DOWNLOAD_FAILED, f"{ref}: the server answered {status} {response.reason_phrase}"
+    )
 
 
 class _Progress:
@@ -591,13 +659,17 @@ def _hub_failure(exc: Exception, not_found: str, doing: str) -> DownloadError:
     return DownloadError(ErrorCode.DOWNLOAD_FAILED, f"{doing} failed: {first_line}")
 
 
-def _verify_sha256(ref: str, actual: str, expected: str | None, source: str, *,
-                   catalogued: bool = False) -> None:
+def _verify_sha256(
+    ref: str, actual: str, expected: str | None, source: str, *, catalogued: bool = False
+) -> None:
     if expected is None or actual == expected:
         return
-    where = ("is in the catalog with sha256 " if catalogued else "downloaded with sha256 ")
-    then = (f"; delete it (DELETE /v1/models/{ref}) to download it again" if catalogued
-            else "; the file was not kept")
+    where = "is in the catalog with sha256 " if catalogued else "downloaded with sha256 "
+    then = (
+        f"; delete it (DELETE /v1/models/{ref}) to download it again"
+        if catalogued
+        else "; the file was not kept"
+    )
     raise DownloadError(
         ErrorCode.DOWNLOAD_FAILED,
         f"Checksum mismatch for {ref}: it {where}{actual}, but {source} is {expected}{then}",

@@ -117,23 +117,37 @@ class ManagedWorker:
         """
         argv = [
             *command,
-            "--model", str(self.spec.model_path),
-            "--host", host,
-            "--port", "0",
-            "--worker-id", self.worker_id,
-            "--slots", str(self.spec.slots),
-            "--ctx-size", str(self.spec.ctx_size),
-            "--backend", self.spec.backend,
-            "--device", str(self.spec.device),
-            "--callback-url", callback_url,
-            "--hive-pid", str(os.getpid()),
+            "--model",
+            str(self.spec.model_path),
+            "--host",
+            host,
+            "--port",
+            "0",
+            "--worker-id",
+            self.worker_id,
+            "--slots",
+            str(self.spec.slots),
+            "--ctx-size",
+            str(self.spec.ctx_size),
+            "--backend",
+            self.spec.backend,
+            "--device",
+            str(self.spec.device),
+            "--callback-url",
+            callback_url,
+            "--hive-pid",
+            str(os.getpid()),
             "--api-key-stdin",
         ]
         env = {k: v for k, v in os.environ.items() if k != WORKER_KEY_ENV}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
                 bufsize=0,  # unbuffered stdin: a worker that died at once fails the write only
             )
         self.pid = self._proc.pid
@@ -160,11 +174,13 @@ class ManagedWorker:
         except psutil.Error:
             return  # already gone (or a zombie): nothing can survive
         try:
-            WorkerRecord(self.worker_id, self.pid, started, argv, self.spec.model_ref,
-                         self.url).write(self.record_path)
+            WorkerRecord(
+                self.worker_id, self.pid, started, argv, self.spec.model_ref, self.url
+            ).write(self.record_path)
         except OSError as exc:  # the worker still dies with the hive; only the safety net is off
-            log.warning("worker %s: cannot write its record %s: %s", self.worker_id,
-                        self.record_path, exc)
+            log.warning(
+                "worker %s: cannot write its record %s: %s", self.worker_id, self.record_path, exc
+            )
 
     def exited(self) -> int | None:
         """The exit code once the process has ended (reaping it: a zombie counts as dead).
@@ -194,8 +210,9 @@ class ManagedWorker:
         except (httpx.HTTPError, ValueError):
             return None
 
-    async def stop(self, client: httpx.AsyncClient, *, graceful_s: float,
-                   terminate_s: float) -> None:
+    async def stop(
+        self, client: httpx.AsyncClient, *, graceful_s: float, terminate_s: float
+    ) -> None:
         """Graceful shutdown, then SIGTERM, then SIGKILL; returns once the process is gone.
 
         A worker that did not take the shutdown request (frozen, or not serving) is not
@@ -206,12 +223,13 @@ class ManagedWorker:
             try:
                 response = await client.post(
                     f"{self.url}/v1/admin/shutdown",
-                    headers={"Authorization": f"Bearer {self.api_key}"}, timeout=5)
+                    headers={"Authorization": f"Bearer {self.api_key}"},
+                    timeout=5,
+                )
                 response.raise_for_status()
                 asked = True
             except httpx.HTTPError as exc:
-                log.warning("worker %s: shutdown request failed (%s): SIGTERM", self.worker_id,
-                            exc)
+                log.warning("worker %s: shutdown request failed (%s): SIGTERM", self.worker_id, exc)
         if not await self._wait_exit(graceful_s if asked else 0):
             self._signal(signal.SIGTERM)
             if not await self._wait_exit(terminate_s):
@@ -224,8 +242,12 @@ class ManagedWorker:
         """SIGKILL, then reap it, so no <defunct> worker stays behind."""
         self._signal(signal.SIGKILL)
         if not await self._wait_exit(KILL_WAIT_S):
-            log.error("worker %s (pid %s) still runs %.0f s after SIGKILL", self.worker_id,
-                      self.pid, KILL_WAIT_S)
+            log.error(
+                "worker %s (pid %s) still runs %.0f s after SIGKILL",
+                self.worker_id,
+                self.pid,
+                KILL_WAIT_S,
+            )
 
     def _signal(self, sig: signal.Signals) -> None:
         if self._proc and self._proc.poll() is None:

@@ -195,4 +195,3 @@ def _parse_hf(ref: str, rest: str) -> ModelRef:
 
 def _is_gguf_name(name: str) -> bool:
     return len(name) > len(".gguf") and name.lower().endswith(".gguf")
-

@@ -93,8 +93,10 @@ def check(path: Path) -> HiveCheck:
     process = record.process() if record else None
     if process is None:
         named = f"pid {record.pid}" if record else "no pid"
-        raise NotProven(f"a hive holds {path}, but it names {named}, which is not that hive; "
-                        "retry in a moment (it may be starting)")
+        raise NotProven(
+            f"a hive holds {path}, but it names {named}, which is not that hive; "
+            "retry in a moment (it may be starting)"
+        )
     return HiveCheck(process)
 
 

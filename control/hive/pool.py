@@ -29,8 +29,11 @@ class WorkerPool:
         """The workers; one whose process has ended is removed as crashed first (with its log's
         last lines logged), so no answer lists a dead worker as live until the health loop's
         next pass. Starting workers are the spawn's to judge."""
-        for worker in [w for w in self._workers.values()
-                       if w.state in LIVE_STATES and w.state is not ManagedState.STARTING]:
+        for worker in [
+            w
+            for w in self._workers.values()
+            if w.state in LIVE_STATES and w.state is not ManagedState.STARTING
+        ]:
             if (code := worker.exited()) is not None:
                 self._crashed(worker, f"its process exited with code {code}")
         return list(self._workers.values())
@@ -38,8 +41,11 @@ class WorkerPool:
     def get(self, worker_id: str) -> ManagedWorker:
         worker = self._workers.get(worker_id)
         if worker is None:
-            raise ApiError(ErrorCode.NOT_FOUND, f"no worker {worker_id} on this hive",
-                           details={"worker_id": worker_id})
+            raise ApiError(
+                ErrorCode.NOT_FOUND,
+                f"no worker {worker_id} on this hive",
+                details={"worker_id": worker_id},
+            )
         return worker
 
     # ----------------------------------------------------------------- spawn
@@ -52,18 +58,26 @@ class WorkerPool:
         """
         self.check_capacity()
         worker_id = f"worker-{uuid.uuid4().hex[:8]}"
-        worker = ManagedWorker(worker_id, spec, self.settings.logs_dir / f"{worker_id}.log",
-                               self.settings.workers_dir / f"{worker_id}.json")
+        worker = ManagedWorker(
+            worker_id,
+            spec,
+            self.settings.logs_dir / f"{worker_id}.log",
+            self.settings.workers_dir / f"{worker_id}.json",
+        )
         try:
-            worker.start(self.settings.worker_command, host=self.settings.host,
-                         callback_url=f"{self.settings.local_url}/v1/workers/ready")
+            worker.start(
+                self.settings.worker_command,
+                host=self.settings.host,
+                callback_url=f"{self.settings.local_url}/v1/workers/ready",
+            )
         except OSError as exc:
             log.error("cannot start worker %s: %s", worker_id, exc)
             raise ApiError(
                 ErrorCode.WORKER_CRASHED,
                 f"cannot start a worker process ({exc.strerror}: {exc.filename}); this hive's "
                 "installation may have moved or been removed: restart the hive",
-                details={"command": list(self.settings.worker_command)}) from None
+                details={"command": list(self.settings.worker_command)},
+            ) from None
         self._workers[worker_id] = worker
         serving = asyncio.ensure_future(worker.serving.wait())
         try:
@@ -89,15 +103,20 @@ class WorkerPool:
                 f"this hive already runs {len(self._workers)} workers, its cap "
                 f"(--max-workers {cap}): shut one down first, or restart the hive with a "
                 "higher --max-workers",
-                status=409, details={"max_workers": cap, "workers": len(self._workers)})
+                status=409,
+                details={"max_workers": cap, "workers": len(self._workers)},
+            )
 
     def _start_failure(self, worker: ManagedWorker, why: str) -> ApiError:
         worker.to(ManagedState.FAILED)
         self._workers.pop(worker.worker_id, None)
         tail = worker.log_tail()
         log.error("worker %s failed to start: %s\n%s", worker.worker_id, why, tail)
-        return ApiError(ErrorCode.WORKER_CRASHED, f"the worker {why} while starting",
-                        details={"worker_id": worker.worker_id, "log_tail": tail})
+        return ApiError(
+            ErrorCode.WORKER_CRASHED,
+            f"the worker {why} while starting",
+            details={"worker_id": worker.worker_id, "log_tail": tail},
+        )
 
     # ----------------------------------------------------------------- callbacks
 
@@ -128,22 +147,29 @@ class WorkerPool:
 
     async def stop(self, worker_id: str) -> ManagedWorker:
         worker = self.get(worker_id)
-        await worker.stop(self._http, graceful_s=self.settings.graceful_stop_s,
-                          terminate_s=self.settings.terminate_stop_s)
+        await worker.stop(
+            self._http,
+            graceful_s=self.settings.graceful_stop_s,
+            terminate_s=self.settings.terminate_stop_s,
+        )
         self._workers.pop(worker_id, None)
         return worker
 
     async def stop_all(self) -> None:
         """Every worker at once (graceful, then signals after the bounds)."""
-        await asyncio.gather(*(self.stop(w.worker_id) for w in self.list()),
-                             return_exceptions=True)
+        await asyncio.gather(*(self.stop(w.worker_id) for w in self.list()), return_exceptions=True)
 
     # ----------------------------------------------------------------- loops
 
     async def check_health(self) -> None:
         """One pass of the health loop: dead or silent workers are removed as crashed."""
-        await asyncio.gather(*(self._check(w) for w in self.list()
-                               if w.state in LIVE_STATES and w.state is not ManagedState.STARTING))
+        await asyncio.gather(
+            *(
+                self._check(w)
+                for w in self.list()
+                if w.state in LIVE_STATES and w.state is not ManagedState.STARTING
+            )
+        )
 
     async def _check(self, worker: ManagedWorker) -> None:
         code = worker.exited()
@@ -158,8 +184,12 @@ class WorkerPool:
             return  # stopped or removed while the probe waited
         worker.health_failures += 1
         worker.to(ManagedState.UNRESPONSIVE)
-        log.warning("worker %s missed a health check (%d/%d): unresponsive", worker.worker_id,
-                    worker.health_failures, self.settings.health_failures_allowed)
+        log.warning(
+            "worker %s missed a health check (%d/%d): unresponsive",
+            worker.worker_id,
+            worker.health_failures,
+            self.settings.health_failures_allowed,
+        )
         if worker.health_failures >= self.settings.health_failures_allowed:
             # Removed first, so nothing that runs while it is reaped counts it again.
             self._crashed(worker, f"it missed {worker.health_failures} health checks")
@@ -172,9 +202,14 @@ class WorkerPool:
         worker.error = why
         self._workers.pop(worker.worker_id, None)
         self.crashes += 1
-        log.error("%s: worker %s (%s) crashed: %s; not restarting. Last log lines:\n%s",
-                  ErrorCode.WORKER_CRASHED, worker.worker_id, worker.spec.model_ref, why,
-                  worker.log_tail())
+        log.error(
+            "%s: worker %s (%s) crashed: %s; not restarting. Last log lines:\n%s",
+            ErrorCode.WORKER_CRASHED,
+            worker.worker_id,
+            worker.spec.model_ref,
+            why,
+            worker.log_tail(),
+        )
 
     async def stop_idle(self) -> None:
         """One pass of the idle loop: workers idle past the timeout are shut down."""
@@ -191,6 +226,10 @@ class WorkerPool:
                 continue  # the health loop deals with silent workers
             worker.observe(health)
             if worker.state is ManagedState.IDLE and worker.idle_s >= timeout:
-                log.info("worker %s idle for %.0f s (timeout %.0f s): shutting down",
-                         worker.worker_id, worker.idle_s, timeout)
+                log.info(
+                    "worker %s idle for %.0f s (timeout %.0f s): shutting down",
+                    worker.worker_id,
+                    worker.idle_s,
+                    timeout,
+                )
                 await self.stop(worker.worker_id)

@@ -46,8 +46,12 @@ class RamEstimate:
         return int(self.total_bytes * RAM_FACTOR) >> 20
 
     def parts_mb(self) -> dict[str, int]:
-        return {"model_mb": _mb(self.model_bytes), "kv_cache_mb": _mb(self.kv_cache_bytes),
-                "compute_mb": _mb(self.compute_bytes), "process_mb": _mb(self.process_bytes)}
+        return {
+            "model_mb": _mb(self.model_bytes),
+            "kv_cache_mb": _mb(self.kv_cache_bytes),
+            "compute_mb": _mb(self.compute_bytes),
+            "process_mb": _mb(self.process_bytes),
+        }
 
 
 def estimate_ram(info: ModelInfo, *, slots: int, ctx_size: int) -> RamEstimate:
@@ -62,8 +66,10 @@ def estimate_ram(info: ModelInfo, *, slots: int, ctx_size: int) -> RamEstimate:
     """
     batch = max(WorkerSettings.batch_size, slots)  # the worker's batch (see LlamaEngine)
     kv = info.kv_values_per_token * ctx_size * slots * KV_BYTES_PER_VALUE
-    compute = (batch * (info.vocab_size * LOGIT_BYTES + ctx_size * MASK_BYTES_PER_CELL)
-               + slots * info.vocab_size * LOGIT_BYTES)
+    compute = (
+        batch * (info.vocab_size * LOGIT_BYTES + ctx_size * MASK_BYTES_PER_CELL)
+        + slots * info.vocab_size * LOGIT_BYTES
+    )
     return RamEstimate(info.size_bytes, kv, compute)
 
 
@@ -103,8 +109,9 @@ def available_ram_mb(budget_mb: int | None, workers: Iterable[ManagedWorker] = (
     return max(0, available - pending) >> 20
 
 
-def check_ram(estimate: RamEstimate, budget_mb: int | None,
-              workers: Iterable[ManagedWorker] = ()) -> None:
+def check_ram(
+    estimate: RamEstimate, budget_mb: int | None, workers: Iterable[ManagedWorker] = ()
+) -> None:
     required = estimate.required_mb
     available = available_ram_mb(budget_mb, workers)
     if available < required:

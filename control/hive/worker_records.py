@@ -36,9 +36,14 @@ class WorkerRecord:
     @classmethod
     def load(cls, path: Path) -> WorkerRecord:
         raw = json.loads(path.read_text())
-        return cls(worker_id=str(raw["worker_id"]), pid=int(raw["pid"]),
-                   create_time=float(raw["create_time"]), argv=tuple(map(str, raw["argv"])),
-                   model_ref=str(raw["model_ref"]), url=str(raw.get("url", "")))
+        return cls(
+            worker_id=str(raw["worker_id"]),
+            pid=int(raw["pid"]),
+            create_time=float(raw["create_time"]),
+            argv=tuple(map(str, raw["argv"])),
+            model_ref=str(raw["model_ref"]),
+            url=str(raw.get("url", "")),
+        )
 
     def write(self, path: Path) -> None:
         """Atomically, so a hive killed mid-write leaves the old record or the new one."""
@@ -73,12 +78,20 @@ def stop_survivors(directory: Path) -> None:
             continue
         proc = record.process()
         if proc is None:
-            log.info("worker record %s is stale (pid %d is gone or is another process, "
-                     "left untouched): removed", path.name, record.pid)
+            log.info(
+                "worker record %s is stale (pid %d is gone or is another process, "
+                "left untouched): removed",
+                path.name,
+                record.pid,
+            )
             path.unlink(missing_ok=True)
             continue
-        log.warning("worker %s (pid %d, %s) outlived a previous hive: stopping it, not "
-                    "adopting it", record.worker_id, record.pid, record.model_ref)
+        log.warning(
+            "worker %s (pid %d, %s) outlived a previous hive: stopping it, not adopting it",
+            record.worker_id,
+            record.pid,
+            record.model_ref,
+        )
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()  # psutil checks the start time again before it signals
         survivors.append((proc, path))
