@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, Self
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
@@ -95,7 +95,7 @@ class ApiClient:
         self._timeout_s = timeout_s
         self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s)
 
-    async def __aenter__(self) -> ApiClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -135,7 +135,9 @@ class ApiClient:
             raise InvalidResponse(self.peer, path)
         return items
 
-    async def _sse(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+    async def _sse(
+        self, method: str, path: str, **kwargs: Any
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The JSON objects of an SSE stream, up to `[DONE]`; PeerSilent past the limit."""
         silence_s = SILENCE_LIMIT_S  # read when the stream opens, so tests can lower it
         kwargs["timeout"] = httpx.Timeout(self._timeout_s, read=silence_s)

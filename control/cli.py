@@ -350,9 +350,11 @@ def workers_shutdown(ctx: click.Context, worker_id: str, node_name: str | None) 
     registry = WorkerRegistry()
     try:
         known = registry.get(worker_id)
-        if node_name is None and known is None:
-            raise click.UsageError(f"{worker_id} is not in this keeper's registry: give --node")
-        node = _node(ctx, node_name or known.node)  # type: ignore[union-attr]
+        if not node_name:
+            if known is None:
+                raise click.UsageError(f"{worker_id} is not in this keeper's registry: give --node")
+            node_name = known.node
+        node = _node(ctx, node_name)
         _run(lambda console: fleet.workers_shutdown(node, worker_id, registry, console))
     finally:
         registry.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -108,7 +108,7 @@ class HiveClient(ApiClient):
             raise InvalidResponse(self.peer, "/v1/models/download")
         return started
 
-    async def download_progress(self, download_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def download_progress(self, download_id: str) -> AsyncGenerator[dict[str, Any], None]:
         path = "/v1/models/download/progress"
         async for event in self._sse("GET", path, params={"id": download_id}):
             stage = event.get("stage")
@@ -126,7 +126,7 @@ class HiveClient(ApiClient):
         lines = (await self._object("GET", "/v1/logs", "lines"))["lines"]
         return self._objects(lines, "/v1/logs", *LOG_LINE_KEYS)
 
-    async def follow_logs(self) -> AsyncIterator[dict[str, Any]]:
+    async def follow_logs(self) -> AsyncGenerator[dict[str, Any], None]:
         async for line in self._sse("GET", "/v1/logs", params={"follow": "true"}):
             yield self._objects([line], "/v1/logs", *LOG_LINE_KEYS)[0]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from rbee.dataplane.protocol import ErrorCode
@@ -26,7 +26,7 @@ class WorkerClient(ApiClient):
     async def ready(self) -> dict[str, Any]:
         return await self._object("GET", "/v1/ready", "ready")
 
-    async def loading_progress(self) -> AsyncIterator[dict[str, Any]]:
+    async def loading_progress(self) -> AsyncGenerator[dict[str, Any], None]:
         """The loading SSE events, each checked for the fields the keeper reads."""
         path = "/v1/loading/progress"
         async for event in self._sse("GET", path):
@@ -66,7 +66,7 @@ class WorkerClient(ApiClient):
                 ErrorCode.LOADING_TIMEOUT, f"the model did not load within {timeout_s:.0f} s"
             ) from None
 
-    async def stream(self, prompt: str, **params: Any) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, prompt: str, **params: Any) -> AsyncGenerator[dict[str, Any], None]:
         """The inference SSE events (started, token…, done or error) of one request."""
         body = {"prompt": prompt, "stream": True, **params}
         path = "/v1/inference"

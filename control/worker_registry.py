@@ -5,6 +5,7 @@ It holds each worker's key, so the file is created mode 0600 in a 0700 directory
 
 from __future__ import annotations
 
+import builtins
 import os
 import sqlite3
 import threading
@@ -123,7 +124,8 @@ class WorkerRegistry:
         )
         return rows[0] if rows else None
 
-    def _select(self, where: str, args: tuple[object, ...]) -> list[RegisteredWorker]:
+    # builtins.list: inside this class `list` names the method above.
+    def _select(self, where: str, args: tuple[object, ...]) -> builtins.list[RegisteredWorker]:
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM workers {where}", args).fetchall()
         return [RegisteredWorker(*row) for row in rows]

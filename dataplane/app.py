@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -31,7 +32,7 @@ from .streaming import collect, sse_response
 from .worker import Worker
 
 PUBLIC_PATHS = frozenset({"/health", OPENAPI_PATH})
-REQUEST_BODIES = {
+REQUEST_BODIES: dict[str, type[BaseModel]] = {
     "/v1/inference": InferenceRequest,
     "/v1/completions": CompletionRequest,
     "/v1/chat/completions": ChatCompletionRequest,

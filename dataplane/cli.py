@@ -224,5 +224,7 @@ async def _serve(settings: WorkerSettings, sock: socket.socket) -> None:
         worker.url,
     )
     loading = asyncio.create_task(worker.run_loading())
+    # Ignored: hypercorn types the app with its own ASGI TypedDicts, Starlette with plain
+    # mappings; both are ASGI 3.
     await serve(app, config, shutdown_trigger=worker.stopped.wait)  # type: ignore[arg-type]
     loading.cancel()

@@ -66,9 +66,11 @@ class Worker:
             if self.lifecycle.state is not WorkerState.LOADING:
                 return  # shut down while the file was being found
             self._progress = LoadProgress(0, info.layers_total, 0)
-            self.engine = self._engine_factory(
-                path, info, lambda p: loop.call_soon_threadsafe(self.report_progress, p)
-            )
+
+            def on_progress(progress: LoadProgress) -> None:  # on the engine's thread
+                loop.call_soon_threadsafe(self.report_progress, progress)
+
+            self.engine = self._engine_factory(path, info, on_progress)
             self.engine.start()
             await self.engine.wait_loaded()
         except Exception as exc:

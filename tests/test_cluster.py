@@ -7,9 +7,10 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -54,7 +55,10 @@ class Collector:
         self.errors.append(error)
 
 
-async def _until(check, timeout_s: float = 30.0):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+async def _until(check: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
     deadline = time.monotonic() + timeout_s
     while not (result := await check()):
         assert time.monotonic() < deadline, "condition not met in time"

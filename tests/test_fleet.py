@@ -79,7 +79,10 @@ def test_fleet_commands_say_what_is_wrong(tmp_path: Path, tiny_model: Path) -> N
     assert "rbee ssh-up local" in no_hive.stderr
     unknown = rbee(keeper, "workers", "shutdown", "--id", "worker-nope")
     assert unknown.returncode == 2 and "not in this keeper's registry" in unknown.stderr
+    # An empty --node is no node: the same answer, not an AttributeError on the unknown worker.
+    no_node = rbee(keeper, "workers", "shutdown", "--id", "worker-nope", "--node", "")
+    assert no_node.returncode == 2 and "not in this keeper's registry" in no_node.stderr
     bad_ref = rbee(keeper, "models", "download", "hf:../x")
     assert bad_ref.returncode == 2
-    for result in (no_hive, unknown, bad_ref):
+    for result in (no_hive, unknown, no_node, bad_ref):
         assert "Traceback" not in result.stderr

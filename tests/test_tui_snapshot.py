@@ -9,7 +9,7 @@ shot. Regenerate after a deliberate change with `pytest tests/test_tui_snapshot.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,8 +35,8 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_main_screen_with_a_down_and_an_unreachable_node(
-    tmp_path: Path, utc: None, snap_compare
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, utc: None, snap_compare: Callable[..., bool]
+) -> None:
     inventory = write_inventory(
         tmp_path / "inventory.toml",
         local_node("local", CLOSED_PORT, tmp_path / "state"),

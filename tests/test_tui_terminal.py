@@ -50,7 +50,7 @@ def wait_for_screen(tmux: Callable[..., str], pattern: str, timeout_s: float = 3
         time.sleep(0.1)
 
 
-def test_the_dashboard_in_tmux_shows_the_nodes(tmp_path: Path, tmux) -> None:  # type: ignore[no-untyped-def]
+def test_the_dashboard_in_tmux_shows_the_nodes(tmp_path: Path, tmux: Callable[..., str]) -> None:
     hive = start_hive(tmp_path / "hive")
     try:
         inventory = tmp_path / "inventory.toml"

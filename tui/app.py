@@ -20,6 +20,7 @@ from rbee.control.cluster import (
     DownloadProgress,
     InferRequest,
     InferStream,
+    LogLine,
     NodeConnections,
     NodeStatus,
     StreamStats,
@@ -275,8 +276,11 @@ class RbeeApp(App[None]):
 
     @work(group="log", exclusive=True, exit_on_error=False)
     async def follow_log(self, node: Node) -> None:
+        def show(line: LogLine) -> None:
+            self.post_message(HiveLogLine(node.name, line))
+
         try:
-            await follow_logs(node, lambda line: self.post_message(HiveLogLine(node.name, line)))
+            await follow_logs(node, show)
             problem = ActionableError("the log ended: the hive stopped")
         except ActionableError as exc:
             problem = exc

@@ -91,7 +91,11 @@ def create_app(
             ) from None
 
     async def health(_request: Request) -> JSONResponse:
-        body = {"status": "alive", "version": VERSION, "api_version": API_VERSION}
+        body: dict[str, str | int] = {
+            "status": "alive",
+            "version": VERSION,
+            "api_version": API_VERSION,
+        }
         if EXECUTABLE and pool.settings.is_loopback:  # a public page: paths only to this host
             body["executable"] = EXECUTABLE
             body["pid"] = os.getpid()  # which hive answers on this port (the keeper matches it)

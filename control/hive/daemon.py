@@ -102,6 +102,8 @@ async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
             asyncio.create_task(_every(settings.idle_check_interval_s, pool.stop_idle)),
         ]
         try:
+            # Ignored: hypercorn types the app with its own ASGI TypedDicts, Starlette with plain
+            # mappings; both are ASGI 3.
             await serve(app, config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
         finally:
             for task in loops:
