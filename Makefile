@@ -12,7 +12,7 @@ include control/llama_build.env
 LLAMA_BUILD_ENV := CMAKE_ARGS="$(CMAKE_ARGS)" CFLAGS="$(CFLAGS)" CXXFLAGS="$(CXXFLAGS)"
 endif
 
-.PHONY: run test install bench bench-compare clean
+.PHONY: run test check install bench bench-compare clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,15 @@ run: $(STAMP)
 test: $(STAMP)
 	bash scripts/install-test-deps.sh
 	$(BIN)/python -m pytest -q
+
+# Lint, format and type check (.pre-commit-config.yaml runs the same on each commit). Tools and
+# settings: the test extras and pyproject.toml.
+PY_SOURCES := control dataplane tui tests bench ansible scripts
+
+check: $(STAMP)
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	MYPY=$(BIN)/mypy bash scripts/typecheck.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/worker_stream.py
