@@ -17,7 +17,6 @@ from rbee.dataplane.protocol import VERSION
 from . import fleet
 from .api_client import RemoteError
 from .attempts import connect_over_ssh
-from .cluster import DEFAULT_REFRESH_S
 from .console import ActionableError, Console
 from .hive_control import Say, hive_down, hive_up
 from .infer import InferRequest, run_infer
@@ -45,7 +44,8 @@ def main(ctx: click.Context, inventory_path: str | None) -> None:
     ctx.obj = inventory_path
 
 
-def _inventory(ctx: click.Context) -> Inventory:
+def inventory_of(ctx: click.Context) -> Inventory:
+    """The inventory the command line names (`--inventory`, else the usual places)."""
     try:
         return load_inventory(find_inventory(ctx.obj))
     except InventoryError as exc:
@@ -116,7 +116,7 @@ def infer(
         model_ref = parse_model_ref(model_ref).spelled
     except InvalidModelRef as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
-    inventory = _inventory(ctx)
+    inventory = inventory_of(ctx)
     try:
         target = inventory.get(node)
     except InventoryError as exc:
@@ -158,7 +158,7 @@ def infer(
 
 
 def _nodes(ctx: click.Context, names: tuple[str, ...]) -> list[Node]:
-    inventory = _inventory(ctx)
+    inventory = inventory_of(ctx)
     try:
         return [inventory.get(name) for name in names]
     except InventoryError as exc:
@@ -293,7 +293,7 @@ def _node(ctx: click.Context, name: str) -> Node:
 @click.pass_context
 def nodes(ctx: click.Context) -> None:
     """Every node of the inventory: hive state, version, workers, models."""
-    inventory = _inventory(ctx)
+    inventory = inventory_of(ctx)
     _run(lambda console: fleet.nodes_table(inventory, console))
 
 
@@ -315,7 +315,7 @@ def workers() -> None:
 def workers_list(ctx: click.Context, output: str) -> None:
     """The workers this keeper started, as their hives report them now (a node that does
     not answer within 5 s shows its workers' state as unknown)."""
-    inventory = _inventory(ctx)
+    inventory = inventory_of(ctx)
     registry = WorkerRegistry()
     try:
         _run(lambda console: fleet.workers_list(inventory, registry, console, output))
@@ -398,23 +398,3 @@ def logs(ctx: click.Context, node_name: str, follow: bool) -> None:
     """NODE's hive log."""
     node = _node(ctx, node_name)
     _run(lambda console: fleet.logs(node, follow, console))
-
-
-@main.command()
-@click.option(
-    "--refresh",
-    "refresh_s",
-    type=click.FloatRange(min=0.2),
-    default=DEFAULT_REFRESH_S,
-    show_default=True,
-    metavar="SECONDS",
-    help="Seconds between node refreshes.",
-)
-@click.pass_context
-def tui(ctx: click.Context, refresh_s: float) -> None:
-    """The dashboard: nodes, workers, a prompt, the hive's log, and actions on them."""
-    # Imported here: the arrow points tui → control, never back at import time.
-    from rbee.tui import run_dashboard
-    from rbee.tui.config import TuiConfig
-
-    run_dashboard(_inventory(ctx), TuiConfig(refresh_s=refresh_s))

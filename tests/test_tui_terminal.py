@@ -20,8 +20,8 @@ from conftest import BIN
 from hive_process import start_hive
 from inventories import local_node
 
-from rbee.control.cli import main
 from rbee.control.cluster import DEFAULT_REFRESH_S
+from rbee.tui.command import main
 
 EXIT_MARK = "rbee-tui-exit="
 
@@ -105,6 +105,22 @@ def test_the_keeper_loads_without_the_dashboard() -> None:
             str(BIN / "python"),
             "-c",
             "import sys, rbee.control.cli; print('rbee.tui' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    assert loaded.strip() == "False"
+
+
+def test_the_rbee_command_loads_textual_only_to_run_the_dashboard() -> None:
+    """`rbee infer` and the rest start without Textual (it costs start-up time)."""
+    loaded = subprocess.run(
+        [
+            str(BIN / "python"),
+            "-c",
+            "import sys, rbee.tui.command; print('textual' in sys.modules)",
         ],
         capture_output=True,
         text=True,

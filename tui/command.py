@@ -1,0 +1,40 @@
+"""The whole `rbee` command: the keeper's command line plus `rbee tui`.
+
+The composition root: the keeper's CLI (rbee.control.cli) knows nothing of the dashboard, so
+the one place that may import both adds the dashboard's command to it, and the `rbee` console
+script points here. Textual loads only when the dashboard runs.
+"""
+
+from __future__ import annotations
+
+import click
+
+from rbee.control.cli import inventory_of, main
+from rbee.control.cluster import DEFAULT_REFRESH_S
+
+__all__ = ["main"]
+
+
+@main.command()
+@click.option(
+    "--refresh",
+    "refresh_s",
+    type=click.FloatRange(min=0.2),
+    default=DEFAULT_REFRESH_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between node refreshes.",
+)
+@click.pass_context
+def tui(ctx: click.Context, refresh_s: float) -> None:
+    """The dashboard: nodes, workers, a prompt, the hive's log, and actions on them."""
+    from rbee.control.worker_registry import WorkerRegistry
+
+    from .app import RbeeApp
+    from .config import TuiConfig
+
+    registry = WorkerRegistry()
+    try:
+        RbeeApp(inventory_of(ctx), registry, TuiConfig(refresh_s=refresh_s)).run()
+    finally:
+        registry.close()
