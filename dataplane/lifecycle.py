@@ -50,14 +50,18 @@ class StateMachine(Generic[S]):
         return new in self._table[self._state]
 
     def to(self, new: S) -> None:
+        """Moves to `new`, or logs and raises InvalidTransition when the table refuses it.
+
+        Staying in the current state is a no-op, so a repeated report or request is harmless.
+        """
         if new is self._state:
             return
+        name = self._name or "state"
         if not self.can(new):
-            raise InvalidTransition(
-                f"{self._name or 'state'}: {self._state} -> {new} is not allowed"
-            )
+            log.warning("%s: refused transition %s -> %s", name, self._state, new)
+            raise InvalidTransition(f"{name}: {self._state} -> {new} is not allowed")
         old, self._state = self._state, new
-        log.debug("%s: %s -> %s", self._name or "state", old, new)
+        log.debug("%s: %s -> %s", name, old, new)
 
 
 class Lifecycle(StateMachine[WorkerState]):
