@@ -98,12 +98,9 @@ class ManagedWorker:
     def state(self) -> ManagedState:
         return self.machine.state
 
-    def to(self, state: ManagedState) -> bool:
-        """Moves to `state` when the table allows it; returns whether it did."""
-        if not self.machine.can(state):
-            return False
+    def to(self, state: ManagedState) -> None:
+        """Moves to `state`; a move the table refuses is logged and raises InvalidTransition."""
         self.machine.to(state)
-        return True
 
     # ----------------------------------------------------------------- process
 
@@ -216,7 +213,10 @@ class ManagedWorker:
         """Graceful shutdown, then SIGTERM, then SIGKILL; returns once the process is gone.
 
         A worker that did not take the shutdown request (frozen, or not serving) is not
-        draining: it gets SIGTERM at once, not after the graceful period."""
+        draining: it gets SIGTERM at once, not after the graceful period. Stopping a worker
+        that has ended already does nothing."""
+        if self.state in (M.STOPPED, M.CRASHED):
+            return
         self.to(M.DRAINING)
         asked = False
         if self.exited() is None and self.url:
@@ -272,8 +272,16 @@ class ManagedWorker:
         if isinstance(idle_s, int | float):
             self.last_activity = time.time() - float(idle_s)
         reported = health.get("state")
-        if reported in (M.IDLE, M.BUSY, M.LOADING, M.FAILED):
+        if reported not in (M.IDLE, M.BUSY, M.LOADING, M.FAILED):
+            return
+        # A report can be older than what the hive knows: sent before the hive began to stop
+        # the worker, or a probe's "loading" landing after the ready callback. The newer stands.
+        if self.machine.can(M(reported)):
             self.to(M(reported))
+        elif reported != self.state:
+            log.debug(
+                "worker %s: %s here, its report %s ignored", self.worker_id, self.state, reported
+            )
 
     @property
     def idle_s(self) -> float:

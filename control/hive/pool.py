@@ -108,7 +108,9 @@ class WorkerPool:
             )
 
     def _start_failure(self, worker: ManagedWorker, why: str) -> ApiError:
-        worker.to(ManagedState.FAILED)
+        # Not when a stop began meanwhile (a DELETE, the hive shutting down): its states stand.
+        if worker.machine.can(ManagedState.FAILED):
+            worker.to(ManagedState.FAILED)
         self._workers.pop(worker.worker_id, None)
         tail = worker.log_tail()
         log.error("worker %s failed to start: %s\n%s", worker.worker_id, why, tail)
@@ -130,15 +132,20 @@ class WorkerPool:
         if report.get("url"):
             worker.serving_at(str(report["url"]))
         state = report.get("state")
-        if state == WorkerState.LOADING:
+        if (
+            state in (WorkerState.LOADING, *SERVING_STATES)
+            and worker.state is ManagedState.STARTING
+        ):
+            # Its first report: the table's way towards serving. Later reports find it loading
+            # or further on (a probe saw it serve, or a stop began), and the newer view stands.
             worker.to(ManagedState.LOADING)
-        elif state in SERVING_STATES:
-            worker.to(ManagedState.LOADING)
+        if state in SERVING_STATES:
             worker.observe(report)
             log.info("worker %s ready at %s", worker.worker_id, worker.url)
         elif state == WorkerState.FAILED:
             worker.error = str((report.get("error") or {}).get("message", "load failed"))
-            worker.to(ManagedState.FAILED)
+            if worker.machine.can(ManagedState.FAILED):  # not once a stop began
+                worker.to(ManagedState.FAILED)
             log.error("worker %s failed to load its model: %s", worker.worker_id, worker.error)
         worker.serving.set()
         return worker
