@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rbee-installed
 
-# llama-cpp-python builds from source with the flags in control/llama_build.env (AMX off,
-# OpenMP off: the file says why), the same file rbee deploy, rbee ssh-up and ansible/ read.
+# llama-cpp-python builds from source with the flags in control/keeper/llama_build.env (AMX
+# off, OpenMP off: the file says why), the same file rbee deploy, rbee ssh-up and ansible/ read.
 # x86 only: other CPUs' compilers reject the -mno-amx-* flags.
 ifneq ($(filter x86_64 amd64 i386 i686,$(shell uname -m)),)
-include control/llama_build.env
+include control/keeper/llama_build.env
 LLAMA_BUILD_ENV := CMAKE_ARGS="$(CMAKE_ARGS)" CFLAGS="$(CFLAGS)" CXXFLAGS="$(CXXFLAGS)"
 endif
 

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from rbee.control.install_plan import BUNDLED_MODEL_EXTRA, llama_build_env
-    from rbee.control.inventory import InventoryError, Node, find_inventory, load_inventory
-    from rbee.dataplane.protocol import VERSION
+    from rbee.control.keeper.install_plan import BUNDLED_MODEL_EXTRA, llama_build_env
+    from rbee.control.keeper.inventory import InventoryError, Node, find_inventory, load_inventory
+    from rbee.dataplane.protocol.wire import VERSION
 except ImportError:
     checkout_python = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"
     if checkout_python.is_file() and Path(sys.executable) != checkout_python:

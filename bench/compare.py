@@ -648,7 +648,7 @@ def main() -> None:
             f"{exc.name} is not importable: run `make bench-compare`, which "
             "installs llama-cpp-python[server] and matplotlib into bench/.venv"
         ) from None
-    from rbee.dataplane.model_file import resolve_model_path
+    from rbee.dataplane.plumbing.gguf_file import resolve_model_path
 
     path = str(resolve_model_path(args.model))
     print(

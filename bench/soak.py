@@ -9,7 +9,7 @@ file descriptors must be what they were after a warm-up.
     .venv/bin/python bench/soak.py [--requests 800] [--concurrency 12] [--slots 4]
                                    [--model PATH|pkg:NAME] [--seed 1]
 
-With no --model it writes the test suite's tiny random model (tests/tinymodel.py).
+With no --model it writes the test suite's tiny random model (tests/support/tinymodel.py).
 Exit status 1 when a slot stays busy, a stream ends without its terminal event, or the
 worker's memory or descriptors grew past the bounds printed.
 """
@@ -46,7 +46,7 @@ def free_port() -> int:
 
 def tiny_model(folder: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from tinymodel import write_tiny_gguf
+    from support.tinymodel import write_tiny_gguf
 
     return write_tiny_gguf(folder / "soak-tiny.gguf", quant="q8_0", n_ctx_train=16384)
 

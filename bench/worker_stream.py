@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=2048)
     args = parser.parse_args()
 
-    from rbee.dataplane.model_file import resolve_model_path
+    from rbee.dataplane.plumbing.gguf_file import resolve_model_path
 
     path = str(resolve_model_path(args.model))
     print(

@@ -1,1 +1,2 @@
-"""rbee's control plane: the keeper (`rbee`) and the hive (`rbee-hive`)."""
+"""rbee's control plane: the keeper (`rbee`, in `keeper/`), the hive (`rbee-hive`, in `hive/`)
+and the queen (`queen/`)."""

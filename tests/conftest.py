@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_server import ModelServer
-from tinymodel import write_corrupt_gguf, write_tiny_gguf
+from support.model_server import ModelServer
+from support.tinymodel import write_corrupt_gguf, write_tiny_gguf
 
-from rbee.control.worker_registry import WorkerRegistry
+from rbee.control.keeper.worker_registry import WorkerRegistry
 
 BIN = Path(sys.executable).parent
 # Long enough that a greedy stream from the tiny model (which never emits EOS) runs for

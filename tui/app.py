@@ -15,7 +15,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from rbee.control.cluster import (
+from rbee.control.keeper.cluster import (
     DEFAULT_MODEL_REF,
     DownloadProgress,
     InferRequest,
@@ -33,12 +33,11 @@ from rbee.control.cluster import (
     ssh_down,
     ssh_up,
 )
-from rbee.control.console import ActionableError
-from rbee.control.inventory import Inventory, Node
-from rbee.control.worker_registry import WorkerRegistry
+from rbee.control.keeper.console import ActionableError
+from rbee.control.keeper.inventory import Inventory, Node
+from rbee.control.keeper.worker_registry import WorkerRegistry
 
 from .activity_bar import ActivityBar
-from .config import TuiConfig
 from .confirm_screen import ConfirmScreen
 from .log_panel import LogPanel
 from .messages import (
@@ -55,6 +54,7 @@ from .messages import (
 )
 from .model_picker import ModelPickerScreen
 from .nodes_table import NodesTable
+from .settings import TuiConfig
 from .stream_panel import StreamPanel
 from .workers_table import WorkersTable
 

@@ -1,16 +1,16 @@
 """The whole `rbee` command: the keeper's command line plus `rbee tui`.
 
-The composition root: the keeper's CLI (rbee.control.cli) knows nothing of the dashboard, so
-the one place that may import both adds the dashboard's command to it, and the `rbee` console
-script points here. Textual loads only when the dashboard runs.
+The composition root: the keeper's CLI (rbee.control.keeper.command) knows nothing of the
+dashboard, so the one place that may import both adds the dashboard's command to it, and the
+`rbee` console script points here. Textual loads only when the dashboard runs.
 """
 
 from __future__ import annotations
 
 import click
 
-from rbee.control.cli import inventory_of, main
-from rbee.control.cluster import DEFAULT_REFRESH_S
+from rbee.control.keeper.cluster import DEFAULT_REFRESH_S
+from rbee.control.keeper.command import inventory_of, main
 
 __all__ = ["main"]
 
@@ -28,10 +28,10 @@ __all__ = ["main"]
 @click.pass_context
 def tui(ctx: click.Context, refresh_s: float) -> None:
     """The dashboard: nodes, workers, a prompt, the hive's log, and actions on them."""
-    from rbee.control.worker_registry import WorkerRegistry
+    from rbee.control.keeper.worker_registry import WorkerRegistry
 
     from .app import RbeeApp
-    from .config import TuiConfig
+    from .settings import TuiConfig
 
     registry = WorkerRegistry()
     try:

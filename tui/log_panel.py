@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import RichLog
 
-from rbee.control.cluster import LogLine
+from rbee.control.keeper.cluster import LogLine
 
-from .config import LOG_LINES
+from .settings import LOG_LINES
 
 
 class LogPanel(RichLog):

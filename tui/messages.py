@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from rbee.control.cluster import LogLine, NodeStatus, StreamStats
-from rbee.control.console import ActionableError
+from rbee.control.keeper.cluster import LogLine, NodeStatus, StreamStats
+from rbee.control.keeper.console import ActionableError
 
 
 class NodeProbed(Message):

@@ -8,9 +8,9 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Input, Label, Sparkline, Static
 
-from rbee.control.cluster import DEFAULT_MODEL_REF
+from rbee.control.keeper.cluster import DEFAULT_MODEL_REF
 
-from .config import ANSWER_REPAINT_S, SPARKLINE_REQUESTS
+from .settings import ANSWER_REPAINT_S, SPARKLINE_REQUESTS
 
 
 class StreamPanel(Vertical):

@@ -18,17 +18,17 @@ import httpx
 import psutil
 from hypercorn.asyncio import serve
 
-from rbee.dataplane.http import server_config
-from rbee.dataplane.protocol import VERSION
+from rbee.dataplane.plumbing.http import server_config
+from rbee.dataplane.protocol.wire import VERSION
 
 from . import pidfile
-from .app import create_app
 from .catalog import ModelCatalog
-from .config import HiveSettings
 from .downloads import DownloadManager
+from .http_api import create_app
 from .logs import LogBuffer
 from .pidfile import PidRecord
 from .pool import WorkerPool
+from .settings import HiveSettings
 from .worker_records import stop_survivors
 
 log = logging.getLogger("rbee.hive")

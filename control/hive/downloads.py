@@ -42,16 +42,16 @@ from tenacity import (
     wait_exponential,
 )
 
-from rbee.dataplane.model_file import (
+from rbee.dataplane.plumbing.gguf_file import (
     ModelFileError,
     ModelInfo,
     read_model_info,
     resolve_model_path,
 )
-from rbee.dataplane.protocol import ApiError, ErrorCode
+from rbee.dataplane.protocol.model_refs import ModelRef, local_filename, parse_model_ref
+from rbee.dataplane.protocol.wire import ApiError, ErrorCode
 
 from .catalog import CatalogEntry, ModelCatalog, utc_now
-from .model_refs import ModelRef, local_filename, parse_model_ref
 
 log = logging.getLogger(__name__)
 
@@ -642,7 +642,7 @@ class _PartialFile:
 
 
 async def _model_file(func: Callable[[A], R], arg: A, code: ErrorCode) -> R:
-    """Runs a model_file function in a thread; its ModelFileError becomes a DownloadError."""
+    """Runs a gguf_file function in a thread; its ModelFileError becomes a DownloadError."""
     try:
         return await asyncio.to_thread(func, arg)
     except ModelFileError as exc:

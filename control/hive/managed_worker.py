@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import psutil
 
-from rbee.dataplane.config import API_KEY_ENV as WORKER_KEY_ENV
-from rbee.dataplane.lifecycle import StateMachine
+from rbee.dataplane.plumbing.state_machine import StateMachine
+from rbee.dataplane.worker.settings import API_KEY_ENV as WORKER_KEY_ENV
 
 from .process_proof import KILL_WAIT_S
 from .worker_records import WorkerRecord

@@ -10,10 +10,11 @@ from typing import Any
 
 import httpx
 
-from rbee.dataplane.protocol import SERVING_STATES, ApiError, ErrorCode, WorkerState
+from rbee.dataplane.protocol.states import SERVING_STATES, WorkerState
+from rbee.dataplane.protocol.wire import ApiError, ErrorCode
 
-from .config import HiveSettings
 from .managed_worker import LIVE_STATES, ManagedState, ManagedWorker, WorkerSpec
+from .settings import HiveSettings
 
 log = logging.getLogger(__name__)
 

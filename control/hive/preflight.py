@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import psutil
 
-from rbee.dataplane.config import WorkerSettings
-from rbee.dataplane.model_file import ModelInfo
-from rbee.dataplane.protocol import ApiError, ErrorCode
+from rbee.dataplane.plumbing.gguf_file import ModelInfo
+from rbee.dataplane.protocol.wire import ApiError, ErrorCode
+from rbee.dataplane.worker.settings import WorkerSettings
 
 from .managed_worker import ManagedState, ManagedWorker
 

@@ -2,7 +2,7 @@
 
 `state_dir/workers/<worker_id>.json` holds what proves a process is that worker: its pid,
 its start time and its exact command line as psutil reports it (never its key). A worker
-normally dies with its hive (dataplane/parent_watch.py); these records catch the rest (say, a
+normally dies with its hive (dataplane/worker/parent_watch.py); these records catch the rest (say, a
 worker stuck in the kernel when its hive was killed). A starting hive stops every survivor it
 can prove is its worker and leaves every other process alone, whatever pid a stale record
 names.

@@ -1,0 +1,162 @@
+"""The HTTP client side shared by HiveClient and WorkerClient: JSON calls, SSE, errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any, Self
+
+import httpx
+from httpx_sse import SSEError, aconnect_sse
+
+from rbee.dataplane.protocol.wire import SILENCE_LIMIT_S, SSE_DONE, ErrorCode
+
+
+class RemoteError(Exception):
+    """The other side answered with an error envelope, or with something unreadable."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details or {}
+
+
+class InvalidResponse(RemoteError):
+    """A 2xx answer whose body is not the JSON this endpoint sends: not our peer, or broken."""
+
+    def __init__(self, peer: str, path: str) -> None:
+        super().__init__(
+            ErrorCode.INTERNAL_ERROR, f"Invalid response from {peer}", details={"path": path}
+        )
+
+
+class PeerSilent(RemoteError):
+    """The peer sent nothing, not even a keep-alive, for the whole silence limit (or, for a
+    call that takes long by nature, its own deadline)."""
+
+    def __init__(self, peer: str, silent_s: float) -> None:
+        super().__init__(
+            ErrorCode.CONNECTION_TIMEOUT, f"{peer} stopped answering for {silent_s:g} s"
+        )
+
+
+def error_message(event: dict[str, Any]) -> str | None:
+    """The message of an event's error object (DESIGN §4); None when it has none."""
+    error = event.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else None
+
+
+def raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        error = response.json()["error"]
+        code, message, details = error["code"], error["message"], error.get("details")
+    except (ValueError, KeyError, TypeError):
+        raise RemoteError(
+            ErrorCode.INTERNAL_ERROR,
+            f"HTTP {response.status_code}: {response.text[:200]}",
+            status=response.status_code,
+        ) from None
+    raise RemoteError(code, message, status=response.status_code, details=details)
+
+
+class ApiClient:
+    """One base URL, one optional bearer key, one connection pool.
+
+    Every call has a deadline: JSON calls `timeout_s` for each step (connect, write, each
+    read), streams SILENCE_LIMIT_S between two reads. `peer` names the other side in errors.
+    """
+
+    peer = "the server"
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 10.0,
+        peer: str | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url
+        if peer is not None:
+            self.peer = peer
+        self._timeout_s = timeout_s
+        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _json(
+        self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any
+    ) -> Any:
+        if timeout_s is not None:
+            kwargs["timeout"] = timeout_s
+        response = await self._http.request(method, path, **kwargs)
+        raise_for_error(response)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise InvalidResponse(self.peer, path) from None
+
+    async def _object(
+        self, method: str, path: str, *keys: str, timeout_s: float | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """A JSON object answer holding at least `keys`; InvalidResponse otherwise."""
+        body = await self._json(method, path, timeout_s=timeout_s, **kwargs)
+        if not isinstance(body, dict) or not all(key in body for key in keys):
+            raise InvalidResponse(self.peer, path)
+        return body
+
+    def _objects(self, items: Any, path: str, *keys: str) -> list[dict[str, Any]]:
+        """`items` when it is a list of JSON objects holding `keys`; InvalidResponse otherwise."""
+        if not isinstance(items, list) or not all(
+            isinstance(item, dict) and all(key in item for key in keys) for item in items
+        ):
+            raise InvalidResponse(self.peer, path)
+        return items
+
+    async def _sse(
+        self, method: str, path: str, **kwargs: Any
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """The JSON objects of an SSE stream, up to `[DONE]`; PeerSilent past the limit."""
+        silence_s = SILENCE_LIMIT_S  # read when the stream opens, so tests can lower it
+        kwargs["timeout"] = httpx.Timeout(self._timeout_s, read=silence_s)
+        try:
+            async with aconnect_sse(self._http, method, path, **kwargs) as source:
+                if source.response.status_code >= 400:
+                    await source.response.aread()
+                    raise_for_error(source.response)
+                async for sse in source.aiter_sse():
+                    if sse.data == SSE_DONE:
+                        return
+                    try:
+                        event = json.loads(sse.data)
+                    except ValueError:
+                        raise InvalidResponse(self.peer, path) from None
+                    if not isinstance(event, dict):
+                        raise InvalidResponse(self.peer, path)
+                    yield event
+        except httpx.ReadTimeout:
+            raise PeerSilent(self.peer, silence_s) from None
+        except SSEError:  # a 2xx answer that is not an event stream
+            raise InvalidResponse(self.peer, path) from None

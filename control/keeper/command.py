@@ -1,0 +1,401 @@
+"""`rbee`: the keeper's command line (operator machine)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import get_args
+
+import click
+import httpx
+
+from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
+from rbee.dataplane.protocol.requests import MAX_TOKENS_LIMIT
+from rbee.dataplane.protocol.wire import VERSION
+
+from . import fleet
+from .api_client import RemoteError
+from .attempts import connect_over_ssh
+from .console import ActionableError, Console
+from .hive_control import Say, hive_down, hive_up
+from .infer import InferRequest, run_infer
+from .install_plan import Installer
+from .inventory import Backend, Inventory, InventoryError, Node, find_inventory, load_inventory
+from .node_access import open_node, runner_for
+from .runner import Runner, RunnerError
+from .worker_registry import WorkerRegistry
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--inventory",
+    "inventory_path",
+    default=None,
+    metavar="FILE",
+    help="inventory.toml (else $RBEE_INVENTORY, ~/.config/rbee/inventory.toml, "
+    "the bundled example).",
+)
+@click.version_option(VERSION, prog_name="rbee")
+@click.pass_context
+def main(ctx: click.Context, inventory_path: str | None) -> None:
+    """Run LLM inference on the machines you already own."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = inventory_path
+
+
+def inventory_of(ctx: click.Context) -> Inventory:
+    """The inventory the command line names (`--inventory`, else the usual places)."""
+    try:
+        return load_inventory(find_inventory(ctx.obj))
+    except InventoryError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("prompt_words", nargs=-1)
+@click.option("--prompt", default=None, help="The prompt (or give it as arguments).")
+@click.option("--node", default="local", show_default=True)
+@click.option("--model", "model_ref", default=DEFAULT_MODEL_REF, show_default=True)
+@click.option(
+    "--max-tokens", type=click.IntRange(1, MAX_TOKENS_LIMIT), default=200, show_default=True
+)
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for the model to load.",
+)
+@click.option(
+    "--retry",
+    "busy_retries",
+    type=click.IntRange(0, 10),
+    default=3,
+    show_default=True,
+    help="Retries when the worker is busy (after 1, 2, 4 … s).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(get_args(Backend)),
+    default=None,
+    help="cpu, cuda or metal (default: the node's backend in the inventory).",
+)
+@click.option(
+    "--device",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Which GPU of the node (cuda, metal).",
+)
+@click.pass_context
+def infer(
+    ctx: click.Context,
+    prompt_words: tuple[str, ...],
+    prompt: str | None,
+    node: str,
+    model_ref: str,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    timeout_s: float,
+    busy_retries: int,
+    backend: Backend | None,
+    device: int,
+) -> None:
+    """Stream an answer from MODEL on NODE (tokens on stdout, progress on stderr)."""
+    text = prompt if prompt is not None else " ".join(prompt_words)
+    if not text.strip():
+        raise click.UsageError('give a prompt: rbee infer "write a short story"')
+    from rbee.dataplane.protocol.model_refs import InvalidModelRef, parse_model_ref
+
+    try:
+        model_ref = parse_model_ref(model_ref).spelled
+    except InvalidModelRef as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from None
+    inventory = inventory_of(ctx)
+    try:
+        target = inventory.get(node)
+    except InventoryError as exc:
+        raise click.BadParameter(str(exc), param_hint="--node") from None
+    request = InferRequest(
+        prompt=text,
+        model_ref=model_ref,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed,
+        loading_timeout_s=timeout_s,
+        busy_retries=busy_retries,
+        backend=backend or target.backend,
+        device=device,
+    )
+
+    async def run() -> int:
+        console = Console()
+        registry = WorkerRegistry()
+        try:
+            async with open_node(target, say=console.status) as access:
+                return await run_infer(access, request, console, registry)
+        except ActionableError as exc:
+            console.explain(exc)
+            return 1
+        except (InventoryError, RunnerError) as exc:
+            console.error(str(exc))
+            return 1
+        except (httpx.HTTPError, RemoteError) as exc:  # a node that went away mid-command
+            console.error(
+                f"lost contact with {node}: {exc}",
+                suggestion=f"see `rbee logs --node {node}` and retry",
+            )
+            return 1
+        finally:
+            registry.close()
+
+    sys.exit(asyncio.run(run()))
+
+
+def _nodes(ctx: click.Context, names: tuple[str, ...]) -> list[Node]:
+    inventory = inventory_of(ctx)
+    try:
+        return [inventory.get(name) for name in names]
+    except InventoryError as exc:
+        raise click.BadParameter(str(exc), param_hint="NODE") from None
+
+
+def _on_each(nodes: list[Node], action: Callable[[Node, Say], Awaitable[str]]) -> None:
+    """Runs `action` on every node at once; one line per node; exit 1 if any failed."""
+    console = Console()
+
+    async def one(node: Node) -> bool:
+        try:
+            console.status(await action(node, console.status))
+            return True
+        except ActionableError as exc:
+            console.explain(exc)
+        except (InventoryError, RunnerError) as exc:
+            console.error(f"{node.name}: {exc}")
+        return False
+
+    async def all_nodes() -> list[bool]:
+        return list(await asyncio.gather(*(one(node) for node in nodes)))
+
+    if not all(asyncio.run(all_nodes())):
+        sys.exit(1)
+
+
+def _over_ssh(
+    action: Callable[[Node, Runner, Say], Awaitable[str]],
+) -> Callable[[Node, Say], Awaitable[str]]:
+    """`action` with the node's runner, connected (EC1's attempts) for its duration."""
+
+    async def with_runner(node: Node, say: Say) -> str:
+        runner = runner_for(node)
+        await connect_over_ssh(runner, node, lambda line: say(f"{node.name}: {line}"))
+        async with runner:
+            return await action(node, runner, say)
+
+    return with_runner
+
+
+_bundled_model = click.option(
+    "--bundled-model/--no-bundled-model",
+    default=True,
+    show_default=True,
+    help="Also install the default model's package (about 250 MB) on the node.",
+)
+
+
+@main.command("ssh-up")
+@click.argument("names", nargs=-1, required=True, metavar="NODE...")
+@click.option(
+    "--no-install",
+    is_flag=True,
+    help="Fail (with the install command) instead of installing rbee on a node that "
+    "lacks it or has another version.",
+)
+@_bundled_model
+@click.pass_context
+def ssh_up(
+    ctx: click.Context, names: tuple[str, ...], no_install: bool, bundled_model: bool
+) -> None:
+    """Start the hive on NODEs (over SSH), installing rbee first where it is missing or
+    another version, and wait until it answers."""
+    nodes = _nodes(ctx, names)
+    if no_install:
+        _on_each(nodes, _over_ssh(hive_up))
+        return
+    installer = Installer(bundled_model=bundled_model)
+    try:
+        _on_each(
+            nodes,
+            _over_ssh(lambda node, runner, say: hive_up(node, runner, say, installer=installer)),
+        )
+    finally:
+        installer.close()
+
+
+@main.command("ssh-down")
+@click.argument("names", nargs=-1, required=True, metavar="NODE...")
+@click.pass_context
+def ssh_down(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Stop the hive on NODEs; their workers stop with it."""
+    registry = WorkerRegistry()
+
+    async def down(node: Node, runner: Runner, say: Say) -> str:
+        said = await hive_down(node, runner, say)
+        registry.forget_node(node.name)  # its workers stopped with the hive
+        return said
+
+    try:
+        _on_each(_nodes(ctx, names), _over_ssh(down))
+    finally:
+        registry.close()
+
+
+@main.command()
+@click.argument("names", nargs=-1, required=True, metavar="NODE...")
+@_bundled_model
+@click.pass_context
+def deploy(ctx: click.Context, names: tuple[str, ...], bundled_model: bool) -> None:
+    """Install rbee on NODEs over SSH (fabric): build the wheel here, upload it, create the
+    venv at the node's rbee_path, pip install, check the version."""
+    from .deploy import deploy as deploy_node  # fabric/paramiko: ~0.1 s no other command pays
+
+    installer = Installer(bundled_model=bundled_model)
+    try:
+        _on_each(_nodes(ctx, names), lambda node, say: deploy_node(node, installer, say))
+    finally:
+        installer.close()
+
+
+def _run(work: Callable[[Console], Awaitable[int]]) -> None:
+    """Runs one fleet command; ActionableErrors become words and exit 1."""
+    console = Console()
+
+    async def run() -> int:
+        try:
+            return await work(console)
+        except ActionableError as exc:
+            console.explain(exc)
+            return 1
+
+    sys.exit(asyncio.run(run()))
+
+
+def _node(ctx: click.Context, name: str) -> Node:
+    return _nodes(ctx, (name,))[0]
+
+
+@main.command()
+@click.pass_context
+def nodes(ctx: click.Context) -> None:
+    """Every node of the inventory: hive state, version, workers, models."""
+    inventory = inventory_of(ctx)
+    _run(lambda console: fleet.nodes_table(inventory, console))
+
+
+@main.group()
+def workers() -> None:
+    """Workers: those this keeper started, and what each node's hive runs."""
+
+
+@workers.command("list")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: one object per worker, for scripts.",
+)
+@click.pass_context
+def workers_list(ctx: click.Context, output: str) -> None:
+    """The workers this keeper started, as their hives report them now (a node that does
+    not answer within 5 s shows its workers' state as unknown)."""
+    inventory = inventory_of(ctx)
+    registry = WorkerRegistry()
+    try:
+        _run(lambda console: fleet.workers_list(inventory, registry, console, output))
+    finally:
+        registry.close()
+
+
+@workers.command("health")
+@click.option("--node", "node_name", default="local", show_default=True)
+@click.pass_context
+def workers_health(ctx: click.Context, node_name: str) -> None:
+    """Ask each worker on NODE how it is, now."""
+    node = _node(ctx, node_name)
+    registry = WorkerRegistry()
+    try:
+        _run(lambda console: fleet.workers_health(node, registry, console))
+    finally:
+        registry.close()
+
+
+@workers.command("shutdown")
+@click.option("--id", "worker_id", required=True, help="The worker to stop.")
+@click.option(
+    "--node",
+    "node_name",
+    default=None,
+    help="Its node (default: the node the registry knows it on).",
+)
+@click.pass_context
+def workers_shutdown(ctx: click.Context, worker_id: str, node_name: str | None) -> None:
+    """Stop one worker gracefully."""
+    registry = WorkerRegistry()
+    try:
+        known = registry.get(worker_id)
+        if not node_name:
+            if known is None:
+                raise click.UsageError(f"{worker_id} is not in this keeper's registry: give --node")
+            node_name = known.node
+        node = _node(ctx, node_name)
+        _run(lambda console: fleet.workers_shutdown(node, worker_id, registry, console))
+    finally:
+        registry.close()
+
+
+@main.group()
+def models() -> None:
+    """Models in a node's catalog."""
+
+
+@models.command("list")
+@click.option("--node", "node_name", default="local", show_default=True)
+@click.pass_context
+def models_list(ctx: click.Context, node_name: str) -> None:
+    """The models NODE has."""
+    node = _node(ctx, node_name)
+    _run(lambda console: fleet.models_list(node, console))
+
+
+@models.command("download")
+@click.argument("model_ref")
+@click.option("--node", "node_name", default="local", show_default=True)
+@click.pass_context
+def models_download(ctx: click.Context, model_ref: str, node_name: str) -> None:
+    """Put MODEL_REF in NODE's catalog, with a progress bar."""
+    from rbee.dataplane.protocol.model_refs import InvalidModelRef, parse_model_ref
+
+    try:
+        model_ref = parse_model_ref(model_ref).spelled
+    except InvalidModelRef as exc:
+        raise click.BadParameter(str(exc), param_hint="MODEL_REF") from None
+    node = _node(ctx, node_name)
+    _run(lambda console: fleet.models_download(node, model_ref, console))
+
+
+@main.command()
+@click.option("--node", "node_name", default="local", show_default=True)
+@click.option("--follow", is_flag=True, help="Keep printing new lines until Ctrl+C.")
+@click.pass_context
+def logs(ctx: click.Context, node_name: str, follow: bool) -> None:
+    """NODE's hive log."""
+    node = _node(ctx, node_name)
+    _run(lambda console: fleet.logs(node, follow, console))

@@ -1,0 +1,231 @@
+"""The keeper's read-and-act commands on nodes: nodes, workers, models, logs.
+
+The data and the actions live in cluster.py (shared with the dashboard); this prints them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from typing import Any
+
+import httpx
+from rich.table import Table
+
+from rbee.dataplane.protocol.states import SERVING_STATES
+from rbee.dataplane.protocol.wire import ErrorCode
+
+from . import cluster
+from .api_client import RemoteError
+from .console import ActionableError, Console
+from .hive_client import show_download
+from .inventory import Inventory, InventoryError, Node
+from .node_access import LocalNodeAccess, SSHNodeAccess, open_node
+from .runner import RunnerError
+from .worker_client import WorkerClient
+from .worker_registry import RegisteredWorker, WorkerRegistry
+
+EXIT_INTERRUPTED = 130
+HIVE_LIST_TIMEOUT_S = 5.0  # `workers list`: how long each node's hive has to list its workers
+# Why a worker's state is unknown, in `rbee workers list`.
+NOT_ANSWERING = "unknown (node not answering)"
+AUTH_FAILED = "unknown (auth failed)"
+UNREACHABLE = "unknown (node unreachable)"
+HIVE_ERROR = "unknown (hive error)"
+
+
+async def nodes_table(inventory: Inventory, console: Console) -> int:
+    statuses = await cluster.probe_nodes(list(inventory.nodes.values()))
+    table = Table("node", "host", "hive", "version", "workers", "models", "free RAM", "problem")
+    for status in statuses:
+        up = status.is_up
+        table.add_row(
+            status.name,
+            status.host,
+            str(status.state),
+            status.version or "-",
+            str(len(status.workers)) if up else "-",
+            str(len(status.models)) if up else "-",
+            cluster.gigabytes(status.ram_available_mb),
+            status.problem or "",
+        )
+    console.table(table)
+    return 0
+
+
+async def workers_list(
+    inventory: Inventory, registry: WorkerRegistry, console: Console, output: str = "table"
+) -> int:
+    rows = await reconciled(inventory, registry)
+    if output == "json":
+        console.line(json.dumps([_as_json(w, state) for w, state in rows], indent=2))
+        return 0
+    if not rows:
+        console.line("No workers registered")
+        return 0
+    table = Table("worker", "node", "model", "state", "url", "last health check")
+    for w, state in rows:
+        checked = (
+            f"{time.time() - w.last_health_check:.0f} s ago" if w.last_health_check else "never"
+        )
+        table.add_row(w.worker_id, w.node, w.model_ref, state, w.url, checked)
+    console.table(table)
+    return 0
+
+
+async def reconciled(
+    inventory: Inventory, registry: WorkerRegistry
+) -> list[tuple[RegisteredWorker, str]]:
+    """The registry's workers, each with the state its hive reports now.
+
+    Each node's hive is asked once, all at once, for at most HIVE_LIST_TIMEOUT_S. A worker
+    whose hive answers without it (idle timeout, crash, the hive restarted) or is down leaves
+    the registry; a worker whose node does not answer (or refuses our key) keeps its row with
+    an unknown state and why, never the last one seen, which may be long gone."""
+    workers = registry.list()
+    names = sorted({w.node for w in workers})
+    views = dict(
+        zip(names, await asyncio.gather(*(_hive_view(inventory, n) for n in names)), strict=True)
+    )
+    rows = []
+    for w in workers:
+        view = views[w.node]
+        if isinstance(view, str):
+            rows.append((w, view))
+        elif w.worker_id not in view:
+            registry.remove(w.worker_id)
+        else:
+            registry.set_state(w.worker_id, view[w.worker_id])
+            rows.append((w, view[w.worker_id]))
+    return rows
+
+
+async def _hive_view(inventory: Inventory, name: str) -> dict[str, str] | str:
+    """worker id → state as the node's hive lists them, or why the state is unknown. A hive
+    that refuses connections is down, and its workers died with it (parent_watch.py): none."""
+    node = inventory.nodes.get(name)
+    if node is None:
+        return "unknown (node not in the inventory)"
+    try:
+        async with (
+            asyncio.timeout(HIVE_LIST_TIMEOUT_S),
+            cluster.hive_of(node, HIVE_LIST_TIMEOUT_S) as hive,
+        ):
+            listed = await hive.workers()
+    except (TimeoutError, httpx.TimeoutException):
+        return NOT_ANSWERING
+    except httpx.TransportError:
+        return {}
+    except RemoteError as exc:
+        return AUTH_FAILED if exc.code == ErrorCode.INVALID_API_KEY else HIVE_ERROR
+    except (RunnerError, InventoryError):
+        return UNREACHABLE
+    return {str(w["worker_id"]): str(w["state"]) for w in listed}
+
+
+def _as_json(worker: RegisteredWorker, state: str) -> dict[str, object]:
+    """A row for scripts: no key (the registry holds it; scripts that need one ask the hive)."""
+
+    def iso(ts: float | None) -> str | None:
+        return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+    return {
+        "worker_id": worker.worker_id,
+        "node": worker.node,
+        "model_ref": worker.model_ref,
+        "state": state,
+        "url": worker.url,
+        "backend": worker.backend,
+        "device": worker.device,
+        "created_at": iso(worker.created_at),
+        "last_health_check": iso(worker.last_health_check),
+    }
+
+
+async def workers_health(node: Node, registry: WorkerRegistry, console: Console) -> int:
+    """Each worker the node's hive lists, asked its own /health now (the hive's view may be a
+    health interval old)."""
+    listed = await cluster.with_hive(node, lambda hive: hive.workers())
+    if not listed:
+        console.line(f"No workers on {node.name}")
+        return 0
+    try:
+        async with open_node(node) as access:
+            answers = await asyncio.gather(*(_live_health(access, w) for w in listed))
+    except (RunnerError, InventoryError) as exc:
+        raise ActionableError(str(exc)) from None
+    for w, health in zip(listed, answers, strict=True):
+        worker_id = w["worker_id"]
+        if health is None:
+            console.line(f"✗ {worker_id} - not answering (its hive last saw it {w['state']})")
+            continue
+        state = str(health.get("state"))
+        ready = state in SERVING_STATES
+        console.line(f"{'✓' if ready else '✗'} {worker_id} - {state} (ready: {str(ready).lower()})")
+        if ready and registry.get(worker_id):
+            registry.mark_healthy(worker_id, state)
+    return 0
+
+
+async def _live_health(
+    access: LocalNodeAccess | SSHNodeAccess, listed: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The worker's own /health, or None when it does not answer in time (or another process
+    answers at its address)."""
+    if not listed.get("url"):
+        return None
+    try:
+        async with asyncio.timeout(cluster.WORKER_PROBE_TIMEOUT_S):
+            url = await access.worker_url(listed["url"])
+            async with WorkerClient(url, timeout_s=cluster.WORKER_PROBE_TIMEOUT_S) as worker:
+                health = await worker.health()
+    except (TimeoutError, httpx.HTTPError, RemoteError, RunnerError, OSError, ValueError):
+        return None
+    return health if health.get("worker_id") == listed["worker_id"] else None
+
+
+async def workers_shutdown(
+    node: Node, worker_id: str, registry: WorkerRegistry, console: Console
+) -> int:
+    state = await cluster.shutdown_worker(node, worker_id, registry)
+    console.status(f"{worker_id} on {node.name}: {state}")
+    return 0
+
+
+async def models_list(node: Node, console: Console) -> int:
+    models = await cluster.list_models(node)
+    if not models:
+        console.line(f"No models on {node.name}")
+        return 0
+    table = Table("model", "size", "downloaded", "path")
+    for m in models:
+        table.add_row(
+            m["reference"], f"{m['size_bytes'] / 1e6:.1f} MB", m["downloaded_at"], m["local_path"]
+        )
+    console.table(table)
+    return 0
+
+
+async def models_download(node: Node, model_ref: str, console: Console) -> int:
+    path = await cluster.download_model(node, model_ref, show_download(console))
+    console.status(f"{model_ref} is on {node.name}: {path}")
+    return 0
+
+
+async def logs(node: Node, follow: bool, console: Console) -> int:
+    if not follow:
+        for line in await cluster.recent_logs(node):
+            console.line(str(line))
+        return 0
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    task = asyncio.ensure_future(cluster.follow_logs(node, lambda line: console.line(str(line))))
+    waiter = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        waiter.cancel()
+        task.result()  # raises what went wrong
+        return 0
+    task.cancel()
+    return EXIT_INTERRUPTED

@@ -1,0 +1,116 @@
+"""The engine interface the worker talks to: submit a request, receive its events, cancel it.
+
+The worker's HTTP layer only knows these types; the llama.cpp implementation lives in
+`llama_engine.py` and runs every llama.cpp call on one dedicated thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rbee.dataplane.protocol.events import StopReason
+from rbee.dataplane.protocol.wire import ErrorCode
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int | None  # None: until the context is full
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    seed: int | None = None  # None: a random seed
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    stop_reason: StopReason
+    total_tokens: int
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    code: ErrorCode
+    message: str
+
+
+Event = TokenEvent | DoneEvent | ErrorEvent
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    layers_loaded: int
+    layers_total: int
+    loaded_mb: int
+
+
+@dataclass
+class Generation:
+    """One request in flight. Events arrive on the event loop; `cancel()` is thread-safe."""
+
+    request_id: str
+    prompt_tokens: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    created: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    terminal: DoneEvent | ErrorEvent | None = None
+    _canceled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def canceled(self) -> bool:
+        return self._canceled.is_set()
+
+    def cancel(self) -> None:
+        self._canceled.set()
+
+    def post(self, event: Event) -> None:
+        """Called from the engine thread: hand one event to the event loop."""
+        self.loop.call_soon_threadsafe(self._deliver, event)
+
+    def _deliver(self, event: Event) -> None:
+        if isinstance(event, TokenEvent) and self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        self.events.put_nowait(event)
+        if not isinstance(event, TokenEvent):
+            self.terminal = event
+            self.finished.set()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self.events.get()
+            yield event
+            if not isinstance(event, TokenEvent):
+                return
+
+
+class Engine(Protocol):
+    """What the worker needs from an engine."""
+
+    n_ctx_per_slot: int
+    chat_template: str | None
+    bos_text: str
+    eos_text: str
+
+    def start(self) -> None: ...
+
+    async def wait_loaded(self) -> None:
+        """Returns once the model serves; raises when it could not be loaded."""
+
+    async def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
+
+    def submit(self, generation: Generation) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,135 @@
+"""The worker's HTTP application: the native API of DESIGN §4 plus the OpenAI-compatible one."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import BaseModel
+from sse_starlette.sse import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rbee.dataplane.plumbing.http import EXCEPTION_HANDLERS, BearerAuth, BrowserGuard, read_body
+from rbee.dataplane.plumbing.openapi import OPENAPI_PATH, openapi_route
+from rbee.dataplane.protocol.events import done_event, error_event, started_event, token_event
+from rbee.dataplane.protocol.requests import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    InferenceRequest,
+)
+from rbee.dataplane.protocol.wire import SSE_DONE, ApiError
+
+from . import openai_api
+from .engine import DoneEvent, ErrorEvent, Event, SamplingParams, TokenEvent
+from .service import Worker
+from .streaming import collect, sse_response
+
+PUBLIC_PATHS = frozenset({"/health", OPENAPI_PATH})
+REQUEST_BODIES: dict[str, type[BaseModel]] = {
+    "/v1/inference": InferenceRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/chat/completions": ChatCompletionRequest,
+}
+
+
+def create_app(worker: Worker) -> Starlette:
+    async def health(_request: Request) -> JSONResponse:
+        return JSONResponse(worker.health())
+
+    async def ready(_request: Request) -> JSONResponse:
+        return JSONResponse(worker.readiness())
+
+    async def loading_progress(_request: Request) -> EventSourceResponse:
+        async def lines() -> AsyncIterator[str]:
+            async for obj in worker.loading_events():
+                yield json.dumps(obj)
+            yield SSE_DONE
+
+        return EventSourceResponse(lines(), ping=worker.settings.sse_ping_s, sep="\n")
+
+    async def inference(request: Request) -> Response:
+        body = await read_body(request, InferenceRequest)
+        started = time.monotonic()
+        tokens = await worker.prepare_prompt(body.prompt)
+        params = SamplingParams(
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            seed=body.seed,
+            stop=tuple(body.stop),
+        )
+        gen = worker.begin(tokens, params, body.request_id)
+        headers = {"X-Request-Id": gen.request_id}
+        model = worker.settings.model_ref
+
+        def elapsed_ms() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        if not body.stream:
+            result = await collect(request, gen)
+            if isinstance(result.terminal, ErrorEvent):
+                raise ApiError(result.terminal.code, result.terminal.message, headers=headers)
+            return JSONResponse(
+                {
+                    "request_id": gen.request_id,
+                    "model": model,
+                    "text": result.text,
+                    "total_tokens": result.terminal.total_tokens,
+                    "duration_ms": elapsed_ms(),
+                    "stop_reason": str(result.terminal.stop_reason),
+                },
+                headers=headers,
+            )
+
+        index = 0
+
+        def render(event: Event) -> list[dict[str, Any]]:
+            nonlocal index
+            if isinstance(event, TokenEvent):
+                index += 1
+                return [token_event(event.text, index - 1)]
+            if isinstance(event, DoneEvent):
+                return [done_event(event.total_tokens, elapsed_ms(), event.stop_reason)]
+            return [error_event(event.code, event.message)]
+
+        return sse_response(
+            gen,
+            render,
+            first=[started_event(gen.request_id, model)],
+            ping_s=worker.settings.sse_ping_s,
+            headers=headers,
+        )
+
+    async def cancel(request: Request) -> Response:
+        worker.cancel(request.path_params["request_id"])
+        return Response(status_code=204)
+
+    async def admin_shutdown(_request: Request) -> JSONResponse:
+        worker.request_shutdown()
+        return JSONResponse({"state": str(worker.lifecycle.state)}, status_code=202)
+
+    routes = [
+        Route("/health", health),
+        Route("/v1/ready", ready),
+        Route("/v1/loading/progress", loading_progress),
+        Route("/v1/inference", inference, methods=["POST"]),
+        Route("/v1/inference/{request_id}", cancel, methods=["DELETE"]),
+        Route("/v1/admin/shutdown", admin_shutdown, methods=["POST"]),
+        Route("/metrics", worker.metrics.endpoint),
+        *openai_api.routes(worker),
+    ]
+    routes.append(
+        openapi_route("rbee-worker", routes, bodies=REQUEST_BODIES, public_paths=PUBLIC_PATHS)
+    )
+    middleware = [
+        Middleware(BrowserGuard, loopback=worker.settings.is_loopback),
+        Middleware(BearerAuth, api_key=worker.settings.api_key, public_paths=PUBLIC_PATHS),
+    ]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)

@@ -1,0 +1,38 @@
+"""The worker's settings and their defaults, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from rbee.dataplane.protocol.hosts import is_loopback_host
+from rbee.dataplane.protocol.wire import SSE_KEEPALIVE_S
+
+DEFAULT_HOST = "127.0.0.1"
+API_KEY_ENV = "RBEE_WORKER_API_KEY"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    model_ref: str
+    host: str = DEFAULT_HOST
+    port: int = 0  # 0: the OS picks a free port; the worker logs and reports its url
+    worker_id: str = ""
+    slots: int = 1
+    ctx_size: int = 2048  # tokens of context per slot
+    threads: int = os.cpu_count() or 1
+    batch_size: int = 512  # tokens per llama_decode call (prompt chunks + one per running stream)
+    callback_url: str | None = None
+    api_key: str | None = None
+    backend: str = "cpu"
+    device: int = 0
+    # Weight repacking buffers (llama.cpp "extra bufts") crash quantised decodes on CPUs that
+    # report AMX (llama.cpp #20824) and cost nothing measurable when off.
+    extra_bufts: bool = False
+    drain_timeout_s: float = 30.0  # graceful shutdown waits this long for in-flight streams
+    sse_ping_s: float = SSE_KEEPALIVE_S  # keep-alive comments on quiet streams (long prefill)
+    callback_attempts: int = 5
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback_host(self.host)

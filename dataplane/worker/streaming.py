@@ -1,0 +1,73 @@
+"""Turning a Generation into an HTTP answer: SSE with disconnect-cancels, or one collected body."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request
+
+from rbee.dataplane.protocol.wire import SSE_DONE
+
+from .engine import DoneEvent, ErrorEvent, Event, Generation, TokenEvent
+
+
+def sse_response(
+    gen: Generation,
+    render: Callable[[Event], list[dict[str, Any]]],
+    *,
+    first: list[dict[str, Any]],
+    ping_s: float,
+    headers: dict[str, str],
+) -> EventSourceResponse:
+    """Streams `first`, then each event rendered, then `[DONE]`.
+
+    A client that goes away cancels the generation: sse-starlette cancels this generator
+    when it sees the disconnect, and the `finally` tells the engine.
+    """
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            for obj in first:
+                yield json.dumps(obj)
+            async for event in gen:
+                for obj in render(event):
+                    yield json.dumps(obj)
+            yield SSE_DONE
+        finally:
+            if not gen.finished.is_set():
+                gen.cancel()
+
+    return EventSourceResponse(lines(), ping=ping_s, sep="\n", headers=headers)
+
+
+@dataclass
+class Collected:
+    text: str
+    terminal: DoneEvent | ErrorEvent
+
+
+async def collect(request: Request, gen: Generation) -> Collected:
+    """Waits for the whole answer (stream: false); a client that disconnects cancels it."""
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, gen))
+    parts: list[str] = []
+    try:
+        async for event in gen:
+            if isinstance(event, TokenEvent):
+                parts.append(event.text)
+    finally:
+        watcher.cancel()
+    assert gen.terminal is not None
+    return Collected("".join(parts), gen.terminal)
+
+
+async def _cancel_on_disconnect(request: Request, gen: Generation) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            gen.cancel()
+            return
