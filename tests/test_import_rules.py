@@ -1,7 +1,9 @@
-"""DESIGN §1's arrows, held: `tui → control → dataplane`, never back.
+"""DESIGN §1's arrows, held: each room imports only the rooms it may.
 
-Every module's imports are read from its source (imports inside functions too, since a lazy
-import is still an arrow), relative ones resolved to the package they name.
+`tui → control.keeper`; `control.* → dataplane.protocol` and the shared plumbing; the worker
+never imports control code; control never imports the dashboard. Every module's imports are
+read from its source (imports inside functions too, since a lazy import is still an arrow),
+relative ones resolved to the package they name.
 """
 
 from __future__ import annotations
@@ -13,12 +15,34 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = {"control": "rbee.control", "dataplane": "rbee.dataplane", "tui": "rbee.tui"}
-# Which of rbee's packages each may import, besides itself.
-ALLOWED = {
+PROTOCOL = "rbee.dataplane.protocol"
+PLUMBING = "rbee.dataplane.plumbing"
+KEEPER = "rbee.control.keeper"
+HIVE = "rbee.control.hive"
+# Each room and the rooms it may import, besides itself. A module belongs to the longest room
+# its name starts with; the bare packages (`rbee.control`, `rbee.dataplane`) import nothing.
+ALLOWED: dict[str, set[str]] = {
+    PROTOCOL: set(),  # the contract: it imports no other part of rbee
+    PLUMBING: {PROTOCOL},
+    "rbee.dataplane.worker": {PROTOCOL, PLUMBING},
+    HIVE: {PROTOCOL, PLUMBING},
+    KEEPER: {HIVE, PROTOCOL, PLUMBING},  # the keeper starts hives: their settings, pid file
+    "rbee.control.queen": {KEEPER, PROTOCOL, PLUMBING},
+    "rbee.tui": {KEEPER, PROTOCOL},
+    "rbee.control": set(),
     "rbee.dataplane": set(),
-    "rbee.control": {"rbee.dataplane"},
-    "rbee.tui": {"rbee.control", "rbee.dataplane"},
 }
+# Single modules another room may import besides its allowed rooms, and why.
+EXCEPTIONS: dict[str, set[str]] = {
+    # The hive is the worker's parent: it starts the worker with the key variable the worker
+    # reads and sizes its RAM preflight by the worker's default batch.
+    HIVE: {"rbee.dataplane.worker.settings"},
+}
+
+
+def room_of(module: str) -> str | None:
+    rooms = [r for r in ALLOWED if module == r or module.startswith(r + ".")]
+    return max(rooms, key=len) if rooms else None
 
 
 def module_name(path: Path) -> str:
@@ -45,14 +69,15 @@ def imported_modules(source: str, module: str, *, is_package: bool) -> set[str]:
 
 
 def wrong_arrows(module: str, imported: set[str]) -> list[str]:
-    own = next(p for p in ALLOWED if module == p or module.startswith(p + "."))
+    own = room_of(module)
+    assert own is not None, f"{module} is in no room of ALLOWED"
+    allowed = ALLOWED[own] | {own}
     return sorted(
         name
         for name in imported
-        for other in ALLOWED
-        if other != own
-        and (name == other or name.startswith(other + "."))
-        and other not in ALLOWED[own]
+        if (room := room_of(name)) is not None
+        and room not in allowed
+        and name not in EXCEPTIONS.get(own, set())
     )
 
 
@@ -71,15 +96,39 @@ def test_imports_point_the_allowed_way(path: Path) -> None:
     ("module", "source", "wrong"),
     [
         (
-            "rbee.dataplane.worker",
-            "from rbee.control.inventory import Node",
-            ["rbee.control.inventory"],
+            "rbee.dataplane.worker.service",
+            "from rbee.control.keeper.inventory import Node",
+            ["rbee.control.keeper.inventory"],
         ),
-        ("rbee.dataplane.worker", "def f():\n    import rbee.tui.app", ["rbee.tui.app"]),
-        ("rbee.control.cli", "from rbee.tui import command", ["rbee.tui"]),
+        ("rbee.dataplane.worker.service", "def f():\n    import rbee.tui.app", ["rbee.tui.app"]),
+        ("rbee.dataplane.protocol.wire", "from ..plumbing.http import bind", [PLUMBING + ".http"]),
+        (
+            "rbee.dataplane.plumbing.http",
+            "from ..worker.settings import X",
+            ["rbee.dataplane.worker.settings"],
+        ),
+        ("rbee.control.keeper.command", "from rbee.tui import command", ["rbee.tui"]),
         ("rbee.control.hive.pool", "from ...tui.app import RbeeApp", ["rbee.tui.app"]),
-        ("rbee.control.hive.pool", "from ..inventory import Node", []),
-        ("rbee.tui.app", "from rbee.control.cluster import probe_node", []),
+        ("rbee.control.hive.pool", "from ..keeper.inventory import Node", [KEEPER + ".inventory"]),
+        (
+            "rbee.control.hive.pool",
+            "from rbee.dataplane.worker.service import W",
+            ["rbee.dataplane.worker.service"],
+        ),
+        ("rbee.control.hive.preflight", "from rbee.dataplane.worker.settings import S", []),
+        ("rbee.control.hive.pool", "from rbee.dataplane.protocol.states import S", []),
+        (
+            "rbee.control.keeper.infer",
+            "from rbee.dataplane.worker.settings import S",
+            ["rbee.dataplane.worker.settings"],
+        ),
+        ("rbee.control.keeper.hive_control", "from ..hive.pidfile import X", []),
+        ("rbee.tui.app", "from rbee.control.keeper.cluster import probe_node", []),
+        (
+            "rbee.tui.app",
+            "from rbee.control.hive.settings import X",
+            ["rbee.control.hive.settings"],
+        ),
     ],
 )
 def test_the_rule_catches_a_wrong_arrow(module: str, source: str, wrong: list[str]) -> None:
