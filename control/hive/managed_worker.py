@@ -17,7 +17,6 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +24,13 @@ import httpx
 import psutil
 
 from rbee.dataplane.plumbing.state_machine import StateMachine
+from rbee.dataplane.protocol.states import ManagedState
 from rbee.dataplane.worker.settings import API_KEY_ENV as WORKER_KEY_ENV
 
 from .process_proof import KILL_WAIT_S
 from .worker_records import WorkerRecord
 
 log = logging.getLogger(__name__)
-
-
-class ManagedState(StrEnum):
-    STARTING = "starting"  # process started, not yet serving HTTP
-    LOADING = "loading"  # serving, model loading
-    IDLE = "idle"
-    BUSY = "busy"
-    UNRESPONSIVE = "unresponsive"  # missed its last health check (frozen, swapping, overloaded)
-    DRAINING = "draining"  # asked to shut down
-    STOPPED = "stopped"  # exited after a shutdown
-    FAILED = "failed"  # the model could not be loaded, or the process died while starting
-    CRASHED = "crashed"  # died or stopped answering after it was up
 
 
 M = ManagedState

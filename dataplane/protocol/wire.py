@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.metadata
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
 
 API_VERSION = "v1"
 VERSION = importlib.metadata.version("rbee")
@@ -87,3 +89,23 @@ class ApiError(Exception):
 
 def error_body(code: ErrorCode | str, message: str, details: dict[str, Any] | None = None) -> dict:
     return {"error": {"code": str(code), "message": message, "details": details or {}}}
+
+
+class Message(BaseModel):
+    """A JSON message one process sends another. Read leniently: fields a newer peer adds are
+    ignored (forward compatibility); `wire()` is the JSON object as sent."""
+
+    model_config = ConfigDict(extra="ignore")
+    # Whether fields left None are left out (optional fields) rather than sent as null.
+    omit_none: ClassVar[bool] = False
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=self.omit_none)
+
+
+class ErrorInfo(Message):
+    """The `error` of a failed stage or event: `{code, message}` (a code may be one this
+    version does not know, so it is read as a string)."""
+
+    code: str
+    message: str
