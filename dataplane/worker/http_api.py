@@ -40,15 +40,15 @@ REQUEST_BODIES: dict[str, type[BaseModel]] = {
 
 def create_app(worker: Worker) -> Starlette:
     async def health(_request: Request) -> JSONResponse:
-        return JSONResponse(worker.health())
+        return JSONResponse(worker.health().wire())
 
     async def ready(_request: Request) -> JSONResponse:
-        return JSONResponse(worker.readiness())
+        return JSONResponse(worker.readiness().wire())
 
     async def loading_progress(_request: Request) -> EventSourceResponse:
         async def lines() -> AsyncIterator[str]:
-            async for obj in worker.loading_events():
-                yield json.dumps(obj)
+            async for event in worker.loading_events():
+                yield json.dumps(event.wire())
             yield SSE_DONE
 
         return EventSourceResponse(lines(), ping=worker.settings.sse_ping_s, sep="\n")

@@ -19,7 +19,16 @@ from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from rbee.dataplane.plumbing.gguf_file import ModelInfo, read_model_info, resolve_model_path
 from rbee.dataplane.protocol.states import WorkerState
-from rbee.dataplane.protocol.wire import VERSION, ApiError, ErrorCode
+from rbee.dataplane.protocol.wire import VERSION, ApiError, ErrorCode, ErrorInfo
+from rbee.dataplane.protocol.worker_api import (
+    LoadingEvent,
+    LoadingFailed,
+    LoadingProgress,
+    LoadingReady,
+    ReadyCallback,
+    WorkerHealth,
+    WorkerReadiness,
+)
 
 from .engine import DoneEvent, Engine, ErrorEvent, Generation, LoadProgress, SamplingParams
 from .lifecycle import Lifecycle
@@ -98,56 +107,52 @@ class Worker:
         async with self._progress_changed:
             self._progress_changed.notify_all()
 
-    async def loading_events(self) -> AsyncIterator[dict[str, Any]]:
+    async def loading_events(self) -> AsyncIterator[LoadingEvent]:
         """Loading progress as DESIGN §4's SSE objects, ending with ready or failed."""
         sent: LoadProgress | None = None
         while True:
             state = self.lifecycle.state
             if self._progress != sent and state in (WorkerState.STARTING, WorkerState.LOADING):
                 sent = self._progress
-                yield {
-                    "stage": "loading_to_vram",
-                    "layers_loaded": sent.layers_loaded,
-                    "layers_total": sent.layers_total,
-                    "vram_mb": sent.loaded_mb,
-                }
+                yield LoadingProgress(
+                    layers_loaded=sent.layers_loaded,
+                    layers_total=sent.layers_total,
+                    vram_mb=sent.loaded_mb,
+                )
             if self.lifecycle.serving:
-                yield {"stage": "ready"}
+                yield LoadingReady()
                 return
             if state is WorkerState.FAILED:
-                yield {"stage": "failed", "error": self._failure()}
+                yield LoadingFailed(error=self._failure())
                 return
             if state in (WorkerState.DRAINING, WorkerState.STOPPED):
-                yield {
-                    "stage": "failed",
-                    "error": {
-                        "code": ErrorCode.BACKEND_UNAVAILABLE,
-                        "message": "the worker is shutting down",
-                    },
-                }
+                yield LoadingFailed(
+                    error=ErrorInfo(
+                        code=ErrorCode.BACKEND_UNAVAILABLE, message="the worker is shutting down"
+                    )
+                )
                 return
             async with self._progress_changed:
                 await self._progress_changed.wait()
 
-    def _failure(self) -> dict[str, str]:
-        return {
-            "code": ErrorCode.BACKEND_UNAVAILABLE,
-            "message": f"model failed to load: {self.load_error}",
-        }
+    def _failure(self) -> ErrorInfo:
+        return ErrorInfo(
+            code=ErrorCode.BACKEND_UNAVAILABLE, message=f"model failed to load: {self.load_error}"
+        )
 
     # ----------------------------------------------------------------- status
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "state": str(self.lifecycle.state),
-            "worker_id": self.settings.worker_id,
-            "model_ref": self.settings.model_ref,
-            "slots_total": self.settings.slots,
-            "slots_busy": self.slots_busy,
-            "idle_s": self.idle_seconds(),
-            "last_tokens_per_s": self.last_tokens_per_s,
-            "version": VERSION,
-        }
+    def health(self) -> WorkerHealth:
+        return WorkerHealth(
+            state=self.lifecycle.state,
+            worker_id=self.settings.worker_id,
+            model_ref=self.settings.model_ref,
+            slots_total=self.settings.slots,
+            slots_busy=self.slots_busy,
+            idle_s=self.idle_seconds(),
+            last_tokens_per_s=self.last_tokens_per_s,
+            version=VERSION,
+        )
 
     def idle_seconds(self) -> float:
         """How long no request has been in flight (0 while one is): the hive's idle timer."""
@@ -155,18 +160,21 @@ class Worker:
             return 0.0
         return round(time.monotonic() - self._last_activity, 3)
 
-    def readiness(self) -> dict[str, Any]:
+    def readiness(self) -> WorkerReadiness:
         state = self.lifecycle.state
         if self.lifecycle.serving:
-            return {"ready": True, "state": str(state), "model_loaded": True}
-        body: dict[str, Any] = {"ready": False, "state": str(state)}
+            return WorkerReadiness(ready=True, state=state, model_loaded=True)
         if state in (WorkerState.STARTING, WorkerState.LOADING):
-            body["progress_url"] = f"{self.url}/v1/loading/progress"
-            body["layers_loaded"] = self._progress.layers_loaded
-            body["layers_total"] = self._progress.layers_total
-        elif state is WorkerState.FAILED:
-            body["error"] = self._failure()
-        return body
+            return WorkerReadiness(
+                ready=False,
+                state=state,
+                progress_url=f"{self.url}/v1/loading/progress",
+                layers_loaded=self._progress.layers_loaded,
+                layers_total=self._progress.layers_total,
+            )
+        if state is WorkerState.FAILED:
+            return WorkerReadiness(ready=False, state=state, error=self._failure())
+        return WorkerReadiness(ready=False, state=state)
 
     # ----------------------------------------------------------------- generation
 
@@ -307,17 +315,16 @@ class Worker:
         url = self.settings.callback_url
         if not url:
             return
-        body = {
-            "worker_id": self.settings.worker_id,
-            "url": self.url,
-            "model_ref": self.settings.model_ref,
-            "backend": self.settings.backend,
-            "device": self.settings.device,
-            "slots_total": self.settings.slots,
-            "state": str(self.lifecycle.state),
-        }
-        if self.load_error:
-            body["error"] = self._failure()
+        body = ReadyCallback(
+            worker_id=self.settings.worker_id,
+            url=self.url,
+            model_ref=self.settings.model_ref,
+            backend=self.settings.backend,
+            device=self.settings.device,
+            slots_total=self.settings.slots,
+            state=self.lifecycle.state,
+            error=self._failure() if self.load_error else None,
+        ).wire()
         key = self.settings.api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         try:
