@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rbee.dataplane.protocol.hive_api import ModelEntry
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -39,15 +41,16 @@ class CatalogEntry:
     sha256: str
     downloaded_at: datetime  # UTC
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference,
-            "provider": self.provider,
-            "local_path": str(self.local_path),
-            "size_bytes": self.size_bytes,
-            "sha256": self.sha256,
-            "downloaded_at": self.downloaded_at.isoformat(timespec="seconds"),
-        }
+    def model_entry(self) -> ModelEntry:
+        """This entry as GET /v1/models lists it."""
+        return ModelEntry(
+            reference=self.reference,
+            provider=self.provider,
+            local_path=str(self.local_path),
+            size_bytes=self.size_bytes,
+            sha256=self.sha256,
+            downloaded_at=self.downloaded_at.isoformat(timespec="seconds"),
+        )
 
 
 def utc_now() -> datetime:

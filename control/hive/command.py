@@ -235,7 +235,7 @@ def models_list(state_dir: str, as_json: bool) -> None:
     path = Path(state_dir).expanduser() / "catalog.db"
     entries = ModelCatalog(path).list() if path.exists() else []
     if as_json:
-        click.echo(json.dumps([e.to_json() for e in entries], indent=2))
+        click.echo(json.dumps([e.model_entry().wire() for e in entries], indent=2))
         return
     if not entries:
         click.echo("No models in the catalog.")

@@ -48,8 +48,15 @@ from rbee.dataplane.plumbing.gguf_file import (
     read_model_info,
     resolve_model_path,
 )
+from rbee.dataplane.protocol.hive_api import (
+    DownloadComplete,
+    DownloadEvent,
+    DownloadFailed,
+    DownloadProgress,
+    DownloadRetrying,
+)
 from rbee.dataplane.protocol.model_refs import ModelRef, local_filename, parse_model_ref
-from rbee.dataplane.protocol.wire import ApiError, ErrorCode
+from rbee.dataplane.protocol.wire import ApiError, ErrorCode, ErrorInfo
 
 from .catalog import CatalogEntry, ModelCatalog, utc_now
 
@@ -104,7 +111,7 @@ class Download:
         self.state = DownloadState.DOWNLOADING
         self.entry: CatalogEntry | None = None
         self.error: DownloadError | None = None
-        self._latest: dict[str, Any] | None = None
+        self._latest: DownloadEvent | None = None
         self._version = 0
         self._changed = asyncio.Event()
 
@@ -112,7 +119,7 @@ class Download:
     def local_path(self) -> Path | None:
         return self.entry.local_path if self.entry else None
 
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
+    async def events(self) -> AsyncIterator[DownloadEvent]:
         """The latest progress event, then each update, ending with the one terminal event.
 
         Stages: `downloading` (bytes_downloaded, bytes_total or None, speed_mbps in MB/s),
@@ -128,7 +135,7 @@ class Download:
             event, seen = self._latest, self._version
             assert event is not None
             yield event
-            if event["stage"] in (DownloadState.COMPLETE, DownloadState.FAILED):
+            if isinstance(event, DownloadComplete | DownloadFailed):
                 return
 
     async def wait(self) -> CatalogEntry:
@@ -140,7 +147,7 @@ class Download:
         assert self.entry is not None
         return self.entry
 
-    def _publish(self, event: dict[str, Any]) -> None:
+    def _publish(self, event: DownloadEvent) -> None:
         self._latest = event
         self._version += 1
         # Waiters hold the old Event, which is set; later waiters get the fresh one.
@@ -149,34 +156,23 @@ class Download:
 
     def _progress(self, done: int, total: int | None, speed_mbps: float) -> None:
         self._publish(
-            {
-                "stage": "downloading",
-                "bytes_downloaded": done,
-                "bytes_total": total,
-                "speed_mbps": round(speed_mbps, 2),
-            }
+            DownloadProgress(
+                bytes_downloaded=done, bytes_total=total, speed_mbps=round(speed_mbps, 2)
+            )
         )
 
     def _retrying(self, attempt: int, attempts: int, delay_ms: int, error: str) -> None:
         self._publish(
-            {
-                "stage": "retrying",
-                "attempt": attempt,
-                "attempts": attempts,
-                "delay_ms": delay_ms,
-                "error": error,
-            }
+            DownloadRetrying(attempt=attempt, attempts=attempts, delay_ms=delay_ms, error=error)
         )
 
     def _complete(self, entry: CatalogEntry) -> None:
         self.entry, self.state = entry, DownloadState.COMPLETE
-        self._publish({"stage": "complete", "local_path": str(entry.local_path)})
+        self._publish(DownloadComplete(local_path=str(entry.local_path)))
 
     def _fail(self, error: DownloadError) -> None:
         self.error, self.state = error, DownloadState.FAILED
-        self._publish(
-            {"stage": "failed", "error": {"code": str(error.code), "message": error.message}}
-        )
+        self._publish(DownloadFailed(error=ErrorInfo(code=error.code, message=error.message)))
 
 
 class DownloadManager:

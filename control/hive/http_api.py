@@ -6,11 +6,9 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -20,6 +18,17 @@ from starlette.routing import Route
 
 from rbee.dataplane.plumbing.http import EXCEPTION_HANDLERS, BearerAuth, BrowserGuard, read_body
 from rbee.dataplane.plumbing.openapi import OPENAPI_PATH, openapi_route
+from rbee.dataplane.protocol.hive_api import (
+    DownloadAnswer,
+    DownloadRequest,
+    HiveHealth,
+    LogLines,
+    ModelsList,
+    SpawnAnswer,
+    SpawnRequest,
+    WorkersList,
+    WorkerStateAnswer,
+)
 from rbee.dataplane.protocol.model_refs import InvalidModelRef, parse_model_ref
 from rbee.dataplane.protocol.wire import (
     API_VERSION,
@@ -29,6 +38,7 @@ from rbee.dataplane.protocol.wire import (
     ApiError,
     ErrorCode,
 )
+from rbee.dataplane.protocol.worker_api import ReadyCallback
 
 from .downloads import DownloadError, DownloadManager
 from .logs import LogBuffer
@@ -50,30 +60,6 @@ EXECUTABLE = os.path.abspath(sys.argv[0]) if os.path.isfile(sys.argv[0]) else No
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/workers/ready", OPENAPI_PATH})
 
 
-class SpawnRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    model_ref: Annotated[str, Field(min_length=1, max_length=2048)]
-    backend: Literal["cpu", "cuda", "metal"] = "cpu"
-    device: Annotated[int, Field(ge=0, le=64)] = 0
-    slots: Annotated[int, Field(ge=1, le=64)] = 1
-    ctx_size: Annotated[int, Field(ge=32, le=1 << 20)] = 2048
-
-
-class DownloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    model_ref: Annotated[str, Field(min_length=1, max_length=2048)]
-
-
-class ReadyCallback(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    worker_id: Annotated[str, Field(min_length=1, max_length=64)]
-    state: str
-    url: str = ""
-
-
 def create_app(
     pool: WorkerPool, downloads: DownloadManager, logs: LogBuffer, api_key: str | None
 ) -> Starlette:
@@ -91,15 +77,11 @@ def create_app(
             ) from None
 
     async def health(_request: Request) -> JSONResponse:
-        body: dict[str, str | int] = {
-            "status": "alive",
-            "version": VERSION,
-            "api_version": API_VERSION,
-        }
+        body = HiveHealth(status="alive", version=VERSION, api_version=API_VERSION)
         if EXECUTABLE and pool.settings.is_loopback:  # a public page: paths only to this host
-            body["executable"] = EXECUTABLE
-            body["pid"] = os.getpid()  # which hive answers on this port (the keeper matches it)
-        return JSONResponse(body)
+            body.executable = EXECUTABLE
+            body.pid = os.getpid()  # which hive answers on this port (the keeper matches it)
+        return JSONResponse(body.wire())
 
     async def spawn(request: Request) -> JSONResponse:
         body = await read_body(request, SpawnRequest)
@@ -136,49 +118,52 @@ def create_app(
             raise
         spawns.labels("ok").inc()
         return JSONResponse(
-            {
-                "worker_id": worker.worker_id,
-                "url": worker.url,
-                "api_key": worker.api_key,
-                "state": str(worker.state),
-            }
+            SpawnAnswer(
+                worker_id=worker.worker_id,
+                url=worker.url,
+                api_key=worker.api_key,
+                state=worker.state,
+            ).wire()
         )
 
     async def worker_ready(request: Request) -> JSONResponse:
         body = await read_body(request, ReadyCallback)
         presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        worker = pool.accept_callback(presented, body.model_dump())
-        return JSONResponse({"worker_id": worker.worker_id, "state": str(worker.state)})
+        worker = pool.accept_callback(presented, body)
+        return JSONResponse(
+            WorkerStateAnswer(worker_id=worker.worker_id, state=worker.state).wire()
+        )
 
     async def workers_list(_request: Request) -> JSONResponse:
         # The node's capacity and idle policy ride along, so a dashboard needs one call per node.
-        return JSONResponse(
-            {
-                "workers": [w.to_json() for w in pool.list()],
-                "idle_timeout_s": pool.settings.idle_timeout_s,
-                "ram_available_mb": available_ram_mb(pool.settings.ram_budget_mb, pool.list()),
-            }
+        answer = WorkersList(
+            workers=[w.row() for w in pool.list()],
+            idle_timeout_s=pool.settings.idle_timeout_s,
+            ram_available_mb=available_ram_mb(pool.settings.ram_budget_mb, pool.list()),
         )
+        return JSONResponse(answer.wire())
 
     async def worker_shutdown(request: Request) -> JSONResponse:
         worker = await pool.stop(request.path_params["worker_id"])
-        return JSONResponse({"worker_id": worker.worker_id, "state": str(worker.state)})
+        return JSONResponse(
+            WorkerStateAnswer(worker_id=worker.worker_id, state=worker.state).wire()
+        )
 
     async def models_list(_request: Request) -> JSONResponse:
-        return JSONResponse({"models": [m.to_json() for m in downloads.catalog.list()]})
+        models = ModelsList(models=[m.model_entry() for m in downloads.catalog.list()])
+        return JSONResponse(models.wire())
 
     async def models_download(request: Request) -> JSONResponse:
         body = await read_body(request, DownloadRequest)
         model_ref_of(body.model_ref)  # a 400 naming the field
         download = downloads.start(body.model_ref)  # as given: its #sha256 is checked
-        answer = {
-            "download_id": download.id,
-            "model_ref": download.ref,
-            "state": str(download.state),
-        }
-        if download.local_path is not None:
-            answer["local_path"] = str(download.local_path)
-        return JSONResponse(answer, status_code=202 if download.local_path is None else 200)
+        answer = DownloadAnswer(
+            download_id=download.id,
+            model_ref=download.ref,
+            state=download.state.value,
+            local_path=str(download.local_path) if download.local_path is not None else None,
+        )
+        return JSONResponse(answer.wire(), status_code=202 if download.local_path is None else 200)
 
     async def download_progress(request: Request) -> EventSourceResponse:
         download_id = request.query_params.get("id", "")
@@ -190,7 +175,7 @@ def create_app(
 
         async def lines() -> AsyncIterator[str]:
             async for event in download.events():
-                yield json.dumps(event)
+                yield json.dumps(event.wire())
             yield SSE_DONE
 
         return EventSourceResponse(lines(), ping=SSE_KEEPALIVE_S, sep="\n")
@@ -213,11 +198,11 @@ def create_app(
 
     async def logs_endpoint(request: Request) -> Response:
         if request.query_params.get("follow", "false").lower() not in ("1", "true", "yes"):
-            return JSONResponse({"lines": logs.recent()})
+            return JSONResponse(LogLines(lines=logs.recent()).wire())
 
         async def lines() -> AsyncIterator[str]:
             async for line in logs.follow():
-                yield json.dumps(line)
+                yield json.dumps(line.wire())
 
         return EventSourceResponse(lines(), ping=SSE_KEEPALIVE_S, sep="\n")
 

@@ -7,7 +7,8 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+
+from rbee.dataplane.protocol.hive_api import LogLine
 
 
 class LogBuffer(logging.Handler):
@@ -18,45 +19,45 @@ class LogBuffer(logging.Handler):
 
     def __init__(self, capacity: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
-        self._lines: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self._lines: deque[LogLine] = deque(maxlen=capacity)
         self._loop = loop
-        self._followers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._followers: set[asyncio.Queue[LogLine]] = set()
         self._seq = 0
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         self._seq += 1
-        line = {
-            "seq": self._seq,
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = LogLine(
+            seq=self._seq,
+            ts=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": self.format(record),
-        }
+            level=record.levelname,
+            logger=record.name,
+            message=self.format(record),
+        )
         self._lines.append(line)
         if self._followers:
             self._loop.call_soon_threadsafe(self._fan_out, line)
 
-    def _fan_out(self, line: dict[str, Any]) -> None:
+    def _fan_out(self, line: LogLine) -> None:
         for queue in self._followers:
             queue.put_nowait(line)
 
-    def recent(self) -> list[dict[str, Any]]:
+    def recent(self) -> list[LogLine]:
         return list(self._lines)
 
-    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+    async def follow(self) -> AsyncIterator[LogLine]:
         """The buffered lines, then every new one until the caller stops."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[LogLine] = asyncio.Queue()
         self._followers.add(queue)
         try:
             seen = 0
             for line in self.recent():
-                seen = line["seq"]
+                seen = line.seq
                 yield line
             while True:
                 line = await queue.get()
-                if line["seq"] > seen:  # a line may be both in the snapshot and queued
+                if line.seq > seen:  # a line may be both in the snapshot and queued
                     yield line
         finally:
             self._followers.discard(queue)

@@ -18,13 +18,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 
 from rbee.dataplane.plumbing.state_machine import StateMachine
+from rbee.dataplane.protocol.hive_api import WorkerRow
 from rbee.dataplane.protocol.states import ManagedState
+from rbee.dataplane.protocol.worker_api import ReadyCallback, WorkerHealth
 from rbee.dataplane.worker.settings import API_KEY_ENV as WORKER_KEY_ENV
 
 from .process_proof import KILL_WAIT_S
@@ -184,15 +185,16 @@ class ManagedWorker:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    async def probe(self, client: httpx.AsyncClient, timeout_s: float) -> dict[str, Any] | None:
-        """GET /health: the worker's own report, or None when it does not answer."""
+    async def probe(self, client: httpx.AsyncClient, timeout_s: float) -> WorkerHealth | None:
+        """GET /health: the worker's own report, or None when it does not answer (or not with
+        a health report)."""
         if not self.url:
             return None
         try:
             response = await client.get(f"{self.url}/health", timeout=timeout_s)
             response.raise_for_status()
-            return response.json()
-        except (httpx.HTTPError, ValueError):
+            return WorkerHealth.model_validate_json(response.content)
+        except (httpx.HTTPError, ValueError):  # pydantic's ValidationError is a ValueError
             return None
 
     async def stop(
@@ -251,15 +253,14 @@ class ManagedWorker:
 
     # ----------------------------------------------------------------- reports
 
-    def observe(self, health: dict[str, Any]) -> None:
+    def observe(self, report: WorkerHealth | ReadyCallback) -> None:
         """Takes in the worker's /health answer (or its callback)."""
         self.last_health_check = time.time()
         self.health_failures = 0
-        self.slots_busy = int(health.get("slots_busy", self.slots_busy))
-        idle_s = health.get("idle_s")
-        if isinstance(idle_s, int | float):
-            self.last_activity = time.time() - float(idle_s)
-        reported = health.get("state")
+        if isinstance(report, WorkerHealth):
+            self.slots_busy = report.slots_busy
+            self.last_activity = time.time() - report.idle_s
+        reported = report.state
         if reported not in (M.IDLE, M.BUSY, M.LOADING, M.FAILED):
             return
         # A report can be older than what the hive knows: sent before the hive began to stop
@@ -275,22 +276,23 @@ class ManagedWorker:
     def idle_s(self) -> float:
         return 0.0 if self.slots_busy else time.time() - self.last_activity
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "worker_id": self.worker_id,
-            "state": str(self.state),
-            "model_ref": self.spec.model_ref,
-            "url": self.url,
-            "pid": self.pid,
-            "backend": self.spec.backend,
-            "device": self.spec.device,
-            "slots_total": self.spec.slots,
-            "slots_busy": self.slots_busy,
-            "created_at": _iso(self.created_at),
-            "last_activity": _iso(self.last_activity),
-            "last_health_check": _iso(self.last_health_check) if self.last_health_check else None,
-            "error": self.error,
-        }
+    def row(self) -> WorkerRow:
+        """This worker as the workers list shows it."""
+        return WorkerRow(
+            worker_id=self.worker_id,
+            state=self.state,
+            model_ref=self.spec.model_ref,
+            url=self.url,
+            pid=self.pid,
+            backend=self.spec.backend,
+            device=self.spec.device,
+            slots_total=self.spec.slots,
+            slots_busy=self.slots_busy,
+            created_at=_iso(self.created_at),
+            last_activity=_iso(self.last_activity),
+            last_health_check=_iso(self.last_health_check) if self.last_health_check else None,
+            error=self.error,
+        )
 
 
 def _iso(ts: float) -> str:

@@ -6,12 +6,12 @@ import asyncio
 import hmac
 import logging
 import uuid
-from typing import Any
 
 import httpx
 
 from rbee.dataplane.protocol.states import SERVING_STATES, WorkerState
 from rbee.dataplane.protocol.wire import ApiError, ErrorCode
+from rbee.dataplane.protocol.worker_api import ReadyCallback
 
 from .managed_worker import LIVE_STATES, ManagedState, ManagedWorker, WorkerSpec
 from .settings import HiveSettings
@@ -123,16 +123,16 @@ class WorkerPool:
 
     # ----------------------------------------------------------------- callbacks
 
-    def accept_callback(self, presented_key: str, report: dict[str, Any]) -> ManagedWorker:
+    def accept_callback(self, presented_key: str, report: ReadyCallback) -> ManagedWorker:
         """A worker's POST /v1/workers/ready, checked against that worker's own key."""
-        worker = self._workers.get(str(report.get("worker_id", "")))
+        worker = self._workers.get(report.worker_id)
         # Compare even when the id is unknown, so timing says nothing about which ids exist.
         expected = worker.api_key if worker else "x" * 43
         if not hmac.compare_digest(presented_key.encode(), expected.encode()) or worker is None:
             raise ApiError(ErrorCode.INVALID_API_KEY, "not a worker of this hive, or a wrong key")
-        if report.get("url"):
-            worker.serving_at(str(report["url"]))
-        state = report.get("state")
+        if report.url:
+            worker.serving_at(report.url)
+        state = report.state
         if (
             state in (WorkerState.LOADING, *SERVING_STATES)
             and worker.state is ManagedState.STARTING
@@ -144,7 +144,7 @@ class WorkerPool:
             worker.observe(report)
             log.info("worker %s ready at %s", worker.worker_id, worker.url)
         elif state == WorkerState.FAILED:
-            worker.error = str((report.get("error") or {}).get("message", "load failed"))
+            worker.error = report.error.message if report.error else "load failed"
             if worker.machine.can(ManagedState.FAILED):  # not once a stop began
                 worker.to(ManagedState.FAILED)
             log.error("worker %s failed to load its model: %s", worker.worker_id, worker.error)

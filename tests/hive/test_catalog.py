@@ -37,7 +37,7 @@ def test_round_trip_survives_reopening(tmp_path: Path) -> None:
     assert reopened.get("hf:org/repo:b.gguf") == first
     assert reopened.get("hf:org/missing") is None
     assert reopened.list() == [second, first]  # ordered by reference
-    assert first.to_json() == {
+    assert first.model_entry().wire() == {
         "reference": "hf:org/repo:b.gguf",
         "provider": "hf",
         "local_path": "/models/b.gguf",

@@ -18,6 +18,7 @@ from support.tinymodel import write_tiny_gguf
 from rbee.control.hive.catalog import ModelCatalog
 from rbee.control.hive.downloads import Download, DownloadError, DownloadManager, DownloadState
 from rbee.dataplane.plumbing.gguf_file import resolve_model_path
+from rbee.dataplane.protocol.hive_api import DownloadProgress
 from rbee.dataplane.protocol.model_refs import InvalidModelRef, local_filename
 
 MB = 1_000_000
@@ -39,7 +40,7 @@ def manager(tmp_path: Path, **options: Any) -> DownloadManager:
 
 
 async def events_of(download: Download) -> list[dict[str, Any]]:
-    return [event async for event in download.events()]
+    return [event.wire() async for event in download.events()]
 
 
 async def start_and_follow(dm: DownloadManager, ref: str) -> list[dict[str, Any]]:
@@ -247,7 +248,7 @@ def test_a_canceled_download_resumes_after_a_restart(
         dm = manager(tmp_path)
         download = dm.start(url)
         async for event in download.events():
-            if event["stage"] == "downloading" and event["bytes_downloaded"] >= 100_000:
+            if isinstance(event, DownloadProgress) and event.bytes_downloaded >= 100_000:
                 break
         await dm.aclose()  # the hive stops mid-download
         return download

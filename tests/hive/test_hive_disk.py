@@ -90,7 +90,7 @@ def files_under(path: Path) -> list[Path]:
 
 async def failure(dm: DownloadManager, ref: str) -> tuple[DownloadError, dict[str, Any]]:
     download: Download = dm.start(ref)
-    events = [event async for event in download.events()]
+    events = [event.wire() async for event in download.events()]
     with pytest.raises(DownloadError) as info:
         await download.wait()
     return info.value, events[-1]

@@ -20,7 +20,9 @@ from rbee.control.hive.managed_worker import ManagedWorker, WorkerSpec
 from rbee.control.hive.pool import WorkerPool
 from rbee.control.hive.settings import HiveSettings
 from rbee.dataplane.plumbing.state_machine import InvalidTransition
+from rbee.dataplane.protocol.states import WorkerState
 from rbee.dataplane.protocol.wire import ApiError, ErrorCode
+from rbee.dataplane.protocol.worker_api import ReadyCallback, WorkerHealth
 
 PATHS = shortest_paths(TRANSITIONS, S.STARTING)
 # Stands in for rbee-worker where only the process matters (the pool's bookkeeping is under
@@ -110,7 +112,7 @@ def test_a_report_is_taken_unless_the_hive_knows_more(
 ) -> None:
     worker = _worker(tmp_path, held)
     with caplog.at_level(logging.WARNING):
-        worker.observe({"state": reported, "slots_busy": 0})
+        worker.observe(_health(reported))
     assert worker.state is after
     assert not caplog.records
 
@@ -160,8 +162,24 @@ async def _starting(pool: WorkerPool) -> ManagedWorker:
     return pool.list()[0]
 
 
-def _report(worker: ManagedWorker, state: str, **extra: Any) -> dict[str, Any]:
-    return {"worker_id": worker.worker_id, "state": state, "url": "", **extra}
+def _health(state: str) -> WorkerHealth:
+    """A worker's /health answer reporting `state`, no slot busy."""
+    return WorkerHealth(
+        state=WorkerState(state),
+        worker_id="w",
+        model_ref="file:/m",
+        slots_total=1,
+        slots_busy=0,
+        idle_s=0.0,
+        last_tokens_per_s=None,
+        version="0.1.0",
+    )
+
+
+def _report(worker: ManagedWorker, state: str, **extra: Any) -> ReadyCallback:
+    return ReadyCallback.model_validate(
+        {"worker_id": worker.worker_id, "state": state, "url": "", **extra}
+    )
 
 
 def test_ready_callbacks_move_a_worker_on_from_starting(tmp_path: Path) -> None:
@@ -174,7 +192,7 @@ def test_ready_callbacks_move_a_worker_on_from_starting(tmp_path: Path) -> None:
             pool.accept_callback(worker.api_key, _report(worker, "loading"))
             assert await spawning is worker
             seen.append(worker.state)
-            worker.observe({"state": "idle", "slots_busy": 0})  # a probe saw it serve first
+            worker.observe(_health("idle"))  # a probe saw it serve first
             pool.accept_callback(worker.api_key, _report(worker, "idle"))
             seen.append(worker.state)
             await pool.stop_all()
@@ -200,7 +218,11 @@ def test_a_callback_that_lands_after_a_stop_began_leaves_the_worker_draining(
             await spawning
             stopping = asyncio.create_task(pool.stop(worker.worker_id))
             await asyncio.sleep(0)  # the stop has begun: draining
-            extra = {"error": {"message": "no"}} if late == "failed" else {}
+            extra = (
+                {"error": {"code": "BACKEND_UNAVAILABLE", "message": "no"}}
+                if late == "failed"
+                else {}
+            )
             answer = pool.accept_callback(worker.api_key, _report(worker, late, **extra))
             during = answer.state
             await stopping
