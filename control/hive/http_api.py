@@ -239,6 +239,15 @@ def create_app(
                 "/v1/models/download": DownloadRequest,
             },
             queries={"/v1/models/download/progress": ("id",), "/v1/logs": ("follow",)},
+            answers={
+                "/v1/health": HiveHealth,
+                "/v1/workers/spawn": SpawnAnswer,
+                "/v1/workers/ready": WorkerStateAnswer,
+                "/v1/workers/list": WorkersList,
+                "/v1/workers/{worker_id}/shutdown": WorkerStateAnswer,
+                "/v1/models": ModelsList,
+                "/v1/models/download": DownloadAnswer,
+            },
         )
     )
     middleware = [

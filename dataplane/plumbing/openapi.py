@@ -1,8 +1,9 @@
 """`GET /openapi.json`: a server's API described from its routes and request models.
 
 The document is derived, never written by hand: paths and methods come from the Starlette
-routes, request bodies from the pydantic models the handlers validate with, so it cannot
-drift from what the server accepts. Fuzz tests (schemathesis) read it.
+routes, request bodies from the pydantic models the handlers validate with, JSON answers from
+the models the handlers build them from, so it cannot drift from what the server accepts and
+sends. Fuzz tests (schemathesis) read it.
 """
 
 from __future__ import annotations
@@ -43,10 +44,14 @@ def openapi_document(
     bodies: Mapping[str, type[BaseModel]],
     queries: Mapping[str, Collection[str]],
     public_paths: Collection[str],
+    answers: Mapping[str, type[BaseModel]] | None = None,
 ) -> dict[str, Any]:
-    """OpenAPI 3.1 for `routes`; `bodies` and `queries` are keyed by route path."""
+    """OpenAPI 3.1 for `routes`; `bodies`, `answers` (a 2xx JSON body) and `queries` are keyed
+    by route path."""
+    answers = answers or {}
     by_model, defs = models_json_schema(
-        [(model, "validation") for model in bodies.values()],
+        [(model, "validation") for model in bodies.values()]
+        + [(model, "serialization") for model in answers.values()],
         ref_template="#/components/schemas/{model}",
     )
     schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA, **defs.get("$defs", {})}
@@ -83,6 +88,11 @@ def openapi_document(
                     "required": True,
                     "content": {"application/json": {"schema": by_model[(model, "validation")]}},
                 }
+            answer = answers.get(route.path)
+            if answer is not None:
+                operation["responses"]["2XX"]["content"] = {
+                    "application/json": {"schema": by_model[(answer, "serialization")]}
+                }
             if route.path not in public_paths:
                 operation["security"] = [{"bearer": []}]
             paths.setdefault(route.path_format, {})[method.lower()] = operation
@@ -104,6 +114,7 @@ def openapi_route(
     bodies: Mapping[str, type[BaseModel]],
     queries: Mapping[str, Collection[str]] | None = None,
     public_paths: Collection[str],
+    answers: Mapping[str, type[BaseModel]] | None = None,
 ) -> Route:
     """The route serving the document (built once, at the first request)."""
     document: dict[str, Any] = {}
@@ -113,7 +124,12 @@ def openapi_route(
         if not document:
             document.update(
                 openapi_document(
-                    title, routes, bodies=bodies, queries=queries or {}, public_paths=public_paths
+                    title,
+                    routes,
+                    bodies=bodies,
+                    queries=queries or {},
+                    public_paths=public_paths,
+                    answers=answers,
                 )
             )
         return JSONResponse(document)

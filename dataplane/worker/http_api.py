@@ -24,6 +24,7 @@ from rbee.dataplane.protocol.requests import (
     InferenceRequest,
 )
 from rbee.dataplane.protocol.wire import SSE_DONE, ApiError
+from rbee.dataplane.protocol.worker_api import WorkerHealth, WorkerReadiness
 
 from . import openai_api
 from .engine import DoneEvent, ErrorEvent, Event, SamplingParams, TokenEvent
@@ -126,7 +127,13 @@ def create_app(worker: Worker) -> Starlette:
         *openai_api.routes(worker),
     ]
     routes.append(
-        openapi_route("rbee-worker", routes, bodies=REQUEST_BODIES, public_paths=PUBLIC_PATHS)
+        openapi_route(
+            "rbee-worker",
+            routes,
+            bodies=REQUEST_BODIES,
+            public_paths=PUBLIC_PATHS,
+            answers={"/health": WorkerHealth, "/v1/ready": WorkerReadiness},
+        )
     )
     middleware = [
         Middleware(BrowserGuard, loopback=worker.settings.is_loopback),

@@ -165,6 +165,8 @@ def test_openapi_documents_every_route(
         )
         assert "/v1/models/{ref}" in paths
         assert "security" not in paths["/v1/health"]["get"]
+        assert answer_of(paths["/v1/workers/list"]["get"]) == "WorkersList"
+        assert "workers" in doc["components"]["schemas"]["WorkersList"]["properties"]
     else:
         assert {
             "/v1/inference",
@@ -174,3 +176,11 @@ def test_openapi_documents_every_route(
             "/health",
         } <= set(paths)
         assert paths["/v1/inference"]["post"]["security"] == [{"bearer": []}]
+        assert answer_of(paths["/health"]["get"]) == "WorkerHealth"
+        assert answer_of(paths["/v1/ready"]["get"]) == "WorkerReadiness"
+
+
+def answer_of(operation: dict) -> str:
+    """The name of the model an operation's 2xx JSON answer is documented by."""
+    schema = operation["responses"]["2XX"]["content"]["application/json"]["schema"]
+    return schema["$ref"].rsplit("/", 1)[1]
