@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 from httpx_sse import SSEError, aconnect_sse
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from rbee.dataplane.protocol.wire import SILENCE_LIMIT_S, SSE_DONE, ErrorCode
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class RemoteError(Exception):
@@ -126,6 +130,32 @@ class ApiClient:
         if not isinstance(body, dict) or not all(key in body for key in keys):
             raise InvalidResponse(self.peer, path)
         return body
+
+    async def _answer(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        timeout_s: float | None = None,
+        **kwargs: Any,
+    ) -> M:
+        """The answer read as `model` (the protocol's message); InvalidResponse otherwise."""
+        body = await self._json(method, path, timeout_s=timeout_s, **kwargs)
+        try:
+            return model.model_validate(body)
+        except ValidationError:
+            raise InvalidResponse(self.peer, path) from None
+
+    async def _events(
+        self, method: str, path: str, event: TypeAdapter[T], **kwargs: Any
+    ) -> AsyncGenerator[T, None]:
+        """The events of an SSE stream read as `event`; InvalidResponse at one that is not."""
+        async for obj in self._sse(method, path, **kwargs):
+            try:
+                yield event.validate_python(obj)
+            except ValidationError:
+                raise InvalidResponse(self.peer, path) from None
 
     def _objects(self, items: Any, path: str, *keys: str) -> list[dict[str, Any]]:
         """`items` when it is a list of JSON objects holding `keys`; InvalidResponse otherwise."""

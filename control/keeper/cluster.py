@@ -323,7 +323,7 @@ async def _probe_hive(
                 problem=f"something other than rbee-hive answers on port {node.hive_port}",
                 suggestion=f"give node {node.name} another hive_port in {node.inventory_path}",
             )
-        version = str(health.get("version"))
+        version = health.version
         if version != VERSION:
             return NodeStatus(
                 node.name,

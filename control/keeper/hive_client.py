@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from rbee.control.hive.settings import HiveSettings
+from rbee.dataplane.protocol.hive_api import HiveHealth
 
 from .api_client import ApiClient, InvalidResponse, PeerSilent, error_message
 from .console import ActionableError, Console, bar
@@ -46,8 +47,8 @@ class HiveClient(ApiClient):
             base_url, api_key, timeout_s=timeout_s, peer=f"rbee-hive on {node}" if node else None
         )
 
-    async def health(self, *, timeout_s: float | None = None) -> dict[str, Any]:
-        return await self._object("GET", "/v1/health", "version", timeout_s=timeout_s)
+    async def health(self, *, timeout_s: float | None = None) -> HiveHealth:
+        return await self._answer("GET", "/v1/health", HiveHealth, timeout_s=timeout_s)
 
     async def spawn(
         self,

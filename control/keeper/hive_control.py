@@ -9,6 +9,7 @@ import httpx
 
 from rbee.control.hive.pidfile import NOT_RUNNING_EXIT
 from rbee.control.hive.settings import KEY_FILE
+from rbee.dataplane.protocol.hive_api import HiveHealth
 from rbee.dataplane.protocol.wire import VERSION
 
 from .api_client import RemoteError
@@ -98,7 +99,7 @@ async def running_hive_pid(node: Node, runner: Runner) -> int | None:
     return int(result.stdout.split()[-1]) if result.exit_status == 0 else None
 
 
-async def _answers(access: SSHNodeAccess) -> dict[str, str] | None:
+async def _answers(access: SSHNodeAccess) -> HiveHealth | None:
     try:
         async with HiveClient(
             await access.hive_url(), access.hive_key, timeout_s=ANSWER_TIMEOUT_S, node=access.name
@@ -138,8 +139,8 @@ async def hive_up(
                 suggestion=f"restart it: `rbee ssh-down {node.name}`, then "
                 f"`rbee ssh-up {node.name}`",
             )
-        _check_version(node, health["version"])
-        return f"{node.name}: rbee-hive {health['version']} already running"
+        _check_version(node, health.version)
+        return f"{node.name}: rbee-hive {health.version} already running"
     state_dir = await _state_dir(node, runner)
     argv = [
         await _hive_bin(node, runner),
@@ -174,9 +175,9 @@ async def hive_up(
                 suggestion=f"see {state_dir}/hive.log on {node.name}",
             )
         await asyncio.sleep(0.2)
-    _check_version(node, health["version"])
+    _check_version(node, health.version)
     where = f"{node.listen}:{node.hive_port}"
-    return f"{node.name}: rbee-hive {health['version']} up (pid {pid}, {where})"
+    return f"{node.name}: rbee-hive {health.version} up (pid {pid}, {where})"
 
 
 async def hive_down(node: Node, runner: Runner, say: Say) -> str:

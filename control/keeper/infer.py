@@ -184,10 +184,9 @@ class Infer:
                     suggestion=f"give node {node.name} another hive_port in the inventory",
                 )
                 raise InferFailed() from None
-        if health.get("version") != VERSION:
+        if health.version != VERSION:
             self.console.error(
-                f"Version mismatch: rbee={VERSION}, rbee-hive={health.get('version')}. "
-                "Please upgrade.",
+                f"Version mismatch: rbee={VERSION}, rbee-hive={health.version}. Please upgrade.",
                 suggestion=f"upgrade the node with `rbee deploy {node.name}` (or the ansible "
                 f"playbook), then `rbee ssh-up {node.name}`",
             )

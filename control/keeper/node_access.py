@@ -12,12 +12,12 @@ import os
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from rbee.control.hive.settings import API_KEY_ENV as HIVE_KEY_ENV
+from rbee.dataplane.protocol.hive_api import HiveHealth
 
 from .attempts import connect_over_ssh
 from .console import ActionableError
@@ -52,8 +52,8 @@ class LocalNodeAccess:
         url = await self.hive_url()
         said = f"Started the hive on {self.name}."
         health = await _health(url)
-        found = health.get("executable") if health is not None else None
-        if health is not None and (not isinstance(found, str) or _same_file(found, hive_bin)):
+        found = health.executable if health is not None else None
+        if health is not None and (found is None or _same_file(found, hive_bin)):
             return None  # ours (or a hive that does not say: left as it is)
         if not hive_bin.is_file():
             raise ActionableError(
@@ -61,8 +61,8 @@ class LocalNodeAccess:
                 suggestion=f"set rbee_path for node {self.name} in {self.node.inventory_path} "
                 "to the folder holding rbee-hive",
             )
-        if isinstance(found, str):
-            await self._stop_foreign_hive(found, health.get("pid") if health else None)
+        if found is not None:
+            await self._stop_foreign_hive(found, health.pid if health else None)
             gone = "" if os.path.exists(found) else " (deleted)"
             said = f"Restarted the hive on {self.name}: it ran from {found}{gone}."
         state_dir = Path(self.node.state_dir).expanduser()
@@ -122,15 +122,16 @@ class LocalNodeAccess:
             await hive_down(self.node, runner, lambda _line: None)
 
 
-async def _health(url: str) -> dict[str, Any] | None:
+async def _health(url: str) -> HiveHealth | None:
     """The hive's health answer; None when nothing (or something else) answers at once."""
     try:
         async with httpx.AsyncClient(timeout=1.0) as client:
             response = await client.get(f"{url}/v1/health")
-            body = response.json() if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
+            if response.status_code != 200:
+                return None
+            return HiveHealth.model_validate_json(response.content)
+    except (httpx.HTTPError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
-    return body if isinstance(body, dict) else None
 
 
 def _same_file(path: str, other: Path) -> bool:
