@@ -20,6 +20,7 @@ import httpx
 
 # Re-exported (`X as X`): the dashboard reaches the default model and the request and
 # progress types through this module only.
+from rbee.dataplane.protocol import hive_api
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF as DEFAULT_MODEL_REF
 from rbee.dataplane.protocol.model_refs import InvalidModelRef, parse_model_ref
 from rbee.dataplane.protocol.states import SERVING_STATES
@@ -100,8 +101,8 @@ class LogLine:
     message: str
 
     @classmethod
-    def of(cls, line: dict[str, Any]) -> LogLine:
-        return cls(str(line["ts"]), str(line["level"]), str(line["logger"]), str(line["message"]))
+    def of(cls, line: hive_api.LogLine) -> LogLine:
+        return cls(line.ts, line.level, line.logger, line.message)
 
     def __str__(self) -> str:
         return f"{self.ts} {self.level:<7} {self.logger}: {self.message}"
@@ -334,9 +335,8 @@ async def _probe_hive(
                 suggestion=f"upgrade it: `rbee deploy {node.name}`",
             )
         report, models = await asyncio.gather(hive.workers_report(), hive.models())
-    idle_timeout_s = report.get("idle_timeout_s")
     workers = await asyncio.gather(
-        *(_worker_status(node.name, access, w, idle_timeout_s) for w in report["workers"])
+        *(_worker_status(node.name, access, w, report.idle_timeout_s) for w in report.workers)
     )
     if registry is not None:
         for worker in workers:
@@ -348,38 +348,38 @@ async def _probe_hive(
         HiveState.UP,
         version,
         tuple(workers),
-        tuple(m["reference"] for m in models),
-        report.get("ram_available_mb"),
+        tuple(m.reference for m in models),
+        report.ram_available_mb,
     )
 
 
 async def _worker_status(
     node: str,
     access: LocalNodeAccess | SSHNodeAccess,
-    listed: dict[str, Any],
+    listed: hive_api.WorkerRow,
     idle_timeout_s: float | None,
 ) -> WorkerStatus:
     """The hive's entry, freshened with the worker's own /health when it serves."""
     health: dict[str, Any] = {}
-    if listed["state"] in SERVING_STATES and listed.get("url"):
+    if listed.state in SERVING_STATES and listed.url:
         # A silent worker keeps the hive's view; the hive's health loop will notice it.
         with contextlib.suppress(httpx.HTTPError, RemoteError, RunnerError, OSError, ValueError):
             async with WorkerClient(
-                await access.worker_url(listed["url"]), timeout_s=WORKER_PROBE_TIMEOUT_S
+                await access.worker_url(listed.url), timeout_s=WORKER_PROBE_TIMEOUT_S
             ) as worker:
                 health = await worker.health()
     return WorkerStatus(
         node=node,
-        worker_id=listed["worker_id"],
-        model_ref=listed["model_ref"],
-        state=health.get("state", listed["state"]),
-        slots_busy=int(health.get("slots_busy", listed["slots_busy"])),
-        slots_total=int(listed["slots_total"]),
-        url=listed["url"],
+        worker_id=listed.worker_id,
+        model_ref=listed.model_ref,
+        state=health.get("state", listed.state),
+        slots_busy=int(health.get("slots_busy", listed.slots_busy)),
+        slots_total=listed.slots_total,
+        url=listed.url,
         last_tokens_per_s=health.get("last_tokens_per_s"),
         idle_s=health.get("idle_s"),
         idle_timeout_s=idle_timeout_s,
-        error=listed.get("error"),
+        error=listed.error,
     )
 
 
@@ -390,7 +390,7 @@ async def probe_nodes(
     return list(await asyncio.gather(*(probe_node(n, registry) for n in nodes)))
 
 
-async def list_models(node: Node) -> list[dict[str, Any]]:
+async def list_models(node: Node) -> list[hive_api.ModelEntry]:
     return await with_hive(node, lambda hive: hive.models())
 
 
@@ -442,33 +442,33 @@ async def spawn_worker(
     """Puts `model_ref` in the node's catalog (`on_progress` hears the download), starts a
     worker for it (its model still loading) and registers it; its id."""
 
-    async def provision_and_spawn(hive: HiveClient) -> dict[str, Any]:
+    async def provision_and_spawn(hive: HiveClient) -> hive_api.SpawnAnswer:
         await provision(hive, model_ref, on_progress)
         return await hive.spawn(model_ref, backend=node.backend)
 
     spawned = await with_hive(node, provision_and_spawn)
     registry.record(
         RegisteredWorker(
-            worker_id=spawned["worker_id"],
+            worker_id=spawned.worker_id,
             node=node.name,
             model_ref=model_ref,
-            url=spawned["url"],
-            api_key=spawned["api_key"],
+            url=spawned.url,
+            api_key=spawned.api_key,
             backend=node.backend,
             device=0,
-            state=spawned["state"],
+            state=spawned.state,
             created_at=time.time(),
             last_health_check=None,
         )
     )
-    return str(spawned["worker_id"])
+    return spawned.worker_id
 
 
 async def shutdown_worker(node: Node, worker_id: str, registry: WorkerRegistry) -> str:
     """Stops one worker gracefully and forgets it; the state it ended in."""
     result = await with_hive(node, lambda hive: hive.shutdown_worker(worker_id))
     registry.remove(worker_id)
-    return str(result["state"])
+    return str(result.state)
 
 
 async def download_model(node: Node, model_ref: str, on_progress: OnDownload) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from rich.table import Table
 
+from rbee.dataplane.protocol.hive_api import WorkerRow
 from rbee.dataplane.protocol.states import SERVING_STATES
 from rbee.dataplane.protocol.wire import ErrorCode
 
@@ -121,7 +122,7 @@ async def _hive_view(inventory: Inventory, name: str) -> dict[str, str] | str:
         return AUTH_FAILED if exc.code == ErrorCode.INVALID_API_KEY else HIVE_ERROR
     except (RunnerError, InventoryError):
         return UNREACHABLE
-    return {str(w["worker_id"]): str(w["state"]) for w in listed}
+    return {w.worker_id: str(w.state) for w in listed}
 
 
 def _as_json(worker: RegisteredWorker, state: str) -> dict[str, object]:
@@ -156,9 +157,9 @@ async def workers_health(node: Node, registry: WorkerRegistry, console: Console)
     except (RunnerError, InventoryError) as exc:
         raise ActionableError(str(exc)) from None
     for w, health in zip(listed, answers, strict=True):
-        worker_id = w["worker_id"]
+        worker_id = w.worker_id
         if health is None:
-            console.line(f"✗ {worker_id} - not answering (its hive last saw it {w['state']})")
+            console.line(f"✗ {worker_id} - not answering (its hive last saw it {w.state})")
             continue
         state = str(health.get("state"))
         ready = state in SERVING_STATES
@@ -169,20 +170,20 @@ async def workers_health(node: Node, registry: WorkerRegistry, console: Console)
 
 
 async def _live_health(
-    access: LocalNodeAccess | SSHNodeAccess, listed: dict[str, Any]
+    access: LocalNodeAccess | SSHNodeAccess, listed: WorkerRow
 ) -> dict[str, Any] | None:
     """The worker's own /health, or None when it does not answer in time (or another process
     answers at its address)."""
-    if not listed.get("url"):
+    if not listed.url:
         return None
     try:
         async with asyncio.timeout(cluster.WORKER_PROBE_TIMEOUT_S):
-            url = await access.worker_url(listed["url"])
+            url = await access.worker_url(listed.url)
             async with WorkerClient(url, timeout_s=cluster.WORKER_PROBE_TIMEOUT_S) as worker:
                 health = await worker.health()
     except (TimeoutError, httpx.HTTPError, RemoteError, RunnerError, OSError, ValueError):
         return None
-    return health if health.get("worker_id") == listed["worker_id"] else None
+    return health if health.get("worker_id") == listed.worker_id else None
 
 
 async def workers_shutdown(
@@ -200,9 +201,7 @@ async def models_list(node: Node, console: Console) -> int:
         return 0
     table = Table("model", "size", "downloaded", "path")
     for m in models:
-        table.add_row(
-            m["reference"], f"{m['size_bytes'] / 1e6:.1f} MB", m["downloaded_at"], m["local_path"]
-        )
+        table.add_row(m.reference, f"{m.size_bytes / 1e6:.1f} MB", m.downloaded_at, m.local_path)
     console.table(table)
     return 0
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from rbee.dataplane.protocol.hive_api import SpawnAnswer, WorkerRow
 from rbee.dataplane.protocol.states import SERVING_STATES
 from rbee.dataplane.protocol.wire import VERSION, ErrorCode
 
@@ -132,14 +133,14 @@ class Infer:
                 hive.spawn(req.model_ref, backend=req.backend, device=req.device)
             )
         worker = RegisteredWorker(
-            worker_id=spawned["worker_id"],
+            worker_id=spawned.worker_id,
             node=node.name,
             model_ref=req.model_ref,
-            url=spawned["url"],
-            api_key=spawned["api_key"],
+            url=spawned.url,
+            api_key=spawned.api_key,
             backend=req.backend,
             device=req.device,
-            state=spawned["state"],
+            state=spawned.state,
             created_at=time.time(),
             last_health_check=None,
         )
@@ -204,7 +205,7 @@ class Infer:
             self.console.explain(exc)
             raise InferFailed() from None
 
-    async def _call_hive(self, call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    async def _call_hive(self, call: Awaitable[SpawnAnswer]) -> SpawnAnswer:
         try:
             return await call
         except RemoteError as exc:
@@ -299,14 +300,14 @@ class Infer:
         node = self.node.name
         try:
             entry, record = await self._hive_view(worker.worker_id)
-            state = str(entry["state"]) if entry else "crashed"
+            state = str(entry.state) if entry else "crashed"
         except (httpx.HTTPError, RemoteError, ValueError, KeyError):
             entry, record, state = None, None, "unknown"
         if state in SERVING_STATES:
             return
         self.registry.remove(worker.worker_id)
         if state == "failed" and entry:
-            self._load_failed(str(entry.get("error") or "the model failed to load"))
+            self._load_failed(entry.error or "the model failed to load")
         elif state == "crashed":
             why, tail = _crash_report(record)
             self.console.error(
@@ -322,7 +323,7 @@ class Infer:
             )
         raise InferFailed()
 
-    async def _hive_view(self, worker_id: str) -> tuple[dict[str, Any] | None, str | None]:
+    async def _hive_view(self, worker_id: str) -> tuple[WorkerRow | None, str | None]:
         """The hive's entry for the worker (None once it removed it as crashed), waiting a
         moment for the hive to notice a death, and then the hive's crash record of it."""
         loop = asyncio.get_running_loop()
@@ -334,16 +335,16 @@ class Infer:
             node=self.node.name,
         ) as hive:
             while True:
-                entry = next((w for w in await hive.workers() if w["worker_id"] == worker_id), None)
-                if entry is None or entry["state"] not in LOADING_STATES or loop.time() > deadline:
+                entry = next((w for w in await hive.workers() if w.worker_id == worker_id), None)
+                if entry is None or entry.state not in LOADING_STATES or loop.time() > deadline:
                     break
                 await asyncio.sleep(0.1)
             if entry is not None:
                 return entry, None
             errors = [
-                line["message"]
+                line.message
                 for line in await hive.logs()
-                if line["level"] == "ERROR" and worker_id in line["message"]
+                if line.level == "ERROR" and worker_id in line.message
             ]
         return None, errors[-1] if errors else None
 

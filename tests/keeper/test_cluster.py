@@ -142,7 +142,7 @@ def test_download_reports_and_lands_in_the_catalog(
     async def scenario(url: str) -> None:
         path = await cluster.download_model(node, url, steps.append)
         assert Path(path).read_bytes() == data
-        assert url in [m["reference"] for m in await cluster.list_models(node)]
+        assert url in [m.reference for m in await cluster.list_models(node)]
         with pytest.raises(ActionableError) as missing:
             await cluster.download_model(node, f"file:{tmp_path}/absent.gguf", steps.append)
         assert "absent.gguf" in missing.value.in_words()

@@ -88,6 +88,13 @@ def _rbee(inventory: Path, home: Path, *args: str) -> subprocess.CompletedProces
 
 # ----------------------------------------------------------------- malformed answers
 
+# Well-formed download answers, so what follows them is what is garbled.
+DOWNLOADING = b'{"download_id": "d-1", "model_ref": "file:/models/x.gguf", "state": "downloading"}'
+DOWNLOADED = (
+    b'{"download_id": "d-1", "model_ref": "file:/models/x.gguf", "state": "complete", '
+    b'"local_path": "/models/x.gguf"}'
+)
+
 
 @pytest.mark.parametrize(
     "bodies, command",
@@ -96,12 +103,12 @@ def _rbee(inventory: Path, home: Path, *args: str) -> subprocess.CompletedProces
         ({"_v1_models": b'{"models": "all of them"}'}, ("models", "list", "--node", "garbled")),
         ({}, ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi")),
         (
-            {"_v1_models_download": b'{"local_path": "/models/x.gguf"}'},
+            {"_v1_models_download": DOWNLOADED},
             ("infer", "--node", "garbled", "--model", "file:/models/x.gguf", "hi"),
         ),
         (
             {
-                "_v1_models_download": b'{"download_id": "d-1"}',
+                "_v1_models_download": DOWNLOADING,
                 "_v1_models_download_progress": (
                     b'data: {"stage": "failed", "error": "disk full"}\n\n'
                 ),
@@ -110,7 +117,7 @@ def _rbee(inventory: Path, home: Path, *args: str) -> subprocess.CompletedProces
         ),
         (
             {
-                "_v1_models_download": b'{"download_id": "d-1"}',
+                "_v1_models_download": DOWNLOADING,
                 "_v1_models_download_progress": GARBAGE,
             },
             ("models", "download", "--node", "garbled", "file:/models/x.gguf"),
@@ -331,9 +338,7 @@ def test_a_hive_frozen_at_the_spawn_is_named_within_the_spawn_deadline(
     that never answers it is named once SPAWN_TIMEOUT_S (lowered to 1 s here) has passed."""
     assert hive_client.SPAWN_TIMEOUT_S <= 120
     monkeypatch.setattr(hive_client, "SPAWN_TIMEOUT_S", 1.0)
-    stand_in = StandIn(
-        hang="/v1/workers/spawn", _v1_models_download=b'{"local_path": "/models/x.gguf"}'
-    )
+    stand_in = StandIn(hang="/v1/workers/spawn", _v1_models_download=DOWNLOADED)
     ref = "file:/models/x.gguf"
     node = write_inventory(
         tmp_path / "inventory.toml", local_node("frozen", stand_in.port, tmp_path / "s")
@@ -375,7 +380,7 @@ def test_a_garbled_loading_stream_is_not_called_a_damaged_model(
         "state": "loading",
     }
     hive = StandIn(
-        _v1_models_download=b'{"local_path": "/models/x.gguf"}',
+        _v1_models_download=DOWNLOADED,
         _v1_workers_spawn=json.dumps(spawned).encode(),
     )
     node = write_inventory(
