@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -25,6 +25,7 @@ from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF as DEFAULT_MODE
 from rbee.dataplane.protocol.model_refs import InvalidModelRef, parse_model_ref
 from rbee.dataplane.protocol.states import SERVING_STATES
 from rbee.dataplane.protocol.wire import VERSION, ErrorCode
+from rbee.dataplane.protocol.worker_api import WorkerHealth
 
 from .api_client import InvalidResponse, RemoteError
 from .console import ActionableError, Console
@@ -360,7 +361,7 @@ async def _worker_status(
     idle_timeout_s: float | None,
 ) -> WorkerStatus:
     """The hive's entry, freshened with the worker's own /health when it serves."""
-    health: dict[str, Any] = {}
+    health: WorkerHealth | None = None
     if listed.state in SERVING_STATES and listed.url:
         # A silent worker keeps the hive's view; the hive's health loop will notice it.
         with contextlib.suppress(httpx.HTTPError, RemoteError, RunnerError, OSError, ValueError):
@@ -372,12 +373,12 @@ async def _worker_status(
         node=node,
         worker_id=listed.worker_id,
         model_ref=listed.model_ref,
-        state=health.get("state", listed.state),
-        slots_busy=int(health.get("slots_busy", listed.slots_busy)),
+        state=health.state if health else listed.state,
+        slots_busy=health.slots_busy if health else listed.slots_busy,
         slots_total=listed.slots_total,
         url=listed.url,
-        last_tokens_per_s=health.get("last_tokens_per_s"),
-        idle_s=health.get("idle_s"),
+        last_tokens_per_s=health.last_tokens_per_s if health else None,
+        idle_s=health.idle_s if health else None,
         idle_timeout_s=idle_timeout_s,
         error=listed.error,
     )

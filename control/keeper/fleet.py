@@ -8,7 +8,6 @@ import asyncio
 import json
 import signal
 import time
-from typing import Any
 
 import httpx
 from rich.table import Table
@@ -16,6 +15,7 @@ from rich.table import Table
 from rbee.dataplane.protocol.hive_api import WorkerRow
 from rbee.dataplane.protocol.states import SERVING_STATES
 from rbee.dataplane.protocol.wire import ErrorCode
+from rbee.dataplane.protocol.worker_api import WorkerHealth
 
 from . import cluster
 from .api_client import RemoteError
@@ -161,7 +161,7 @@ async def workers_health(node: Node, registry: WorkerRegistry, console: Console)
         if health is None:
             console.line(f"✗ {worker_id} - not answering (its hive last saw it {w.state})")
             continue
-        state = str(health.get("state"))
+        state = str(health.state)
         ready = state in SERVING_STATES
         console.line(f"{'✓' if ready else '✗'} {worker_id} - {state} (ready: {str(ready).lower()})")
         if ready and registry.get(worker_id):
@@ -171,7 +171,7 @@ async def workers_health(node: Node, registry: WorkerRegistry, console: Console)
 
 async def _live_health(
     access: LocalNodeAccess | SSHNodeAccess, listed: WorkerRow
-) -> dict[str, Any] | None:
+) -> WorkerHealth | None:
     """The worker's own /health, or None when it does not answer in time (or another process
     answers at its address)."""
     if not listed.url:
@@ -183,7 +183,7 @@ async def _live_health(
                 health = await worker.health()
     except (TimeoutError, httpx.HTTPError, RemoteError, RunnerError, OSError, ValueError):
         return None
-    return health if health.get("worker_id") == listed.worker_id else None
+    return health if health.worker_id == listed.worker_id else None
 
 
 async def workers_shutdown(

@@ -23,6 +23,7 @@ import httpx
 from rbee.dataplane.protocol.hive_api import SpawnAnswer, WorkerRow
 from rbee.dataplane.protocol.states import SERVING_STATES
 from rbee.dataplane.protocol.wire import VERSION, ErrorCode
+from rbee.dataplane.protocol.worker_api import LoadingEvent, LoadingProgress, LoadingReady
 
 from .api_client import InvalidResponse, PeerSilent, RemoteError
 from .attempts import cannot_connect, connect_attempts
@@ -156,7 +157,7 @@ class Infer:
                 health = await client.health()
         except (httpx.HTTPError, RemoteError, OSError):
             return False
-        return health.get("worker_id") == worker.worker_id and health["state"] in SERVING_STATES
+        return health.worker_id == worker.worker_id and health.state in SERVING_STATES
 
     async def _hive_preflight(self) -> str:
         """Phase 2: the hive answers (3 attempts) and speaks our version."""
@@ -250,15 +251,15 @@ class Infer:
         """Phase 7: the loading bar, until ready; LOADING_TIMEOUT past the limit."""
         reached: dict[str, int] = {}
 
-        def show(event: dict[str, Any]) -> None:
-            if event.get("stage") == "loading_to_vram" and event.get("layers_total"):
-                done, total = event["layers_loaded"], event["layers_total"]
+        def show(event: LoadingEvent) -> None:
+            if isinstance(event, LoadingProgress) and event.layers_total:
+                done, total = event.layers_loaded, event.layers_total
                 reached.update(done=done, total=total)
                 self.console.progress(
                     f"Loading model to VRAM... {bar(done / total)} "
                     f"{100 * done // total}% ({done}/{total} layers)"
                 )
-            elif event.get("stage") == "ready":
+            elif isinstance(event, LoadingReady):
                 self.console.status("Model ready!")
 
         try:

@@ -7,10 +7,16 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from rbee.dataplane.protocol.wire import ErrorCode
+from rbee.dataplane.protocol.worker_api import (
+    LOADING_EVENT,
+    LoadingEvent,
+    LoadingFailed,
+    LoadingReady,
+    WorkerHealth,
+    WorkerReadiness,
+)
 
 from .api_client import ApiClient, InvalidResponse, RemoteError, error_message
-
-LAYER_KEYS = ("layers_loaded", "layers_total")  # of a loading_to_vram event
 
 
 class LoadFailed(RemoteError):
@@ -20,29 +26,18 @@ class LoadFailed(RemoteError):
 class WorkerClient(ApiClient):
     peer = "the worker"
 
-    async def health(self) -> dict[str, Any]:
-        return await self._object("GET", "/health", "state")
+    async def health(self) -> WorkerHealth:
+        return await self._answer("GET", "/health", WorkerHealth)
 
-    async def ready(self) -> dict[str, Any]:
-        return await self._object("GET", "/v1/ready", "ready")
+    async def ready(self) -> WorkerReadiness:
+        return await self._answer("GET", "/v1/ready", WorkerReadiness)
 
-    async def loading_progress(self) -> AsyncGenerator[dict[str, Any], None]:
-        """The loading SSE events, each checked for the fields the keeper reads."""
-        path = "/v1/loading/progress"
-        async for event in self._sse("GET", path):
-            stage = event.get("stage")
-            counted = all(isinstance(event.get(key), int) for key in LAYER_KEYS)
-            if (
-                stage == "loading_to_vram"
-                and not counted
-                or stage == "failed"
-                and error_message(event) is None
-            ):
-                raise InvalidResponse(self.peer, path)
+    async def loading_progress(self) -> AsyncGenerator[LoadingEvent, None]:
+        async for event in self._events("GET", "/v1/loading/progress", LOADING_EVENT):
             yield event
 
     async def wait_ready(
-        self, *, timeout_s: float, on_progress: Callable[[dict[str, Any]], None] | None = None
+        self, *, timeout_s: float, on_progress: Callable[[LoadingEvent], None] | None = None
     ) -> None:
         """Follows the loading progress until the model is ready; LoadFailed when it cannot
         load, RemoteError when the worker answers otherwise (or LOADING_TIMEOUT past it)."""
@@ -51,12 +46,9 @@ class WorkerClient(ApiClient):
             async for event in self.loading_progress():
                 if on_progress:
                     on_progress(event)
-                if event.get("stage") == "failed":
-                    error = event["error"]
-                    raise LoadFailed(
-                        error.get("code", ErrorCode.BACKEND_UNAVAILABLE), error["message"]
-                    )
-                if event.get("stage") == "ready":
+                if isinstance(event, LoadingFailed):
+                    raise LoadFailed(event.error.code, event.error.message)
+                if isinstance(event, LoadingReady):
                     return
 
         try:

@@ -29,6 +29,9 @@ from rbee.control.keeper.console import ActionableError
 from rbee.control.keeper.inventory import Node
 from rbee.control.keeper.node_access import LocalNodeAccess
 from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
+from rbee.dataplane.protocol.states import WorkerState
+from rbee.dataplane.protocol.wire import VERSION
+from rbee.dataplane.protocol.worker_api import WorkerHealth
 
 HEALTH = json.dumps({"status": "alive", "version": "0.1.0", "api_version": "v1"}).encode()
 GARBAGE = b"<html>502 Bad Gateway, from a proxy</html>"
@@ -294,7 +297,18 @@ def test_a_garbled_event_mid_stream_keeps_the_tokens(
     garbled answer, with the token that arrived saved; never a traceback."""
     monkeypatch.setenv("RBEE_HOME", str(tmp_path / "home"))
     stand_in = StandIn(
-        _health=b'{"worker_id": "w-garbled", "state": "idle"}',
+        _health=WorkerHealth(
+            state=WorkerState.IDLE,
+            worker_id="w-garbled",
+            model_ref="file:/models/x.gguf",
+            slots_total=1,
+            slots_busy=0,
+            idle_s=1.0,
+            last_tokens_per_s=None,
+            version=VERSION,
+        )
+        .model_dump_json()
+        .encode(),
         _v1_inference=b'data: {"type": "token", "token": "Hi", "index": 0}\n\n' + garbled,
     )
     ref = "file:/models/x.gguf"

@@ -11,6 +11,7 @@ from conftest import WorkerProcess
 
 from rbee.control.keeper.api_client import RemoteError
 from rbee.control.keeper.worker_client import WorkerClient
+from rbee.dataplane.protocol.worker_api import LoadingEvent, LoadingReady
 
 
 def client_for(worker: WorkerProcess, key: str | None = "use-worker-key") -> WorkerClient:
@@ -20,11 +21,11 @@ def client_for(worker: WorkerProcess, key: str | None = "use-worker-key") -> Wor
 def test_health_ready_and_wait_ready(shared_worker: WorkerProcess) -> None:
     async def main() -> None:
         async with client_for(shared_worker) as client:
-            assert (await client.health())["state"] in ("idle", "busy")
-            assert (await client.ready())["ready"] is True
-            seen: list[dict] = []
+            assert (await client.health()).state in ("idle", "busy")
+            assert (await client.ready()).ready is True
+            seen: list[LoadingEvent] = []
             await client.wait_ready(timeout_s=5, on_progress=seen.append)
-            assert seen[-1] == {"stage": "ready"}
+            assert seen[-1] == LoadingReady()
 
     asyncio.run(main())
 
