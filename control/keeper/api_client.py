@@ -122,15 +122,6 @@ class ApiClient:
         except ValueError:
             raise InvalidResponse(self.peer, path) from None
 
-    async def _object(
-        self, method: str, path: str, *keys: str, timeout_s: float | None = None, **kwargs: Any
-    ) -> dict[str, Any]:
-        """A JSON object answer holding at least `keys`; InvalidResponse otherwise."""
-        body = await self._json(method, path, timeout_s=timeout_s, **kwargs)
-        if not isinstance(body, dict) or not all(key in body for key in keys):
-            raise InvalidResponse(self.peer, path)
-        return body
-
     async def _answer(
         self,
         method: str,
@@ -156,14 +147,6 @@ class ApiClient:
                 yield event.validate_python(obj)
             except ValidationError:
                 raise InvalidResponse(self.peer, path) from None
-
-    def _objects(self, items: Any, path: str, *keys: str) -> list[dict[str, Any]]:
-        """`items` when it is a list of JSON objects holding `keys`; InvalidResponse otherwise."""
-        if not isinstance(items, list) or not all(
-            isinstance(item, dict) and all(key in item for key in keys) for item in items
-        ):
-            raise InvalidResponse(self.peer, path)
-        return items
 
     async def _sse(
         self, method: str, path: str, **kwargs: Any
