@@ -46,6 +46,16 @@ def tiny_model(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def deep_tiny_model(models_dir: Path) -> Path:
+    """A tiny model with 16 layers, for tests that need a generation still running seconds
+    later on any CPU: the 2-layer model finishes its context (about 2k tokens at the default
+    context, 8k at most) in one to three seconds on a fast CPU, and a worker frees its slot
+    when the engine is done, however far behind the client still reads (and Pilot's key
+    presses wait up to a second for the dashboard to go idle)."""
+    return write_tiny_gguf(models_dir / "tiny-deep.gguf", n_layers=16, n_ctx_train=16384)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_no_template(models_dir: Path) -> Path:
     return write_tiny_gguf(models_dir / "tiny-base.gguf", chat_template=None, n_ctx_train=16384)
 

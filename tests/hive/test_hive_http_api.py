@@ -388,10 +388,10 @@ def test_idle_worker_is_shut_down(tmp_path: Path, tiny_model: Path) -> None:
         assert hive.stop() == 0
 
 
-def test_a_streaming_worker_is_never_idle(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_streaming_worker_is_never_idle(tmp_path: Path, deep_tiny_model: Path) -> None:
     hive = start_hive(tmp_path / "hive", "--idle-timeout-s", "1", "--health-interval-s", "0.5")
     try:
-        worker = spawn(hive, tiny_model, ctx_size=8256)
+        worker = spawn(hive, deep_tiny_model, ctx_size=8256)
         wait_ready(worker)
         auth = {"Authorization": f"Bearer {worker['api_key']}"}
         with (

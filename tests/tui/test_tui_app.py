@@ -19,7 +19,6 @@ from support.inventories import local_node, unreachable_node, write_inventory
 from support.model_server import ModelServer
 from support.operators import node_table
 from support.sshd import start_sshd
-from support.tinymodel import write_tiny_gguf
 
 from rbee.control.keeper import cluster
 from rbee.control.keeper.inventory import Inventory
@@ -195,17 +194,6 @@ def test_ssh_up_by_key_while_the_ui_keeps_answering(
             assert hive_cell(app, "local") == "up"
 
     asyncio.run(scenario())
-
-
-@pytest.fixture(scope="module")
-def deep_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model with 16 layers: its 2048-token answer (the context the dashboard spawns
-    with) takes seconds on any CPU. Pilot's key presses wait up to a second for the app to
-    go idle, so the 2-layer model's answer could end within one press, before the test
-    looked or canceled (it did on a fast CPU)."""
-    return write_tiny_gguf(
-        tmp_path_factory.mktemp("deep") / "tiny-deep.gguf", n_layers=16, n_ctx_train=16384
-    )
 
 
 def test_spawn_stream_and_stop_a_worker(

@@ -81,7 +81,10 @@ def test_the_dashboard_in_tmux_shows_the_nodes(tmp_path: Path, tmux: Callable[..
             f"{command}; echo {EXIT_MARK}$?; sleep 30",
         )
         screen = wait_for_screen(tmux, r"local\s+local\s+up\s+0\s+\d+\.\d GB")
-        assert "ssh-up" in screen and "quit" in screen  # the footer's key bindings
+        # The footer's key bindings. Not "quit": with Textual 8.2 the footer's last keys are cut
+        # at 120 columns (a known limit, to fix in the dashboard), and the word showed up
+        # only when the log panel happened to hold Hypercorn's "(CTRL + C to quit)".
+        assert "ssh-up" in screen and "download" in screen
         assert "Traceback" not in screen
 
         tmux("send-keys", "-t", "tui", "a")
