@@ -99,6 +99,25 @@ DOWNLOADED = (
 )
 
 
+def warm_worker(registry: WorkerRegistry, worker_id: str, ref: str, url: str) -> None:
+    """A worker the registry holds as idle and just checked: `rbee infer` goes straight to it."""
+    registry.record(
+        RegisteredWorker(
+            worker_id=worker_id,
+            node="local",
+            model_ref=ref,
+            url=url,
+            api_key="",
+            backend="cpu",
+            device=0,
+            state="idle",
+            created_at=time.time(),
+            last_health_check=None,
+        )
+    )
+    registry.mark_healthy(worker_id, "idle")
+
+
 @pytest.mark.parametrize(
     "bodies, command",
     [
@@ -233,21 +252,7 @@ def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
     node = write_inventory(
         tmp_path / "inventory.toml", local_node("local", free_port(), tmp_path / "s")
     ).get("local")
-    registry.record(
-        RegisteredWorker(
-            worker_id="w-frozen",
-            node="local",
-            model_ref=ref,
-            url=worker.url,
-            api_key="",
-            backend="cpu",
-            device=0,
-            state="idle",
-            created_at=time.time(),
-            last_health_check=None,
-        )
-    )
-    registry.mark_healthy("w-frozen", "idle")
+    warm_worker(registry, "w-frozen", ref, worker.url)
     listener = Collector()
     frozen = psutil.Process(worker.proc.pid)
 
@@ -315,21 +320,7 @@ def test_a_garbled_event_mid_stream_keeps_the_tokens(
     node = write_inventory(
         tmp_path / "inventory.toml", local_node("local", free_port(), tmp_path / "s")
     ).get("local")
-    registry.record(
-        RegisteredWorker(
-            worker_id="w-garbled",
-            node="local",
-            model_ref=ref,
-            url=f"http://127.0.0.1:{stand_in.port}",
-            api_key="",
-            backend="cpu",
-            device=0,
-            state="idle",
-            created_at=time.time(),
-            last_health_check=None,
-        )
-    )
-    registry.mark_healthy("w-garbled", "idle")
+    warm_worker(registry, "w-garbled", ref, f"http://127.0.0.1:{stand_in.port}")
     listener = Collector()
     try:
         code = asyncio.run(InferStream(node, InferRequest("hi", ref), registry, listener).run())
