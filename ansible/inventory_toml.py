@@ -28,7 +28,9 @@ from typing import Any
 
 try:
     from rbee.control.keeper.install_plan import BUNDLED_MODEL_EXTRA, llama_build_env
-    from rbee.control.keeper.inventory import InventoryError, Node, find_inventory, load_inventory
+    from rbee.control.keeper.inventory import find_inventory, load_inventory
+    from rbee.control.keeper.inventory_errors import InventoryError
+    from rbee.control.keeper.node import Node
     from rbee.dataplane.protocol.wire import VERSION
 except ImportError:
     checkout_python = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "python"

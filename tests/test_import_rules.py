@@ -97,8 +97,8 @@ def test_imports_point_the_allowed_way(path: Path) -> None:
     [
         (
             "rbee.dataplane.worker.service",
-            "from rbee.control.keeper.inventory import Node",
-            ["rbee.control.keeper.inventory"],
+            "from rbee.control.keeper.node import Node",
+            ["rbee.control.keeper.node"],
         ),
         ("rbee.dataplane.worker.service", "def f():\n    import rbee.tui.app", ["rbee.tui.app"]),
         ("rbee.dataplane.protocol.wire", "from ..plumbing.http import bind", [PLUMBING + ".http"]),
@@ -109,7 +109,7 @@ def test_imports_point_the_allowed_way(path: Path) -> None:
         ),
         ("rbee.control.keeper.command", "from rbee.tui import command", ["rbee.tui"]),
         ("rbee.control.hive.pool", "from ...tui.app import RbeeApp", ["rbee.tui.app"]),
-        ("rbee.control.hive.pool", "from ..keeper.inventory import Node", [KEEPER + ".inventory"]),
+        ("rbee.control.hive.pool", "from ..keeper.node import Node", [KEEPER + ".node"]),
         (
             "rbee.control.hive.pool",
             "from rbee.dataplane.worker.service import W",

@@ -34,7 +34,8 @@ from rbee.control.keeper.cluster import (
     ssh_up,
 )
 from rbee.control.keeper.console import ActionableError
-from rbee.control.keeper.inventory import Inventory, Node
+from rbee.control.keeper.inventory import Inventory
+from rbee.control.keeper.node import Node
 from rbee.control.keeper.worker_registry import WorkerRegistry
 
 from .activity_bar import ActivityBar

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from rbee.control.keeper.cluster import HiveState, NodeStatus, gigabytes
-from rbee.control.keeper.inventory import Node
+from rbee.control.keeper.node import Node
 
 from .cells import clipped
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .console import ActionableError
-from .inventory import Node
+from .node import Node
 from .runner import Runner, SSHConnectError, SSHRunner
 
 T = TypeVar("T")

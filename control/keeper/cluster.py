@@ -34,7 +34,8 @@ from .hive_client import HiveClient, OnDownload, provision
 from .hive_control import Say, hive_down, hive_up
 from .infer import Infer
 from .infer import InferRequest as InferRequest
-from .inventory import InventoryError, Node
+from .inventory_errors import InventoryError
+from .node import Node
 from .node_access import LocalNodeAccess, SSHNodeAccess, open_node, runner_for
 from .runner import Runner, RunnerError
 from .worker_client import WorkerClient

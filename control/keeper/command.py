@@ -22,7 +22,9 @@ from .console import ActionableError, Console
 from .hive_control import Say, hive_down, hive_up
 from .infer import InferRequest, run_infer
 from .install_plan import Installer
-from .inventory import Backend, Inventory, InventoryError, Node, find_inventory, load_inventory
+from .inventory import Inventory, find_inventory, load_inventory
+from .inventory_errors import InventoryError
+from .node import Backend, Node
 from .node_access import open_node, runner_for
 from .runner import Runner, RunnerError
 from .worker_registry import WorkerRegistry

@@ -23,7 +23,7 @@ import paramiko
 
 from .console import ActionableError
 from .install_plan import Installer, Say
-from .inventory import Node
+from .node import Node
 from .runner import (
     CommandResult,
     CommandTimeout,

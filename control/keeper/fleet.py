@@ -21,7 +21,9 @@ from . import cluster
 from .api_client import RemoteError
 from .console import ActionableError, Console
 from .hive_client import show_download
-from .inventory import Inventory, InventoryError, Node
+from .inventory import Inventory
+from .inventory_errors import InventoryError
+from .node import Node
 from .node_access import LocalNodeAccess, SSHNodeAccess, open_node
 from .runner import RunnerError
 from .worker_client import WorkerClient

@@ -16,7 +16,7 @@ from .api_client import RemoteError
 from .console import ActionableError
 from .hive_client import HiveClient
 from .install_plan import Installer, RunnerTransport, Say
-from .inventory import Node
+from .node import Node
 from .node_access import SSHNodeAccess
 from .runner import CommandResult, Runner
 

@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 from rbee.control.hive.settings import KEY_FILE
 
 from .console import ActionableError
-from .inventory import Node
+from .node import Node
 from .runner import CommandResult, Runner, RunnerError
 from .wheel import build_wheel, wheel_version
 

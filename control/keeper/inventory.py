@@ -1,37 +1,36 @@
 """The keeper's inventory (DESIGN §4 "inventory.toml"): the nodes and how to reach each one.
 
-`find_inventory` picks the file, `load_inventory` reads and validates it into frozen `Node`s.
-Every problem in a file is reported at once, one per line, each naming the file, the line, the
-node and the key. No message ever contains an API key.
+`find_inventory` picks the file, `load_inventory` reads and validates it into frozen `Node`s
+(node.py). Every problem in a file is reported at once, one per line, each naming the file, the
+line, the node and the key. No message ever contains an API key.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import re
-import secrets
-import stat
 import sysconfig
 import tomllib
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rbee.control.hive.settings import DEFAULT_STATE_DIR, KEY_FILE
+from rbee.control.hive.settings import DEFAULT_STATE_DIR
 from rbee.dataplane.protocol.hosts import is_loopback_host
+
+from .inventory_errors import InventoryError, UnknownNode
+from .node import Backend, Node
+from .toml_lines import TomlLines, quoted, shown
 
 INVENTORY_ENV = "RBEE_INVENTORY"
 USER_INVENTORY = "~/.config/rbee/inventory.toml"
 BUNDLED_INVENTORY = "default_inventory.toml"  # package data of rbee.control.keeper
 DEFAULT_RBEE_PATH = "~/.local/share/rbee/venv/bin"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-
-Backend = Literal["cpu", "cuda", "metal"]
 
 # Node names end up in file names, log lines and messages: an allow-list, like model refs.
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -42,9 +41,6 @@ _HOST = r"^[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]{0,252}$"
 _USER = r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _PATH = r"^[^\x00-\x1f\x7f]+$"
-# A key goes into an Authorization header; an HTTP library's error about a bad header value
-# would quote it, so a malformed key is refused here, without showing it.
-_API_KEY = re.compile(r"[\x21-\x7e]+")
 
 _EXPECTED = {
     "ssh": "true or false",
@@ -76,25 +72,6 @@ _SSH_ONLY = (
     "connect_timeout_s",
     "use_ssh_config",
 )
-_WILDCARDS = frozenset({"0.0.0.0", "::"})
-
-
-class InventoryError(ValueError):
-    """A missing or invalid inventory, or a node's unusable key; one problem per line."""
-
-    def __init__(self, *problems: str) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-class UnknownNode(InventoryError):
-    """A node name the inventory does not define."""
-
-    def __init__(self, name: str, known: list[str], path: Path) -> None:
-        self.name = name
-        self.known = known
-        listed = ", ".join(known) if known else "none"
-        super().__init__(f"{path}: unknown node {_quoted(name)} (known: {listed})")
 
 
 class _Table(BaseModel):
@@ -126,155 +103,6 @@ class _NodeTable(_Table):
     use_ssh_config: bool = True
     state_dir: str = Field(DEFAULT_STATE_DIR, pattern=_PATH)
     idle_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)  # else [defaults]
-
-
-@dataclass(frozen=True)
-class Node:
-    """One node, every value resolved.
-
-    Paths on the operator's machine (`identity_file`, `known_hosts`, `api_key_file`) are
-    expanded `Path`s. Paths on the node (`rbee_path`, `state_dir`) are strings kept as written,
-    `~` included, for the node's shell to expand: quote them as `"$HOME"/` + `shlex.quote(rest)`,
-    since a quoted `~` is not expanded. On a local node (no SSH) they are expanded here.
-    """
-
-    name: str
-    inventory_path: Path  # the file the node comes from, named in messages
-    ssh: bool
-    host: str
-    user: str
-    port: int
-    identity_file: Path | None
-    known_hosts: Path
-    hive_port: int
-    rbee_path: str  # on the node: the directory holding rbee-hive
-    backend: Backend
-    listen: str  # on the node: where its hive and workers bind
-    api_key_env: str | None
-    api_key_file: Path | None
-    connect_timeout_s: float
-    use_ssh_config: bool
-    state_dir: str  # on the node: the hive's --state-dir
-    idle_timeout_s: float  # the hive's --idle-timeout-s: the node's, else [defaults]
-    # The keys the file sets. With use_ssh_config, the SSH client should pass user, port and
-    # identity_file only when set here, so that ~/.ssh/config supplies the others.
-    set_keys: frozenset[str]
-
-    @property
-    def is_local(self) -> bool:
-        return not self.ssh
-
-    @property
-    def passed_ssh_keys(self) -> frozenset[str]:
-        """Which of user and port the SSH client passes: with ~/.ssh/config honoured, only what
-        the inventory sets, so the config's User and Port still apply to the rest."""
-        return self.set_keys if self.use_ssh_config else frozenset(("user", "port"))
-
-    @property
-    def direct(self) -> bool:
-        """Reached over the network (or on this machine), not through an SSH port forward."""
-        return self.is_local or not is_loopback_host(self.listen)
-
-    @property
-    def hive_url(self) -> str:
-        """The hive's URL for a direct node; a forwarded node's URL comes from its forward."""
-        if not self.direct:
-            # Its loopback URL would silently reach this machine's own hive instead.
-            raise ValueError(
-                f"node {_quoted(self.name)} listens on its loopback; reach it through SSH"
-            )
-        host = self.listen
-        if host in _WILDCARDS:
-            host = "127.0.0.1" if self.is_local else self.host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.hive_port}"
-
-    @property
-    def api_key_source(self) -> str | None:
-        """Where the node's key is configured, for messages such as a rejected key."""
-        if self.api_key_env:
-            return f"${self.api_key_env} (api_key_env in {self.inventory_path})"
-        if self.api_key_file:
-            return f"{self.api_key_file} (api_key_file in {self.inventory_path})"
-        if self.is_local:
-            return f"{self.local_key_file} (made by rbee for the local hive)"
-        return None
-
-    @property
-    def local_key_file(self) -> Path:
-        """The local hive's own key when the inventory configures none."""
-        return Path(self.state_dir).expanduser() / KEY_FILE
-
-    def api_key(self) -> str | None:
-        """The node's API key, or None when none is configured."""
-        if self.api_key_env:
-            value = os.environ.get(self.api_key_env, "").strip()
-            if not value:
-                raise InventoryError(
-                    f"node {_quoted(self.name)}: environment variable {self.api_key_env} is not "
-                    f"set or empty (api_key_env in {self.inventory_path})"
-                )
-            return self._checked_key(value, f"${self.api_key_env}")
-        if self.api_key_file:
-            return self._checked_key(self._read_key_file(self.api_key_file), str(self.api_key_file))
-        if self.is_local:
-            return self._checked_key(self._local_key(), str(self.local_key_file))
-        return None
-
-    def _local_key(self) -> str:
-        """A local hive has a key even when the inventory gives none: other users of this
-        machine reach 127.0.0.1 too. Made once, at first use, into a 0600 file in the hive's
-        state dir; the keeper starts the hive with that file (`--api-key-file`)."""
-        path = self.local_key_file
-        if not path.exists():
-            try:
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                draft = path.with_name(f".{path.name}.{os.getpid()}")
-                fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_urlsafe(32))
-                try:
-                    os.link(draft, path)  # whole or not at all, and never over another's key
-                except FileExistsError:
-                    pass
-                finally:
-                    os.unlink(draft)
-            except OSError as e:
-                raise InventoryError(
-                    f"node {_quoted(self.name)}: cannot create the local hive's "
-                    f"key {path}: {e.strerror or type(e).__name__}"
-                ) from None
-        return self._read_key_file(path)
-
-    def _read_key_file(self, path: Path) -> str:
-        node = f"node {_quoted(self.name)}"
-        try:
-            with open(path, "rb") as f:
-                # fstat on the open file: the mode checked is the mode of what is read.
-                mode = os.fstat(f.fileno()).st_mode
-                if not stat.S_ISREG(mode):
-                    raise InventoryError(f"{node}: API key file {path} is not a regular file")
-                if mode & 0o077:
-                    raise InventoryError(
-                        f"{node}: API key file {path} has mode {stat.S_IMODE(mode):04o}; it "
-                        f"must be private to its owner: chmod 600 {path}"
-                    )
-                data = f.read()
-        except OSError as e:
-            raise InventoryError(
-                f"{node}: cannot read API key file {path}: {e.strerror or type(e).__name__}"
-            ) from None
-        try:
-            return data.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise InventoryError(f"{node}: API key file {path} is not text") from None
-
-    def _checked_key(self, key: str, source: str) -> str:
-        if not _API_KEY.fullmatch(key):
-            what = "is empty" if not key else "contains spaces or non-ASCII characters"
-            raise InventoryError(f"node {_quoted(self.name)}: the API key in {source} {what}")
-        return key
 
 
 @dataclass(frozen=True)
@@ -352,14 +180,14 @@ def _build(path: Path, data: dict[str, Any], problems: _Problems) -> Inventory:
     for key in data.keys() - {"defaults", "nodes"}:
         problems.add(
             problems.lines.key((), key),
-            f"unknown top-level key {_quoted(key)} (known: defaults, nodes)",
+            f"unknown top-level key {quoted(key)} (known: defaults, nodes)",
         )
     defaults = _Defaults()
     raw_defaults = data.get("defaults", {})
     if not isinstance(raw_defaults, dict):
         problems.add(
             problems.lines.key((), "defaults"),
-            f'"defaults" must be a table, got {_shown(raw_defaults)}',
+            f'"defaults" must be a table, got {shown(raw_defaults)}',
         )
     else:
         try:
@@ -372,7 +200,7 @@ def _build(path: Path, data: dict[str, Any], problems: _Problems) -> Inventory:
     if not isinstance(raw_nodes, dict):
         problems.add(
             problems.lines.key((), "nodes"),
-            f'"nodes" must be a table of [nodes.NAME] tables, got {_shown(raw_nodes)}',
+            f'"nodes" must be a table of [nodes.NAME] tables, got {shown(raw_nodes)}',
         )
         raw_nodes = {}
     for name, table in raw_nodes.items():
@@ -388,12 +216,12 @@ def _resolve(
     """One node's values with its defaults applied, or None after reporting its problems."""
     lines = problems.lines
     where = ("nodes", name)
-    prefix = f"node {_quoted(name)}: "
+    prefix = f"node {quoted(name)}: "
     before = len(problems.found)
     if not _NODE_NAME.fullmatch(name):
-        problems.add(lines.node(name), f"{prefix}invalid node name: {_NODE_NAME_RULE}")
+        problems.add(lines.table(where), f"{prefix}invalid node name: {_NODE_NAME_RULE}")
     if not isinstance(table, dict):
-        problems.add(lines.node(name), f"{prefix}must be a table, got {_shown(table)}")
+        problems.add(lines.table(where), f"{prefix}must be a table, got {shown(table)}")
         return None
     # Checked on the raw table so that they are reported along with any type errors.
     ssh = table.get("ssh", True)
@@ -402,10 +230,10 @@ def _resolve(
             if key in table:
                 problems.add(
                     lines.key(where, key),
-                    f"{prefix}{_quoted(key)} applies to SSH nodes only (this node has ssh = false)",
+                    f"{prefix}{quoted(key)} applies to SSH nodes only (this node has ssh = false)",
                 )
     elif ssh is True and "host" not in table:
-        problems.add(lines.node(name), f'{prefix}"host" is required for an SSH node')
+        problems.add(lines.table(where), f'{prefix}"host" is required for an SSH node')
     if "api_key_env" in table and "api_key_file" in table:
         problems.add(
             lines.key(where, "api_key_file"),
@@ -420,13 +248,13 @@ def _resolve(
         # DESIGN §5: a hive on a reachable address refuses to start without a key.
         problems.add(
             lines.key(where, "listen"),
-            f"{prefix}listen = {_quoted(raw.listen)} is reachable from the network, "
+            f"{prefix}listen = {quoted(raw.listen)} is reachable from the network, "
             f'so the node needs an API key: set "api_key_env" or "api_key_file"',
         )
     user = raw.user or _current_user()
     if raw.ssh and not user:
         problems.add(
-            lines.node(name),
+            lines.table(where),
             f'{prefix}"user" is not set and the current user is unknown here; set it',
         )
     if len(problems.found) > before:
@@ -477,7 +305,7 @@ class _Problems:
 
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
-        self.lines = _Lines(text)
+        self.lines = TomlLines(text)
         self.found: list[tuple[int | None, str]] = []
 
     def add(self, line: int | None, message: str) -> None:
@@ -495,15 +323,15 @@ class _Problems:
             line = self.lines.key(table, key)
             if detail["type"] == "extra_forbidden":
                 known = ", ".join(model.model_fields)
-                self.add(line, f"{prefix}unknown key {_quoted(key)} (known: {known})")
+                self.add(line, f"{prefix}unknown key {quoted(key)} (known: {known})")
             else:
                 # A secret key's value may be a key pasted in the wrong place.
                 got = (
                     " (value not shown)"
                     if key in _SECRET_KEYS
-                    else (f", got {_shown(detail['input'])}")
+                    else (f", got {shown(detail['input'])}")
                 )
-                self.add(line, f"{prefix}{_quoted(key)} must be {_EXPECTED[key]}{got}")
+                self.add(line, f"{prefix}{quoted(key)} must be {_EXPECTED[key]}{got}")
 
     def raise_if_any(self) -> None:
         if self.found:
@@ -515,73 +343,3 @@ class _Problems:
                     for line, message in ordered
                 )
             )
-
-
-# A TOML key: "quoted", 'literal' or bare.
-_KEY_PART = r'"(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+'
-_HEADER = re.compile(rf"\s*\[\[?\s*((?:{_KEY_PART})(?:\s*\.\s*(?:{_KEY_PART}))*)\s*\]")
-_KEY_LINE = re.compile(rf"\s*({_KEY_PART})\s*[.=]")
-
-
-class _Lines:
-    """Line numbers of tables and keys, found by scanning the text: tomllib keeps no positions.
-
-    Best effort (a line inside a multi-line string can look like a key); a problem whose line
-    is not found is reported without one.
-    """
-
-    def __init__(self, text: str) -> None:
-        self._tables: dict[tuple[str, ...], int] = {}
-        self._keys: dict[tuple[tuple[str, ...], str], int] = {}
-        table: tuple[str, ...] = ()
-        for number, line in enumerate(text.splitlines(), start=1):
-            if header := _HEADER.match(line):
-                table = tuple(_unquote(p) for p in re.findall(_KEY_PART, header[1]))
-                # `[a.b]` also defines `a` when no `[a]` comes first.
-                for end in range(1, len(table) + 1):
-                    self._tables.setdefault(table[:end], number)
-            elif key := _KEY_LINE.match(line):
-                self._keys.setdefault((table, _unquote(key[1])), number)
-
-    def node(self, name: str) -> int | None:
-        return self.table(("nodes", name))
-
-    def table(self, table: tuple[str, ...]) -> int | None:
-        """`[a.b]`, or `b = {…}` under `[a]`."""
-        if not table:
-            return None
-        return self._tables.get(table) or self._keys.get((table[:-1], table[-1]))
-
-    def key(self, table: tuple[str, ...], key: str) -> int | None:
-        """The key's line, else its table's: a missing or nested key is reported there."""
-        return self.table((*table, key)) or self.table(table)
-
-
-def _unquote(part: str) -> str:
-    if part.startswith('"'):
-        try:
-            return str(json.loads(part))
-        except ValueError:
-            return part[1:-1]
-    if part.startswith("'"):
-        return part[1:-1]
-    return part
-
-
-def _quoted(text: str) -> str:
-    """Double-quoted with escapes, so control characters in a name never reach a terminal."""
-    shown = text if len(text) <= 80 else text[:80] + "…"
-    return json.dumps(shown, ensure_ascii=False)
-
-
-def _shown(value: Any) -> str:
-    """A value as TOML spells it, for "got …"."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return _quoted(value)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return str(value)

@@ -21,7 +21,7 @@ from rbee.dataplane.protocol.hive_api import HiveHealth
 
 from .attempts import connect_over_ssh
 from .console import ActionableError
-from .inventory import Node
+from .node import Node
 from .runner import LocalRunner, Runner, make_runner
 
 HIVE_START_TIMEOUT_S = 20.0

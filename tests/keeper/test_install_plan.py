@@ -17,7 +17,8 @@ from rbee.control.keeper.install_plan import (
     install_steps,
     llama_build_env,
 )
-from rbee.control.keeper.inventory import Node, load_inventory
+from rbee.control.keeper.inventory import load_inventory
+from rbee.control.keeper.node import Node
 from rbee.control.keeper.runner import LocalRunner
 
 

@@ -1,5 +1,5 @@
-"""The keeper's inventory (control/keeper/inventory.py): lookup, validation messages, nodes,
-API keys."""
+"""The keeper's inventory (control/keeper/inventory.py, node.py, inventory_errors.py,
+toml_lines.py): lookup, validation messages with their lines, nodes, API keys."""
 
 from __future__ import annotations
 
@@ -11,13 +11,8 @@ from pathlib import Path
 import pytest
 
 from rbee.control.hive.settings import KEY_FILE
-from rbee.control.keeper.inventory import (
-    DEFAULT_RBEE_PATH,
-    InventoryError,
-    UnknownNode,
-    find_inventory,
-    load_inventory,
-)
+from rbee.control.keeper.inventory import DEFAULT_RBEE_PATH, find_inventory, load_inventory
+from rbee.control.keeper.inventory_errors import InventoryError, UnknownNode
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-rbee-0123456789abcdef"

@@ -26,7 +26,7 @@ from support.inventories import local_node, write_inventory
 from rbee.control.keeper import api_client, cluster, hive_client
 from rbee.control.keeper.cluster import HiveState, InferRequest, InferStream, StreamStats
 from rbee.control.keeper.console import ActionableError
-from rbee.control.keeper.inventory import Node
+from rbee.control.keeper.node import Node
 from rbee.control.keeper.node_access import LocalNodeAccess
 from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
 from rbee.dataplane.protocol.states import WorkerState
