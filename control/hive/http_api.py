@@ -40,7 +40,8 @@ from rbee.dataplane.protocol.wire import (
 )
 from rbee.dataplane.protocol.worker_api import ReadyCallback
 
-from .downloads import DownloadError, DownloadManager
+from .download_progress import DownloadError
+from .downloads import DownloadManager
 from .logs import LogBuffer
 from .managed_worker import LIVE_STATES, ManagedState, WorkerSpec
 from .pool import WorkerPool

@@ -1,4 +1,5 @@
-"""Model provisioning (control/hive/downloads.py) against a real loopback HTTP server."""
+"""Model provisioning (control/hive/downloads.py and the download_progress, hub, http_fetch and
+partial_files modules it drives) against a real loopback HTTP server."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from support.model_server import ModelServer
 from support.tinymodel import write_tiny_gguf
 
 from rbee.control.hive.catalog import ModelCatalog
-from rbee.control.hive.downloads import Download, DownloadError, DownloadManager, DownloadState
+from rbee.control.hive.download_progress import Download, DownloadError, DownloadState
+from rbee.control.hive.downloads import DownloadManager
 from rbee.dataplane.plumbing.gguf_file import resolve_model_path
 from rbee.dataplane.protocol.hive_api import DownloadProgress
 from rbee.dataplane.protocol.model_refs import InvalidModelRef, local_filename

@@ -29,13 +29,10 @@ from support.operators import make_keeper
 from support.tinymodel import write_tiny_gguf
 
 from rbee.control.hive.catalog import ModelCatalog
-from rbee.control.hive.downloads import (
-    PARTIAL_MAX_AGE_S,
-    Download,
-    DownloadError,
-    DownloadManager,
-)
+from rbee.control.hive.download_progress import Download, DownloadError
+from rbee.control.hive.downloads import DownloadManager
 from rbee.control.hive.managed_worker import ManagedState, ManagedWorker, WorkerSpec
+from rbee.control.hive.partial_files import PARTIAL_MAX_AGE_S
 from rbee.control.hive.preflight import available_ram_mb
 from rbee.dataplane.protocol.model_refs import InvalidModelRef, local_filename, parse_model_ref
 
