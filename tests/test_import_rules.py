@@ -123,7 +123,7 @@ def test_imports_point_the_allowed_way(path: Path) -> None:
             ["rbee.dataplane.worker.settings"],
         ),
         ("rbee.control.keeper.hive_control", "from ..hive.pidfile import X", []),
-        ("rbee.tui.app", "from rbee.control.keeper.cluster import probe_node", []),
+        ("rbee.tui.app", "from rbee.control.keeper.probe import probe_node", []),
         (
             "rbee.tui.app",
             "from rbee.control.hive.settings import X",

@@ -1,45 +1,35 @@
-"""`rbee tui`: the cluster console. Everything it knows and does goes through rbee.control's
-cluster layer; long calls run as Textual workers and report back with messages, so the
-screen never waits on the network."""
+"""`rbee tui`: the cluster console. Everything it knows and does goes through the keeper's
+facade (control.keeper.keeper); long calls run as Textual workers and report back with
+messages (through the listeners of listeners.py), so the screen never waits on the network."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from rbee.control.keeper.cluster import (
-    DEFAULT_MODEL_REF,
-    DownloadProgress,
-    InferRequest,
-    InferStream,
-    LogLine,
-    NodeConnections,
-    NodeStatus,
-    StreamStats,
-    checked_model_ref,
-    download_model,
-    follow_logs,
-    probe_node,
-    shutdown_worker,
-    spawn_worker,
-    ssh_down,
-    ssh_up,
-)
-from rbee.control.keeper.console import ActionableError
+from rbee.control.keeper.infer import InferRequest
 from rbee.control.keeper.inventory import Inventory
+from rbee.control.keeper.keeper import InferRun, Keeper
 from rbee.control.keeper.node import Node
+from rbee.control.keeper.status import LogLine, NodeStatus
+from rbee.control.keeper.words import ActionableError, checked_model_ref
 from rbee.control.keeper.worker_registry import WorkerRegistry
+from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 
 from .activity_bar import ActivityBar
 from .confirm_screen import ConfirmScreen
+from .listeners import ActionListener, StreamListener
 from .log_panel import LogPanel
 from .messages import (
     ActionDone,
@@ -59,33 +49,21 @@ from .settings import TuiConfig
 from .stream_panel import StreamPanel
 from .workers_table import WorkersTable
 
-
-class _ActionVoice:
-    """One long action's reports: its steps and progress become that action's line in the
-    activity bar (a Say for the cluster layer's callbacks)."""
-
-    def __init__(self, app: RbeeApp, action: int) -> None:
-        self._app = app
-        self._action = action
-
-    def __call__(self, text: str, fraction: float | None = None) -> None:
-        self._app.post_message(ActionProgress(self._action, text, fraction))
+M = TypeVar("M", bound=Message)
 
 
-class _PanelListener:
-    """Hands the stream's events to the app as messages (StreamListener)."""
+def while_running(
+    handler: Callable[[RbeeApp, M], None],
+) -> Callable[[RbeeApp, M], None]:
+    """A handler of background work's reports: work may report while the app closes, and
+    its messages are dropped then."""
 
-    def __init__(self, app: RbeeApp) -> None:
-        self._app = app
+    @functools.wraps(handler)
+    def guarded(app: RbeeApp, message: M) -> None:
+        if app.is_running:
+            handler(app, message)
 
-    def status(self, text: str) -> None:
-        self._app.post_message(StreamStatus(text))
-
-    def token(self, text: str, stats: StreamStats) -> None:
-        self._app.post_message(StreamToken(text, stats))
-
-    def failed(self, error: ActionableError) -> None:
-        self._app.post_message(StreamFailed(error))
+    return guarded
 
 
 class RbeeApp(App[None]):
@@ -111,16 +89,16 @@ class RbeeApp(App[None]):
     ) -> None:
         super().__init__()
         self.nodes = {node.name: node for node in inventory.nodes.values()}
-        self.registry = registry
+        # Its connections (one per node, kept across probes) close when the app does.
+        self.keeper = Keeper(inventory, registry)
         self.config = config or TuiConfig()
         self.statuses: dict[str, NodeStatus] = {}
         self.show_all_workers = False
-        self.stream: InferStream | None = None
+        self.stream: InferRun | None = None
         self._probing: set[str] = set()
         self._log_following = False
         self._highlighted_worker: str | None = None
         self._action_numbers = itertools.count()
-        self.connections = NodeConnections()  # the probes' SSH connections, kept open
 
     def compose(self) -> ComposeResult:
         # The tables span the width, so every column shows; the stream and the log share
@@ -144,7 +122,7 @@ class RbeeApp(App[None]):
         self.set_interval(self.config.refresh_s, self.action_refresh)
 
     async def on_unmount(self) -> None:
-        await self.connections.aclose()
+        await self.keeper.aclose()
 
     # ----------------------------------------------------------------- what is selected
 
@@ -187,14 +165,13 @@ class RbeeApp(App[None]):
     @work(group="probe", exit_on_error=False)
     async def probe(self, node: Node) -> None:
         try:
-            status = await probe_node(node, self.registry, self.connections)
+            status = await self.keeper.probe(node)
         finally:
             self._probing.discard(node.name)
         self.post_message(NodeProbed(status, self.config.clock()))
 
+    @while_running
     def on_node_probed(self, message: NodeProbed) -> None:
-        if not self.is_running:
-            return  # background work reporting while the app closes
         status = message.status
         self.statuses[status.name] = status
         self.nodes_table.show(status, message.checked_at)
@@ -281,22 +258,20 @@ class RbeeApp(App[None]):
             self.post_message(HiveLogLine(node.name, line))
 
         try:
-            await follow_logs(node, show)
+            await self.keeper.follow_logs(node, show)
             problem = ActionableError("the log ended: the hive stopped")
         except ActionableError as exc:
             problem = exc
         self.post_message(HiveLogFailed(node.name, problem))
 
+    @while_running
     def on_hive_log_line(self, message: HiveLogLine) -> None:
-        if not self.is_running:
-            return  # background work reporting while the app closes
         log = self.main.query_one(LogPanel)
         if message.node == log.node:
             log.add(message.line)
 
+    @while_running
     def on_hive_log_failed(self, message: HiveLogFailed) -> None:
-        if not self.is_running:
-            return  # background work reporting while the app closes
         log = self.main.query_one(LogPanel)
         if message.node == log.node:
             self._log_following = False  # the next probe that finds the hive up follows again
@@ -306,34 +281,31 @@ class RbeeApp(App[None]):
 
     @work(group="actions", exit_on_error=False)
     async def act(
-        self, node: Node, doing: str, action: Callable[[_ActionVoice], Awaitable[str]]
+        self, node: Node, doing: str, action: Callable[[ActionListener], Awaitable[str]]
     ) -> None:
         """One long action on a node: its own line in the activity bar, with each step while
         it runs, then its outcome in words."""
         number = next(self._action_numbers)
-        voice = _ActionVoice(self, number)
-        voice(doing)
+        listener = ActionListener(self, number)
+        listener.say(doing)
         try:
-            outcome = await action(voice)
+            outcome = await action(listener)
         except ActionableError as exc:
             self.post_message(ActionFailed(number, exc, node.name))
             return
         self.post_message(ActionDone(number, outcome, node.name))
 
+    @while_running
     def on_action_progress(self, message: ActionProgress) -> None:
-        if not self.is_running:
-            return  # background work reporting while the app closes
         self.activity.working(message.action, message.text, message.fraction)
 
+    @while_running
     def on_action_done(self, message: ActionDone) -> None:
-        if not self.is_running:
-            return  # background work reporting while the app closes
         self.activity.done(message.action, message.text)
         self._probe_now(message.node)
 
+    @while_running
     def on_action_failed(self, message: ActionFailed) -> None:
-        if not self.is_running:
-            return  # background work reporting while the app closes
         words = message.error.in_words()
         # SSH errors name their node already; the line must name it once.
         prefix = "" if words.startswith(f"{message.node}: ") else f"{message.node}: "
@@ -358,7 +330,11 @@ class RbeeApp(App[None]):
 
     def action_ssh_up(self) -> None:
         for node in self._hive_targets():
-            self.act(node, f"{node.name}: ssh-up…", lambda say, node=node: ssh_up(node, say))
+            self.act(
+                node,
+                f"{node.name}: ssh-up…",
+                lambda listener, node=node: self.keeper.hive_up(node, listener),
+            )
 
     def action_ssh_down(self) -> None:
         nodes = self._hive_targets()
@@ -370,7 +346,9 @@ class RbeeApp(App[None]):
         def answered(yes: bool | None) -> None:
             for node in nodes if yes else []:
                 self.act(
-                    node, f"{node.name}: ssh-down…", lambda say, node=node: ssh_down(node, say)
+                    node,
+                    f"{node.name}: ssh-down…",
+                    lambda listener, node=node: self.keeper.hive_down(node, listener),
                 )
 
         self.push_screen(
@@ -391,7 +369,7 @@ class RbeeApp(App[None]):
                 self.act(
                     node,
                     f"{node.name}: starting a worker for {ref}…",
-                    lambda say: self._spawn(node, ref, say),
+                    lambda listener: self._spawn(node, ref, listener),
                 )
 
         self.push_screen(
@@ -401,10 +379,8 @@ class RbeeApp(App[None]):
             chosen,
         )
 
-    async def _spawn(self, node: Node, ref: str, say: _ActionVoice) -> str:
-        worker_id = await spawn_worker(
-            node, ref, self.registry, self._download_progress(node, ref, say)
-        )
+    async def _spawn(self, node: Node, ref: str, listener: ActionListener) -> str:
+        worker_id = await self.keeper.spawn_worker(node, ref, listener)
         return f"{node.name}: {worker_id} started for {ref} (loading)"
 
     def action_shutdown_worker(self) -> None:
@@ -419,13 +395,13 @@ class RbeeApp(App[None]):
                 self.act(
                     node,
                     f"{node.name}: stopping {worker_id}…",
-                    lambda _say: self._stop_worker(node, worker_id),
+                    lambda _listener: self._stop_worker(node, worker_id),
                 )
 
         self.push_screen(ConfirmScreen(f"Stop worker {worker_id} on {node.name}?"), answered)
 
     async def _stop_worker(self, node: Node, worker_id: str) -> str:
-        state = await shutdown_worker(node, worker_id, self.registry)
+        state = await self.keeper.shutdown_worker(node, worker_id)
         return f"{node.name}: {worker_id} {state}"
 
     def action_download(self) -> None:
@@ -438,7 +414,7 @@ class RbeeApp(App[None]):
                 self.act(
                     node,
                     f"{node.name}: downloading {ref}…",
-                    lambda say: self._download(node, ref, say),
+                    lambda listener: self._download(node, ref, listener),
                 )
 
         self.push_screen(
@@ -448,30 +424,9 @@ class RbeeApp(App[None]):
             chosen,
         )
 
-    async def _download(self, node: Node, ref: str, say: _ActionVoice) -> str:
-        path = await download_model(node, ref, self._download_progress(node, ref, say))
+    async def _download(self, node: Node, ref: str, listener: ActionListener) -> str:
+        path = await self.keeper.download_model(node, ref, listener)
         return f"{node.name}: {ref} is in the catalog ({path})"
-
-    @staticmethod
-    def _download_progress(
-        node: Node, ref: str, say: _ActionVoice
-    ) -> Callable[[DownloadProgress], None]:
-        """A download's steps, in the action's line of the activity bar."""
-
-        def progress(step: DownloadProgress) -> None:
-            if step.stage == "retrying":
-                say(
-                    f"{node.name}: retrying the download of {ref} "
-                    f"(attempt {step.attempt}/{step.attempts})"
-                )
-            elif step.fraction is not None:
-                say(
-                    f"{node.name}: downloading {ref} {step.bytes_downloaded / 1e6:.1f} / "
-                    f"{(step.bytes_total or 0) / 1e6:.1f} MB @ {step.speed_mbps:.1f} MB/s",
-                    step.fraction,
-                )
-
-        return progress
 
     # ----------------------------------------------------------------- streaming
 
@@ -495,35 +450,32 @@ class RbeeApp(App[None]):
             max_tokens=self.config.max_tokens,
             backend=node.backend,
         )
-        self.stream = InferStream(node, request, self.registry, _PanelListener(self))
+        listener = StreamListener(self)
+        self.stream = self.keeper.infer(node, request, listener)
         panel.started()
-        self.run_stream(self.stream)
+        self.run_stream(self.stream, listener)
 
     @work(group="stream", exit_on_error=False)
-    async def run_stream(self, stream: InferStream) -> None:
+    async def run_stream(self, stream: InferRun, listener: StreamListener) -> None:
         code = await stream.run()
-        self.post_message(StreamEnded(code, stream.stats.tokens_per_s))
+        self.post_message(StreamEnded(code, listener.stats.tokens_per_s))
 
+    @while_running
     def on_stream_status(self, message: StreamStatus) -> None:
-        if not self.is_running:
-            return  # background work reporting while the app closes
         self.stream_panel.stats(message.text)
 
+    @while_running
     def on_stream_token(self, message: StreamToken) -> None:
-        if not self.is_running:
-            return  # background work reporting while the app closes
         self.stream_panel.add_token(
             message.text, message.tokens, message.ttft_s, message.tokens_per_s
         )
 
+    @while_running
     def on_stream_failed(self, message: StreamFailed) -> None:
-        if not self.is_running:
-            return  # background work reporting while the app closes
         self.stream_panel.failed(message.error.in_words())
 
+    @while_running
     def on_stream_ended(self, message: StreamEnded) -> None:
-        if not self.is_running:
-            return  # background work reporting while the app closes
         self.stream = None
         if message.exit_code == 0:  # otherwise the panel already says why (or "Canceled.")
             self.stream_panel.answered(message.tokens_per_s)

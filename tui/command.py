@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from rbee.control.keeper.cluster import DEFAULT_REFRESH_S
 from rbee.control.keeper.command import inventory_of, main
+from rbee.control.keeper.probe import DEFAULT_REFRESH_S
 
 __all__ = ["main"]
 

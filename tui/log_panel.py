@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import RichLog
 
-from rbee.control.keeper.cluster import LogLine
+from rbee.control.keeper.status import LogLine
 
 from .settings import LOG_LINES
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.message import Message
 
-from rbee.control.keeper.cluster import LogLine, NodeStatus, StreamStats
-from rbee.control.keeper.console import ActionableError
+from rbee.control.keeper.status import LogLine, NodeStatus
+from rbee.control.keeper.words import ActionableError
+
+if TYPE_CHECKING:
+    from .listeners import StreamStats
 
 
 class NodeProbed(Message):

@@ -8,8 +8,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 
-from rbee.control.keeper.cluster import checked_model_ref
-from rbee.control.keeper.console import ActionableError
+from rbee.control.keeper.words import ActionableError, checked_model_ref
 
 
 class ModelPickerScreen(ModalScreen[str | None]):

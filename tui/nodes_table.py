@@ -7,8 +7,8 @@ import time
 from rich.text import Text
 from textual.widgets import DataTable
 
-from rbee.control.keeper.cluster import HiveState, NodeStatus, gigabytes
 from rbee.control.keeper.node import Node
+from rbee.control.keeper.status import HiveState, NodeStatus, gigabytes
 
 from .cells import clipped
 

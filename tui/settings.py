@@ -1,5 +1,5 @@
 """The dashboard's settings and their defaults. The refresh interval's default belongs to the
-cluster layer, so that `rbee tui --help` can name it without importing the dashboard."""
+keeper's probes, so that `rbee tui --help` can name it without importing the dashboard."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rbee.control.keeper.cluster import DEFAULT_REFRESH_S
+from rbee.control.keeper.probe import DEFAULT_REFRESH_S
 
 SPARKLINE_REQUESTS = 30  # tokens/s of this many recent requests in the sparkline
 LOG_LINES = 500  # the log panel keeps this many lines

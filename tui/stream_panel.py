@@ -8,7 +8,7 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Input, Label, Sparkline, Static
 
-from rbee.control.keeper.cluster import DEFAULT_MODEL_REF
+from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 
 from .settings import ANSWER_REPAINT_S, SPARKLINE_REQUESTS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
-from rbee.control.keeper.cluster import WorkerStatus
+from rbee.control.keeper.status import WorkerStatus
 
 from .cells import clipped
 

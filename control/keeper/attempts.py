@@ -13,9 +13,9 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from .console import ActionableError
 from .node import Node
 from .runner import Runner, SSHConnectError, SSHRunner
+from .words import ActionableError
 
 T = TypeVar("T")
 ATTEMPTS = 3

@@ -4,29 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import get_args
 
 import click
-import httpx
 
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 from rbee.dataplane.protocol.requests import MAX_TOKENS_LIMIT
 from rbee.dataplane.protocol.wire import VERSION
 
 from . import fleet
-from .api_client import RemoteError
-from .attempts import connect_over_ssh
-from .console import ActionableError, Console
-from .hive_control import Say, hive_down, hive_up
-from .infer import InferRequest, run_infer
+from .console import Console
+from .infer import InferRequest
 from .install_plan import Installer
 from .inventory import Inventory, find_inventory, load_inventory
 from .inventory_errors import InventoryError
+from .keeper import Keeper
 from .node import Backend, Node
-from .node_access import open_node, runner_for
-from .runner import Runner, RunnerError
+from .runner import RunnerError
+from .words import ActionableError
 from .worker_registry import WorkerRegistry
 
 
@@ -136,28 +134,18 @@ def infer(
         device=device,
     )
 
-    async def run() -> int:
-        console = Console()
-        registry = WorkerRegistry()
-        try:
-            async with open_node(target, say=console.status) as access:
-                return await run_infer(access, request, console, registry)
-        except ActionableError as exc:
-            console.explain(exc)
-            return 1
-        except (InventoryError, RunnerError) as exc:
-            console.error(str(exc))
-            return 1
-        except (httpx.HTTPError, RemoteError) as exc:  # a node that went away mid-command
-            console.error(
-                f"lost contact with {node}: {exc}",
-                suggestion=f"see `rbee logs --node {node}` and retry",
-            )
-            return 1
-        finally:
-            registry.close()
+    _run(ctx, lambda keeper, console: _infer(keeper, target, request, console))
 
-    sys.exit(asyncio.run(run()))
+
+async def _infer(keeper: Keeper, node: Node, request: InferRequest, console: Console) -> int:
+    """`rbee infer`'s flow on the terminal: Ctrl+C cancels it (EC5)."""
+    run = keeper.infer(node, request, console)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, run.cancel)
+    try:
+        return await run.run()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 def _nodes(ctx: click.Context, names: tuple[str, ...]) -> list[Node]:
@@ -168,39 +156,32 @@ def _nodes(ctx: click.Context, names: tuple[str, ...]) -> list[Node]:
         raise click.BadParameter(str(exc), param_hint="NODE") from None
 
 
-def _on_each(nodes: list[Node], action: Callable[[Node, Say], Awaitable[str]]) -> None:
-    """Runs `action` on every node at once; one line per node; exit 1 if any failed."""
+def _on_each(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    action: Callable[[Keeper, Node, Console], Awaitable[str]],
+) -> None:
+    """Runs `action` on every named node at once; one line per node; exit 1 if any failed."""
+    inventory, nodes = inventory_of(ctx), _nodes(ctx, names)
     console = Console()
 
-    async def one(node: Node) -> bool:
-        try:
-            console.status(await action(node, console.status))
-            return True
-        except ActionableError as exc:
-            console.explain(exc)
-        except (InventoryError, RunnerError) as exc:
-            console.error(f"{node.name}: {exc}")
-        return False
+    async def all_nodes() -> bool:
+        async with Keeper(inventory) as keeper:
 
-    async def all_nodes() -> list[bool]:
-        return list(await asyncio.gather(*(one(node) for node in nodes)))
+            async def one(node: Node) -> bool:
+                try:
+                    console.status(await action(keeper, node, console))
+                    return True
+                except ActionableError as exc:
+                    console.explain(exc)
+                except (InventoryError, RunnerError) as exc:  # rbee deploy's own connection
+                    console.error(f"{node.name}: {exc}")
+                return False
 
-    if not all(asyncio.run(all_nodes())):
+            return all(await asyncio.gather(*(one(node) for node in nodes)))
+
+    if not asyncio.run(all_nodes()):
         sys.exit(1)
-
-
-def _over_ssh(
-    action: Callable[[Node, Runner, Say], Awaitable[str]],
-) -> Callable[[Node, Say], Awaitable[str]]:
-    """`action` with the node's runner, connected (EC1's attempts) for its duration."""
-
-    async def with_runner(node: Node, say: Say) -> str:
-        runner = runner_for(node)
-        await connect_over_ssh(runner, node, lambda line: say(f"{node.name}: {line}"))
-        async with runner:
-            return await action(node, runner, say)
-
-    return with_runner
 
 
 _bundled_model = click.option(
@@ -226,18 +207,16 @@ def ssh_up(
 ) -> None:
     """Start the hive on NODEs (over SSH), installing rbee first where it is missing or
     another version, and wait until it answers."""
-    nodes = _nodes(ctx, names)
-    if no_install:
-        _on_each(nodes, _over_ssh(hive_up))
-        return
-    installer = Installer(bundled_model=bundled_model)
+    installer = None if no_install else Installer(bundled_model=bundled_model)
     try:
         _on_each(
-            nodes,
-            _over_ssh(lambda node, runner, say: hive_up(node, runner, say, installer=installer)),
+            ctx,
+            names,
+            lambda keeper, node, console: keeper.hive_up(node, console, installer=installer),
         )
     finally:
-        installer.close()
+        if installer is not None:
+            installer.close()
 
 
 @main.command("ssh-down")
@@ -245,17 +224,7 @@ def ssh_up(
 @click.pass_context
 def ssh_down(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Stop the hive on NODEs; their workers stop with it."""
-    registry = WorkerRegistry()
-
-    async def down(node: Node, runner: Runner, say: Say) -> str:
-        said = await hive_down(node, runner, say)
-        registry.forget_node(node.name)  # its workers stopped with the hive
-        return said
-
-    try:
-        _on_each(_nodes(ctx, names), _over_ssh(down))
-    finally:
-        registry.close()
+    _on_each(ctx, names, lambda keeper, node, console: keeper.hive_down(node, console))
 
 
 @main.command()
@@ -269,21 +238,25 @@ def deploy(ctx: click.Context, names: tuple[str, ...], bundled_model: bool) -> N
 
     installer = Installer(bundled_model=bundled_model)
     try:
-        _on_each(_nodes(ctx, names), lambda node, say: deploy_node(node, installer, say))
+        _on_each(
+            ctx, names, lambda _keeper, node, console: deploy_node(node, installer, console.status)
+        )
     finally:
         installer.close()
 
 
-def _run(work: Callable[[Console], Awaitable[int]]) -> None:
-    """Runs one fleet command; ActionableErrors become words and exit 1."""
+def _run(ctx: click.Context, work: Callable[[Keeper, Console], Awaitable[int]]) -> None:
+    """Runs one command on the cluster; its ActionableErrors become words and exit 1."""
+    inventory = inventory_of(ctx)
     console = Console()
 
     async def run() -> int:
-        try:
-            return await work(console)
-        except ActionableError as exc:
-            console.explain(exc)
-            return 1
+        async with Keeper(inventory) as keeper:
+            try:
+                return await work(keeper, console)
+            except ActionableError as exc:
+                console.explain(exc)
+                return 1
 
     sys.exit(asyncio.run(run()))
 
@@ -296,8 +269,7 @@ def _node(ctx: click.Context, name: str) -> Node:
 @click.pass_context
 def nodes(ctx: click.Context) -> None:
     """Every node of the inventory: hive state, version, workers, models."""
-    inventory = inventory_of(ctx)
-    _run(lambda console: fleet.nodes_table(inventory, console))
+    _run(ctx, fleet.nodes_table)
 
 
 @main.group()
@@ -318,12 +290,7 @@ def workers() -> None:
 def workers_list(ctx: click.Context, output: str) -> None:
     """The workers this keeper started, as their hives report them now (a node that does
     not answer within 5 s shows its workers' state as unknown)."""
-    inventory = inventory_of(ctx)
-    registry = WorkerRegistry()
-    try:
-        _run(lambda console: fleet.workers_list(inventory, registry, console, output))
-    finally:
-        registry.close()
+    _run(ctx, lambda keeper, console: fleet.workers_list(keeper, console, output))
 
 
 @workers.command("health")
@@ -332,11 +299,7 @@ def workers_list(ctx: click.Context, output: str) -> None:
 def workers_health(ctx: click.Context, node_name: str) -> None:
     """Ask each worker on NODE how it is, now."""
     node = _node(ctx, node_name)
-    registry = WorkerRegistry()
-    try:
-        _run(lambda console: fleet.workers_health(node, registry, console))
-    finally:
-        registry.close()
+    _run(ctx, lambda keeper, console: fleet.workers_health(keeper, node, console))
 
 
 @workers.command("shutdown")
@@ -350,17 +313,17 @@ def workers_health(ctx: click.Context, node_name: str) -> None:
 @click.pass_context
 def workers_shutdown(ctx: click.Context, worker_id: str, node_name: str | None) -> None:
     """Stop one worker gracefully."""
-    registry = WorkerRegistry()
-    try:
-        known = registry.get(worker_id)
-        if not node_name:
-            if known is None:
-                raise click.UsageError(f"{worker_id} is not in this keeper's registry: give --node")
-            node_name = known.node
-        node = _node(ctx, node_name)
-        _run(lambda console: fleet.workers_shutdown(node, worker_id, registry, console))
-    finally:
-        registry.close()
+    if not node_name:
+        registry = WorkerRegistry()
+        try:
+            known = registry.get(worker_id)
+        finally:
+            registry.close()
+        if known is None:
+            raise click.UsageError(f"{worker_id} is not in this keeper's registry: give --node")
+        node_name = known.node
+    node = _node(ctx, node_name)
+    _run(ctx, lambda keeper, console: fleet.workers_shutdown(keeper, node, worker_id, console))
 
 
 @main.group()
@@ -374,7 +337,7 @@ def models() -> None:
 def models_list(ctx: click.Context, node_name: str) -> None:
     """The models NODE has."""
     node = _node(ctx, node_name)
-    _run(lambda console: fleet.models_list(node, console))
+    _run(ctx, lambda keeper, console: fleet.models_list(keeper, node, console))
 
 
 @models.command("download")
@@ -390,7 +353,7 @@ def models_download(ctx: click.Context, model_ref: str, node_name: str) -> None:
     except InvalidModelRef as exc:
         raise click.BadParameter(str(exc), param_hint="MODEL_REF") from None
     node = _node(ctx, node_name)
-    _run(lambda console: fleet.models_download(node, model_ref, console))
+    _run(ctx, lambda keeper, console: fleet.models_download(keeper, node, model_ref, console))
 
 
 @main.command()
@@ -400,4 +363,4 @@ def models_download(ctx: click.Context, model_ref: str, node_name: str) -> None:
 def logs(ctx: click.Context, node_name: str, follow: bool) -> None:
     """NODE's hive log."""
     node = _node(ctx, node_name)
-    _run(lambda console: fleet.logs(node, follow, console))
+    _run(ctx, lambda keeper, console: fleet.logs(keeper, node, follow, console))

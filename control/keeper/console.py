@@ -12,6 +12,20 @@ from rich.console import Console as RichConsole
 from rich.markup import escape
 from rich.table import Table
 
+from .events import (
+    AnswerEnded,
+    Downloaded,
+    Downloading,
+    DownloadRetrying,
+    Failed,
+    KeeperEvent,
+    Loading,
+    RequestSent,
+    Step,
+    Token,
+)
+from .words import ActionableError
+
 BAR_WIDTH = 24
 
 
@@ -20,24 +34,9 @@ def bar(fraction: float, width: int = BAR_WIDTH) -> str:
     return "[" + "█" * filled + "-" * (width - filled) + "]"
 
 
-class ActionableError(Exception):
-    """A failure the person can act on: what went wrong, details, and what to do."""
-
-    def __init__(self, message: str, *details: str, suggestion: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
-        self.suggestion = suggestion
-
-    def in_words(self) -> str:
-        """Message, details and suggestion as plain lines (for screens that are not stderr)."""
-        lines = [self.message, *self.details]
-        if self.suggestion:
-            lines.append(f"Suggestion: {self.suggestion}")
-        return "\n".join(lines)
-
-
 class Console:
+    """The terminal, and the listener (events.py) of the flows the command line runs."""
+
     def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
         self._out = out or sys.stdout
         self._err = RichConsole(file=err or sys.stderr, highlight=False, soft_wrap=True)
@@ -78,17 +77,36 @@ class Console:
         self._end_progress()
         self._data.print(table)
 
-    def request_sent(self) -> None:
-        """The prompt is on its way to the worker (the dashboard times the first token from
-        here); nothing to print on a terminal."""
-
-    def token(self, text: str) -> None:
-        self._out.write(text)
-        self._out.flush()
-
-    def end_answer(self) -> None:
-        self._out.write("\n")
-        self._out.flush()
+    def heard(self, event: KeeperEvent) -> None:
+        match event:
+            case Step(text):
+                self.status(text)
+            case Token(text):
+                self._out.write(text)
+                self._out.flush()
+            case AnswerEnded():
+                self._out.write("\n")
+                self._out.flush()
+            case Failed(error):
+                self.explain(error)
+            case Loading(done, total) if total:
+                self.progress(
+                    f"Loading model to VRAM... {bar(done / total)} "
+                    f"{100 * done // total}% ({done}/{total} layers)"
+                )
+            case Downloading(bytes_done=done, bytes_total=total, mb_per_s=speed) if total:
+                self.progress(
+                    f"Downloading model... {bar(done / total)} {100 * done // total}% "
+                    f"({done / 1e6:.1f} MB / {total / 1e6:.1f} MB) @ {speed:.1f} MB/s"
+                )
+            case DownloadRetrying(attempt=attempt, attempts=attempts, delay_ms=delay_ms):
+                self.status(
+                    f"Retrying download (attempt {attempt}/{attempts})... delay {delay_ms}ms"
+                )
+            case Downloaded():
+                self.status("Model downloaded.")
+            case RequestSent() | Loading() | Downloading():
+                pass  # nothing to print: no measure yet, or only timing for the dashboard
 
     def _end_progress(self) -> None:
         if self._progress_open:

@@ -21,7 +21,6 @@ import fabric
 import invoke
 import paramiko
 
-from .console import ActionableError
 from .install_plan import Installer, Say
 from .node import Node
 from .runner import (
@@ -32,6 +31,7 @@ from .runner import (
     host_key_error,
     ssh_hint,
 )
+from .words import ActionableError
 
 
 class FabricTransport:

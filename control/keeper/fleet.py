@@ -1,6 +1,7 @@
 """The keeper's read-and-act commands on nodes: nodes, workers, models, logs.
 
-The data and the actions live in cluster.py (shared with the dashboard); this prints them."""
+The data and the actions come from the Keeper (keeper.py, shared with the dashboard and the
+queen); this prints them."""
 
 from __future__ import annotations
 
@@ -12,22 +13,22 @@ import time
 import httpx
 from rich.table import Table
 
+from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import WorkerRow
 from rbee.dataplane.protocol.states import SERVING_STATES
 from rbee.dataplane.protocol.wire import ErrorCode
 from rbee.dataplane.protocol.worker_api import WorkerHealth
+from rbee.dataplane.protocol.worker_client import WorkerClient
 
-from . import cluster
-from .api_client import RemoteError
-from .console import ActionableError, Console
-from .hive_client import show_download
-from .inventory import Inventory
+from .console import Console
 from .inventory_errors import InventoryError
+from .keeper import Keeper
 from .node import Node
-from .node_access import LocalNodeAccess, SSHNodeAccess, open_node
+from .node_access import NodeAccess
+from .probe import WORKER_PROBE_TIMEOUT_S
 from .runner import RunnerError
-from .worker_client import WorkerClient
-from .worker_registry import RegisteredWorker, WorkerRegistry
+from .status import gigabytes
+from .worker_registry import RegisteredWorker
 
 EXIT_INTERRUPTED = 130
 HIVE_LIST_TIMEOUT_S = 5.0  # `workers list`: how long each node's hive has to list its workers
@@ -38,8 +39,8 @@ UNREACHABLE = "unknown (node unreachable)"
 HIVE_ERROR = "unknown (hive error)"
 
 
-async def nodes_table(inventory: Inventory, console: Console) -> int:
-    statuses = await cluster.probe_nodes(list(inventory.nodes.values()))
+async def nodes_table(keeper: Keeper, console: Console) -> int:
+    statuses = await keeper.probe_all()
     table = Table("node", "host", "hive", "version", "workers", "models", "free RAM", "problem")
     for status in statuses:
         up = status.is_up
@@ -50,17 +51,15 @@ async def nodes_table(inventory: Inventory, console: Console) -> int:
             status.version or "-",
             str(len(status.workers)) if up else "-",
             str(len(status.models)) if up else "-",
-            cluster.gigabytes(status.ram_available_mb),
+            gigabytes(status.ram_available_mb),
             status.problem or "",
         )
     console.table(table)
     return 0
 
 
-async def workers_list(
-    inventory: Inventory, registry: WorkerRegistry, console: Console, output: str = "table"
-) -> int:
-    rows = await reconciled(inventory, registry)
+async def workers_list(keeper: Keeper, console: Console, output: str = "table") -> int:
+    rows = await reconciled(keeper)
     if output == "json":
         console.line(json.dumps([_as_json(w, state) for w, state in rows], indent=2))
         return 0
@@ -77,19 +76,18 @@ async def workers_list(
     return 0
 
 
-async def reconciled(
-    inventory: Inventory, registry: WorkerRegistry
-) -> list[tuple[RegisteredWorker, str]]:
+async def reconciled(keeper: Keeper) -> list[tuple[RegisteredWorker, str]]:
     """The registry's workers, each with the state its hive reports now.
 
     Each node's hive is asked once, all at once, for at most HIVE_LIST_TIMEOUT_S. A worker
     whose hive answers without it (idle timeout, crash, the hive restarted) or is down leaves
     the registry; a worker whose node does not answer (or refuses our key) keeps its row with
     an unknown state and why, never the last one seen, which may be long gone."""
+    registry = keeper.registry
     workers = registry.list()
     names = sorted({w.node for w in workers})
     views = dict(
-        zip(names, await asyncio.gather(*(_hive_view(inventory, n) for n in names)), strict=True)
+        zip(names, await asyncio.gather(*(_hive_view(keeper, n) for n in names)), strict=True)
     )
     rows = []
     for w in workers:
@@ -104,16 +102,16 @@ async def reconciled(
     return rows
 
 
-async def _hive_view(inventory: Inventory, name: str) -> dict[str, str] | str:
+async def _hive_view(keeper: Keeper, name: str) -> dict[str, str] | str:
     """worker id → state as the node's hive lists them, or why the state is unknown. A hive
     that refuses connections is down, and its workers died with it (parent_watch.py): none."""
-    node = inventory.nodes.get(name)
+    node = keeper.inventory.nodes.get(name)
     if node is None:
         return "unknown (node not in the inventory)"
     try:
         async with (
             asyncio.timeout(HIVE_LIST_TIMEOUT_S),
-            cluster.hive_of(node, HIVE_LIST_TIMEOUT_S) as hive,
+            keeper.access(node).hive(HIVE_LIST_TIMEOUT_S) as hive,
         ):
             listed = await hive.workers()
     except (TimeoutError, httpx.TimeoutException):
@@ -146,18 +144,15 @@ def _as_json(worker: RegisteredWorker, state: str) -> dict[str, object]:
     }
 
 
-async def workers_health(node: Node, registry: WorkerRegistry, console: Console) -> int:
+async def workers_health(keeper: Keeper, node: Node, console: Console) -> int:
     """Each worker the node's hive lists, asked its own /health now (the hive's view may be a
     health interval old)."""
-    listed = await cluster.with_hive(node, lambda hive: hive.workers())
+    listed = await keeper.workers(node)
     if not listed:
         console.line(f"No workers on {node.name}")
         return 0
-    try:
-        async with open_node(node) as access:
-            answers = await asyncio.gather(*(_live_health(access, w) for w in listed))
-    except (RunnerError, InventoryError) as exc:
-        raise ActionableError(str(exc)) from None
+    access = keeper.access(node)
+    answers = await asyncio.gather(*(_live_health(access, w) for w in listed))
     for w, health in zip(listed, answers, strict=True):
         worker_id = w.worker_id
         if health is None:
@@ -166,38 +161,34 @@ async def workers_health(node: Node, registry: WorkerRegistry, console: Console)
         state = str(health.state)
         ready = state in SERVING_STATES
         console.line(f"{'✓' if ready else '✗'} {worker_id} - {state} (ready: {str(ready).lower()})")
-        if ready and registry.get(worker_id):
-            registry.mark_healthy(worker_id, state)
+        if ready and keeper.registry.get(worker_id):
+            keeper.registry.mark_healthy(worker_id, state)
     return 0
 
 
-async def _live_health(
-    access: LocalNodeAccess | SSHNodeAccess, listed: WorkerRow
-) -> WorkerHealth | None:
+async def _live_health(access: NodeAccess, listed: WorkerRow) -> WorkerHealth | None:
     """The worker's own /health, or None when it does not answer in time (or another process
     answers at its address)."""
     if not listed.url:
         return None
     try:
-        async with asyncio.timeout(cluster.WORKER_PROBE_TIMEOUT_S):
+        async with asyncio.timeout(WORKER_PROBE_TIMEOUT_S):
             url = await access.worker_url(listed.url)
-            async with WorkerClient(url, timeout_s=cluster.WORKER_PROBE_TIMEOUT_S) as worker:
+            async with WorkerClient(url, timeout_s=WORKER_PROBE_TIMEOUT_S) as worker:
                 health = await worker.health()
     except (TimeoutError, httpx.HTTPError, RemoteError, RunnerError, OSError, ValueError):
         return None
     return health if health.worker_id == listed.worker_id else None
 
 
-async def workers_shutdown(
-    node: Node, worker_id: str, registry: WorkerRegistry, console: Console
-) -> int:
-    state = await cluster.shutdown_worker(node, worker_id, registry)
+async def workers_shutdown(keeper: Keeper, node: Node, worker_id: str, console: Console) -> int:
+    state = await keeper.shutdown_worker(node, worker_id)
     console.status(f"{worker_id} on {node.name}: {state}")
     return 0
 
 
-async def models_list(node: Node, console: Console) -> int:
-    models = await cluster.list_models(node)
+async def models_list(keeper: Keeper, node: Node, console: Console) -> int:
+    models = await keeper.models(node)
     if not models:
         console.line(f"No models on {node.name}")
         return 0
@@ -208,20 +199,20 @@ async def models_list(node: Node, console: Console) -> int:
     return 0
 
 
-async def models_download(node: Node, model_ref: str, console: Console) -> int:
-    path = await cluster.download_model(node, model_ref, show_download(console))
+async def models_download(keeper: Keeper, node: Node, model_ref: str, console: Console) -> int:
+    path = await keeper.download_model(node, model_ref, console)
     console.status(f"{model_ref} is on {node.name}: {path}")
     return 0
 
 
-async def logs(node: Node, follow: bool, console: Console) -> int:
+async def logs(keeper: Keeper, node: Node, follow: bool, console: Console) -> int:
     if not follow:
-        for line in await cluster.recent_logs(node):
+        for line in await keeper.logs(node):
             console.line(str(line))
         return 0
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
-    task = asyncio.ensure_future(cluster.follow_logs(node, lambda line: console.line(str(line))))
+    task = asyncio.ensure_future(keeper.follow_logs(node, lambda line: console.line(str(line))))
     waiter = asyncio.ensure_future(stop.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if task.done():

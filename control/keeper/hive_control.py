@@ -1,24 +1,27 @@
-"""Starting and stopping a node's hive over its runner (`rbee ssh-up` / `rbee ssh-down`)."""
+"""Starting and stopping a node's hive through its runner: `rbee ssh-up` / `rbee ssh-down`,
+and the local hive that `rbee infer` starts by itself. One starter serves both."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+from pathlib import Path
 
 import httpx
 
 from rbee.control.hive.pidfile import NOT_RUNNING_EXIT
+from rbee.control.hive.settings import API_KEY_ENV as HIVE_KEY_ENV
 from rbee.control.hive.settings import KEY_FILE
+from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import HiveHealth
 from rbee.dataplane.protocol.wire import VERSION
 
-from .api_client import RemoteError
-from .console import ActionableError
-from .hive_client import HiveClient
 from .install_plan import Installer, RunnerTransport, Say
 from .node import Node
-from .node_access import SSHNodeAccess
+from .node_access import NodeAccess
 from .runner import CommandResult, Runner
+from .words import ActionableError, restart_hint, version_mismatch
 
 PROBE_TIMEOUT_S = 30.0
 HIVE_UP_TIMEOUT_S = 30.0
@@ -61,10 +64,7 @@ def _not_installed(node: Node, hive_bin: str) -> ActionableError:
 
 def _check_version(node: Node, version: str) -> None:
     if version != VERSION:
-        raise ActionableError(
-            f"Version mismatch: rbee={VERSION}, rbee-hive={version}. Please upgrade.",
-            suggestion=f"upgrade {node.name}: `rbee deploy {node.name}`",
-        )
+        raise version_mismatch(node, version)
 
 
 async def _on_node(
@@ -99,49 +99,22 @@ async def running_hive_pid(node: Node, runner: Runner) -> int | None:
     return int(result.stdout.split()[-1]) if result.exit_status == 0 else None
 
 
-async def _answers(access: SSHNodeAccess) -> HiveHealth | None:
+async def _answers(access: NodeAccess) -> HiveHealth | None:
+    """The hive's health; None when nothing (or something else) answers at once."""
     try:
-        async with HiveClient(
-            await access.hive_url(), access.hive_key, timeout_s=ANSWER_TIMEOUT_S, node=access.name
-        ) as hive:
+        async with access.hive(timeout_s=ANSWER_TIMEOUT_S) as hive:
             return await hive.health()
     except (httpx.HTTPError, OSError, RemoteError):
         return None
 
 
-async def hive_up(
-    node: Node, runner: Runner, say: Say, *, installer: Installer | None = None
-) -> str:
-    """Leaves the node's hive running at our version; returns the line to print.
-
-    With an installer, a node without rbee or with another version gets rbee installed first
-    (and a hive of the old version restarted); without one, that is an error with the install
-    hint. A current node costs one version probe either way."""
-    access = SSHNodeAccess(node, runner)
-    say(f"{node.name}: connecting to {runner.label}")
-    version = await probed_version(node, runner)
-    if version != VERSION and installer is not None:
-        found = f"rbee {version} is installed" if version else "rbee is not installed"
-        say(f"{node.name}: {found}; installing rbee {VERSION}")
-        await installer.install(node, RunnerTransport(runner), say)
-        if await running_hive_pid(node, runner) is not None:
-            say(f"{node.name}: restarting rbee-hive on the new version")
-            say(await hive_down(node, runner, say))
-    elif version is None:
-        raise _not_installed(node, await _hive_bin(node, runner))
-    else:
-        _check_version(node, version)
-    if (running := await running_hive_pid(node, runner)) is not None:
-        if not (health := await _answers(access)):
-            raise ActionableError(
-                f"rbee-hive on {node.name} (pid {running}) is not answering "
-                f"({ANSWER_TIMEOUT_S:g} s)",
-                suggestion=f"restart it: `rbee ssh-down {node.name}`, then "
-                f"`rbee ssh-up {node.name}`",
-            )
-        _check_version(node, health.version)
-        return f"{node.name}: rbee-hive {health.version} already running"
+async def _start_hive(access: NodeAccess, say: Say) -> tuple[int, HiveHealth | None]:
+    """Starts `rbee-hive daemon` through the node's runner, detached (it outlives this
+    command), and waits until it answers: its pid, and its health (None: it died or did not
+    answer within HIVE_UP_TIMEOUT_S)."""
+    node, runner = access.node, access.runner
     state_dir = await _state_dir(node, runner)
+    await runner.run(["mkdir", "-p", state_dir], timeout_s=PROBE_TIMEOUT_S, check=True)
     argv = [
         await _hive_bin(node, runner),
         "daemon",
@@ -152,37 +125,81 @@ async def hive_up(
         "--idle-timeout-s",
         f"{node.idle_timeout_s:g}",
     ]
-    key = node.api_key()
-    if key:
-        # The key travels by SFTP into a 0600 file: sshd drops client environment variables,
-        # and argv is visible to every user of the node.
-        key_file = f"{state_dir}/{KEY_FILE}"
-        await runner.write_file(key_file, key.encode(), mode=0o600)
+    if access.hive_key:
+        # The hive reads its key from a 0600 file: sshd drops client environment variables,
+        # argv is visible to every user of the node, and a process's first environment stays
+        # readable in /proc/PID/environ.
+        if node.is_local and node.api_key_file:
+            key_file = str(node.api_key_file)  # already the node's key, checked 0600
+        else:
+            key_file = f"{state_dir}/{KEY_FILE}"
+            await runner.write_file(key_file, access.hive_key.encode(), mode=0o600)
         argv += ["--api-key-file", key_file]
+    if node.is_local:
+        # A local hive would inherit this command's environment: drop the variables that may
+        # hold a key (`env -u`, in GNU and BSD env alike). sshd passes none to a remote one.
+        unset = [arg for name in (node.api_key_env, HIVE_KEY_ENV) if name for arg in ("-u", name)]
+        argv = ["env", *unset, *argv]
     say(f"{node.name}: starting rbee-hive")
-    await runner.run(["mkdir", "-p", state_dir], timeout_s=PROBE_TIMEOUT_S, check=True)
     pid = await runner.start_detached(argv, log_path=f"{state_dir}/hive.log", append=True)
     deadline = asyncio.get_running_loop().time() + HIVE_UP_TIMEOUT_S
     while (health := await _answers(access)) is None:
         alive = await runner.run(["kill", "-0", str(pid)], timeout_s=PROBE_TIMEOUT_S)
         if alive.exit_status != 0 or asyncio.get_running_loop().time() > deadline:
-            tail = await runner.run(
-                ["tail", "-n", "15", f"{state_dir}/hive.log"], timeout_s=PROBE_TIMEOUT_S
-            )
-            raise ActionableError(
-                f"rbee-hive did not start on {node.name}",
-                tail.stdout.rstrip(),
-                suggestion=f"see {state_dir}/hive.log on {node.name}",
-            )
+            return pid, None
         await asyncio.sleep(0.2)
+    return pid, health
+
+
+async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None = None) -> str:
+    """Leaves the node's hive running at our version; returns the line to print.
+
+    With an installer, a node without rbee or with another version gets rbee installed first
+    (and a hive of the old version restarted); without one, that is an error with the install
+    hint. A current node costs one version probe either way."""
+    node, runner = access.node, access.runner
+    say(f"{node.name}: connecting to {runner.label}")
+    version = await probed_version(node, runner)
+    if version != VERSION and installer is not None:
+        found = f"rbee {version} is installed" if version else "rbee is not installed"
+        say(f"{node.name}: {found}; installing rbee {VERSION}")
+        await installer.install(node, RunnerTransport(runner), say)
+        if await running_hive_pid(node, runner) is not None:
+            say(f"{node.name}: restarting rbee-hive on the new version")
+            say(await hive_down(access, say))
+    elif version is None:
+        raise _not_installed(node, await _hive_bin(node, runner))
+    else:
+        _check_version(node, version)
+    if (running := await running_hive_pid(node, runner)) is not None:
+        if not (health := await _answers(access)):
+            raise ActionableError(
+                f"rbee-hive on {node.name} (pid {running}) is not answering "
+                f"({ANSWER_TIMEOUT_S:g} s)",
+                suggestion=restart_hint(node),
+            )
+        _check_version(node, health.version)
+        return f"{node.name}: rbee-hive {health.version} already running"
+    pid, health = await _start_hive(access, say)
+    if health is None:
+        state_dir = await _state_dir(node, runner)
+        tail = await runner.run(
+            ["tail", "-n", "15", f"{state_dir}/hive.log"], timeout_s=PROBE_TIMEOUT_S
+        )
+        raise ActionableError(
+            f"rbee-hive did not start on {node.name}",
+            tail.stdout.rstrip(),
+            suggestion=f"see {state_dir}/hive.log on {node.name}",
+        )
     _check_version(node, health.version)
     where = f"{node.listen}:{node.hive_port}"
     return f"{node.name}: rbee-hive {health.version} up (pid {pid}, {where})"
 
 
-async def hive_down(node: Node, runner: Runner, say: Say) -> str:
+async def hive_down(access: NodeAccess, say: Say) -> str:
     """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound; only a
     process proven to be this hive (`rbee-hive stop` on the node)."""
+    node, runner = access.node, access.runner
     say(f"{node.name}: connecting to {runner.label}")
     result = await _on_node(
         node,
@@ -196,3 +213,51 @@ async def hive_down(node: Node, runner: Runner, say: Say) -> str:
     if result.exit_status == 127:
         return f"{node.name}: rbee-hive is not running (rbee is not installed)"
     return f"{node.name}: {result.stdout.strip()}"
+
+
+async def ensure_local_hive(access: NodeAccess, say: Say) -> None:
+    """`rbee infer` on the local node starts its hive itself unless this installation's
+    answers. A hive of another installation, or of a deleted one, is restarted from this one
+    (stopped only as `rbee ssh-down` does). A hive that does not come up is left to the
+    preflight that follows, which says what is wrong."""
+    node = access.node
+    hive_bin = Path(node.rbee_path).expanduser() / "rbee-hive"
+    health = await _answers(access)
+    found = health.executable if health is not None else None
+    if health is not None and (found is None or _same_file(found, hive_bin)):
+        return  # ours (or a hive that does not say: left as it is)
+    if not hive_bin.is_file():
+        raise ActionableError(
+            f"rbee is not installed on {node.name}: there is no {hive_bin}",
+            suggestion=f"set rbee_path for node {node.name} in {node.inventory_path} "
+            "to the folder holding rbee-hive",
+        )
+    said = f"Started the hive on {node.name}."
+    if found is not None and health is not None:
+        await _stop_foreign_hive(access, found, health.pid)
+        gone = "" if os.path.exists(found) else " (deleted)"
+        said = f"Restarted the hive on {node.name}: it ran from {found}{gone}."
+    await _start_hive(access, lambda _line: None)
+    say(said)
+
+
+async def _stop_foreign_hive(access: NodeAccess, found: str, answering_pid: int | None) -> None:
+    """Stops the hive of another installation that answers on our port, if it is the one
+    holding our state dir (proven on the node, as `rbee ssh-down` does): the hive that
+    answered must be the one the pid file proves, or ours would be stopped instead."""
+    node = access.node
+    if await running_hive_pid(node, access.runner) != answering_pid:
+        raise ActionableError(
+            f"a hive from another installation answers on {node.hive_address}",
+            f"it runs from {found}, with a state dir other than {node.state_dir}",
+            suggestion=f"stop it, or give node {node.name} another hive_port in "
+            f"{node.inventory_path}",
+        )
+    await hive_down(access, lambda _line: None)
+
+
+def _same_file(path: str, other: Path) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # deleted (or unreadable): not the same
+        return False

@@ -9,56 +9,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import textwrap
 import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 import httpx
 
-from rbee.dataplane.protocol.hive_api import SpawnAnswer, WorkerRow
-from rbee.dataplane.protocol.states import SERVING_STATES
+from rbee.dataplane.protocol.client import InvalidResponse, PeerSilent, RemoteError
+from rbee.dataplane.protocol.events import Done, ErrorEvent
+from rbee.dataplane.protocol.events import Token as TokenEvent
+from rbee.dataplane.protocol.hive_api import WorkerRow
+from rbee.dataplane.protocol.hive_client import HiveClient
+from rbee.dataplane.protocol.states import SERVING_STATES, WorkerState
 from rbee.dataplane.protocol.wire import VERSION, ErrorCode
 from rbee.dataplane.protocol.worker_api import LoadingEvent, LoadingProgress, LoadingReady
+from rbee.dataplane.protocol.worker_client import LoadFailed, WorkerClient
 
-from .api_client import InvalidResponse, PeerSilent, RemoteError
 from .attempts import cannot_connect, connect_attempts
-from .console import ActionableError, Console, bar
-from .hive_client import HiveClient, provision, show_download
-from .worker_client import LoadFailed, WorkerClient
+from .events import AnswerEnded, Failed, Listener, Loading, RequestSent, Step, Token
+from .hive_control import ensure_local_hive
+from .node_access import NodeAccess
+from .provisioning import provision
+from .words import (
+    ActionableError,
+    damaged_model,
+    not_our_hive,
+    quoted_log,
+    remote_failure,
+    see_logs,
+    use_cpu,
+    version_mismatch,
+)
 from .worker_registry import RegisteredWorker, WorkerRegistry, rbee_home
 
+T = TypeVar("T")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 WARM_MAX_AGE_S = 60.0  # phase 1: a worker health-checked this recently is used as is
 HIVE_TIMEOUT_S = 10.0  # each of EC1's attempts (attempts.py)
 BUSY_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
 CANCEL_ACK_TIMEOUT_S = 5.0
 CRASH_NOTICE_S = 3.0  # how long the hive may take to notice a worker's death
-LOADING_STATES = frozenset({"starting", "loading"})
-LOG_LINES_SHOWN = 5
-_USE_CPU = 'use --backend cpu, or backend = "cpu" for {node} in the inventory'
-_DAMAGED = "the model may be damaged or unsupported; `rbee logs --node {node}`"
-
-
-class NodeAccess(Protocol):
-    """How the keeper reaches one node's hive and workers (directly, or through SSH)."""
-
-    name: str
-    hive_address: str  # HOST:PORT as the person knows it, for messages
-    key_source: str  # where this node's key is configured, for messages
-    hive_key: str | None
-
-    async def hive_url(self) -> str: ...
-
-    async def worker_url(self, url: str) -> str: ...
-
-    async def start_hive(self) -> str | None:
-        """Starts (or restarts) the hive when the keeper may do so itself (the local node);
-        what it did in a line, or None."""
+LOADING_STATES = frozenset({WorkerState.STARTING, WorkerState.LOADING})
 
 
 @dataclass(frozen=True)
@@ -74,20 +68,25 @@ class InferRequest:
     device: int = 0
 
 
-class InferFailed(Exception):
-    """Ends the command: the console has already said why."""
-
-    def __init__(self, exit_code: int = EXIT_FAILED) -> None:
-        self.exit_code = exit_code
+class Interrupted(Exception):
+    """Ctrl+C (or a cancel) before the stream started: the command simply ends."""
 
 
 class Infer:
+    """One prompt on one node, from a warm worker or a new one, reported to a listener:
+    the flow the CLI, the dashboard and the queen share."""
+
     def __init__(
-        self, node: NodeAccess, request: InferRequest, console: Console, registry: WorkerRegistry
+        self,
+        access: NodeAccess,
+        request: InferRequest,
+        listener: Listener,
+        registry: WorkerRegistry,
     ) -> None:
-        self.node = node
+        self.access = access
+        self.node = access.node
         self.request = request
-        self.console = console
+        self.listener = listener
         self.registry = registry
         self._interrupted = asyncio.Event()
 
@@ -95,17 +94,21 @@ class Infer:
         """Ctrl+C (or the dashboard's cancel): stops the request as EC5 describes."""
         self._interrupted.set()
 
+    def _step(self, text: str) -> None:
+        self.listener.heard(Step(text))
+
     async def run(self) -> int:
+        """The exit code: 0 answered, 1 failed (the listener heard why), 130 interrupted."""
         try:
             worker = await self._until_interrupted(self._find_or_start_worker())
             return await self._stream(worker)
-        except InferFailed as failed:
-            return failed.exit_code
+        except Interrupted:
+            return EXIT_INTERRUPTED
         except ActionableError as error:
-            self.console.explain(error)
+            self.listener.heard(Failed(error))
             return EXIT_FAILED
 
-    async def _until_interrupted(self, work: Awaitable[Any]) -> Any:
+    async def _until_interrupted(self, work: Awaitable[T]) -> T:
         """Runs `work`; Ctrl+C before the stream starts simply ends the command."""
         task = asyncio.ensure_future(work)
         stop = asyncio.ensure_future(self._interrupted.wait())
@@ -114,8 +117,8 @@ class Infer:
             stop.cancel()
             return task.result()
         task.cancel()
-        self.console.status("Canceled.")
-        raise InferFailed(EXIT_INTERRUPTED)
+        self._step("Canceled.")
+        raise Interrupted()
 
     # ----------------------------------------------------------------- phases 1-7
 
@@ -126,13 +129,14 @@ class Infer:
             return warm
         if warm is not None:
             self.registry.remove(warm.worker_id)
-            self.console.status("No idle worker found, starting new worker...")
+            self._step("No idle worker found, starting new worker...")
         hive_url = await self._hive_preflight()
-        async with HiveClient(hive_url, node.hive_key, node=node.name) as hive:
-            await self._provision(hive)
-            spawned = await self._call_hive(
-                hive.spawn(req.model_ref, backend=req.backend, device=req.device)
-            )
+        async with HiveClient(hive_url, self.access.hive_key, node=node.name) as hive:
+            try:
+                await provision(hive, node.name, req.model_ref, self.listener)
+                spawned = await hive.spawn(req.model_ref, backend=req.backend, device=req.device)
+            except RemoteError as exc:
+                raise remote_failure(node, exc) from None
         worker = RegisteredWorker(
             worker_id=spawned.worker_id,
             node=node.name,
@@ -152,7 +156,7 @@ class Infer:
     async def _still_there(self, worker: RegisteredWorker) -> bool:
         try:
             async with WorkerClient(
-                await self.node.worker_url(worker.url), worker.api_key, timeout_s=5
+                await self.access.worker_url(worker.url), worker.api_key, timeout_s=5
             ) as client:
                 health = await client.health()
         except (httpx.HTTPError, RemoteError, OSError):
@@ -162,16 +166,18 @@ class Infer:
     async def _hive_preflight(self) -> str:
         """Phase 2: the hive answers (3 attempts) and speaks our version."""
         node = self.node
-        if started := await node.start_hive():
-            self.console.status(started)
-        url = await node.hive_url()
-        async with HiveClient(url, node.hive_key, timeout_s=HIVE_TIMEOUT_S, node=node.name) as hive:
+        if node.is_local:
+            await ensure_local_hive(self.access, self._step)
+        url = await self.access.hive_url()
+        async with HiveClient(
+            url, self.access.hive_key, timeout_s=HIVE_TIMEOUT_S, node=node.name
+        ) as hive:
             try:
                 health = await connect_attempts(
                     hive.health,
                     address=node.hive_address,
                     timeout_s=HIVE_TIMEOUT_S,
-                    say=self.console.status,
+                    say=self._step,
                     retry_if=lambda e: isinstance(e, httpx.TransportError),
                 )
             except httpx.TransportError:
@@ -181,70 +187,18 @@ class Infer:
                     f"`rbee ssh-up {node.name}`",
                 ) from None
             except (RemoteError, ValueError, KeyError):
-                self.console.error(
-                    f"Something other than rbee-hive answers at {node.hive_address}",
-                    suggestion=f"give node {node.name} another hive_port in the inventory",
-                )
-                raise InferFailed() from None
+                raise not_our_hive(node) from None
         if health.version != VERSION:
-            self.console.error(
-                f"Version mismatch: rbee={VERSION}, rbee-hive={health.version}. Please upgrade.",
-                suggestion=f"upgrade the node with `rbee deploy {node.name}` (or the ansible "
-                f"playbook), then `rbee ssh-up {node.name}`",
-            )
-            raise InferFailed()
+            raise version_mismatch(node, health.version)
         return url
 
-    async def _provision(self, hive: HiveClient) -> None:
-        """Phase 3: the model in the node's catalog, downloading it with a progress bar."""
-        try:
-            await provision(hive, self.request.model_ref, show_download(self.console))
-        except RemoteError as exc:
-            self._explain(exc)
-            raise InferFailed() from None
-        except ActionableError as exc:
-            self.console.explain(exc)
-            raise InferFailed() from None
-
-    async def _call_hive(self, call: Awaitable[SpawnAnswer]) -> SpawnAnswer:
-        try:
-            return await call
-        except RemoteError as exc:
-            self._explain(exc)
-            raise InferFailed() from None
-
-    def _explain(self, exc: RemoteError) -> None:
-        node = self.node.name
-        if exc.code == ErrorCode.INSUFFICIENT_RAM:
-            self.console.error(
-                f"Insufficient RAM on {node}",
-                f"Required: {exc.details.get('required_mb')} MB",
-                f"Available: {exc.details.get('available_mb')} MB",
-                suggestion="Try a smaller quantized model (Q4 instead of Q8)",
-            )
-        elif exc.code == ErrorCode.INVALID_API_KEY:
-            self.console.error(
-                "Authentication failed",
-                f"Invalid API key for {self.node.hive_address}",
-                suggestion=f"check the key configured for {node}: {self.node.key_source}",
-            )
-        elif exc.code == ErrorCode.BACKEND_UNAVAILABLE:
-            self.console.error(exc.message, suggestion=_USE_CPU.format(node=node))
-        else:  # a worker that died while starting comes with its log's last lines
-            self.console.error(
-                exc.message,
-                *_quoted_log(str(exc.details.get("log_tail", ""))),
-                suggestion=f"see `rbee logs --node {node}`",
-            )
-
-    def _load_failed(self, message: str) -> None:
+    def _load_failed(self, message: str) -> ActionableError:
         """The worker could not load the model: the other backend, or the file itself."""
-        node = self.node.name
-        self.console.error(
+        return ActionableError(
             message,
-            suggestion=_USE_CPU.format(node=node)
+            suggestion=use_cpu(self.node)
             if self.request.backend != "cpu"
-            else _DAMAGED.format(node=node),
+            else damaged_model(self.node),
         )
 
     async def _wait_ready(self, worker: RegisteredWorker) -> None:
@@ -253,24 +207,19 @@ class Infer:
 
         def show(event: LoadingEvent) -> None:
             if isinstance(event, LoadingProgress) and event.layers_total:
-                done, total = event.layers_loaded, event.layers_total
-                reached.update(done=done, total=total)
-                self.console.progress(
-                    f"Loading model to VRAM... {bar(done / total)} "
-                    f"{100 * done // total}% ({done}/{total} layers)"
-                )
+                reached.update(done=event.layers_loaded, total=event.layers_total)
+                self.listener.heard(Loading(event.layers_loaded, event.layers_total))
             elif isinstance(event, LoadingReady):
-                self.console.status("Model ready!")
+                self._step("Model ready!")
 
         try:
             async with WorkerClient(
-                await self.node.worker_url(worker.url), worker.api_key
+                await self.access.worker_url(worker.url), worker.api_key
             ) as client:
                 await client.wait_ready(timeout_s=self.request.loading_timeout_s, on_progress=show)
         except LoadFailed as exc:
             self.registry.remove(worker.worker_id)  # it will never serve
-            self._load_failed(exc.message)
-            raise InferFailed() from None
+            raise self._load_failed(exc.message) from None
         except RemoteError as exc:
             if exc.code == ErrorCode.LOADING_TIMEOUT:
                 limit = self.request.loading_timeout_s
@@ -278,27 +227,25 @@ class Infer:
                 where = (
                     f" (stuck at {reached['done']}/{reached['total']} layers)" if reached else ""
                 )
-                self.console.error(
+                raise ActionableError(
                     f"Model loading timeout after {span}",
                     f"Worker state: loading{where}",
                     suggestion=f"Check worker logs on {self.node.name} for errors",
-                )
-                raise InferFailed() from None
+                ) from None
             if exc.code != ErrorCode.CONNECTION_TIMEOUT:  # else the stream fell silent
                 self.registry.remove(worker.worker_id)  # it will not serve us
-                self.console.error(
-                    exc.message, suggestion=f"see `rbee logs --node {self.node.name}` and retry"
-                )
-                raise InferFailed() from None
+                raise ActionableError(
+                    exc.message, suggestion=f"{see_logs(self.node)} and retry"
+                ) from None
             await self._lost_while_loading(worker)
         except httpx.TransportError:  # the progress stream broke: did the worker die?
             await self._lost_while_loading(worker)
-        self.registry.mark_healthy(worker.worker_id, "idle")
+        self.registry.mark_healthy(worker.worker_id, WorkerState.IDLE)
 
     async def _lost_while_loading(self, worker: RegisteredWorker) -> None:
-        """Returns if the worker loaded after all; otherwise says how it ended (the hive saw
-        it: its crash record holds the worker's last log lines), forgets it, InferFailed."""
-        node = self.node.name
+        """Returns if the worker loaded after all; otherwise forgets it and raises how it
+        ended (the hive saw it: its crash record holds the worker's last log lines)."""
+        node = self.node
         try:
             entry, record = await self._hive_view(worker.worker_id)
             state = str(entry.state) if entry else "crashed"
@@ -308,33 +255,26 @@ class Infer:
             return
         self.registry.remove(worker.worker_id)
         if state == "failed" and entry:
-            self._load_failed(entry.error or "the model failed to load")
-        elif state == "crashed":
+            raise self._load_failed(entry.error or "the model failed to load")
+        if state == "crashed":
             why, tail = _crash_report(record)
-            self.console.error(
-                f"The worker crashed while loading the model on {node}",
+            raise ActionableError(
+                f"The worker crashed while loading the model on {node.name}",
                 f"{worker.worker_id}: {why}",
-                *(["Last lines of its log:", *_quoted_log(tail)] if tail else []),
-                suggestion=_DAMAGED.format(node=node),
+                *(["Last lines of its log:", *quoted_log(tail)] if tail else []),
+                suggestion=damaged_model(node),
             )
-        else:
-            self.console.error(
-                f"Lost contact with {worker.worker_id} on {node} while it was loading",
-                suggestion=f"see `rbee logs --node {node}` and retry",
-            )
-        raise InferFailed()
+        raise ActionableError(
+            f"Lost contact with {worker.worker_id} on {node.name} while it was loading",
+            suggestion=f"{see_logs(node)} and retry",
+        )
 
     async def _hive_view(self, worker_id: str) -> tuple[WorkerRow | None, str | None]:
         """The hive's entry for the worker (None once it removed it as crashed), waiting a
         moment for the hive to notice a death, and then the hive's crash record of it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CRASH_NOTICE_S
-        async with HiveClient(
-            await self.node.hive_url(),
-            self.node.hive_key,
-            timeout_s=HIVE_TIMEOUT_S,
-            node=self.node.name,
-        ) as hive:
+        async with self.access.hive(timeout_s=HIVE_TIMEOUT_S) as hive:
             while True:
                 entry = next((w for w in await hive.workers() if w.worker_id == worker_id), None)
                 if entry is None or entry.state not in LOADING_STATES or loop.time() > deadline:
@@ -361,35 +301,32 @@ class Infer:
         }
         if req.seed is not None:
             params["seed"] = req.seed
-        url = await self.node.worker_url(worker.url)
+        url = await self.access.worker_url(worker.url)
         for delay in (*BUSY_RETRY_DELAYS_S[: req.busy_retries], None):
             async with WorkerClient(url, worker.api_key) as client:
                 try:
                     return await self._stream_once(client, worker, request_id, params)
                 except RemoteError as exc:
                     if exc.code != ErrorCode.ALL_SLOTS_BUSY:
-                        self._explain(exc)
-                        return EXIT_FAILED
+                        raise remote_failure(self.node, exc) from None
                     if delay is None:
                         retries = "retry" if req.busy_retries == 1 else "retries"
-                        self.console.error(
+                        raise ActionableError(
                             f"Worker still busy after {req.busy_retries} {retries}",
                             suggestion="Wait for current request to complete or use a "
                             "different node",
-                        )
-                        return EXIT_FAILED
-                    self.console.status(
+                        ) from None
+                    self._step(
                         f"Worker is busy, retrying in {delay:g} "
                         f"second{'s' if delay != 1 else ''}..."
                     )
                     await asyncio.sleep(delay)
                 except (httpx.TransportError, OSError):
-                    self.console.error(
+                    self.registry.remove(worker.worker_id)
+                    raise ActionableError(
                         f"Cannot reach worker {worker.worker_id} on {self.node.name}",
                         suggestion="run `rbee workers list` and try again",
-                    )
-                    self.registry.remove(worker.worker_id)
-                    return EXIT_FAILED
+                    ) from None
         return EXIT_FAILED
 
     async def _stream_once(
@@ -400,7 +337,7 @@ class Infer:
         params: dict[str, Any],
     ) -> int:
         tokens: list[str] = []
-        self.console.request_sent()
+        self.listener.heard(RequestSent())
         events = client.stream(self.request.prompt, **params)
         next_event = asyncio.ensure_future(anext(events))
         interrupted = asyncio.ensure_future(self._interrupted.wait())
@@ -410,28 +347,23 @@ class Infer:
                     {next_event, interrupted}, return_when=asyncio.FIRST_COMPLETED
                 )
                 if interrupted in done:
-                    return await self._cancel(client, request_id, tokens)
+                    return await self._cancel(client, request_id)
                 try:
                     event = next_event.result()
                 except (StopAsyncIteration, httpx.TransportError):
-                    return self._broken_stream(worker, request_id, tokens)
+                    raise self._broken_stream(worker, request_id, tokens) from None
                 except (PeerSilent, InvalidResponse) as exc:  # frozen, or answering nonsense
-                    return self._broken_stream(worker, request_id, tokens, exc.message)
-                kind = event.get("type")
-                if kind == "token":
-                    tokens.append(event["token"])
-                    self.console.token(event["token"])
-                elif kind == "done":
-                    self.console.end_answer()
-                    self.registry.mark_healthy(worker.worker_id, "idle")
+                    raise self._broken_stream(worker, request_id, tokens, exc.message) from None
+                if isinstance(event, TokenEvent):
+                    tokens.append(event.token)
+                    self.listener.heard(Token(event.token))
+                elif isinstance(event, Done):
+                    self.listener.heard(AnswerEnded())
+                    self.registry.mark_healthy(worker.worker_id, WorkerState.IDLE)
                     return EXIT_OK
-                elif kind == "error":
-                    self.console.end_answer()
-                    error = event["error"]
-                    self.console.error(
-                        error["message"], suggestion=f"see `rbee logs --node {self.node.name}`"
-                    )
-                    return EXIT_FAILED
+                elif isinstance(event, ErrorEvent):
+                    self.listener.heard(AnswerEnded())
+                    raise ActionableError(event.error.message, suggestion=see_logs(self.node))
                 next_event = asyncio.ensure_future(anext(events))
         finally:
             interrupted.cancel()
@@ -441,35 +373,34 @@ class Infer:
                     await next_event
             await events.aclose()
 
-    async def _cancel(self, client: WorkerClient, request_id: str, tokens: list[str]) -> int:
+    async def _cancel(self, client: WorkerClient, request_id: str) -> int:
         """EC5: tell the worker, wait a little for its acknowledgement, exit 130."""
-        self.console.end_answer()
+        self.listener.heard(AnswerEnded())
         try:
             await client.cancel(request_id, timeout_s=CANCEL_ACK_TIMEOUT_S)
-            self.console.status("Canceled.")
+            self._step("Canceled.")
         except (httpx.HTTPError, RemoteError, OSError):
-            self.console.status("Canceled (worker may still be processing).")
+            self._step("Canceled (worker may still be processing).")
         return EXIT_INTERRUPTED
 
     def _broken_stream(
         self, worker: RegisteredWorker, request_id: str, tokens: list[str], why: str | None = None
-    ) -> int:
+    ) -> ActionableError:
         """EC4: the stream ended without its terminal event; keep what arrived. `why`, when
         known, is a detail line (a worker that fell silent, or answered nonsense)."""
-        self.console.end_answer()
+        self.listener.heard(AnswerEnded())
         try:
             saved = f"Partial result saved to: {save_partial(request_id, ''.join(tokens))}"
         except OSError as exc:
             saved = f"Partial result not saved: {exc.strerror or exc}"
         self.registry.remove(worker.worker_id)
-        self.console.error(
+        return ActionableError(
             "SSE stream closed unexpectedly",
             *([why[:1].upper() + why[1:]] if why else []),
             saved,
             f"Tokens generated: {len(tokens)} / {self.request.max_tokens}",
             suggestion=f"the worker may have crashed: `rbee logs --node {self.node.name}`",
         )
-        return EXIT_FAILED
 
 
 def save_partial(request_id: str, text: str) -> Path:
@@ -493,28 +424,3 @@ def _crash_report(record: str | None) -> tuple[str, str]:
     head, _, tail = record.partition("\n")
     why = head.partition(" crashed: ")[2].partition("; ")[0] or head
     return why, tail
-
-
-def _quoted_log(tail: str, lines: int = LOG_LINES_SHOWN) -> list[str]:
-    """A log's last lines, indented and wrapped to the terminal's 80 columns."""
-    return [
-        wrapped
-        for line in tail.strip().splitlines()[-lines:]
-        for wrapped in textwrap.wrap(
-            line, 78, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False
-        )
-        or ["  "]
-    ]
-
-
-async def run_infer(
-    node: NodeAccess, request: InferRequest, console: Console, registry: WorkerRegistry
-) -> int:
-    """The command line's infer: Ctrl+C cancels it."""
-    infer = Infer(node, request, console, registry)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, infer.cancel)
-    try:
-        return await infer.run()
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)

@@ -24,10 +24,10 @@ from typing import Protocol, TypeVar
 
 from rbee.control.hive.settings import KEY_FILE
 
-from .console import ActionableError
 from .node import Node
 from .runner import CommandResult, Runner, RunnerError
 from .wheel import build_wheel, wheel_version
+from .words import ActionableError
 
 PYTHON = "python3"  # the node's interpreter that creates the venv
 CHECK_TIMEOUT_S = 60.0  # the Python and version checks

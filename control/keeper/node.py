@@ -76,6 +76,13 @@ class Node:
         return self.is_local or not is_loopback_host(self.listen)
 
     @property
+    def hive_address(self) -> str:
+        """HOST:PORT of the hive as the person knows it, for messages."""
+        if self.direct:
+            return self.hive_url.removeprefix("http://")
+        return f"{self.host}:{self.hive_port}"
+
+    @property
     def hive_url(self) -> str:
         """The hive's URL for a direct node; a forwarded node's URL comes from its forward."""
         if not self.direct:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .console import ActionableError
+from .words import ActionableError
 
 WHEEL_BUILD_TIMEOUT_S = 300.0
 # A fixed timestamp for every file in the wheel: the same sources then give the same bytes, so

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from rbee.control.keeper.console import ActionableError
 from rbee.control.keeper.install_plan import (
     Command,
     RunnerTransport,
@@ -20,6 +19,7 @@ from rbee.control.keeper.install_plan import (
 from rbee.control.keeper.inventory import load_inventory
 from rbee.control.keeper.node import Node
 from rbee.control.keeper.runner import LocalRunner
+from rbee.control.keeper.words import ActionableError
 
 
 def _node(tmp_path: Path, extra: str = "") -> Node:

@@ -23,12 +23,20 @@ from conftest import BIN, LONG_CTX, free_port
 from support.hive_process import HiveProcess, start_hive
 from support.inventories import local_node, write_inventory
 
-from rbee.control.keeper import api_client, cluster, hive_client
-from rbee.control.keeper.cluster import HiveState, InferRequest, InferStream, StreamStats
-from rbee.control.keeper.console import ActionableError
+from rbee.control.keeper import events
+from rbee.control.keeper.events import KeeperEvent
+from rbee.control.keeper.hive_control import ensure_local_hive
+from rbee.control.keeper.infer import InferRequest
+from rbee.control.keeper.inventory import load_inventory
+from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
-from rbee.control.keeper.node_access import LocalNodeAccess
+from rbee.control.keeper.node_access import NodeAccess
+from rbee.control.keeper.probe import NODE_PROBE_TIMEOUT_S, probe_deadline_s
+from rbee.control.keeper.status import HiveState, NodeStatus
+from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
+from rbee.dataplane.protocol import client as api_client
+from rbee.dataplane.protocol import hive_client
 from rbee.dataplane.protocol.states import WorkerState
 from rbee.dataplane.protocol.wire import VERSION
 from rbee.dataplane.protocol.worker_api import WorkerHealth
@@ -177,7 +185,7 @@ def test_probe_names_a_garbled_workers_list(tmp_path: Path) -> None:
         node = write_inventory(
             tmp_path / "inventory.toml", local_node("garbled", stand_in.port, tmp_path / "s")
         ).get("garbled")
-        status = asyncio.run(cluster.probe_node(node))
+        status = asyncio.run(probe(node))
     finally:
         stand_in.stop()
     assert status.state is HiveState.DOWN
@@ -208,14 +216,35 @@ def test_a_stopped_hive_is_not_answering_within_the_probe_deadline(
     node = _local(tmp_path, hive)
     psutil.Process(hive.proc.pid).suspend()  # SIGSTOP: the port still accepts connections
     started = time.monotonic()
-    status = asyncio.run(cluster.probe_node(node))
+    status = asyncio.run(probe(node))
     took = time.monotonic() - started
     assert status.state is HiveState.NOT_ANSWERING
-    assert status.problem == f"not answering ({cluster.NODE_PROBE_TIMEOUT_S:g} s)"
+    assert status.problem == f"not answering ({NODE_PROBE_TIMEOUT_S:g} s)"
     assert "rbee ssh-down local" in (status.suggestion or "")
-    assert took < cluster.probe_deadline_s(node) + 1
+    assert took < probe_deadline_s(node) + 1
+
+    async def models() -> None:
+        async with keeper_of(node) as keeper:
+            await keeper.models(node)
+
     with pytest.raises(ActionableError, match=r"rbee-hive on local is not answering \(5 s\)"):
-        asyncio.run(cluster.list_models(node))
+        asyncio.run(models())
+
+
+def keeper_of(node: Node, registry: WorkerRegistry | None = None) -> Keeper:
+    return Keeper(load_inventory(node.inventory_path), registry)
+
+
+async def probe(node: Node) -> NodeStatus:
+    async with keeper_of(node) as keeper:
+        return await keeper.probe(node)
+
+
+async def infer(
+    node: Node, request: InferRequest, registry: WorkerRegistry, listener: Collector
+) -> int:
+    async with keeper_of(node, registry) as keeper:
+        return await keeper.infer(node, request, listener).run()
 
 
 class Collector:
@@ -224,15 +253,12 @@ class Collector:
         self.tokens: list[str] = []
         self.errors: list[ActionableError] = []
 
-    def status(self, text: str) -> None:
-        pass
-
-    def token(self, text: str, stats: StreamStats) -> None:
-        self.tokens.append(text)
-        self.first_token.set()
-
-    def failed(self, error: ActionableError) -> None:
-        self.errors.append(error)
+    def heard(self, event: KeeperEvent) -> None:
+        if isinstance(event, events.Token):
+            self.tokens.append(event.text)
+            self.first_token.set()
+        elif isinstance(event, events.Failed):
+            self.errors.append(event.error)
 
 
 def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
@@ -257,13 +283,8 @@ def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
     frozen = psutil.Process(worker.proc.pid)
 
     async def scenario() -> tuple[int, float]:
-        stream = InferStream(
-            node,
-            InferRequest("Once upon a time", ref, max_tokens=8192, temperature=0),
-            registry,
-            listener,
-        )
-        run = asyncio.create_task(stream.run())
+        request = InferRequest("Once upon a time", ref, max_tokens=8192, temperature=0)
+        run = asyncio.create_task(infer(node, request, registry, listener))
         await asyncio.wait_for(listener.first_token.wait(), 30)
         frozen.suspend()
         stopped_at = time.monotonic()
@@ -323,7 +344,7 @@ def test_a_garbled_event_mid_stream_keeps_the_tokens(
     warm_worker(registry, "w-garbled", ref, f"http://127.0.0.1:{stand_in.port}")
     listener = Collector()
     try:
-        code = asyncio.run(InferStream(node, InferRequest("hi", ref), registry, listener).run())
+        code = asyncio.run(infer(node, InferRequest("hi", ref), registry, listener))
     finally:
         stand_in.stop()
     assert code == 1 and listener.tokens == ["Hi"]
@@ -352,9 +373,10 @@ def test_a_hive_frozen_at_the_spawn_is_named_within_the_spawn_deadline(
 
     async def spawn() -> None:
         if face == "dashboard":
-            await cluster.spawn_worker(node, ref, registry)
+            async with keeper_of(node, registry) as keeper:
+                await keeper.spawn_worker(node, ref, listener)
         else:
-            assert await InferStream(node, InferRequest("hi", ref), registry, listener).run() == 1
+            assert await infer(node, InferRequest("hi", ref), registry, listener) == 1
             raise listener.errors[0]
 
     started = time.monotonic()
@@ -394,7 +416,7 @@ def test_a_garbled_loading_stream_is_not_called_a_damaged_model(
     listener = Collector()
     try:
         code = asyncio.run(
-            InferStream(node, InferRequest("hi", "file:/models/x.gguf"), registry, listener).run()
+            infer(node, InferRequest("hi", "file:/models/x.gguf"), registry, listener)
         )
     finally:
         hive.stop()
@@ -450,12 +472,14 @@ def test_a_local_hive_of_another_installation_is_restarted(tmp_path: Path, delet
         if deleted:
             shutil.rmtree(other)
 
-        said = asyncio.run(LocalNodeAccess(node).start_hive())
+        said: list[str] = []
+        asyncio.run(ensure_local_hive(NodeAccess(node), said.append))
         gone = " (deleted)" if deleted else ""
-        assert said == f"Restarted the hive on local: it ran from {other}/rbee-hive{gone}."
+        assert said == [f"Restarted the hive on local: it ran from {other}/rbee-hive{gone}."]
         assert theirs.wait(5) == 0  # stopped by SIGTERM, cleanly
         assert _health(port)["executable"] == str(BIN / "rbee-hive")
-        assert asyncio.run(LocalNodeAccess(node).start_hive()) is None  # ours: left running
+        asyncio.run(ensure_local_hive(NodeAccess(node), said.append))
+        assert len(said) == 1  # ours: left running, nothing said
     finally:
         if theirs.poll() is None:
             theirs.kill()

@@ -20,9 +20,12 @@ from support.model_server import ModelServer
 from support.operators import node_table
 from support.sshd import start_sshd
 
-from rbee.control.keeper import cluster
+from rbee.control.keeper.events import Unheard
 from rbee.control.keeper.inventory import Inventory
+from rbee.control.keeper.keeper import Keeper
+from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import WorkerRegistry
+from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 from rbee.tui.app import RbeeApp
 from rbee.tui.messages import ActionDone, ActionProgress
 from rbee.tui.settings import TuiConfig
@@ -49,8 +52,9 @@ def cluster_inventory(tmp_path: Path) -> Iterator[Inventory]:
 
 
 async def _quietly_down(inventory: Inventory) -> None:
-    with contextlib.suppress(cluster.ActionableError):  # never started, or the test stopped it
-        await cluster.ssh_down(inventory.get("alpha"), lambda _text: None)
+    async with Keeper(inventory) as keeper:
+        with contextlib.suppress(ActionableError):  # never started, or the test stopped it
+            await keeper.hive_down(inventory.get("alpha"), Unheard())
 
 
 async def wait_for(
@@ -208,7 +212,7 @@ def test_spawn_stream_and_stop_a_worker(
             select_node(app, "local")
             await pilot.press("s")  # the model picker
             picker = app.screen.query_one("#model-ref", Input)
-            assert picker.value == cluster.DEFAULT_MODEL_REF
+            assert picker.value == DEFAULT_MODEL_REF
             picker.value = ref
             await pilot.press("enter")
             await wait_for(
@@ -276,7 +280,8 @@ def test_spawn_a_model_picked_from_the_catalog(
     ref = f"file:{tiny_model}"
 
     async def scenario() -> None:
-        await cluster.download_model(cluster_inventory.get("local"), ref, lambda _step: None)
+        async with Keeper(cluster_inventory, registry) as keeper:
+            await keeper.download_model(cluster_inventory.get("local"), ref, Unheard())
         app = RbeeApp(cluster_inventory, registry, TuiConfig())
         async with app.run_test(size=SIZE) as pilot:
             await wait_for(pilot, lambda: "local" in app.statuses, what="local probed")

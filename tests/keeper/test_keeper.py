@@ -1,5 +1,5 @@
-"""rbee.control.keeper.cluster against real hives, workers and sshd: the data the CLI and the
-dashboard show, and the actions they take."""
+"""The keeper's facade (rbee.control.keeper.keeper) against real hives, workers and sshd:
+the data the CLI and the dashboard show, the actions they take, and the events they hear."""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ from support.hive_process import HiveProcess, start_hive
 from support.inventories import local_node, unreachable_node, write_inventory
 from support.model_server import ModelServer
 
-from rbee.control.keeper import cluster
-from rbee.control.keeper.cluster import HiveState, InferRequest, InferStream, StreamStats
-from rbee.control.keeper.console import ActionableError
+from rbee.control.keeper import events
+from rbee.control.keeper.events import KeeperEvent
+from rbee.control.keeper.infer import InferRequest
+from rbee.control.keeper.inventory import Inventory
+from rbee.control.keeper.keeper import Keeper
+from rbee.control.keeper.status import HiveState, NodeStatus
+from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import WorkerRegistry
 
 
@@ -36,23 +40,28 @@ def _port(hive: HiveProcess) -> int:
 
 
 class Collector:
-    """A StreamListener that keeps everything it hears."""
+    """A listener that keeps everything it hears."""
 
     def __init__(self) -> None:
-        self.statuses: list[str] = []
-        self.tokens: list[str] = []
-        self.last_stats = StreamStats()
-        self.errors: list[ActionableError] = []
+        self.heard_events: list[KeeperEvent] = []
 
-    def status(self, text: str) -> None:
-        self.statuses.append(text)
+    def heard(self, event: KeeperEvent) -> None:
+        self.heard_events.append(event)
 
-    def token(self, text: str, stats: StreamStats) -> None:
-        self.tokens.append(text)
-        self.last_stats = stats
+    @property
+    def steps(self) -> list[str]:
+        return [e.text for e in self.heard_events if isinstance(e, events.Step)]
 
-    def failed(self, error: ActionableError) -> None:
-        self.errors.append(error)
+    @property
+    def tokens(self) -> list[str]:
+        return [e.text for e in self.heard_events if isinstance(e, events.Token)]
+
+    @property
+    def errors(self) -> list[ActionableError]:
+        return [e.error for e in self.heard_events if isinstance(e, events.Failed)]
+
+    def kinds(self) -> list[str]:
+        return [type(e).__name__ for e in self.heard_events]
 
 
 T = TypeVar("T")
@@ -75,16 +84,16 @@ def test_a_local_node_through_spawn_stream_cancel_and_shutdown(
     node = inventory.get("local")
     ref = f"file:{tiny_model}"
 
-    async def scenario() -> None:
-        empty = await cluster.probe_node(node, registry)
+    async def scenario(keeper: Keeper) -> None:
+        empty = await keeper.probe(node)
         assert empty.state is HiveState.UP and empty.version == "0.1.0"
         assert empty.workers == () and empty.ram_available_mb and empty.ram_available_mb > 0
 
-        worker_id = await cluster.spawn_worker(node, ref, registry)
+        worker_id = await keeper.spawn_worker(node, ref, Collector())
         assert registry.get(worker_id) is not None
 
-        async def serving() -> cluster.NodeStatus | None:
-            status = await cluster.probe_node(node, registry)
+        async def serving() -> NodeStatus | None:
+            status = await keeper.probe(node)
             return status if status.workers and status.workers[0].state == "idle" else None
 
         status = await _until(serving)
@@ -93,65 +102,77 @@ def test_a_local_node_through_spawn_stream_cancel_and_shutdown(
         assert worker.idle_timeout_s == 600 and worker.last_tokens_per_s is None
         assert worker.idle_left_s is not None and 0 < worker.idle_left_s <= 600
         assert status.models == (ref,)
-        assert registry.get(worker_id).last_health_check is not None  # warm for infer
+        warm = registry.get(worker_id)
+        assert warm is not None and warm.last_health_check is not None  # warm for infer
 
         heard = Collector()
         request = InferRequest(
             prompt="Once upon a time", model_ref=ref, max_tokens=12, temperature=0
         )
-        stream = InferStream(node, request, registry, heard)
-        assert await stream.run() == 0, [e.in_words() for e in heard.errors]
-        assert len(heard.tokens) == 12 and heard.last_stats.tokens == 12
-        assert heard.last_stats.ttft_s is not None and heard.last_stats.ttft_s > 0
-        assert heard.last_stats.tokens_per_s is not None and heard.last_stats.tokens_per_s > 0
-        assert "Starting" not in " ".join(heard.statuses)  # the spawned worker was used
-        after = await cluster.probe_node(node, registry)
+        assert await keeper.infer(node, request, heard).run() == 0, heard.errors
+        assert len(heard.tokens) == 12
+        # The one event seam, in order: the request, its tokens, the end of the answer.
+        kinds = heard.kinds()
+        assert kinds.index("RequestSent") < kinds.index("Token") and kinds[-1] == "AnswerEnded"
+        assert "Starting" not in " ".join(heard.steps)  # the spawned worker was used
+        after = await keeper.probe(node)
         assert after.workers[0].last_tokens_per_s is not None  # worker /health's new field
 
-        long = InferStream(
+        long = keeper.infer(
             node,
             InferRequest(prompt="Once upon a time", model_ref=ref, max_tokens=2000, temperature=0),
-            registry,
             heard := Collector(),
         )
         running = asyncio.ensure_future(long.run())
         await _until(lambda: asyncio.sleep(0, result=len(heard.tokens) > 0))
         long.cancel()
         assert await asyncio.wait_for(running, 10) == 130
-        assert "Canceled." in heard.statuses
+        assert "Canceled." in heard.steps
 
-        assert await cluster.shutdown_worker(node, worker_id, registry) == "stopped"
+        assert await keeper.shutdown_worker(node, worker_id) == "stopped"
         assert registry.get(worker_id) is None
-        assert (await cluster.probe_node(node, registry)).workers == ()
+        assert (await keeper.probe(node)).workers == ()
 
-        lines = await cluster.recent_logs(node)
+        lines = await keeper.logs(node)
         assert any(worker_id in str(line) for line in lines)
 
-    asyncio.run(scenario())
+    asyncio.run(_with_keeper(inventory, scenario, registry))
+
+
+async def _with_keeper(
+    inventory: Inventory,
+    scenario: Callable[[Keeper], Awaitable[None]],
+    registry: WorkerRegistry | None = None,
+) -> None:
+    async with Keeper(inventory, registry) as keeper:
+        await scenario(keeper)
 
 
 def test_download_reports_and_lands_in_the_catalog(
     tmp_path: Path, hive: HiveProcess, tiny_model: Path
 ) -> None:
-    node = write_inventory(
+    inventory = write_inventory(
         tmp_path / "inventory.toml", local_node("local", _port(hive), hive.state_dir)
-    ).get("local")
+    )
+    node = inventory.get("local")
     data = tiny_model.read_bytes()
-    steps: list[cluster.DownloadProgress] = []
+    heard = Collector()
 
-    async def scenario(url: str) -> None:
-        path = await cluster.download_model(node, url, steps.append)
+    async def scenario(url: str, keeper: Keeper) -> None:
+        path = await keeper.download_model(node, url, heard)
         assert Path(path).read_bytes() == data
-        assert url in [m.reference for m in await cluster.list_models(node)]
+        assert url in [m.reference for m in await keeper.models(node)]
         with pytest.raises(ActionableError) as missing:
-            await cluster.download_model(node, f"file:{tmp_path}/absent.gguf", steps.append)
+            await keeper.download_model(node, f"file:{tmp_path}/absent.gguf", heard)
         assert "absent.gguf" in missing.value.in_words()
 
     with ModelServer() as internet:  # a loopback stand-in, throttled to about half a second
-        asyncio.run(scenario(internet.add("/m/tiny.gguf", data, bytes_per_s=len(data) * 2)))
-    fractions = [s.fraction for s in steps if s.stage == "downloading"]
+        url = internet.add("/m/tiny.gguf", data, bytes_per_s=len(data) * 2)
+        asyncio.run(_with_keeper(inventory, lambda keeper: scenario(url, keeper)))
+    steps = heard.heard_events
+    fractions = [s.fraction for s in steps if isinstance(s, events.Downloading)]
     assert fractions and all(f is not None and 0 <= f <= 1 for f in fractions)
-    assert steps[-1].stage == "complete"
+    assert steps[-1] == events.Downloaded("local", url)
 
 
 class LoopbackAnswer:
@@ -195,20 +216,25 @@ def test_states_in_words_when_a_node_is_not_up(tmp_path: Path) -> None:
             local_node("old", older.port, tmp_path / "old-state"),
             local_node("stranger", stranger.port, tmp_path / "stranger-state"),
         )
-        down, keyed_status, gone, old, other = asyncio.run(
-            cluster.probe_nodes(list(inventory.nodes.values()))
-        )
+        statuses: list[NodeStatus] = []
+
+        async def probe_all(keeper: Keeper) -> None:
+            statuses.extend(await keeper.probe_all())
+
+        asyncio.run(_with_keeper(inventory, probe_all))
+        down, keyed_status, gone, old, other = statuses
     finally:
         keyed.stop()
         older.stop()
         stranger.stop()
     assert other.state is HiveState.DOWN
-    assert other.problem == f"something other than rbee-hive answers on port {stranger.port}"
+    assert other.problem == f"Something other than rbee-hive answers at 127.0.0.1:{stranger.port}"
     assert old.state is HiveState.VERSION_MISMATCH and old.version == "0.2.0"
-    assert old.problem == "Version mismatch: rbee=0.1.0, rbee-hive=0.2.0"
+    assert old.problem == "Version mismatch: rbee=0.1.0, rbee-hive=0.2.0. Please upgrade."
     assert down.state is HiveState.DOWN and "rbee ssh-up down" in (down.suggestion or "")
     assert keyed_status.state is HiveState.AUTH_FAILED
-    assert "Invalid API key for keyed" in (keyed_status.problem or "")
+    assert "Invalid API key for 127.0.0.1:" in (keyed_status.problem or "")
+    assert "check the key configured for keyed" in (keyed_status.suggestion or "")
     assert gone.state is HiveState.UNREACHABLE
     assert "Connection refused by 127.0.0.1:1" in (gone.problem or "")
     assert gone.host == "127.0.0.1" and down.host == "local"
@@ -224,24 +250,20 @@ def test_ssh_up_and_down_through_a_real_sshd(tmp_path: Path) -> None:
             tmp_path / "inventory.toml", node_table("alpha", sshd, tmp_path / "alpha-hive")
         )
         node = inventory.get("alpha")
-        said: list[str] = []
+        said = Collector()
 
         def logins() -> int:
             return sshd.log().count("Accepted publickey")
 
-        async def scenario() -> None:
-            assert (await cluster.probe_node(node)).state is HiveState.DOWN
-            assert "up (pid" in await cluster.ssh_up(node, said.append)
-            assert (await cluster.probe_node(node)).state is HiveState.UP
-            kept = cluster.NodeConnections()
-            before = logins()
+        async def scenario(keeper: Keeper) -> None:
+            assert (await keeper.probe(node)).state is HiveState.DOWN
+            assert "up (pid" in await keeper.hive_up(node, said)
             for _ in range(3):
-                assert (await cluster.probe_node(node, connections=kept)).state is HiveState.UP
-            assert logins() == before + 1  # one SSH connection for the three probes
-            await kept.aclose()
-            assert "stopped" in await cluster.ssh_down(node, said.append)
+                assert (await keeper.probe(node)).state is HiveState.UP
+            assert "stopped" in await keeper.hive_down(node, said)
 
-        asyncio.run(scenario())
-        assert "alpha: starting rbee-hive" in said
+        asyncio.run(_with_keeper(inventory, scenario))
+        assert logins() == 1  # one SSH connection for the keeper's whole life
+        assert "alpha: starting rbee-hive" in said.steps
     finally:
         sshd.stop()

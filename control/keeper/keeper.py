@@ -1,0 +1,238 @@
+"""The keeper's one front door: everything the CLI, the dashboard and the queen do with the
+cluster goes through a Keeper.
+
+It holds one way in per node for its life (node_access.NodeConnections: one SSH connection
+per node, its port forwards reused) and the worker registry. Reads return data (status.py);
+actions report their steps to a listener (events.py) and return their outcome in a line;
+what goes wrong is an ActionableError in the words of words.py, translated here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self, TypeVar
+
+import httpx
+
+from rbee.dataplane.protocol.client import RemoteError
+from rbee.dataplane.protocol.hive_api import ModelEntry, WorkerRow
+from rbee.dataplane.protocol.hive_client import HiveClient
+
+from .events import Failed, Listener, Step
+from .hive_control import hive_down, hive_up
+from .infer import EXIT_FAILED, Infer, InferRequest
+from .install_plan import Installer
+from .inventory import Inventory
+from .inventory_errors import InventoryError
+from .node import Node
+from .node_access import HIVE_CALL_TIMEOUT_S, NodeAccess, NodeConnections
+from .probe import probe_node
+from .provisioning import provision
+from .runner import RunnerError
+from .status import LogLine, NodeStatus
+from .words import (
+    ActionableError,
+    hive_not_answering,
+    hive_unreachable,
+    lost_contact,
+    remote_failure,
+)
+from .worker_registry import RegisteredWorker, WorkerRegistry
+
+T = TypeVar("T")
+
+
+class Keeper:
+    def __init__(self, inventory: Inventory, registry: WorkerRegistry | None = None) -> None:
+        self.inventory = inventory
+        self.registry = registry if registry is not None else WorkerRegistry()
+        self._owns_registry = registry is None
+        self._connections = NodeConnections()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._connections.aclose()
+        if self._owns_registry:
+            self.registry.close()
+
+    @property
+    def nodes(self) -> list[Node]:
+        return list(self.inventory.nodes.values())
+
+    def access(self, node: Node) -> NodeAccess:
+        """The node's kept way in (InventoryError when its key is misconfigured)."""
+        return self._connections.access(node)
+
+    # ----------------------------------------------------------------- reading
+
+    async def probe(self, node: Node) -> NodeStatus:
+        """The node's state now; never raises (see probe.py)."""
+        return await probe_node(node, self._connections, self.registry)
+
+    async def probe_all(self) -> list[NodeStatus]:
+        """Every node at once, in inventory order."""
+        return list(await asyncio.gather(*(self.probe(node) for node in self.nodes)))
+
+    async def models(self, node: Node) -> list[ModelEntry]:
+        return await self._with_hive(node, lambda hive: hive.models())
+
+    async def workers(self, node: Node) -> list[WorkerRow]:
+        return await self._with_hive(node, lambda hive: hive.workers())
+
+    async def logs(self, node: Node) -> list[LogLine]:
+        lines = await self._with_hive(node, lambda hive: hive.logs())
+        return [LogLine.of(line) for line in lines]
+
+    async def follow_logs(self, node: Node, on_line: Callable[[LogLine], None]) -> None:
+        """Calls `on_line` with the hive's recent lines, then each new one, until cancelled."""
+
+        async def follow(hive: HiveClient) -> None:
+            async for line in hive.follow_logs():
+                on_line(LogLine.of(line))
+
+        await self._with_hive(node, follow)
+
+    # ----------------------------------------------------------------- acting
+
+    async def hive_up(
+        self, node: Node, listener: Listener, *, installer: Installer | None = None
+    ) -> str:
+        """Starts the node's hive (`rbee ssh-up`), installing rbee first with an installer;
+        the listener hears each step; returns the outcome."""
+
+        async def up(access: NodeAccess, say: Callable[[str], None]) -> str:
+            return await hive_up(access, say, installer=installer)
+
+        return await self._over_runner(node, listener, up)
+
+    async def hive_down(self, node: Node, listener: Listener) -> str:
+        """Stops the node's hive and its workers (`rbee ssh-down`); returns the outcome."""
+        said = await self._over_runner(node, listener, hive_down)
+        self.registry.forget_node(node.name)  # its workers stopped with the hive
+        return said
+
+    async def download_model(self, node: Node, model_ref: str, listener: Listener) -> str:
+        """Puts `model_ref` in the node's catalog; the listener hears the download; its path."""
+        return await self._with_hive(
+            node, lambda hive: provision(hive, node.name, model_ref, listener)
+        )
+
+    async def spawn_worker(self, node: Node, model_ref: str, listener: Listener) -> str:
+        """Puts `model_ref` in the node's catalog, starts a worker for it (its model still
+        loading) and registers it; its id."""
+
+        async def provision_and_spawn(hive: HiveClient) -> str:
+            await provision(hive, node.name, model_ref, listener)
+            spawned = await hive.spawn(model_ref, backend=node.backend)
+            self.registry.record(
+                RegisteredWorker(
+                    worker_id=spawned.worker_id,
+                    node=node.name,
+                    model_ref=model_ref,
+                    url=spawned.url,
+                    api_key=spawned.api_key,
+                    backend=node.backend,
+                    device=0,
+                    state=spawned.state,
+                    created_at=time.time(),
+                    last_health_check=None,
+                )
+            )
+            return spawned.worker_id
+
+        return await self._with_hive(node, provision_and_spawn)
+
+    async def shutdown_worker(self, node: Node, worker_id: str) -> str:
+        """Stops one worker gracefully and forgets it; the state it ended in."""
+        result = await self._with_hive(node, lambda hive: hive.shutdown_worker(worker_id))
+        self.registry.remove(worker_id)
+        return str(result.state)
+
+    def infer(self, node: Node, request: InferRequest, listener: Listener) -> InferRun:
+        """One prompt to a model on a node: a warm worker, or provision, spawn and load one;
+        run it with `await run.run()`, stop it with `run.cancel()`."""
+        return InferRun(self, node, request, listener)
+
+    # ----------------------------------------------------------------- the one translation
+
+    async def _with_hive(self, node: Node, call: Callable[[HiveClient], Awaitable[T]]) -> T:
+        """Runs `call` against the node's hive, turning what can go wrong into words."""
+        try:
+            async with self.access(node).hive() as hive:
+                return await call(hive)
+        except httpx.TimeoutException:
+            raise hive_not_answering(node, HIVE_CALL_TIMEOUT_S) from None
+        except httpx.TransportError:
+            raise hive_unreachable(node) from None
+        except RemoteError as exc:
+            raise remote_failure(node, exc) from None
+        except (RunnerError, InventoryError) as exc:
+            raise ActionableError(str(exc)) from None
+
+    async def _over_runner(
+        self,
+        node: Node,
+        listener: Listener,
+        action: Callable[[NodeAccess, Callable[[str], None]], Awaitable[str]],
+    ) -> str:
+        """`action` on the node's runner, connected with EC1's attempts, each step heard."""
+
+        def say(text: str) -> None:
+            listener.heard(Step(text))
+
+        try:
+            access = self.access(node)
+            await access.connect(lambda line: say(f"{node.name}: {line}"))
+            return await action(access, say)
+        except (InventoryError, RunnerError) as exc:
+            raise ActionableError(f"{node.name}: {exc}") from None
+
+
+class InferRun:
+    """One `Keeper.infer`: the infer flow of infer.py on the keeper's way into the node."""
+
+    def __init__(
+        self, keeper: Keeper, node: Node, request: InferRequest, listener: Listener
+    ) -> None:
+        self._keeper = keeper
+        self.node = node
+        self.request = request
+        self._listener = listener
+        self._infer: Infer | None = None
+        self._canceled = False
+
+    def cancel(self) -> None:
+        self._canceled = True
+        if self._infer is not None:
+            self._infer.cancel()
+
+    async def run(self) -> int:
+        """The exit code: 0 answered, 1 failed (the listener heard why), 130 canceled."""
+        node, listener = self.node, self._listener
+        try:
+            access = self._keeper.access(node)
+            await access.connect(lambda line: listener.heard(Step(line)))
+            self._infer = Infer(access, self.request, listener, self._keeper.registry)
+            if self._canceled:
+                self._infer.cancel()
+            return await self._infer.run()
+        except ActionableError as exc:
+            listener.heard(Failed(exc))
+        except (InventoryError, RunnerError) as exc:
+            listener.heard(Failed(ActionableError(str(exc))))
+        except (httpx.HTTPError, RemoteError) as exc:  # the node went away mid-request
+            listener.heard(Failed(lost_contact(node, exc)))
+        return EXIT_FAILED

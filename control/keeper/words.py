@@ -1,0 +1,151 @@
+"""What the keeper says when something goes wrong: every failure a person can act on, worded
+once, with what to do. The CLI, the dashboard and the queen show these words; none of them
+words an error of its own."""
+
+from __future__ import annotations
+
+import textwrap
+
+from rbee.dataplane.protocol.client import RemoteError
+from rbee.dataplane.protocol.model_refs import InvalidModelRef, parse_model_ref
+from rbee.dataplane.protocol.wire import VERSION, ErrorCode
+
+from .node import Node
+
+LOG_LINES_SHOWN = 5
+
+
+class ActionableError(Exception):
+    """A failure the person can act on: what went wrong, details, and what to do."""
+
+    def __init__(self, message: str, *details: str, suggestion: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.suggestion = suggestion
+
+    def in_words(self) -> str:
+        """Message, details and suggestion as plain lines (for screens that are not stderr)."""
+        lines = [self.message, *self.details]
+        if self.suggestion:
+            lines.append(f"Suggestion: {self.suggestion}")
+        return "\n".join(lines)
+
+
+def key_source(node: Node) -> str:
+    return node.api_key_source or (
+        "no key is configured for this node (api_key_env or api_key_file in the inventory)"
+    )
+
+
+def auth_failed(node: Node) -> ActionableError:
+    """EC9: the hive or worker refused the node's key."""
+    return ActionableError(
+        "Authentication failed",
+        f"Invalid API key for {node.hive_address}",
+        suggestion=f"check the key configured for {node.name}: {key_source(node)}",
+    )
+
+
+def version_mismatch(node: Node, theirs: str) -> ActionableError:
+    """EC8: both versions, and the command that upgrades."""
+    return ActionableError(
+        f"Version mismatch: rbee={VERSION}, rbee-hive={theirs}. Please upgrade.",
+        suggestion=f"upgrade the node with `rbee deploy {node.name}` (or the ansible "
+        f"playbook), then `rbee ssh-up {node.name}`",
+    )
+
+
+def not_answering(waited_s: float) -> str:
+    return f"not answering ({waited_s:g} s)"
+
+
+def restart_hint(node: Node) -> str:
+    return (
+        f"it may be stopped or overloaded: `rbee ssh-down {node.name}`, "
+        f"then `rbee ssh-up {node.name}`"
+    )
+
+
+def hive_not_answering(node: Node, waited_s: float) -> ActionableError:
+    return ActionableError(
+        f"rbee-hive on {node.name} is {not_answering(waited_s)}", suggestion=restart_hint(node)
+    )
+
+
+def hive_unreachable(node: Node) -> ActionableError:
+    return ActionableError(
+        f"Cannot connect to the hive on {node.name}",
+        suggestion=f"is the hive running? try `rbee ssh-up {node.name}`",
+    )
+
+
+def not_our_hive(node: Node) -> ActionableError:
+    return ActionableError(
+        f"Something other than rbee-hive answers at {node.hive_address}",
+        suggestion=f"give node {node.name} another hive_port in {node.inventory_path}",
+    )
+
+
+def see_logs(node: Node) -> str:
+    return f"see `rbee logs --node {node.name}`"
+
+
+def lost_contact(node: Node, why: object) -> ActionableError:
+    """A node that went away in the middle of a command."""
+    return ActionableError(
+        f"lost contact with {node.name}: {why}", suggestion=f"{see_logs(node)} and retry"
+    )
+
+
+def use_cpu(node: Node) -> str:
+    return f'use --backend cpu, or backend = "cpu" for {node.name} in the inventory'
+
+
+def damaged_model(node: Node) -> str:
+    return f"the model may be damaged or unsupported; `rbee logs --node {node.name}`"
+
+
+def remote_failure(node: Node, exc: RemoteError) -> ActionableError:
+    """A hive's or worker's error answer, in the words a person acts on."""
+    if exc.code == ErrorCode.INSUFFICIENT_RAM:
+        return ActionableError(
+            f"Insufficient RAM on {node.name}",
+            f"Required: {exc.details.get('required_mb')} MB",
+            f"Available: {exc.details.get('available_mb')} MB",
+            suggestion="Try a smaller quantized model (Q4 instead of Q8)",
+        )
+    if exc.code == ErrorCode.INVALID_API_KEY:
+        return auth_failed(node)
+    if exc.code == ErrorCode.BACKEND_UNAVAILABLE:
+        return ActionableError(exc.message, suggestion=use_cpu(node))
+    # A worker that died while starting comes with its log's last lines.
+    return ActionableError(
+        exc.message,
+        *quoted_log(str(exc.details.get("log_tail", ""))),
+        suggestion=see_logs(node),
+    )
+
+
+def checked_model_ref(ref: str) -> str:
+    """The reference in its canonical form; ActionableError naming the mistake otherwise."""
+    try:
+        return parse_model_ref(ref.strip()).spelled
+    except InvalidModelRef as exc:
+        raise ActionableError(
+            str(exc),
+            suggestion="e.g. pkg:gemma3-270m, file:/abs/model.gguf, "
+            "hf:ORG/REPO or https://…/model.gguf",
+        ) from None
+
+
+def quoted_log(tail: str, lines: int = LOG_LINES_SHOWN) -> list[str]:
+    """A log's last lines, indented and wrapped to the terminal's 80 columns."""
+    return [
+        wrapped
+        for line in tail.strip().splitlines()[-lines:]
+        for wrapped in textwrap.wrap(
+            line, 78, initial_indent="  ", subsequent_indent="    ", break_on_hyphens=False
+        )
+        or ["  "]
+    ]
