@@ -21,24 +21,25 @@ import httpx
 # Re-exported (`X as X`): the dashboard reaches the default model and the request and
 # progress types through this module only.
 from rbee.dataplane.protocol import hive_api
+from rbee.dataplane.protocol.client import InvalidResponse, RemoteError
+from rbee.dataplane.protocol.hive_client import HiveClient
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF as DEFAULT_MODEL_REF
 from rbee.dataplane.protocol.model_refs import InvalidModelRef, parse_model_ref
 from rbee.dataplane.protocol.states import SERVING_STATES
 from rbee.dataplane.protocol.wire import VERSION, ErrorCode
 from rbee.dataplane.protocol.worker_api import WorkerHealth
+from rbee.dataplane.protocol.worker_client import WorkerClient
 
-from .api_client import InvalidResponse, RemoteError
 from .console import ActionableError, Console
-from .hive_client import DownloadProgress as DownloadProgress
-from .hive_client import HiveClient, OnDownload, provision
 from .hive_control import Say, hive_down, hive_up
 from .infer import Infer
 from .infer import InferRequest as InferRequest
 from .inventory_errors import InventoryError
 from .node import Node
 from .node_access import LocalNodeAccess, SSHNodeAccess, open_node, runner_for
+from .provisioning import DownloadProgress as DownloadProgress
+from .provisioning import OnDownload, provision
 from .runner import Runner, RunnerError
-from .worker_client import WorkerClient
 from .worker_registry import RegisteredWorker, WorkerRegistry
 
 T = TypeVar("T")

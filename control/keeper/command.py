@@ -11,12 +11,12 @@ from typing import get_args
 import click
 import httpx
 
+from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 from rbee.dataplane.protocol.requests import MAX_TOKENS_LIMIT
 from rbee.dataplane.protocol.wire import VERSION
 
 from . import fleet
-from .api_client import RemoteError
 from .attempts import connect_over_ssh
 from .console import ActionableError, Console
 from .hive_control import Say, hive_down, hive_up

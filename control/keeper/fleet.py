@@ -12,21 +12,21 @@ import time
 import httpx
 from rich.table import Table
 
+from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import WorkerRow
 from rbee.dataplane.protocol.states import SERVING_STATES
 from rbee.dataplane.protocol.wire import ErrorCode
 from rbee.dataplane.protocol.worker_api import WorkerHealth
+from rbee.dataplane.protocol.worker_client import WorkerClient
 
 from . import cluster
-from .api_client import RemoteError
 from .console import ActionableError, Console
-from .hive_client import show_download
 from .inventory import Inventory
 from .inventory_errors import InventoryError
 from .node import Node
 from .node_access import LocalNodeAccess, SSHNodeAccess, open_node
+from .provisioning import show_download
 from .runner import RunnerError
-from .worker_client import WorkerClient
 from .worker_registry import RegisteredWorker, WorkerRegistry
 
 EXIT_INTERRUPTED = 130

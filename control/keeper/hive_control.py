@@ -9,12 +9,12 @@ import httpx
 
 from rbee.control.hive.pidfile import NOT_RUNNING_EXIT
 from rbee.control.hive.settings import KEY_FILE
+from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import HiveHealth
+from rbee.dataplane.protocol.hive_client import HiveClient
 from rbee.dataplane.protocol.wire import VERSION
 
-from .api_client import RemoteError
 from .console import ActionableError
-from .hive_client import HiveClient
 from .install_plan import Installer, RunnerTransport, Say
 from .node import Node
 from .node_access import SSHNodeAccess

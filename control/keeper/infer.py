@@ -20,16 +20,18 @@ from typing import Any, Protocol
 
 import httpx
 
+from rbee.dataplane.protocol.client import InvalidResponse, PeerSilent, RemoteError
+from rbee.dataplane.protocol.events import Done, ErrorEvent, Token
 from rbee.dataplane.protocol.hive_api import SpawnAnswer, WorkerRow
+from rbee.dataplane.protocol.hive_client import HiveClient
 from rbee.dataplane.protocol.states import SERVING_STATES
 from rbee.dataplane.protocol.wire import VERSION, ErrorCode
 from rbee.dataplane.protocol.worker_api import LoadingEvent, LoadingProgress, LoadingReady
+from rbee.dataplane.protocol.worker_client import LoadFailed, WorkerClient
 
-from .api_client import InvalidResponse, PeerSilent, RemoteError
 from .attempts import cannot_connect, connect_attempts
 from .console import ActionableError, Console, bar
-from .hive_client import HiveClient, provision, show_download
-from .worker_client import LoadFailed, WorkerClient
+from .provisioning import provision, show_download
 from .worker_registry import RegisteredWorker, WorkerRegistry, rbee_home
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -417,19 +419,17 @@ class Infer:
                     return self._broken_stream(worker, request_id, tokens)
                 except (PeerSilent, InvalidResponse) as exc:  # frozen, or answering nonsense
                     return self._broken_stream(worker, request_id, tokens, exc.message)
-                kind = event.get("type")
-                if kind == "token":
-                    tokens.append(event["token"])
-                    self.console.token(event["token"])
-                elif kind == "done":
+                if isinstance(event, Token):
+                    tokens.append(event.token)
+                    self.console.token(event.token)
+                elif isinstance(event, Done):
                     self.console.end_answer()
                     self.registry.mark_healthy(worker.worker_id, "idle")
                     return EXIT_OK
-                elif kind == "error":
+                elif isinstance(event, ErrorEvent):
                     self.console.end_answer()
-                    error = event["error"]
                     self.console.error(
-                        error["message"], suggestion=f"see `rbee logs --node {self.node.name}`"
+                        event.error.message, suggestion=f"see `rbee logs --node {self.node.name}`"
                     )
                     return EXIT_FAILED
                 next_event = asyncio.ensure_future(anext(events))

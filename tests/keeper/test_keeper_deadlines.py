@@ -23,12 +23,13 @@ from conftest import BIN, LONG_CTX, free_port
 from support.hive_process import HiveProcess, start_hive
 from support.inventories import local_node, write_inventory
 
-from rbee.control.keeper import api_client, cluster, hive_client
+from rbee.control.keeper import cluster
 from rbee.control.keeper.cluster import HiveState, InferRequest, InferStream, StreamStats
 from rbee.control.keeper.console import ActionableError
 from rbee.control.keeper.node import Node
 from rbee.control.keeper.node_access import LocalNodeAccess
 from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
+from rbee.dataplane.protocol import client, hive_client
 from rbee.dataplane.protocol.states import WorkerState
 from rbee.dataplane.protocol.wire import VERSION
 from rbee.dataplane.protocol.worker_api import WorkerHealth
@@ -245,7 +246,7 @@ def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
     """`rbee infer`'s stream from a worker that is SIGSTOPped mid-answer: once the silence
     limit has passed (lowered to 2 s here), EC4's words, saying the worker stopped answering,
     with the tokens that arrived saved and counted; the worker is forgotten."""
-    monkeypatch.setattr(api_client, "SILENCE_LIMIT_S", 2.0)
+    monkeypatch.setattr(client, "SILENCE_LIMIT_S", 2.0)
     monkeypatch.setenv("RBEE_HOME", str(tmp_path / "home"))
     worker = spawn_worker(tiny_model, "--worker-id", "w-frozen", "--ctx-size", str(LONG_CTX))
     ref = f"file:{tiny_model}"
