@@ -23,9 +23,11 @@ import httpx
 import psutil
 
 from rbee.dataplane.plumbing.state_machine import StateMachine
+from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import WorkerRow
 from rbee.dataplane.protocol.states import ManagedState
 from rbee.dataplane.protocol.worker_api import ReadyCallback, WorkerHealth
+from rbee.dataplane.protocol.worker_client import WorkerClient
 from rbee.dataplane.worker.settings import API_KEY_ENV as WORKER_KEY_ENV
 
 from .process_proof import KILL_WAIT_S
@@ -191,10 +193,8 @@ class ManagedWorker:
         if not self.url:
             return None
         try:
-            response = await client.get(f"{self.url}/health", timeout=timeout_s)
-            response.raise_for_status()
-            return WorkerHealth.model_validate_json(response.content)
-        except (httpx.HTTPError, ValueError):  # pydantic's ValidationError is a ValueError
+            return await self._client(client).health(timeout_s=timeout_s)
+        except (httpx.HTTPError, RemoteError):  # InvalidResponse too: not a health report
             return None
 
     async def stop(
@@ -211,14 +211,9 @@ class ManagedWorker:
         asked = False
         if self.exited() is None and self.url:
             try:
-                response = await client.post(
-                    f"{self.url}/v1/admin/shutdown",
-                    headers={"Authorization": f"Bearer {self.api_key}"},
-                    timeout=5,
-                )
-                response.raise_for_status()
+                await self._client(client).shutdown(timeout_s=5)
                 asked = True
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, RemoteError) as exc:
                 log.warning("worker %s: shutdown request failed (%s): SIGTERM", self.worker_id, exc)
         if not await self._wait_exit(graceful_s if asked else 0):
             self._signal(signal.SIGTERM)
@@ -227,6 +222,10 @@ class ManagedWorker:
                 await self.kill()
         self.to(M.STOPPED)
         log.info("worker %s stopped", self.worker_id)
+
+    def _client(self, http: httpx.AsyncClient) -> WorkerClient:
+        """This worker's client, on the hive's connection pool."""
+        return WorkerClient(self.url, self.api_key, http=http, peer=f"worker {self.worker_id}")
 
     async def kill(self) -> None:
         """SIGKILL, then reap it, so no <defunct> worker stays behind."""

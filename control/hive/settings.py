@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rbee.dataplane.protocol.hive_api import WORKER_START_TIMEOUT_S
 from rbee.dataplane.protocol.hosts import is_loopback_host
 
 DEFAULT_ADDR = "127.0.0.1:8080"
@@ -24,7 +25,7 @@ class HiveSettings:
     health_interval_s: float = 30.0  # SPEC: health every 30 s
     health_failures_allowed: int = 3  # SPEC: removed after 3 failed checks in a row
     health_timeout_s: float = 5.0
-    worker_start_timeout_s: float = 60.0  # spawn → the worker's first callback
+    worker_start_timeout_s: float = WORKER_START_TIMEOUT_S  # spawn → the worker's first callback
     graceful_stop_s: float = 30.0  # SPEC: graceful shutdown 30 s, then SIGTERM
     terminate_stop_s: float = 10.0  # SPEC: SIGTERM, 10 s, then SIGKILL
     ram_budget_mb: int | None = None  # caps the RAM preflight sees (a shared machine, tests)

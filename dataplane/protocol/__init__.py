@@ -1,9 +1,10 @@
 """What crosses a process boundary (DESIGN §4), defined once for worker, hive, keeper and queen.
 
 `wire` (versions, error codes, the error envelope, the message base, stream and body limits),
-`events` (the inference SSE events, stop reasons), `states` (the worker's states, and the
-hive's view of them), `requests` (the worker's request bodies), `worker_api` and `hive_api`
-(every other message of the worker and of the hive), `model_refs` (the model-reference
-grammar), `hosts` (the loopback rule).
+`events` (the inference SSE events and the queen's timeline, stop reasons), `states` (the
+worker's states, and the hive's view of them), `requests` (the worker's request bodies),
+`worker_api` and `hive_api` (every other message of the worker and of the hive), `client`,
+`worker_client` and `hive_client` (the two APIs' client side, with their deadlines and
+errors), `model_refs` (the model-reference grammar), `hosts` (the loopback rule).
 This package imports no other part of rbee.
 """

@@ -1,11 +1,16 @@
-"""The inference SSE events (DESIGN §4): one JSON object per `data:` line, then `data: [DONE]`."""
+"""The inference SSE events (DESIGN §4): one JSON object per `data:` line, told apart by its
+`type`, then `data: [DONE]`. The worker sends `started`, the tokens and one terminal event
+(`done` or `error`); the queen's stream carries the request's own timeline before `started`
+(`queued`, `spawning`, `loading`, `routed`)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Literal
 
-from .wire import ErrorCode
+from pydantic import Field, TypeAdapter
+
+from .wire import ErrorInfo, Message
 
 
 class StopReason(StrEnum):
@@ -15,23 +20,56 @@ class StopReason(StrEnum):
     CANCELED = "canceled"
 
 
-def started_event(request_id: str, model: str) -> dict[str, Any]:
-    return {"type": "started", "request_id": request_id, "model": model}
+class Started(Message):
+    type: Literal["started"] = "started"
+    request_id: str
+    model: str
 
 
-def token_event(token: str, index: int) -> dict[str, Any]:
-    return {"type": "token", "token": token, "index": index}
+class Token(Message):
+    type: Literal["token"] = "token"
+    token: str
+    index: int
 
 
-def done_event(total_tokens: int, duration_ms: int, stop_reason: StopReason) -> dict[str, Any]:
-    return {
-        "type": "done",
-        "done": True,
-        "total_tokens": total_tokens,
-        "duration_ms": duration_ms,
-        "stop_reason": str(stop_reason),
-    }
+class Done(Message):
+    type: Literal["done"] = "done"
+    done: Literal[True] = True  # DESIGN §4's `"done": true`, for clients that test it
+    total_tokens: int
+    duration_ms: int
+    stop_reason: StopReason
 
 
-def error_event(code: ErrorCode, message: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"code": str(code), "message": message}}
+class ErrorEvent(Message):
+    type: Literal["error"] = "error"
+    error: ErrorInfo
+
+
+# One event of a worker's POST /v1/inference stream, told apart by its `type`.
+InferenceEvent = Annotated[Started | Token | Done | ErrorEvent, Field(discriminator="type")]
+INFERENCE_EVENT: TypeAdapter[InferenceEvent] = TypeAdapter(InferenceEvent)
+
+
+# The queen's timeline of one request, before its `started`.
+
+
+class Queued(Message):
+    type: Literal["queued"] = "queued"
+    position: int
+
+
+class Spawning(Message):
+    type: Literal["spawning"] = "spawning"
+    node: str
+
+
+class Loading(Message):
+    type: Literal["loading"] = "loading"
+    layers_loaded: int
+    layers_total: int
+
+
+class Routed(Message):
+    type: Literal["routed"] = "routed"
+    node: str
+    worker_id: str

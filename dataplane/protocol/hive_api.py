@@ -12,6 +12,10 @@ from .wire import ErrorInfo, Message
 
 ModelRefField = Annotated[str, Field(min_length=1, max_length=2048)]
 
+# How long a hive waits, by default, from a spawn to its worker's first callback: a spawn
+# answers within it (after its preflight). The hive's setting and the client's deadline.
+WORKER_START_TIMEOUT_S = 60.0
+
 
 class HiveHealth(Message):
     """GET /v1/health. `executable` and `pid` only from a loopback hive started from a program

@@ -17,13 +17,13 @@ from starlette.routing import Route
 
 from rbee.dataplane.plumbing.http import EXCEPTION_HANDLERS, BearerAuth, BrowserGuard, read_body
 from rbee.dataplane.plumbing.openapi import OPENAPI_PATH, openapi_route
-from rbee.dataplane.protocol.events import done_event, error_event, started_event, token_event
+from rbee.dataplane.protocol import events
 from rbee.dataplane.protocol.requests import (
     ChatCompletionRequest,
     CompletionRequest,
     InferenceRequest,
 )
-from rbee.dataplane.protocol.wire import SSE_DONE, ApiError
+from rbee.dataplane.protocol.wire import SSE_DONE, ApiError, ErrorInfo
 from rbee.dataplane.protocol.worker_api import WorkerHealth, WorkerReadiness
 
 from . import openai_api
@@ -93,17 +93,25 @@ def create_app(worker: Worker) -> Starlette:
 
         def render(event: Event) -> list[dict[str, Any]]:
             nonlocal index
+            sent: events.InferenceEvent
             if isinstance(event, TokenEvent):
                 index += 1
-                return [token_event(event.text, index - 1)]
-            if isinstance(event, DoneEvent):
-                return [done_event(event.total_tokens, elapsed_ms(), event.stop_reason)]
-            return [error_event(event.code, event.message)]
+                sent = events.Token(token=event.text, index=index - 1)
+            elif isinstance(event, DoneEvent):
+                sent = events.Done(
+                    total_tokens=event.total_tokens,
+                    duration_ms=elapsed_ms(),
+                    stop_reason=event.stop_reason,
+                )
+            else:
+                error = ErrorInfo(code=event.code, message=event.message)
+                sent = events.ErrorEvent(error=error)
+            return [sent.wire()]
 
         return sse_response(
             gen,
             render,
-            first=[started_event(gen.request_id, model)],
+            first=[events.Started(request_id=gen.request_id, model=model).wire()],
             ping_s=worker.settings.sse_ping_s,
             headers=headers,
         )

@@ -35,7 +35,6 @@ from rbee.control.keeper.probe import NODE_PROBE_TIMEOUT_S, probe_deadline_s
 from rbee.control.keeper.status import HiveState, NodeStatus
 from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
-from rbee.dataplane.protocol import client as api_client
 from rbee.dataplane.protocol import hive_client
 from rbee.dataplane.protocol.states import WorkerState
 from rbee.dataplane.protocol.wire import VERSION
@@ -271,7 +270,7 @@ def test_a_frozen_worker_ends_the_stream_within_the_silence_limit(
     """`rbee infer`'s stream from a worker that is SIGSTOPped mid-answer: once the silence
     limit has passed (lowered to 2 s here), EC4's words, saying the worker stopped answering,
     with the tokens that arrived saved and counted; the worker is forgotten."""
-    monkeypatch.setattr(api_client, "SILENCE_LIMIT_S", 2.0)
+    monkeypatch.setattr(client, "SILENCE_LIMIT_S", 2.0)
     monkeypatch.setenv("RBEE_HOME", str(tmp_path / "home"))
     worker = spawn_worker(tiny_model, "--worker-id", "w-frozen", "--ctx-size", str(LONG_CTX))
     ref = f"file:{tiny_model}"

@@ -19,6 +19,18 @@ from conftest import events_of, sse_data, start_worker
 from support.hive_process import HiveProcess, start_hive
 from support.model_server import ModelServer
 
+from rbee.dataplane.protocol.events import (
+    INFERENCE_EVENT,
+    Done,
+    ErrorEvent,
+    Loading,
+    Queued,
+    Routed,
+    Spawning,
+    Started,
+    StopReason,
+    Token,
+)
 from rbee.dataplane.protocol.hive_api import (
     DOWNLOAD_EVENT,
     DownloadAnswer,
@@ -125,6 +137,14 @@ ANSWERS: list[Message] = [
     ModelsList(models=[ENTRY]),
     LINE,
     LogLines(lines=[LINE]),
+    Started(request_id="req-1", model="file:/models/tiny.gguf"),
+    Token(token="Once", index=0),
+    Done(total_tokens=20, duration_ms=1234, stop_reason=StopReason.MAX_TOKENS),
+    ErrorEvent(error=ErrorInfo(code="WORKER_CRASHED", message="the worker died")),
+    Queued(position=2),
+    Spawning(node="gpu-1"),
+    Loading(layers_loaded=12, layers_total=32),
+    Routed(node="gpu-1", worker_id="worker-ab12"),
 ]
 REQUESTS: list[BaseModel] = [
     SpawnRequest(model_ref="file:/m/c.gguf", slots=2, ctx_size=512),
@@ -141,6 +161,10 @@ STREAMS: dict[type[Message], TypeAdapter[Any]] = {
     DownloadRetrying: DOWNLOAD_EVENT,
     DownloadComplete: DOWNLOAD_EVENT,
     DownloadFailed: DOWNLOAD_EVENT,
+    Started: INFERENCE_EVENT,
+    Token: INFERENCE_EVENT,
+    Done: INFERENCE_EVENT,
+    ErrorEvent: INFERENCE_EVENT,
 }
 
 
@@ -159,11 +183,11 @@ def test_round_trips_through_json(model: BaseModel) -> None:
 
 
 def test_every_message_has_a_sample() -> None:
-    from rbee.dataplane.protocol import hive_api, worker_api
+    from rbee.dataplane.protocol import events, hive_api, worker_api
 
     defined = {
         obj
-        for module in (hive_api, worker_api)
+        for module in (events, hive_api, worker_api)
         for obj in vars(module).values()
         if isinstance(obj, type)
         and issubclass(obj, BaseModel)
@@ -207,6 +231,23 @@ def test_requests_refuse_unknown_fields(kind: type[BaseModel]) -> None:
 def test_ready_callback_keeps_the_fields_it_does_not_know() -> None:
     sent = {"worker_id": "w", "state": "idle", "added_in_v2": 1}
     assert ReadyCallback.model_validate(sent).wire() == {"url": "", **sent}
+
+
+def test_inference_events_are_sent_as_design_4_spells_them() -> None:
+    assert Done(total_tokens=20, duration_ms=1234, stop_reason=StopReason.EOS).wire() == {
+        "type": "done",
+        "done": True,
+        "total_tokens": 20,
+        "duration_ms": 1234,
+        "stop_reason": "eos",
+    }
+    assert ErrorEvent(error=ErrorInfo(code="WORKER_CRASHED", message="gone")).wire() == {
+        "type": "error",
+        "error": {"code": "WORKER_CRASHED", "message": "gone"},
+    }
+    assert json.dumps(Token(token="Once", index=0).wire()) == (
+        '{"type": "token", "token": "Once", "index": 0}'
+    )
 
 
 def test_a_stage_is_told_apart_and_a_wrong_one_refused() -> None:
@@ -277,6 +318,12 @@ def test_a_real_hive_and_its_worker_answer_as_the_models_say(
             assert WorkerReadiness.model_validate(ready).wire() == ready
             health = to_worker.get("/health").json()
             assert WorkerHealth.model_validate(health).wire() == health
+            body = {"prompt": "Once upon a time", "max_tokens": 3, "temperature": 0}
+            with to_worker.stream("POST", "/v1/inference", json=body) as response:
+                inference = events_of(sse_data(response))
+            answer = [INFERENCE_EVENT.validate_python(e) for e in inference]
+            assert isinstance(answer[0], Started) and isinstance(answer[-1], Done)
+            assert [e.wire() for e in answer] == inference
 
         stopped = client.post(f"/v1/workers/{worker.worker_id}/shutdown").json()
         assert WorkerStateAnswer.model_validate(stopped).wire() == stopped

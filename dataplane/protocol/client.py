@@ -10,7 +10,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from rbee.dataplane.protocol.wire import SILENCE_LIMIT_S, SSE_DONE, ErrorCode
+from .wire import SILENCE_LIMIT_S, SSE_DONE, ErrorCode
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -53,13 +53,6 @@ class PeerSilent(RemoteError):
         )
 
 
-def error_message(event: dict[str, Any]) -> str | None:
-    """The message of an event's error object (DESIGN §4); None when it has none."""
-    error = event.get("error")
-    message = error.get("message") if isinstance(error, dict) else None
-    return message if isinstance(message, str) else None
-
-
 def raise_for_error(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
@@ -80,6 +73,8 @@ class ApiClient:
 
     Every call has a deadline: JSON calls `timeout_s` for each step (connect, write, each
     read), streams SILENCE_LIMIT_S between two reads. `peer` names the other side in errors.
+    `http` is a connection pool to borrow instead (the hive's, shared by its workers' clients):
+    closing this client leaves it open.
     """
 
     peer = "the server"
@@ -91,13 +86,15 @@ class ApiClient:
         *,
         timeout_s: float = 10.0,
         peer: str | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url
         if peer is not None:
             self.peer = peer
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout_s = timeout_s
-        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout_s)
+        self._owns_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=timeout_s)
 
     async def __aenter__(self) -> Self:
         return self
@@ -106,14 +103,19 @@ class ApiClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owns_http:
+            await self._http.aclose()
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url.rstrip('/')}{path}"
 
     async def _json(
         self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any
     ) -> Any:
-        if timeout_s is not None:
-            kwargs["timeout"] = timeout_s
-        response = await self._http.request(method, path, **kwargs)
+        kwargs["timeout"] = self._timeout_s if timeout_s is None else timeout_s
+        response = await self._http.request(
+            method, self._url(path), headers=self._headers, **kwargs
+        )
         raise_for_error(response)
         if not response.content:
             return None
@@ -155,7 +157,9 @@ class ApiClient:
         silence_s = SILENCE_LIMIT_S  # read when the stream opens, so tests can lower it
         kwargs["timeout"] = httpx.Timeout(self._timeout_s, read=silence_s)
         try:
-            async with aconnect_sse(self._http, method, path, **kwargs) as source:
+            async with aconnect_sse(
+                self._http, method, self._url(path), headers=dict(self._headers), **kwargs
+            ) as source:
                 if source.response.status_code >= 400:
                     await source.response.aread()
                     raise_for_error(source.response)

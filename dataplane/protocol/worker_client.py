@@ -1,4 +1,4 @@
-"""WorkerClient: the keeper's side of the worker API (DESIGN §4 "Worker")."""
+"""WorkerClient: the worker API's client side (DESIGN §4 "Worker"), for the keeper and the hive."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from rbee.dataplane.protocol.wire import ErrorCode
-from rbee.dataplane.protocol.worker_api import (
+from pydantic import ValidationError
+
+from .client import ApiClient, InvalidResponse, RemoteError
+from .events import INFERENCE_EVENT, InferenceEvent
+from .wire import ErrorCode
+from .worker_api import (
     LOADING_EVENT,
     LoadingEvent,
     LoadingFailed,
@@ -16,7 +20,8 @@ from rbee.dataplane.protocol.worker_api import (
     WorkerReadiness,
 )
 
-from .api_client import ApiClient, InvalidResponse, RemoteError, error_message
+# How pydantic says an event's `type` is none of the union's (or missing).
+UNKNOWN_TYPE_ERRORS = frozenset({"union_tag_invalid", "union_tag_not_found"})
 
 
 class LoadFailed(RemoteError):
@@ -26,8 +31,8 @@ class LoadFailed(RemoteError):
 class WorkerClient(ApiClient):
     peer = "the worker"
 
-    async def health(self) -> WorkerHealth:
-        return await self._answer("GET", "/health", WorkerHealth)
+    async def health(self, *, timeout_s: float | None = None) -> WorkerHealth:
+        return await self._answer("GET", "/health", WorkerHealth, timeout_s=timeout_s)
 
     async def ready(self) -> WorkerReadiness:
         return await self._answer("GET", "/v1/ready", WorkerReadiness)
@@ -58,20 +63,24 @@ class WorkerClient(ApiClient):
                 ErrorCode.LOADING_TIMEOUT, f"the model did not load within {timeout_s:.0f} s"
             ) from None
 
-    async def stream(self, prompt: str, **params: Any) -> AsyncGenerator[dict[str, Any], None]:
-        """The inference SSE events (started, token…, done or error) of one request."""
+    async def stream(self, prompt: str, **params: Any) -> AsyncGenerator[InferenceEvent, None]:
+        """The inference SSE events (started, token…, done or error) of one request. An event
+        of a type this version does not know (a newer peer's) is skipped, as an unknown field
+        is; a known one that does not read is InvalidResponse."""
         body = {"prompt": prompt, "stream": True, **params}
         path = "/v1/inference"
-        async for event in self._sse("POST", path, json=body):
-            kind = event.get("type")
-            if (
-                kind == "token"
-                and not isinstance(event.get("token"), str)
-                or kind == "error"
-                and error_message(event) is None
-            ):
-                raise InvalidResponse(self.peer, path)
+        async for obj in self._sse("POST", path, json=body):
+            try:
+                event = INFERENCE_EVENT.validate_python(obj)
+            except ValidationError as exc:
+                if all(error["type"] in UNKNOWN_TYPE_ERRORS for error in exc.errors()):
+                    continue
+                raise InvalidResponse(self.peer, path) from None
             yield event
 
     async def cancel(self, request_id: str, *, timeout_s: float | None = None) -> None:
         await self._json("DELETE", f"/v1/inference/{request_id}", timeout_s=timeout_s)
+
+    async def shutdown(self, *, timeout_s: float | None = None) -> None:
+        """POST /v1/admin/shutdown: the worker stops taking work, ends its streams, exits."""
+        await self._json("POST", "/v1/admin/shutdown", timeout_s=timeout_s)
