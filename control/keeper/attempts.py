@@ -15,7 +15,9 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from .console import ActionableError
 from .node import Node
-from .runner import Runner, SSHConnectError, SSHRunner
+from .runner import Runner
+from .ssh_errors import SSHConnectError
+from .ssh_runner import SSHRunner
 
 T = TypeVar("T")
 ATTEMPTS = 3

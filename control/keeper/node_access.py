@@ -21,8 +21,10 @@ from rbee.dataplane.protocol.hive_api import HiveHealth
 
 from .attempts import connect_over_ssh
 from .console import ActionableError
+from .local_runner import LocalRunner
 from .node import Node
-from .runner import LocalRunner, Runner, make_runner
+from .runner import Runner
+from .ssh_runner import SSHRunner
 
 HIVE_START_TIMEOUT_S = 20.0
 
@@ -143,10 +145,11 @@ def _same_file(path: str, other: Path) -> bool:
 
 def runner_for(node: Node) -> Runner:
     """The node's runner (see Node.passed_ssh_keys for what it passes)."""
+    if not node.ssh:
+        return LocalRunner()
     explicit = node.passed_ssh_keys
-    return make_runner(
-        ssh=node.ssh,
-        host=node.host,
+    return SSHRunner(
+        node.host,
         port=node.port if "port" in explicit else None,
         username=node.user if "user" in explicit else None,
         identity_file=str(node.identity_file) if node.identity_file else None,
