@@ -14,7 +14,9 @@ from typing import TypeVar
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .node import Node
-from .runner import Runner, SSHConnectError, SSHRunner
+from .runner import Runner
+from .ssh_errors import SSHConnectError
+from .ssh_runner import SSHRunner
 from .words import ActionableError
 
 T = TypeVar("T")

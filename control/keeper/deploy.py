@@ -23,14 +23,8 @@ import paramiko
 
 from .install_plan import Installer, Say
 from .node import Node
-from .runner import (
-    CommandResult,
-    CommandTimeout,
-    RunnerError,
-    SSHConnectError,
-    host_key_error,
-    ssh_hint,
-)
+from .runner import CommandResult, CommandTimeout, RunnerError
+from .ssh_errors import SSHConnectError, host_key_error, ssh_hint
 from .words import ActionableError
 
 

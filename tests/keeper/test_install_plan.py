@@ -17,8 +17,8 @@ from rbee.control.keeper.install_plan import (
     llama_build_env,
 )
 from rbee.control.keeper.inventory import load_inventory
+from rbee.control.keeper.local_runner import LocalRunner
 from rbee.control.keeper.node import Node
-from rbee.control.keeper.runner import LocalRunner
 from rbee.control.keeper.words import ActionableError
 
 

@@ -181,7 +181,7 @@ class FakeNode:
             return ""
 
     def runner_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for rbee.control.keeper.runner.SSHRunner that reach this node."""
+        """Keyword arguments for rbee.control.keeper.ssh_runner.SSHRunner that reach this node."""
         return {
             "host": self.host,
             "port": self.port,
