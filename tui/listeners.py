@@ -75,8 +75,8 @@ class StreamListener:
             case AnswerEnded():
                 pass  # the panel shows the answer as it came; nothing to close
             case _:
-                if text := progress_text(event):
-                    message = StreamStatus(text)
+                if progress := progress_text(event):
+                    message = StreamStatus(progress)
         if message is not None:
             self._app.post_message(message)
 
@@ -109,5 +109,5 @@ class ActionListener:
             case Downloading() if event.fraction is not None:
                 self.say(progress_text(event) or "", event.fraction)
             case _:
-                if text := progress_text(event):
-                    self.say(text)
+                if progress := progress_text(event):
+                    self.say(progress)

@@ -35,7 +35,7 @@ from rbee.control.keeper.probe import NODE_PROBE_TIMEOUT_S, probe_deadline_s
 from rbee.control.keeper.status import HiveState, NodeStatus
 from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
-from rbee.dataplane.protocol import hive_client
+from rbee.dataplane.protocol import client, hive_client
 from rbee.dataplane.protocol.states import WorkerState
 from rbee.dataplane.protocol.wire import VERSION
 from rbee.dataplane.protocol.worker_api import WorkerHealth
