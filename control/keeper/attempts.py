@@ -61,8 +61,8 @@ async def connect_over_ssh(runner: Runner, node: Node, say: Callable[[str], None
 
     Raises ActionableError after the last attempt; SSHConnectError at once for what retrying
     cannot fix (host key, login, a missing file)."""
-    if not isinstance(runner, SSHRunner):
-        return
+    if not isinstance(runner, SSHRunner) or runner.connected:
+        return  # nothing to open (a kept connection is used as it is)
     address = f"{runner.host}:{runner.port}"
     try:
         await connect_attempts(

@@ -75,6 +75,11 @@ class SSHRunner(Runner):
 
     # -- connection ----------------------------------------------------------------------
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection is open now (a call would use it without a handshake)."""
+        return self._conn is not None and not self._conn.is_closed()
+
     async def connect(self) -> None:
         """Open the connection now (otherwise the first call does). Raises SSHConnectError."""
         await self._connection()

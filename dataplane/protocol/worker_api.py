@@ -1,5 +1,6 @@
 """The worker's answers and events other processes read (DESIGN §4 "Worker"): GET /health,
-GET /v1/ready, the loading progress stream, and the ready callback it POSTs to its hive."""
+GET /v1/ready, the loading progress stream, a whole answer (`stream: false`), the shutdown
+answer, and the ready callback it POSTs to its hive."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter
 
+from .events import StopReason
 from .states import WorkerState
 from .wire import ErrorInfo, Message
 
@@ -22,6 +24,23 @@ class WorkerHealth(Message):
     idle_s: float  # how long no request has been in flight (0 while one is)
     last_tokens_per_s: float | None  # decode speed of the latest finished request
     version: str
+
+
+class InferenceAnswer(Message):
+    """POST /v1/inference with `stream: false`: the whole answer at once."""
+
+    request_id: str
+    model: str
+    text: str
+    total_tokens: int
+    duration_ms: int
+    stop_reason: StopReason
+
+
+class ShutdownAnswer(Message):
+    """POST /v1/admin/shutdown (202): the state the worker is in as it starts to stop."""
+
+    state: WorkerState
 
 
 class WorkerReadiness(Message):

@@ -16,6 +16,7 @@ from .worker_api import (
     LoadingEvent,
     LoadingFailed,
     LoadingReady,
+    ShutdownAnswer,
     WorkerHealth,
     WorkerReadiness,
 )
@@ -81,6 +82,6 @@ class WorkerClient(ApiClient):
     async def cancel(self, request_id: str, *, timeout_s: float | None = None) -> None:
         await self._json("DELETE", f"/v1/inference/{request_id}", timeout_s=timeout_s)
 
-    async def shutdown(self, *, timeout_s: float | None = None) -> None:
+    async def shutdown(self, *, timeout_s: float | None = None) -> ShutdownAnswer:
         """POST /v1/admin/shutdown: the worker stops taking work, ends its streams, exits."""
-        await self._json("POST", "/v1/admin/shutdown", timeout_s=timeout_s)
+        return await self._answer("POST", "/v1/admin/shutdown", ShutdownAnswer, timeout_s=timeout_s)

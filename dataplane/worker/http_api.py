@@ -24,7 +24,12 @@ from rbee.dataplane.protocol.requests import (
     InferenceRequest,
 )
 from rbee.dataplane.protocol.wire import SSE_DONE, ApiError, ErrorInfo
-from rbee.dataplane.protocol.worker_api import WorkerHealth, WorkerReadiness
+from rbee.dataplane.protocol.worker_api import (
+    InferenceAnswer,
+    ShutdownAnswer,
+    WorkerHealth,
+    WorkerReadiness,
+)
 
 from . import openai_api
 from .engine import DoneEvent, ErrorEvent, Event, SamplingParams, TokenEvent
@@ -77,17 +82,15 @@ def create_app(worker: Worker) -> Starlette:
             result = await collect(request, gen)
             if isinstance(result.terminal, ErrorEvent):
                 raise ApiError(result.terminal.code, result.terminal.message, headers=headers)
-            return JSONResponse(
-                {
-                    "request_id": gen.request_id,
-                    "model": model,
-                    "text": result.text,
-                    "total_tokens": result.terminal.total_tokens,
-                    "duration_ms": elapsed_ms(),
-                    "stop_reason": str(result.terminal.stop_reason),
-                },
-                headers=headers,
+            answer = InferenceAnswer(
+                request_id=gen.request_id,
+                model=model,
+                text=result.text,
+                total_tokens=result.terminal.total_tokens,
+                duration_ms=elapsed_ms(),
+                stop_reason=result.terminal.stop_reason,
             )
+            return JSONResponse(answer.wire(), headers=headers)
 
         index = 0
 
@@ -122,7 +125,8 @@ def create_app(worker: Worker) -> Starlette:
 
     async def admin_shutdown(_request: Request) -> JSONResponse:
         worker.request_shutdown()
-        return JSONResponse({"state": str(worker.lifecycle.state)}, status_code=202)
+        answer = ShutdownAnswer(state=worker.lifecycle.state)
+        return JSONResponse(answer.wire(), status_code=202)
 
     routes = [
         Route("/health", health),

@@ -54,10 +54,12 @@ from rbee.dataplane.protocol.states import ManagedState, WorkerState
 from rbee.dataplane.protocol.wire import ErrorInfo, Message
 from rbee.dataplane.protocol.worker_api import (
     LOADING_EVENT,
+    InferenceAnswer,
     LoadingFailed,
     LoadingProgress,
     LoadingReady,
     ReadyCallback,
+    ShutdownAnswer,
     WorkerHealth,
     WorkerReadiness,
 )
@@ -101,6 +103,15 @@ ANSWERS: list[Message] = [
         last_tokens_per_s=None,
         version="0.1.0",
     ),
+    InferenceAnswer(
+        request_id="req-1",
+        model="pkg:gemma3-270m",
+        text="Once upon a time",
+        total_tokens=4,
+        duration_ms=80,
+        stop_reason=StopReason.MAX_TOKENS,
+    ),
+    ShutdownAnswer(state=WorkerState.DRAINING),
     WorkerReadiness(ready=True, state=WorkerState.IDLE, model_loaded=True),
     WorkerReadiness(
         ready=False,
