@@ -4,32 +4,28 @@ messages (through the listeners of listeners.py), so the screen never waits on t
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from rbee.control.keeper.infer import InferRequest
 from rbee.control.keeper.inventory import Inventory
-from rbee.control.keeper.keeper import InferRun, Keeper
+from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
 from rbee.control.keeper.status import LogLine, NodeStatus
-from rbee.control.keeper.words import ActionableError, checked_model_ref
+from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import WorkerRegistry
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 
 from .activity_bar import ActivityBar
 from .confirm_screen import ConfirmScreen
-from .listeners import ActionListener, StreamListener
+from .listeners import ActionListener
 from .log_panel import LogPanel
 from .messages import (
     ActionDone,
@@ -38,32 +34,13 @@ from .messages import (
     HiveLogFailed,
     HiveLogLine,
     NodeProbed,
-    StreamEnded,
-    StreamFailed,
-    StreamStatus,
-    StreamToken,
+    while_running,
 )
 from .model_picker import ModelPickerScreen
 from .nodes_table import NodesTable
 from .settings import TuiConfig
 from .stream_panel import StreamPanel
 from .workers_table import WorkersTable
-
-M = TypeVar("M", bound=Message)
-
-
-def while_running(
-    handler: Callable[[RbeeApp, M], None],
-) -> Callable[[RbeeApp, M], None]:
-    """A handler of background work's reports: work may report while the app closes, and
-    its messages are dropped then."""
-
-    @functools.wraps(handler)
-    def guarded(app: RbeeApp, message: M) -> None:
-        if app.is_running:
-            handler(app, message)
-
-    return guarded
 
 
 class RbeeApp(App[None]):
@@ -94,7 +71,6 @@ class RbeeApp(App[None]):
         self.config = config or TuiConfig()
         self.statuses: dict[str, NodeStatus] = {}
         self.show_all_workers = False
-        self.stream: InferRun | None = None
         self._probing: set[str] = set()
         self._log_following = False
         self._highlighted_worker: str | None = None
@@ -109,7 +85,7 @@ class RbeeApp(App[None]):
         yield WorkersTable(id="workers")
         yield Static("", id="worker-detail")
         with Horizontal(id="below"):
-            yield StreamPanel(id="stream")
+            yield StreamPanel(self.keeper, self.nodes, self.config.max_tokens, id="stream")
             yield LogPanel(id="log")
         yield ActivityBar(id="activity")
         yield Footer()
@@ -430,59 +406,8 @@ class RbeeApp(App[None]):
 
     # ----------------------------------------------------------------- streaming
 
-    def on_stream_panel_submitted(self, message: StreamPanel.Submitted) -> None:
-        panel = self.stream_panel
-        if self.stream is not None:
-            panel.stats("A stream is running: cancel it first (c).")
-            return
-        node = self.nodes.get(panel.node or "")
-        if node is None:
-            panel.failed("No node selected: pick one in the nodes table.")
-            return
-        try:
-            ref = checked_model_ref(message.model_ref)
-        except ActionableError as exc:
-            panel.failed(exc.in_words())
-            return
-        request = InferRequest(
-            prompt=message.prompt,
-            model_ref=ref,
-            max_tokens=self.config.max_tokens,
-            backend=node.backend,
-        )
-        listener = StreamListener(self)
-        self.stream = self.keeper.infer(node, request, listener)
-        panel.started()
-        self.run_stream(self.stream, listener)
-
-    @work(group="stream", exit_on_error=False)
-    async def run_stream(self, stream: InferRun, listener: StreamListener) -> None:
-        code = await stream.run()
-        self.post_message(StreamEnded(code, listener.stats.tokens_per_s))
-
-    @while_running
-    def on_stream_status(self, message: StreamStatus) -> None:
-        self.stream_panel.stats(message.text)
-
-    @while_running
-    def on_stream_token(self, message: StreamToken) -> None:
-        self.stream_panel.add_token(
-            message.text, message.tokens, message.ttft_s, message.tokens_per_s
-        )
-
-    @while_running
-    def on_stream_failed(self, message: StreamFailed) -> None:
-        self.stream_panel.failed(message.error.in_words())
-
-    @while_running
-    def on_stream_ended(self, message: StreamEnded) -> None:
-        self.stream = None
-        if message.exit_code == 0:  # otherwise the panel already says why (or "Canceled.")
-            self.stream_panel.answered(message.tokens_per_s)
-        if self.stream_panel.node:
-            self._probe_now(self.stream_panel.node)
+    def on_stream_panel_ended(self, message: StreamPanel.Ended) -> None:
+        self._probe_now(message.node)  # its workers' state and speed changed
 
     def action_cancel_stream(self) -> None:
-        if self.stream is not None:
-            self.stream_panel.stats("canceling…")
-            self.stream.cancel()
+        self.stream_panel.cancel()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from textual.app import App
 from textual.message import Message
+from textual.message_pump import MessagePump
 
 from rbee.control.keeper.events import (
     AnswerEnded,
@@ -53,8 +53,8 @@ class StreamListener:
     """One prompt's stream: steps and failures become the stream panel's messages, and the
     tokens are timed (time to first token, tokens per second)."""
 
-    def __init__(self, app: App[None]) -> None:
-        self._app = app
+    def __init__(self, panel: MessagePump) -> None:
+        self._panel = panel
         self.stats = StreamStats()
         self._sent_at = 0.0
         self._first_at = 0.0
@@ -78,7 +78,7 @@ class StreamListener:
                 if progress := progress_text(event):
                     message = StreamStatus(progress)
         if message is not None:
-            self._app.post_message(message)
+            self._panel.post_message(message)
 
     def _count_token(self) -> None:
         now = time.monotonic()
@@ -95,7 +95,7 @@ class ActionListener:
     """One long action (ssh-up, a download, a spawn): its steps and progress become that
     action's line in the activity bar."""
 
-    def __init__(self, app: App[None], action: int) -> None:
+    def __init__(self, app: MessagePump, action: int) -> None:
         self._app = app
         self._action = action
 

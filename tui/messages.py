@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from textual.message import Message
+from textual.message_pump import MessagePump
 
 from rbee.control.keeper.status import LogLine, NodeStatus
 from rbee.control.keeper.words import ActionableError
 
 if TYPE_CHECKING:
     from .listeners import StreamStats
+
+P = TypeVar("P", bound=MessagePump)
+M = TypeVar("M", bound=Message)
+
+
+def while_running(handler: Callable[[P, M], None]) -> Callable[[P, M], None]:
+    """A handler of background work's reports: work may report while the app closes, and
+    its messages are dropped then (the widgets they would update are going away)."""
+
+    @functools.wraps(handler)
+    def guarded(pump: P, message: M) -> None:
+        if pump.app.is_running:
+            handler(pump, message)
+
+    return guarded
 
 
 class NodeProbed(Message):
@@ -71,10 +89,11 @@ class StreamFailed(Message):
 
 
 class StreamEnded(Message):
-    """The stream is over: 0 answered, 1 failed, 130 canceled."""
+    """The stream on `node` is over: 0 answered, 1 failed, 130 canceled."""
 
-    def __init__(self, exit_code: int, tokens_per_s: float | None) -> None:
+    def __init__(self, node: str, exit_code: int, tokens_per_s: float | None) -> None:
         super().__init__()
+        self.node = node
         self.exit_code = exit_code
         self.tokens_per_s = tokens_per_s
 

@@ -1,29 +1,45 @@
-"""Prompt a model on the selected node and watch the tokens arrive, with their speed."""
+"""Prompt a model on the selected node and watch the tokens arrive, with their speed.
+
+The panel runs its stream itself (`Keeper.infer`, as `rbee infer` does) in a Textual worker;
+the stream's listener posts to the panel, so the screen never waits on the network.
+"""
 
 from __future__ import annotations
 
+from textual import work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Input, Label, Sparkline, Static
 
+from rbee.control.keeper.infer import InferRequest
+from rbee.control.keeper.keeper import InferRun, Keeper
+from rbee.control.keeper.node import Node
+from rbee.control.keeper.words import ActionableError, checked_model_ref
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 
+from .listeners import StreamListener
+from .messages import StreamEnded, StreamFailed, StreamStatus, StreamToken, while_running
 from .settings import ANSWER_REPAINT_S, SPARKLINE_REQUESTS
 
 
 class StreamPanel(Vertical):
-    class Submitted(Message):
-        """The person asked for an answer to `prompt` from `model_ref`."""
+    class Ended(Message):
+        """A stream on `node` is over (answered, failed or canceled)."""
 
-        def __init__(self, prompt: str, model_ref: str) -> None:
+        def __init__(self, node: str) -> None:
             super().__init__()
-            self.prompt = prompt
-            self.model_ref = model_ref
+            self.node = node
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(
+        self, keeper: Keeper, nodes: dict[str, Node], max_tokens: int, *, id: str | None = None
+    ) -> None:
         super().__init__(id=id)
+        self._keeper = keeper
+        self._known_nodes = nodes
+        self.max_tokens = max_tokens  # per prompt
+        self.stream: InferRun | None = None  # the one running, if any
         self.answer = ""
         self.node: str | None = None  # where the next prompt goes
         self._speeds: list[float] = []
@@ -48,7 +64,57 @@ class StreamPanel(Vertical):
         event.stop()
         prompt = event.value.strip()
         if prompt:
-            self.post_message(self.Submitted(prompt, self.query_one("#stream-model", Input).value))
+            self._start(prompt, self.query_one("#stream-model", Input).value)
+
+    def _start(self, prompt: str, model_ref: str) -> None:
+        if self.stream is not None:
+            self.stats("A stream is running: cancel it first (c).")
+            return
+        node = self._known_nodes.get(self.node or "")
+        if node is None:
+            self.failed("No node selected: pick one in the nodes table.")
+            return
+        try:
+            ref = checked_model_ref(model_ref)
+        except ActionableError as exc:
+            self.failed(exc.in_words())
+            return
+        request = InferRequest(
+            prompt=prompt, model_ref=ref, max_tokens=self.max_tokens, backend=node.backend
+        )
+        listener = StreamListener(self)
+        self.stream = self._keeper.infer(node, request, listener)
+        self.started()
+        self._run(self.stream, node.name, listener)
+
+    @work(group="stream", exit_on_error=False)
+    async def _run(self, stream: InferRun, node: str, listener: StreamListener) -> None:
+        code = await stream.run()
+        self.post_message(StreamEnded(node, code, listener.stats.tokens_per_s))
+
+    def cancel(self) -> None:
+        if self.stream is not None:
+            self.stats("canceling…")
+            self.stream.cancel()
+
+    @while_running
+    def on_stream_status(self, message: StreamStatus) -> None:
+        self.stats(message.text)
+
+    @while_running
+    def on_stream_token(self, message: StreamToken) -> None:
+        self.add_token(message.text, message.tokens, message.ttft_s, message.tokens_per_s)
+
+    @while_running
+    def on_stream_failed(self, message: StreamFailed) -> None:
+        self.failed(message.error.in_words())
+
+    @while_running
+    def on_stream_ended(self, message: StreamEnded) -> None:
+        self.stream = None
+        if message.exit_code == 0:  # otherwise the panel already says why (or "Canceled.")
+            self.answered(message.tokens_per_s)
+        self.post_message(self.Ended(message.node))
 
     def target(self, node: str | None, model_ref: str | None = None) -> None:
         """The node (and optionally the model) the next prompt goes to."""

@@ -239,18 +239,20 @@ def test_spawn_stream_and_stop_a_worker(
             await pilot.press("enter")
             panel = app.stream_panel
             await wait_for(
-                pilot, lambda: app.stream is None and panel.answer != "", what="the streamed answer"
+                pilot,
+                lambda: panel.stream is None and panel.answer != "",
+                what="the streamed answer",
             )
             stats = str(panel.query_one("#stream-stats").content)
             assert "TTFT" in stats and "tok/s" in stats and stats.endswith("done"), stats
             assert len(panel.query_one(Sparkline).data or []) == 1
 
             # A long answer, canceled with `c` once tokens flow.
-            app.config = TuiConfig(max_tokens=8000)
+            panel.max_tokens = 8000
             app.query_one("#prompt", Input).focus()
             await pilot.press("enter")
             await wait_for(pilot, lambda: panel.answer != "", what="the long answer's first tokens")
-            assert app.stream is not None, "the long answer ended before it could be canceled"
+            assert panel.stream is not None, "the long answer ended before it could be canceled"
             box = panel.query_one("#stream-answer-box")
             await wait_for(
                 pilot,
@@ -258,7 +260,7 @@ def test_spawn_stream_and_stop_a_worker(
                 what="the panel following the answer past its height",
             )
             await pilot.press("escape", "c")
-            await wait_for(pilot, lambda: app.stream is None, what="the cancel", timeout_s=10)
+            await wait_for(pilot, lambda: panel.stream is None, what="the cancel", timeout_s=10)
             assert str(panel.query_one("#stream-stats").content).startswith("Canceled")
             assert len(panel.query_one(Sparkline).data or []) == 1  # only answers count
 
