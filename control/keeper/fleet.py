@@ -21,6 +21,7 @@ from rbee.dataplane.protocol.worker_api import WorkerHealth
 from rbee.dataplane.protocol.worker_client import WorkerClient
 
 from .console import Console
+from .infer import EXIT_INTERRUPTED
 from .inventory_errors import InventoryError
 from .keeper import Keeper
 from .node import Node
@@ -30,7 +31,6 @@ from .runner import RunnerError
 from .status import gigabytes
 from .worker_registry import RegisteredWorker
 
-EXIT_INTERRUPTED = 130
 HIVE_LIST_TIMEOUT_S = 5.0  # `workers list`: how long each node's hive has to list its workers
 # Why a worker's state is unknown, in `rbee workers list`.
 NOT_ANSWERING = "unknown (node not answering)"

@@ -137,14 +137,15 @@ async def _start_hive(access: NodeAccess, say: Say) -> tuple[int, HiveHealth | N
         argv += ["--api-key-file", key_file]
     if node.is_local:
         # A local hive would inherit this command's environment: drop the variables that may
-        # hold a key (`env -u`, in GNU and BSD env alike). sshd passes none to a remote one.
-        unset = [arg for name in (node.api_key_env, HIVE_KEY_ENV) if name for arg in ("-u", name)]
-        argv = ["env", *unset, *argv]
+        # hold a key, any node's (`env -u`, in GNU and BSD env alike). sshd passes none.
+        names = sorted(n for n in {HIVE_KEY_ENV, node.api_key_env, *access.key_variables} if n)
+        argv = ["env", *(arg for name in names for arg in ("-u", name)), *argv]
     say(f"{node.name}: starting rbee-hive")
     pid = await runner.start_detached(argv, log_path=f"{state_dir}/hive.log", append=True)
     deadline = asyncio.get_running_loop().time() + HIVE_UP_TIMEOUT_S
     while (health := await _answers(access)) is None:
-        alive = await runner.run(["kill", "-0", str(pid)], timeout_s=PROBE_TIMEOUT_S)
+        # The shell's own kill: a minimal image may have no kill binary.
+        alive = await runner.run_shell(f"kill -0 {pid}", timeout_s=PROBE_TIMEOUT_S)
         if alive.exit_status != 0 or asyncio.get_running_loop().time() > deadline:
             return pid, None
         await asyncio.sleep(0.2)

@@ -23,7 +23,7 @@ from rbee.dataplane.protocol.hive_client import HiveClient
 
 from .events import Failed, Listener, Step
 from .hive_control import hive_down, hive_up
-from .infer import EXIT_FAILED, Infer, InferRequest
+from .infer import EXIT_FAILED, EXIT_INTERRUPTED, Infer, InferRequest
 from .install_plan import Installer
 from .inventory import Inventory
 from .inventory_errors import InventoryError
@@ -48,9 +48,17 @@ T = TypeVar("T")
 class Keeper:
     def __init__(self, inventory: Inventory, registry: WorkerRegistry | None = None) -> None:
         self.inventory = inventory
-        self.registry = registry if registry is not None else WorkerRegistry()
+        self._registry = registry
         self._owns_registry = registry is None
-        self._connections = NodeConnections()
+        key_variables = frozenset(n.api_key_env for n in self.nodes if n.api_key_env)
+        self._connections = NodeConnections(key_variables)
+
+    @property
+    def registry(self) -> WorkerRegistry:
+        """The keeper's worker registry, opened when first needed (most commands never do)."""
+        if self._registry is None:
+            self._registry = WorkerRegistry()
+        return self._registry
 
     async def __aenter__(self) -> Self:
         return self
@@ -65,8 +73,8 @@ class Keeper:
 
     async def aclose(self) -> None:
         await self._connections.aclose()
-        if self._owns_registry:
-            self.registry.close()
+        if self._owns_registry and self._registry is not None:
+            self._registry.close()
 
     @property
     def nodes(self) -> list[Node]:
@@ -212,10 +220,15 @@ class InferRun:
         self.request = request
         self._listener = listener
         self._infer: Infer | None = None
+        self._connecting: asyncio.Future[None] | None = None
         self._canceled = False
 
     def cancel(self) -> None:
+        """Ctrl+C (or the dashboard's cancel), whatever the run is doing: connecting ends at
+        once, the flow as infer.py describes."""
         self._canceled = True
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._infer is not None:
             self._infer.cancel()
 
@@ -224,10 +237,20 @@ class InferRun:
         node, listener = self.node, self._listener
         try:
             access = self._keeper.access(node)
-            await access.connect(lambda line: listener.heard(Step(line)))
-            self._infer = Infer(access, self.request, listener, self._keeper.registry)
+            self._connecting = asyncio.ensure_future(
+                access.connect(lambda line: listener.heard(Step(line)))
+            )
+            try:
+                await self._connecting
+            except asyncio.CancelledError:
+                if not self._canceled:
+                    raise  # the run itself was cancelled
+            finally:
+                self._connecting = None
             if self._canceled:
-                self._infer.cancel()
+                listener.heard(Step("Canceled."))
+                return EXIT_INTERRUPTED
+            self._infer = Infer(access, self.request, listener, self._keeper.registry)
             return await self._infer.run()
         except ActionableError as exc:
             listener.heard(Failed(exc))

@@ -8,7 +8,9 @@ reachable address (or this machine) is reached directly. The node's key is read 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
@@ -40,13 +42,22 @@ def runner_for(node: Node) -> Runner:
 
 
 class NodeAccess:
-    """One node's way in: its runner, its hive's and workers' URLs, and its key."""
+    """One node's way in: its runner, its hive's and workers' URLs, and its key.
 
-    def __init__(self, node: Node, runner: Runner | None = None) -> None:
+    `key_variables` names every environment variable the inventory reads keys from: a
+    process the keeper starts on this machine gets none of them."""
+
+    def __init__(self, node: Node, key_variables: frozenset[str] = frozenset()) -> None:
         self.node = node
         self.name = node.name
-        self.runner = runner if runner is not None else runner_for(node)
-        self.hive_key = node.api_key()
+        self.runner = runner_for(node)
+        self.key_variables = key_variables
+
+    @functools.cached_property
+    def hive_key(self) -> str | None:
+        """Read once, when first needed: stopping a hive needs no key (InventoryError when
+        the inventory points at a key that is not there)."""
+        return self.node.api_key()
 
     async def hive_url(self) -> str:
         if self.node.direct:
@@ -86,37 +97,27 @@ class NodeAccess:
         await self.runner.close()
 
 
-@contextlib.asynccontextmanager
-async def open_node(
-    node: Node, say: Callable[[str], None] | None = None
-) -> AsyncIterator[NodeAccess]:
-    """The node's access for one command; an SSH node's connection closes with it. With `say`,
-    connecting makes EC1's attempts and reports each; without, one try (probes, which report
-    a node's trouble as its state)."""
-    access = NodeAccess(node)
-    try:
-        if say is not None:
-            await access.connect(say)
-        yield access
-    finally:
-        await access.aclose()
-
-
 class NodeConnections:
     """One way in per node, kept across calls: for an SSH node one connection whose port
     forwards are reused (the runner reconnects by itself when it dies). The dashboard probes
     every few seconds and the queen routes every request; a handshake each time would be
     slow and fill the nodes' sshd logs."""
 
-    def __init__(self) -> None:
+    def __init__(self, key_variables: frozenset[str] = frozenset()) -> None:
         self._access: dict[str, NodeAccess] = {}
+        self._key_variables = key_variables
+        self._closed = False
 
     def access(self, node: Node) -> NodeAccess:
+        if self._closed:
+            # A connection opened now would never be closed.
+            raise RuntimeError("the keeper's connections are closed")
         if node.name not in self._access:
-            self._access[node.name] = NodeAccess(node)
+            self._access[node.name] = NodeAccess(node, self._key_variables)
         return self._access[node.name]
 
     async def aclose(self) -> None:
+        """Closes every node's connection at once; one that fails to close stops no other."""
+        self._closed = True
         accesses, self._access = list(self._access.values()), {}
-        for access in accesses:
-            await access.aclose()
+        await asyncio.gather(*(access.aclose() for access in accesses), return_exceptions=True)
