@@ -11,8 +11,11 @@ import click
 
 from rbee.control.keeper.command import inventory_of, main
 from rbee.control.keeper.probe import DEFAULT_REFRESH_S
+from rbee.control.queen.command import queen
 
 __all__ = ["main"]
+
+main.add_command(queen)
 
 
 @main.command()

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 import httpx
 
+from rbee.dataplane.plumbing.cli_options import read_key_file, split_addr
 from rbee.dataplane.protocol.wire import VERSION
 
 from .settings import API_KEY_ENV, DEFAULT_ADDR, DEFAULT_STATE_DIR, KEY_FILE, HiveSettings
@@ -101,7 +101,7 @@ def daemon(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health check is noise
-    host, port = _split_addr(addr)
+    host, port = split_addr(addr, "--addr")
     settings = HiveSettings(
         host=host,
         port=port,
@@ -243,30 +243,10 @@ def models_list(state_dir: str, as_json: bool) -> None:
         click.echo(f"{e.reference}  {e.size_bytes >> 20} MB  {e.local_path}")
 
 
-def _split_addr(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise click.BadParameter(f"{addr!r} is not HOST:PORT", param_hint="--addr")
-    return host.strip("[]"), int(port)
-
-
 def _read_api_key(path: Path | None) -> str | None:
     if path is None:
         return os.environ.pop(API_KEY_ENV, None) or None
-    path = path.expanduser()
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise click.BadParameter(f"{path}: {exc.strerror}", param_hint="--api-key-file") from None
-    if stat.S_IMODE(mode) & 0o077:
-        raise click.BadParameter(
-            f"{path} is readable by others (mode {stat.S_IMODE(mode):04o}); chmod 600 it",
-            param_hint="--api-key-file",
-        )
-    key = path.read_text().strip()
-    if not key:
-        raise click.BadParameter(f"{path} is empty", param_hint="--api-key-file")
-    return key
+    return read_key_file(path)
 
 
 def _get(addr: str, path: str, api_key_file: Path | None) -> dict:

@@ -24,6 +24,11 @@ M = TypeVar("M", bound=BaseModel)
 
 async def read_body(request: Request, model: type[M], *, max_bytes: int = MAX_BODY_BYTES) -> M:
     """The request's JSON body validated as `model`; any client mistake raises ApiError."""
+    return parse_body(await read_raw_body(request, max_bytes=max_bytes), model)
+
+
+async def read_raw_body(request: Request, *, max_bytes: int = MAX_BODY_BYTES) -> bytes:
+    """The request's body as sent, once it says it is JSON and fits `max_bytes`."""
     _require_json_content_type(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
@@ -35,8 +40,13 @@ async def read_body(request: Request, model: type[M], *, max_bytes: int = MAX_BO
         if size > max_bytes:
             raise _too_large(max_bytes)
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """A JSON object validated as `model`; ApiError naming the mistake otherwise."""
     try:
-        data = json.loads(b"".join(chunks) or b"null")
+        data = json.loads(raw or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(ErrorCode.INVALID_REQUEST, f"the body is not valid JSON: {exc}") from None
     except RecursionError:

@@ -64,6 +64,16 @@ class OpenAIRequest(BaseModel):
         return self.max_completion_tokens or self.max_tokens or default
 
 
+class RoutedRequest(BaseModel):
+    """What the queen reads of an OpenAI request to route it; the worker that takes it
+    validates the rest (the queen passes the body on as it came)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Annotated[str, Field(min_length=1, description="a model GET /v1/models lists")]
+    stream: bool = False
+
+
 class CompletionRequest(OpenAIRequest):
     prompt: (
         Annotated[str, Field(min_length=1)]

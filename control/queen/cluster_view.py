@@ -1,0 +1,62 @@
+"""What the queen knows of the cluster: each node's latest probe, refreshed in the background,
+and the requests it has in flight on each worker.
+
+Each node is probed on its own schedule, so a dead or wedged node delays no other and no
+request: requests read the latest view and never wait on a probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+from rbee.control.keeper.keeper import Keeper
+from rbee.control.keeper.node import Node
+from rbee.control.keeper.status import NodeStatus, WorkerStatus
+
+log = logging.getLogger(__name__)
+
+
+class ClusterView:
+    def __init__(self, keeper: Keeper, refresh_s: float) -> None:
+        self._keeper = keeper
+        self._refresh_s = refresh_s
+        self.statuses: dict[str, NodeStatus] = {}
+        self.checked_at: dict[str, float] = {}
+        self.in_flight: Counter[str] = Counter()  # worker id → this queen's open requests
+        self.routed: Counter[str] = Counter()  # node → requests routed there so far
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._follow(node)) for node in self._keeper.nodes]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def refresh(self, node: Node) -> NodeStatus:
+        status = await self._keeper.probe(node)
+        self.statuses[node.name] = status
+        self.checked_at[node.name] = time.time()
+        return status
+
+    async def _follow(self, node: Node) -> None:
+        was_up: bool | None = None
+        while True:
+            status = await self.refresh(node)
+            if status.is_up != was_up:
+                log.info("node %s: %s", node.name, status.state)
+                was_up = status.is_up
+            await asyncio.sleep(self._refresh_s)
+
+    def workers(self) -> Iterator[WorkerStatus]:
+        for status in self.statuses.values():
+            if status.is_up:
+                yield from status.workers

@@ -1,0 +1,69 @@
+"""Passing a request to a worker and its answer back, as it comes.
+
+A stream's bytes pass through unbuffered (the worker's SSE lines, keep-alives included). A
+client that goes away closes the worker's stream, which cancels the generation there; a
+worker that dies mid-stream ends the client's stream with an error chunk, never a silent cut.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+from starlette.responses import Response, StreamingResponse
+
+from rbee.dataplane.protocol.wire import SSE_DONE, ErrorCode, error_body
+
+log = logging.getLogger(__name__)
+
+# Answers of the worker that the queen passes on with their status as they are.
+_PASSED_HEADERS = ("content-type", "retry-after", "x-request-id")
+
+
+async def relay(
+    http: httpx.AsyncClient,
+    url: str,
+    api_key: str | None,
+    body: bytes,
+    *,
+    stream: bool,
+    headers: dict[str, str],
+    done: Callable[[], None],
+) -> Response:
+    """POSTs `body` to `url` and answers with what the worker says; `done` is called once
+    the request is over for the worker (answered, failed, or the client gone)."""
+    sent = {"content-type": "application/json"}
+    if api_key:
+        sent["authorization"] = f"Bearer {api_key}"
+    request = http.build_request("POST", url, content=body, headers=sent)
+    try:
+        upstream = await http.send(request, stream=True)
+    except BaseException:
+        done()
+        raise
+    passed = headers | {k: v for k, v in upstream.headers.items() if k in _PASSED_HEADERS}
+    if not stream or upstream.status_code != 200:
+        try:
+            content = await upstream.aread()
+        finally:
+            await upstream.aclose()
+            done()
+        return Response(content, status_code=upstream.status_code, headers=passed)
+    return StreamingResponse(_chunks(upstream, url, done), headers=passed)
+
+
+async def _chunks(
+    upstream: httpx.Response, url: str, done: Callable[[], None]
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in upstream.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:  # the worker died or fell silent mid-stream
+        log.warning("stream from %s broke: %s", url, exc)
+        error = error_body(ErrorCode.WORKER_CRASHED, f"the worker stopped mid-answer: {exc}")
+        yield f"data: {json.dumps(error)}\n\ndata: {SSE_DONE}\n\n".encode()
+    finally:
+        await upstream.aclose()  # a client that left: the worker sees its stream close
+        done()

@@ -1,0 +1,50 @@
+"""Running the queen: the keeper's connections, the background view of the cluster, the
+HTTP server, and a clean stop on SIGTERM or Ctrl+C (hives are left running)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+import httpx
+from hypercorn.asyncio import serve
+
+from rbee.control.keeper.inventory import Inventory
+from rbee.control.keeper.keeper import Keeper
+from rbee.dataplane.plumbing.http import server_config
+from rbee.dataplane.protocol.wire import SILENCE_LIMIT_S, VERSION
+
+from .cluster_view import ClusterView
+from .http_api import create_app
+from .settings import QueenSettings
+
+log = logging.getLogger(__name__)
+
+
+async def run_queen(inventory: Inventory, settings: QueenSettings, sock: socket.socket) -> None:
+    """Serves until SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    # A worker answers at once or sends keep-alives; silence past the limit is a dead peer.
+    timeout = httpx.Timeout(SILENCE_LIMIT_S, connect=settings.connect_timeout_s)
+    async with (
+        Keeper(inventory) as keeper,
+        httpx.AsyncClient(timeout=timeout) as http,
+    ):
+        view = ClusterView(keeper, settings.refresh_s)
+        view.start()
+        host, port = sock.getsockname()[:2]
+        log.info("rbee queen %s listening on http://%s:%d", VERSION, host, port)
+        try:
+            app = create_app(keeper, view, http, settings)
+            config = server_config(sock, graceful_timeout_s=settings.graceful_stop_s)
+            # Ignored: hypercorn types the app with its own ASGI TypedDicts, Starlette with plain
+            # mappings; both are ASGI 3.
+            await serve(app, config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
+        finally:
+            await view.aclose()
+            log.info("stopped")

@@ -1,0 +1,25 @@
+"""The queen's settings and their defaults, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rbee.control.keeper.probe import DEFAULT_REFRESH_S
+from rbee.dataplane.protocol.hosts import is_loopback_host
+
+DEFAULT_LISTEN = "127.0.0.1:7833"
+RETRY_AFTER_S = 1  # what a 503 tells a client to wait before it asks again
+
+
+@dataclass(frozen=True)
+class QueenSettings:
+    host: str = "127.0.0.1"
+    port: int = 7833
+    api_key: str | None = None  # what clients send; required off loopback
+    refresh_s: float = DEFAULT_REFRESH_S  # how often each node is probed in the background
+    connect_timeout_s: float = 5.0  # reaching a worker
+    graceful_stop_s: float = 5.0  # streams in flight get this long when the queen stops
+
+    @property
+    def is_loopback(self) -> bool:
+        return is_loopback_host(self.host)

@@ -1,0 +1,197 @@
+"""`rbee queen` as applications meet it: a real queen process in front of a real local hive
+and worker, reached with the `openai` SDK, unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from conftest import BIN, free_port
+from support.hive_process import HiveProcess, start_hive
+from support.inventories import local_node, write_inventory
+
+from rbee.control.keeper.events import Unheard
+from rbee.control.keeper.inventory import Inventory
+from rbee.control.keeper.keeper import Keeper
+from rbee.control.keeper.worker_registry import WorkerRegistry
+
+
+@dataclass
+class Queen:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+
+
+def run_queen(inventory: Path, home: Path, *args: str) -> Queen:
+    """`rbee queen ARGS` with its own log file (the process may not be serving yet)."""
+    log_path = home / f"queen-{time.monotonic_ns()}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "rbee"), "--inventory", str(inventory), "queen", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RBEE_HOME": str(home)},
+        )
+    return Queen(proc, "", log_path)
+
+
+def start_queen(inventory: Path, home: Path, *args: str) -> Queen:
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    queen = run_queen(inventory, home, "--listen", f"127.0.0.1:{port}", *args)
+    queen.url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{queen.url}/health", timeout=1).status_code == 200:
+                return queen
+        except httpx.TransportError:
+            pass
+        assert queen.proc.poll() is None, queen.log()
+        assert time.monotonic() < deadline, "the queen did not start"
+        time.sleep(0.1)
+
+
+@dataclass
+class Cluster:
+    inventory: Inventory
+    home: Path
+    hive: HiveProcess
+    model_ref: str
+    worker_id: str
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[Cluster]:
+    """A local hive with one warm worker of the tiny model, spawned by this keeper (its key
+    is in the registry the queen reads)."""
+    root = tmp_path_factory.mktemp("queen")
+    hive = start_hive(root / "hive", "--idle-timeout-s", "600")
+    port = int(hive.url.rsplit(":", 1)[1])
+    inventory = write_inventory(root / "inventory.toml", local_node("local", port, hive.state_dir))
+    home = root / "home"
+    ref = f"file:{tiny_model}"
+    registry = WorkerRegistry(home / "workers.db")
+
+    async def spawn() -> str:
+        async with Keeper(inventory, registry) as keeper:
+            node = inventory.get("local")
+            worker_id = await keeper.spawn_worker(node, ref, Unheard())
+            for _ in range(300):
+                status = await keeper.probe(node)
+                if any(w.state == "idle" for w in status.workers):
+                    return worker_id
+                await asyncio.sleep(0.1)
+        raise AssertionError("the worker did not load")
+
+    try:
+        yield Cluster(inventory, home, hive, ref, asyncio.run(spawn()))
+    finally:
+        registry.close()
+        hive.stop()
+
+
+@pytest.fixture(scope="module")
+def queen(cluster: Cluster) -> Iterator[Queen]:
+    q = start_queen(cluster.inventory.path, cluster.home)
+    deadline = time.monotonic() + 20
+    while cluster.model_ref not in httpx.get(f"{q.url}/v1/models").text:
+        assert time.monotonic() < deadline, "the queen never saw the worker"
+        time.sleep(0.2)
+    yield q
+    q.stop()
+
+
+def sdk(queen: Queen, key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{queen.url}/v1", api_key=key, max_retries=0)
+
+
+def test_the_openai_sdk_streams_through_the_queen(cluster: Cluster, queen: Queen) -> None:
+    client = sdk(queen)
+    chunks = list(
+        client.completions.create(
+            model=cluster.model_ref, prompt="Once upon a time", max_tokens=8, stream=True
+        )
+    )
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text and chunks[-1].choices[0].finish_reason == "length"
+
+    raw = client.completions.with_raw_response.create(
+        model=cluster.model_ref, prompt="Once upon a time", max_tokens=4
+    )
+    assert raw.headers["x-rbee-node"] == "local"
+    assert raw.headers["x-rbee-worker"] == cluster.worker_id
+    assert "route;dur=" in raw.headers["server-timing"]
+    assert raw.parse().usage.completion_tokens == 4
+
+    answer = client.chat.completions.create(
+        model=cluster.model_ref, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert answer.choices[0].message.content is not None
+
+    seen = httpx.get(f"{queen.url}/v1/cluster").json()
+    [node] = seen["nodes"]
+    assert node["name"] == "local" and node["state"] == "up" and node["routed"] >= 3
+    [worker] = seen["workers"]
+    assert worker["worker_id"] == cluster.worker_id and worker["in_flight"] == 0
+
+
+def test_what_the_queen_cannot_route_is_said_plainly(cluster: Cluster, queen: Queen) -> None:
+    client = sdk(queen)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.completions.create(model="pkg:no-such-model", prompt="hi", max_tokens=2)
+    assert "no worker serves pkg:no-such-model" in str(missing.value)
+    for body, field in (({"prompt": "hi"}, "model"), ({"model": 7, "prompt": "hi"}, "model")):
+        answer = httpx.post(f"{queen.url}/v1/completions", json=body)
+        assert answer.status_code in (400, 422), answer.text
+        assert field in json.dumps(answer.json()["error"])
+    foreign = httpx.post(
+        f"{queen.url}/v1/completions",
+        json={"model": cluster.model_ref, "prompt": "hi"},
+        headers={"Origin": "http://evil.example"},
+    )
+    assert foreign.status_code == 403
+
+
+def test_a_public_bind_needs_a_key_and_a_wrong_key_is_refused(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    refused = run_queen(cluster.inventory.path, home, "--listen", f"0.0.0.0:{free_port()}")
+    assert refused.proc.wait(20) == 2
+    assert "refusing to listen on 0.0.0.0 without an API key" in refused.log()
+
+    key_file = tmp_path / "queen.key"
+    key_file.write_text("the-queen-key-0123456789")
+    key_file.chmod(0o600)
+    keyed = start_queen(cluster.inventory.path, home, "--api-key-file", str(key_file))
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            sdk(keyed, "wrong").models.list()
+        answer = httpx.get(f"{keyed.url}/v1/models")
+        assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+        assert sdk(keyed, "the-queen-key-0123456789").models.list().object == "list"
+        assert "the-queen-key" not in keyed.log()
+    finally:
+        keyed.stop()
