@@ -20,8 +20,11 @@ import httpx
 from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import ModelEntry, WorkerRow
 from rbee.dataplane.protocol.hive_client import HiveClient
+from rbee.dataplane.protocol.states import WorkerState
+from rbee.dataplane.protocol.worker_api import LoadingEvent, LoadingProgress
+from rbee.dataplane.protocol.worker_client import WorkerClient
 
-from .events import Failed, Listener, Step
+from .events import Failed, Listener, Loading, Step
 from .hive_control import hive_down, hive_up
 from .infer import EXIT_FAILED, EXIT_INTERRUPTED, Infer, InferRequest
 from .install_plan import Installer
@@ -138,13 +141,15 @@ class Keeper:
             node, lambda hive: provision(hive, node.name, model_ref, listener)
         )
 
-    async def spawn_worker(self, node: Node, model_ref: str, listener: Listener) -> str:
-        """Puts `model_ref` in the node's catalog, starts a worker for it (its model still
-        loading) and registers it; its id."""
+    async def spawn_worker(
+        self, node: Node, model_ref: str, listener: Listener, *, slots: int = 1
+    ) -> str:
+        """Puts `model_ref` in the node's catalog, starts a worker for it with `slots`
+        parallel requests (its model still loading) and registers it; its id."""
 
         async def provision_and_spawn(hive: HiveClient) -> str:
             await provision(hive, node.name, model_ref, listener)
-            spawned = await hive.spawn(model_ref, backend=node.backend)
+            spawned = await hive.spawn(model_ref, backend=node.backend, slots=slots)
             self.registry.record(
                 RegisteredWorker(
                     worker_id=spawned.worker_id,
@@ -162,6 +167,29 @@ class Keeper:
             return spawned.worker_id
 
         return await self._with_hive(node, provision_and_spawn)
+
+    async def wait_worker_ready(
+        self, node: Node, worker_id: str, listener: Listener, *, timeout_s: float
+    ) -> None:
+        """Until the worker this keeper spawned has loaded its model; the listener hears the
+        layers load. ActionableError when it cannot load, or not within `timeout_s`."""
+        worker = self.registry.get(worker_id)
+        if worker is None:
+            raise ActionableError(f"{worker_id} is not in this keeper's registry")
+
+        def loading(event: LoadingEvent) -> None:
+            if isinstance(event, LoadingProgress) and event.layers_total:
+                listener.heard(Loading(event.layers_loaded, event.layers_total))
+
+        try:
+            url = await self.access(node).worker_url(worker.url)
+            async with WorkerClient(url, worker.api_key) as client:
+                await client.wait_ready(timeout_s=timeout_s, on_progress=loading)
+        except RemoteError as exc:
+            raise remote_failure(node, exc) from None
+        except (httpx.HTTPError, RunnerError, OSError) as exc:
+            raise lost_contact(node, exc) from None
+        self.registry.mark_healthy(worker_id, WorkerState.IDLE)
 
     async def shutdown_worker(self, node: Node, worker_id: str) -> str:
         """Stops one worker gracefully and forgets it; the state it ended in."""

@@ -3,8 +3,10 @@ serves, the cluster itself, health. Every answer names the node and worker that 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import time
+from collections.abc import Awaitable
 
 import httpx
 from starlette.applications import Starlette
@@ -13,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from rbee.control.keeper.inventory_errors import UnknownModel
 from rbee.control.keeper.keeper import Keeper
 from rbee.dataplane.plumbing.http import (
     EXCEPTION_HANDLERS,
@@ -26,25 +29,32 @@ from rbee.dataplane.protocol.requests import RoutedRequest
 from rbee.dataplane.protocol.wire import VERSION, ApiError, ErrorCode
 
 from .cluster_view import ClusterView
+from .dispatch import Dispatcher, Lease
 from .relay import relay
-from .routing import pick, serving
-from .settings import RETRY_AFTER_S, QueenSettings
+from .settings import QueenSettings
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health"})
 
 
 def create_app(
-    keeper: Keeper, view: ClusterView, http: httpx.AsyncClient, settings: QueenSettings
+    keeper: Keeper,
+    view: ClusterView,
+    dispatcher: Dispatcher,
+    http: httpx.AsyncClient,
+    settings: QueenSettings,
 ) -> Starlette:
     async def health(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "alive", "version": VERSION})
 
     async def models(_request: Request) -> JSONResponse:
-        """Every model a worker serves or a node's catalog holds, once each."""
+        """The inventory's model names, then every model a worker serves or a node's catalog
+        holds, once each."""
+        names = list(keeper.inventory.models)
         refs = {w.model_ref for w in view.workers()}
         refs |= {ref for s in view.statuses.values() if s.is_up for ref in s.models}
-        data = [{"id": ref, "object": "model", "owned_by": "rbee"} for ref in sorted(refs)]
+        ids = names + sorted(refs - set(names))
+        data = [{"id": name, "object": "model", "owned_by": "rbee"} for name in ids]
         return JSONResponse({"object": "list", "data": data})
 
     async def cluster(_request: Request) -> JSONResponse:
@@ -71,49 +81,39 @@ def create_app(
             }
             for w in view.workers()
         ]
-        return JSONResponse({"nodes": nodes, "workers": workers})
+        return JSONResponse({"nodes": nodes, "workers": workers, "queued": dispatcher.queued()})
 
     async def openai(request: Request) -> Response:
         raw = await read_raw_body(request)
         routed = parse_body(raw, RoutedRequest)
-        model = routed.model.strip()
-        started = time.monotonic()
-        route = pick(view.workers(), model, view.in_flight, keeper.registry)
-        if route is None:
-            if serving(view.workers(), model):
-                raise ApiError(
-                    ErrorCode.ALL_SLOTS_BUSY,
-                    f"every worker of {model} is busy; retry in {RETRY_AFTER_S} s",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
-                )
+        try:
+            spec = keeper.inventory.model(routed.model.strip())
+        except UnknownModel as exc:
             raise ApiError(
-                ErrorCode.MODEL_NOT_FOUND,
-                f"no worker serves {model}; GET /v1/models lists the models that are served",
-            )
-        worker = route.worker
-        node = next(n for n in keeper.nodes if n.name == worker.node)
-        url = await keeper.access(node).worker_url(worker.url)
-        view.in_flight[worker.worker_id] += 1
-        view.routed[worker.node] += 1
-        log.info("%s %s → %s on %s", request.url.path, model, worker.worker_id, worker.node)
-
-        def done() -> None:
-            view.in_flight[worker.worker_id] -= 1
-
-        routed_ms = (time.monotonic() - started) * 1000
+                ErrorCode.MODEL_NOT_FOUND, str(exc), details={"field": "model"}
+            ) from None
+        lease = await _until_disconnected(request, dispatcher.acquire(spec))
+        worker = lease.worker
+        try:
+            node = keeper.inventory.get(worker.node)
+            url = await keeper.access(node).worker_url(worker.url)
+        except BaseException:
+            lease.release()
+            raise
+        log.info("%s %s → %s on %s", request.url.path, spec.name, worker.worker_id, worker.node)
         headers = {
             "X-Rbee-Node": worker.node,
             "X-Rbee-Worker": worker.worker_id,
-            "Server-Timing": f"route;dur={routed_ms:.1f}",
+            "Server-Timing": f"queue;dur={lease.queued_s * 1000:.1f}",
         }
         return await relay(
             http,
             url + request.url.path,
-            route.api_key,
+            lease.route.api_key,
             raw,  # as it came: the worker reads what the queen does not
             stream=routed.stream,
             headers=headers,
-            done=done,
+            done=lease.release,
         )
 
     routes = [
@@ -136,3 +136,25 @@ def create_app(
         Middleware(BearerAuth, api_key=settings.api_key, public_paths=PUBLIC_PATHS),
     ]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
+
+
+async def _until_disconnected(request: Request, waiting: Awaitable[Lease]) -> Lease:
+    """The lease, unless the client leaves first (then the wait is given up: a request
+    that left the queue takes no slot)."""
+    lease = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({lease, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not lease.done():
+            lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease
+    return lease.result()  # raises CancelledError once the client has gone
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client disconnects (its body has been read: nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

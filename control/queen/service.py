@@ -17,6 +17,7 @@ from rbee.dataplane.plumbing.http import server_config
 from rbee.dataplane.protocol.wire import SILENCE_LIMIT_S, VERSION
 
 from .cluster_view import ClusterView
+from .dispatch import Dispatcher
 from .http_api import create_app
 from .settings import QueenSettings
 
@@ -37,10 +38,11 @@ async def run_queen(inventory: Inventory, settings: QueenSettings, sock: socket.
     ):
         view = ClusterView(keeper, settings.refresh_s)
         view.start()
+        dispatcher = Dispatcher(keeper, view, settings)
         host, port = sock.getsockname()[:2]
         log.info("rbee queen %s listening on http://%s:%d", VERSION, host, port)
         try:
-            app = create_app(keeper, view, http, settings)
+            app = create_app(keeper, view, dispatcher, http, settings)
             config = server_config(sock, graceful_timeout_s=settings.graceful_stop_s)
             # Ignored: hypercorn types the app with its own ASGI TypedDicts, Starlette with plain
             # mappings; both are ASGI 3.

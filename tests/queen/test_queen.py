@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -88,7 +89,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Itera
     root = tmp_path_factory.mktemp("queen")
     hive = start_hive(root / "hive", "--idle-timeout-s", "600")
     port = int(hive.url.rsplit(":", 1)[1])
-    inventory = write_inventory(root / "inventory.toml", local_node("local", port, hive.state_dir))
+    fresh = root / "fresh.gguf"  # a model no worker holds until the queen starts one
+    shutil.copy(tiny_model, fresh)
+    inventory = write_inventory(
+        root / "inventory.toml",
+        local_node("local", port, hive.state_dir)
+        + f'[models.fresh]\nref = "file:{fresh}"\nslots = 2\n',
+    )
     home = root / "home"
     ref = f"file:{tiny_model}"
     registry = WorkerRegistry(home / "workers.db")
@@ -141,7 +148,7 @@ def test_the_openai_sdk_streams_through_the_queen(cluster: Cluster, queen: Queen
     )
     assert raw.headers["x-rbee-node"] == "local"
     assert raw.headers["x-rbee-worker"] == cluster.worker_id
-    assert "route;dur=" in raw.headers["server-timing"]
+    assert raw.headers["server-timing"] == "queue;dur=0.0"
     assert raw.parse().usage.completion_tokens == 4
 
     answer = client.chat.completions.create(
@@ -195,3 +202,25 @@ def test_a_public_bind_needs_a_key_and_a_wrong_key_is_refused(
         assert "the-queen-key" not in keyed.log()
     finally:
         keyed.stop()
+
+
+def test_the_first_request_for_a_model_no_worker_holds_starts_one(
+    cluster: Cluster, queen: Queen
+) -> None:
+    """`fresh` is an inventory name: the queen starts a worker of its model with the
+    inventory's slots, waits for it to load, and streams from it."""
+    names = [m.id for m in sdk(queen).models.list().data]
+    assert names[0] == "fresh"
+    raw = sdk(queen).completions.with_raw_response.create(
+        model="fresh", prompt="Once upon a time", max_tokens=4
+    )
+    assert raw.headers["x-rbee-worker"] != cluster.worker_id
+    queued_ms = float(raw.headers["server-timing"].partition("queue;dur=")[2])
+    assert queued_ms > 0  # it waited for the start
+    assert raw.parse().usage.completion_tokens == 4
+    [fresh] = [
+        w
+        for w in httpx.get(f"{queen.url}/v1/cluster").json()["workers"]
+        if w["worker_id"] == raw.headers["x-rbee-worker"]
+    ]
+    assert fresh["slots_total"] == 2 and fresh["in_flight"] == 0

@@ -1,0 +1,217 @@
+"""Who serves a request, and when (DESIGN §4 "Queen"): a ready worker of the model with a
+free slot, the least busy first; else a worker spawned where the model may run; else a wait
+in the model's bounded FIFO queue, whose head takes the next slot that frees. A full queue,
+or a wait past its limit, is a 503 with Retry-After.
+
+The queen counts its own requests in flight (a worker's report is up to a refresh old), and
+requests never wait on a probe: they read the latest view (cluster_view.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rbee.control.keeper.events import Unheard
+from rbee.control.keeper.keeper import Keeper
+from rbee.control.keeper.node import Node
+from rbee.control.keeper.served_models import ModelSpec
+from rbee.control.keeper.status import WorkerStatus
+from rbee.control.keeper.words import ActionableError
+from rbee.dataplane.protocol.wire import ApiError, ErrorCode
+
+from .cluster_view import ClusterView
+from .routing import Route, pick, serving
+from .settings import RETRY_AFTER_S, QueenSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Lease:
+    """A slot on a worker, held for one request: `release()` once it is over."""
+
+    route: Route
+    queued_s: float = 0.0  # waiting for a slot (a worker's start included)
+    _release: Callable[[], None] = field(default=lambda: None, repr=False)
+    _released: bool = field(default=False, repr=False)
+
+    @property
+    def worker(self) -> WorkerStatus:
+        return self.route.worker
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._release()
+
+
+@dataclass
+class _Waiter:
+    spec: ModelSpec
+    granted: asyncio.Future[Lease]
+    since: float
+
+
+class Dispatcher:
+    def __init__(self, keeper: Keeper, view: ClusterView, settings: QueenSettings) -> None:
+        self._keeper = keeper
+        self._view = view
+        self._settings = settings
+        self._queues: dict[str, deque[_Waiter]] = {}
+        self._spawning: dict[tuple[str, str], asyncio.Task[None]] = {}  # (node, ref) → spawn
+        self._spawn_failures: dict[str, str] = {}  # ref → why its last spawn failed
+
+    def queued(self) -> dict[str, int]:
+        """How many requests wait, per model reference."""
+        return {ref: len(q) for ref, q in self._queues.items() if q}
+
+    async def acquire(self, spec: ModelSpec) -> Lease:
+        """A slot for one request of `spec`'s model, waiting (FIFO) while every one is busy.
+        ApiError: the queue is full, the wait passed its limit, or no node can serve it."""
+        queue = self._queues.setdefault(spec.ref, deque())
+        if not queue and (route := self._pick(spec)) is not None:
+            return self._lease(route)
+        if len(queue) >= self._settings.queue_max:
+            raise _busy(f"{len(queue)} requests already wait for {spec.name}")
+        self._spawn_if_possible(spec)
+        if not queue and not self._can_wait(spec):
+            raise self._unservable(spec)
+        waiter = _Waiter(spec, asyncio.get_running_loop().create_future(), time.monotonic())
+        queue.append(waiter)
+        try:
+            async with asyncio.timeout(self._settings.queue_wait_s):
+                return await waiter.granted
+        except BaseException as exc:
+            _give_back(waiter)  # a slot granted just as the wait ended (timeout, client gone)
+            if isinstance(exc, TimeoutError):
+                limit = self._settings.queue_wait_s
+                raise _busy(f"no slot of {spec.name} freed within {limit:g} s") from None
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                queue.remove(waiter)
+
+    def dispatch(self, ref: str) -> None:
+        """Gives freed or new slots of `ref`'s model to the head of its queue."""
+        queue = self._queues.get(ref)
+        while queue:
+            waiter = queue[0]
+            if waiter.granted.done():
+                queue.popleft()
+                continue
+            route = self._pick(waiter.spec)
+            if route is None:
+                if not self._can_wait(waiter.spec):
+                    queue.popleft()
+                    waiter.granted.set_exception(self._unservable(waiter.spec))
+                    continue
+                return
+            queue.popleft()
+            lease = self._lease(route)
+            lease.queued_s = time.monotonic() - waiter.since
+            waiter.granted.set_result(lease)
+
+    # ----------------------------------------------------------------- slots
+
+    def _pick(self, spec: ModelSpec) -> Route | None:
+        workers = [w for w in self._view.workers() if w.node in spec.nodes]
+        return pick(workers, spec.ref, self._view.in_flight, self._keeper.registry)
+
+    def _lease(self, route: Route) -> Lease:
+        worker = route.worker
+        self._view.in_flight[worker.worker_id] += 1
+        self._view.routed[worker.node] += 1
+
+        def release() -> None:
+            self._view.in_flight[worker.worker_id] -= 1
+            self.dispatch(worker.model_ref)
+
+        return Lease(route, _release=release)
+
+    # ----------------------------------------------------------------- spawning
+
+    def _can_wait(self, spec: ModelSpec) -> bool:
+        """Whether a slot may come: a worker serves the model, or one is being started."""
+        workers = [w for w in self._view.workers() if w.node in spec.nodes]
+        starting = any(ref == spec.ref for (_node, ref) in self._spawning)
+        return bool(serving(workers, spec.ref)) or starting
+
+    def _unservable(self, spec: ModelSpec) -> ApiError:
+        why = self._spawn_failures.get(spec.ref)
+        if why is not None:
+            return ApiError(
+                ErrorCode.MODEL_NOT_FOUND if "not found" in why else ErrorCode.INTERNAL_ERROR,
+                f"no worker serves {spec.name}, and starting one failed: {why}",
+                status=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        return ApiError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"no node can serve {spec.name} now (allowed: {', '.join(spec.nodes)}; "
+            "none is up, or each holds its limit of workers); GET /v1/cluster shows them",
+            status=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    def _spawn_if_possible(self, spec: ModelSpec) -> None:
+        """Starts a worker of the model on the allowed node with the fewest of them, if one
+        is up and under the model's cap, and none is being started there already."""
+        counts: dict[str, int] = {}
+        for status in self._view.statuses.values():
+            if status.is_up and status.name in spec.nodes:
+                counts[status.name] = sum(w.model_ref == spec.ref for w in status.workers)
+        free = [
+            (count, spec.nodes.index(name), name)
+            for name, count in counts.items()
+            if count < spec.max_workers_per_node and (name, spec.ref) not in self._spawning
+        ]
+        if not free or any(ref == spec.ref for (_n, ref) in self._spawning):
+            return  # one start at a time per model: its slots may be all the queue needs
+        name = min(free)[2]
+        node = self._keeper.inventory.get(name)
+        task = asyncio.create_task(self._spawn(node, spec))
+        self._spawning[(name, spec.ref)] = task
+
+    async def _spawn(self, node: Node, spec: ModelSpec) -> None:
+        log.info("starting a worker of %s on %s", spec.ref, node.name)
+        started = time.monotonic()
+        try:
+            worker_id = await self._keeper.spawn_worker(node, spec.ref, Unheard(), slots=spec.slots)
+            await self._keeper.wait_worker_ready(
+                node, worker_id, Unheard(), timeout_s=self._settings.load_timeout_s
+            )
+            await self._view.refresh(node)
+            self._spawn_failures.pop(spec.ref, None)
+            log.info(
+                "%s of %s ready on %s in %.1f s",
+                worker_id,
+                spec.ref,
+                node.name,
+                time.monotonic() - started,
+            )
+        except ActionableError as exc:
+            log.warning("starting a worker of %s on %s failed: %s", spec.ref, node.name, exc)
+            self._spawn_failures[spec.ref] = exc.message
+        finally:
+            del self._spawning[(node.name, spec.ref)]
+            self.dispatch(spec.ref)
+
+
+def _busy(why: str) -> ApiError:
+    return ApiError(
+        ErrorCode.ALL_SLOTS_BUSY,
+        f"{why}; retry in {RETRY_AFTER_S} s",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def _give_back(waiter: _Waiter) -> None:
+    granted = waiter.granted
+    if granted.done() and not granted.cancelled() and granted.exception() is None:
+        granted.result().release()
