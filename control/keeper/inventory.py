@@ -1,8 +1,10 @@
-"""The keeper's inventory (DESIGN §4 "inventory.toml"): the nodes and how to reach each one.
+"""The keeper's inventory (DESIGN §4 "inventory.toml"): the nodes and how to reach each one,
+and the models the cluster serves by name.
 
 `find_inventory` picks the file, `load_inventory` reads and validates it into frozen `Node`s
-(node.py). Every problem in a file is reported at once, one per line, each naming the file, the
-line, the node and the key. No message ever contains an API key.
+(node.py) and `ModelSpec`s (served_models.py). Every problem in a file is reported at once, one
+per line, each naming the file, the line, the node or model and the key. No message ever
+contains an API key.
 """
 
 from __future__ import annotations
@@ -20,10 +22,27 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rbee.control.hive.settings import DEFAULT_STATE_DIR
+from rbee.dataplane.protocol.hive_api import (
+    DEFAULT_WORKER_SLOTS,
+    MAX_WORKER_SLOTS,
+    WorkerSlots,
+)
 from rbee.dataplane.protocol.hosts import is_loopback_host
+from rbee.dataplane.protocol.model_refs import (
+    ACCEPTED_FORMS,
+    InvalidModelRef,
+    parse_model_ref,
+)
 
-from .inventory_errors import InventoryError, UnknownNode
+from .inventory_errors import InventoryError, UnknownModel, UnknownNode
 from .node import Backend, Node
+from .served_models import (
+    DEFAULT_WORKERS_PER_NODE,
+    MAX_WORKERS_PER_NODE,
+    MODEL_NAME,
+    MODEL_NAME_RULE,
+    ModelSpec,
+)
 from .toml_lines import TomlLines, quoted, shown
 
 INVENTORY_ENV = "RBEE_INVENTORY"
@@ -59,6 +78,10 @@ _EXPECTED = {
     "use_ssh_config": "true or false",
     "state_dir": "a directory path",
     "idle_timeout_s": "a number of seconds > 0",
+    "ref": 'a model reference such as "pkg:gemma3-270m"',
+    "nodes": "a non-empty list of node names",
+    "slots": f"an integer 1–{MAX_WORKER_SLOTS}",
+    "max_workers_per_node": f"an integer 1–{MAX_WORKERS_PER_NODE}",
 }
 _SECRET_KEYS = frozenset({"api_key_env", "api_key_file"})
 # Meaningless without SSH: accepting them on an `ssh = false` node would hide a mistake such as
@@ -105,12 +128,22 @@ class _NodeTable(_Table):
     idle_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)  # else [defaults]
 
 
+class _ModelTable(_Table):
+    """`[models.NAME]` as written; `ref` is required, checked with its grammar in `_model_spec`."""
+
+    ref: str | None = None
+    nodes: list[str] | None = Field(None, min_length=1)  # None: every node
+    slots: WorkerSlots = DEFAULT_WORKER_SLOTS
+    max_workers_per_node: int = Field(DEFAULT_WORKERS_PER_NODE, ge=1, le=MAX_WORKERS_PER_NODE)
+
+
 @dataclass(frozen=True)
 class Inventory:
-    """A validated inventory file and its nodes, in file order."""
+    """A validated inventory file, its nodes and its models, in file order."""
 
     path: Path
     nodes: dict[str, Node]
+    models: dict[str, ModelSpec]
     idle_timeout_s: float  # [defaults]: each node's unless it sets its own
 
     def get(self, name: str) -> Node:
@@ -118,6 +151,30 @@ class Inventory:
             return self.nodes[name]
         except KeyError:
             raise UnknownNode(name, list(self.nodes), self.path) from None
+
+    def model(self, requested: str) -> ModelSpec:
+        """What a client sent as "model": an inventory model's name, else a model reference.
+
+        A reference that an inventory model serves (the same file, whatever its checksum
+        fragment) gets that model's spec, the first in file order, so its limits apply; any
+        other gets the defaults on every node.
+        """
+        if requested in self.models:
+            return self.models[requested]
+        try:
+            ref = parse_model_ref(requested)
+        except InvalidModelRef as e:
+            raise UnknownModel(requested, list(self.models), e.reason) from None
+        for spec in self.models.values():
+            if parse_model_ref(spec.ref).ref == ref.ref:
+                return spec
+        return ModelSpec(
+            name=ref.spelled,
+            ref=ref.spelled,
+            nodes=tuple(self.nodes),
+            slots=DEFAULT_WORKER_SLOTS,
+            max_workers_per_node=DEFAULT_WORKERS_PER_NODE,
+        )
 
 
 def find_inventory(explicit: str | Path | None) -> Path:
@@ -177,10 +234,10 @@ def _toml_error(path: Path, error: tomllib.TOMLDecodeError) -> InventoryError:
 
 
 def _build(path: Path, data: dict[str, Any], problems: _Problems) -> Inventory:
-    for key in data.keys() - {"defaults", "nodes"}:
+    for key in data.keys() - {"defaults", "nodes", "models"}:
         problems.add(
             problems.lines.key((), key),
-            f"unknown top-level key {quoted(key)} (known: defaults, nodes)",
+            f"unknown top-level key {quoted(key)} (known: defaults, nodes, models)",
         )
     defaults = _Defaults()
     raw_defaults = data.get("defaults", {})
@@ -207,7 +264,22 @@ def _build(path: Path, data: dict[str, Any], problems: _Problems) -> Inventory:
         node = _resolve(path, name, table, defaults, problems)
         if node is not None:
             nodes[name] = node
-    return Inventory(path=path, nodes=nodes, idle_timeout_s=defaults.idle_timeout_s)
+
+    models: dict[str, ModelSpec] = {}
+    raw_models = data.get("models", {})
+    if not isinstance(raw_models, dict):
+        problems.add(
+            problems.lines.key((), "models"),
+            f'"models" must be a table of [models.NAME] tables, got {shown(raw_models)}',
+        )
+        raw_models = {}
+    for name, table in raw_models.items():
+        # Checked against every node the file names, so that a node's own mistake is not
+        # reported again as each model's unknown node.
+        spec = _model_spec(name, table, list(raw_nodes), problems)
+        if spec is not None:
+            models[name] = spec
+    return Inventory(path=path, nodes=nodes, models=models, idle_timeout_s=defaults.idle_timeout_s)
 
 
 def _resolve(
@@ -289,6 +361,58 @@ def _resolve(
     )
 
 
+def _model_spec(
+    name: str, table: Any, node_names: list[str], problems: _Problems
+) -> ModelSpec | None:
+    """One `[models.NAME]` with its defaults applied, or None after reporting its problems."""
+    lines = problems.lines
+    where = ("models", name)
+    prefix = f"model {quoted(name)}: "
+    before = len(problems.found)
+    if not MODEL_NAME.fullmatch(name):
+        problems.add(lines.table(where), f"{prefix}invalid model name: {MODEL_NAME_RULE}")
+    if not isinstance(table, dict):
+        problems.add(lines.table(where), f"{prefix}must be a table, got {shown(table)}")
+        return None
+    if "ref" not in table:
+        problems.add(
+            lines.table(where),
+            f'{prefix}"ref" is required (a model reference such as "pkg:gemma3-270m")',
+        )
+    try:
+        raw = _ModelTable.model_validate(table)
+    except ValidationError as e:
+        problems.add_validation(e, where, prefix, _ModelTable)
+        return None
+    ref = ""
+    if raw.ref is not None:
+        try:
+            ref = parse_model_ref(raw.ref).spelled
+        except InvalidModelRef as e:
+            problems.add(
+                lines.key(where, "ref"),
+                f'{prefix}"ref" is not a model reference: {e.reason}; accepted forms: '
+                + ", ".join(ACCEPTED_FORMS),
+            )
+    known = ", ".join(node_names) or "none"
+    for node in raw.nodes or ():
+        if node not in node_names:
+            problems.add(
+                lines.key(where, "nodes"),
+                f'{prefix}unknown node {quoted(node)} in "nodes" (known: {known})',
+            )
+    if len(problems.found) > before:
+        return None
+    allowed = node_names if raw.nodes is None else [n for n in node_names if n in raw.nodes]
+    return ModelSpec(
+        name=name,
+        ref=ref,
+        nodes=tuple(allowed),
+        slots=raw.slots,
+        max_workers_per_node=raw.max_workers_per_node,
+    )
+
+
 def _current_user() -> str:
     try:
         return getpass.getuser()
@@ -331,6 +455,8 @@ class _Problems:
                     if key in _SECRET_KEYS
                     else (f", got {shown(detail['input'])}")
                 )
+                if len(detail["loc"]) > 1:  # one item of an array
+                    got += " in the array"
                 self.add(line, f"{prefix}{quoted(key)} must be {_EXPECTED[key]}{got}")
 
     def raise_if_any(self) -> None:

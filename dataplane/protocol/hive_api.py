@@ -11,6 +11,10 @@ from .states import ManagedState
 from .wire import ErrorInfo, Message
 
 ModelRefField = Annotated[str, Field(min_length=1, max_length=2048)]
+MAX_WORKER_SLOTS = 64
+# A worker's slots (requests served at once): the spawn's and the inventory's `[models.*]`.
+WorkerSlots = Annotated[int, Field(ge=1, le=MAX_WORKER_SLOTS)]
+DEFAULT_WORKER_SLOTS = 1
 
 # How long a hive waits, by default, from a spawn to its worker's first callback: a spawn
 # answers within it (after its preflight). The hive's setting and the client's deadline.
@@ -39,7 +43,7 @@ class SpawnRequest(BaseModel):
     model_ref: ModelRefField
     backend: Literal["cpu", "cuda", "metal"] = "cpu"
     device: Annotated[int, Field(ge=0, le=64)] = 0
-    slots: Annotated[int, Field(ge=1, le=64)] = 1
+    slots: WorkerSlots = DEFAULT_WORKER_SLOTS
     ctx_size: Annotated[int, Field(ge=32, le=1 << 20)] = 2048
 
 

@@ -48,6 +48,7 @@ class InvalidModelRef(ValueError):
     """A model reference that is not one of the accepted forms; the message says why."""
 
     def __init__(self, ref: str, reason: str) -> None:
+        self.reason = reason  # without the reference: for messages that show it their own way
         shown = ref if len(ref) <= 200 else ref[:200] + "…"
         # repr() keeps control characters in the reference from reaching logs raw.
         super().__init__(

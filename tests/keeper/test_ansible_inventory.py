@@ -45,11 +45,17 @@ known_hosts = "{tmp_path}/known hosts"
 use_ssh_config = false
 rbee_path = "~/rbee/venv/bin"
 api_key_env = "RBEE_BOX_KEY"
+
+[models.gemma]          # the queen's; Ansible has nothing to do with it
+ref = "pkg:gemma3-270m"
+nodes = ["box"]
+slots = 4
 """)
     result = ansible_inventory(inventory, RBEE_BOX_KEY="box-key-0123456789")
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)
     assert sorted(listed["rbee_nodes"]["hosts"]) == ["box", "local"]
+    assert "gemma" not in result.stdout
     box = listed["_meta"]["hostvars"]["box"]
     assert (box["ansible_host"], box["ansible_port"], box["ansible_user"]) == (
         "box.home.arpa",
@@ -85,3 +91,13 @@ def test_an_inventory_mistake_is_reported_with_its_line(tmp_path: Path) -> None:
     result = ansible_inventory(inventory)
     assert result.returncode != 0 or "box" not in result.stdout
     assert f'{inventory}:3: node "box": unknown key "prot"' in result.stderr
+
+
+def test_a_models_mistake_is_reported_too(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(
+        '[nodes.box]\nhost = "box"\n[models.gemma]\nref = "pkg:gemma3-270m"\nnodes = ["pi"]\n'
+    )
+    result = ansible_inventory(inventory)
+    assert result.returncode != 0 or "box" not in result.stdout
+    assert f'{inventory}:5: model "gemma": unknown node "pi" in "nodes"' in result.stderr

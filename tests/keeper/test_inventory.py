@@ -1,9 +1,11 @@
-"""The keeper's inventory (control/keeper/inventory.py, node.py, inventory_errors.py,
-toml_lines.py): lookup, validation messages with their lines, nodes, API keys."""
+"""The keeper's inventory (control/keeper/inventory.py, node.py, served_models.py,
+inventory_errors.py, toml_lines.py): lookup, validation messages with their lines, nodes,
+models, API keys."""
 
 from __future__ import annotations
 
 import os
+import re
 import sysconfig
 import textwrap
 from pathlib import Path
@@ -12,7 +14,8 @@ import pytest
 
 from rbee.control.hive.settings import KEY_FILE
 from rbee.control.keeper.inventory import DEFAULT_RBEE_PATH, find_inventory, load_inventory
-from rbee.control.keeper.inventory_errors import InventoryError, UnknownNode
+from rbee.control.keeper.inventory_errors import InventoryError, UnknownModel, UnknownNode
+from rbee.control.keeper.served_models import ModelSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-rbee-0123456789abcdef"
@@ -131,6 +134,7 @@ def test_bundled_default_has_the_local_node() -> None:
     assert local.state_dir == os.path.expanduser("~/.rbee/hive")
     assert local.api_key_env is None and local.api_key_file is None
     assert inventory.idle_timeout_s == 300
+    assert inventory.models == {}
 
 
 def test_a_local_node_without_a_key_gets_one_of_its_own(tmp_path: Path) -> None:
@@ -151,6 +155,16 @@ def test_a_local_node_without_a_key_gets_one_of_its_own(tmp_path: Path) -> None:
 def test_bundled_copy_matches_the_repository_example() -> None:
     bundled = find_inventory(None)
     assert bundled.read_text() == (REPO / "inventory.toml").read_text()
+
+
+def test_the_examples_commented_tables_are_valid() -> None:
+    """Uncommented, the example's `[nodes.mac]` and `[models.gemma]` load as they read."""
+    text = (REPO / "inventory.toml").read_text()
+    inventory = load_inventory(write(re.sub(r"^# (?=\[|\w+ = )", "", text, flags=re.M)))
+    assert list(inventory.nodes) == ["local", "mac"]
+    assert inventory.models == {
+        "gemma": ModelSpec("gemma", "pkg:gemma3-270m", ("local", "mac"), 4, 1)
+    }
 
 
 # --- valid nodes ----------------------------------------------------------------------------
@@ -347,7 +361,7 @@ KNOWN = (
         ("defaults = 3\n", 'inventory.toml:1: "defaults" must be a table, got 3'),
         (
             '[node.mac]\nhost = "m"\n',
-            'inventory.toml:1: unknown top-level key "node" (known: defaults, nodes)',
+            'inventory.toml:1: unknown top-level key "node" (known: defaults, nodes, models)',
         ),
         (
             'nodes = ["mac"]\n',
@@ -432,6 +446,228 @@ def test_unknown_node_lists_the_known_names() -> None:
 
     with pytest.raises(UnknownNode, match=r'unknown node "a\\nb" \(known: none\)'):
         load_inventory(write("")).get("a\nb")  # escaped, never raw on a terminal
+
+
+# --- models ---------------------------------------------------------------------------------
+
+MODELS = """\
+[nodes.local]
+ssh = false
+
+[nodes.mac]
+host = "mac.home.arpa"
+
+[nodes.pi]
+host = "pi.home.arpa"
+
+[models.gemma]                 # a name clients can send as "model"
+ref = "pkg:gemma3-270m"
+nodes = ["pi", "local"]        # where it may run (default: every node)
+slots = 4                      # per worker
+max_workers_per_node = 2
+
+[models."qwen:0.5b"]
+ref = "HF:Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf"
+
+[models]
+tiny = { ref = "https://models.example/tiny.gguf#sha256=%s" }
+""" % ("AB" * 32)
+ALL_NODES = ("local", "mac", "pi")
+
+
+def test_models_by_name_with_their_defaults() -> None:
+    inventory = load_inventory(write(MODELS))
+    assert inventory.models == {
+        # Nodes in inventory order, whatever the list's.
+        "gemma": ModelSpec("gemma", "pkg:gemma3-270m", ("local", "pi"), 4, 2),
+        # The reference in its canonical spelling; every node, one slot, one worker per node.
+        "qwen:0.5b": ModelSpec(
+            "qwen:0.5b",
+            "hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF:qwen2.5-0.5b-instruct-q4_k_m.gguf",
+            ALL_NODES,
+            1,
+            1,
+        ),
+        "tiny": ModelSpec(
+            "tiny", "https://models.example/tiny.gguf#sha256=" + "ab" * 32, ALL_NODES, 1, 1
+        ),
+    }
+    assert inventory.model("gemma") is inventory.models["gemma"]
+    assert inventory.model("qwen:0.5b") is inventory.models["qwen:0.5b"]
+
+
+def test_a_model_reference_is_a_model_too() -> None:
+    inventory = load_inventory(write(MODELS))
+    assert inventory.model("file:/models/./x.gguf") == ModelSpec(
+        "file:/models/x.gguf", "file:/models/x.gguf", ALL_NODES, 1, 1
+    )
+    # A reference an inventory model serves gets that model, so its limits apply.
+    assert inventory.model("pkg:gemma3-270m") is inventory.models["gemma"]
+    assert inventory.model("https://models.example:443/tiny.gguf") is inventory.models["tiny"]
+    assert load_inventory(write("")).model("pkg:gemma3-270m") == ModelSpec(
+        "pkg:gemma3-270m", "pkg:gemma3-270m", (), 1, 1
+    )
+
+
+FORMS = (
+    "pkg:NAME, file:/abs/path.gguf, https://host/path/name.gguf[#sha256=HEX], "
+    "hf:ORG/REPO[:FILE.gguf]"
+)
+
+
+def test_unknown_model_lists_the_names_and_says_a_reference_works_too() -> None:
+    inventory = load_inventory(write(MODELS))
+    with pytest.raises(UnknownModel) as caught:
+        inventory.model("gema")
+    assert str(caught.value) == (
+        'unknown model "gema" (known: gemma, qwen:0.5b, tiny); '
+        f"a model reference works too: {FORMS}"
+    )
+    assert isinstance(caught.value, InventoryError)
+    assert (caught.value.name, caught.value.known) == ("gema", ["gemma", "qwen:0.5b", "tiny"])
+
+    # Meant as a reference: the grammar says what is wrong with it.
+    with pytest.raises(UnknownModel) as caught:
+        load_inventory(write("")).model("pkg:gemma")
+    assert str(caught.value) == (
+        'unknown model "pkg:gemma" (known: none); as a model reference: unknown bundled model '
+        f"(known: pkg:gemma3-270m); accepted forms: {FORMS}"
+    )
+    with pytest.raises(UnknownModel, match=r'^unknown model "a\\nb" '):
+        inventory.model("a\nb")  # escaped, never raw on a terminal
+
+
+@pytest.mark.parametrize("name", ["a", "gemma", "qwen2.5:0.5b-q4_K_M", "9", "A" * 128])
+def test_valid_model_names(name: str) -> None:
+    inventory = load_inventory(write(f'[models."{name}"]\nref = "pkg:gemma3-270m"\n'))
+    assert inventory.model(name).name == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "-x", ".x", ":x", "a b", "a/b", "a?b", "a%20b", "é", "A" * 129]
+)
+def test_invalid_model_names(name: str) -> None:
+    found = problems(f'[models."{name}"]\nref = "pkg:gemma3-270m"\n')
+    assert len(found) == 1
+    assert found[0].startswith("inventory.toml:1: model ")
+    assert found[0].endswith(
+        ': invalid model name: use 1–128 letters, digits, "_", ".", ":" or "-", '
+        "starting with a letter or digit"
+    )
+
+
+MODEL_KEYS = "ref, nodes, slots, max_workers_per_node"
+NODES = '[nodes.local]\nssh = false\n[nodes.mac]\nhost = "m"\n'  # lines 1–4
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            '[models.gemma]\nref = "pkg:gemma3-270m"\nslot = 4\n',
+            f'inventory.toml:3: model "gemma": unknown key "slot" (known: {MODEL_KEYS})',
+        ),
+        (
+            "[models.gemma]\nslots = 4\n",
+            'inventory.toml:1: model "gemma": "ref" is required (a model reference such as '
+            '"pkg:gemma3-270m")',
+        ),
+        (
+            '[models.gemma]\nref = "gemma3-270m"\n',
+            'inventory.toml:2: model "gemma": "ref" is not a model reference: no provider '
+            f"prefix; accepted forms: {FORMS}",
+        ),
+        (
+            '[models.gemma]\nref = "file:models/x.gguf"\n',
+            'inventory.toml:2: model "gemma": "ref" is not a model reference: a file: reference '
+            f"needs an absolute path (file:/dir/x.gguf); accepted forms: {FORMS}",
+        ),
+        (
+            "[models.gemma]\nref = 3\n",
+            'inventory.toml:2: model "gemma": "ref" must be a model reference such as '
+            '"pkg:gemma3-270m", got 3',
+        ),
+        (
+            NODES + '[models.gemma]\nref = "pkg:gemma3-270m"\nnodes = "local"\n',
+            'inventory.toml:7: model "gemma": "nodes" must be a non-empty list of node names, '
+            'got "local"',
+        ),
+        (
+            NODES + '[models.gemma]\nref = "pkg:gemma3-270m"\nnodes = ["local", 2]\n',
+            'inventory.toml:7: model "gemma": "nodes" must be a non-empty list of node names, '
+            "got 2 in the array",
+        ),
+        (
+            NODES + '[models.gemma]\nref = "pkg:gemma3-270m"\nnodes = []\n',
+            'inventory.toml:7: model "gemma": "nodes" must be a non-empty list of node names, '
+            "got an empty array",
+        ),
+        (
+            NODES + '[models.gemma]\nref = "pkg:gemma3-270m"\nnodes = ["local", "pi"]\n',
+            'inventory.toml:7: model "gemma": unknown node "pi" in "nodes" (known: local, mac)',
+        ),
+        (
+            '[models.gemma]\nref = "pkg:gemma3-270m"\nnodes = ["local"]\n',
+            'inventory.toml:3: model "gemma": unknown node "local" in "nodes" (known: none)',
+        ),
+        (
+            '[models.gemma]\nref = "pkg:gemma3-270m"\nslots = 0\n',
+            'inventory.toml:3: model "gemma": "slots" must be an integer 1–64, got 0',
+        ),
+        (
+            '[models.gemma]\nref = "pkg:gemma3-270m"\nslots = 65\n',
+            'inventory.toml:3: model "gemma": "slots" must be an integer 1–64, got 65',
+        ),
+        (
+            '[models.gemma]\nref = "pkg:gemma3-270m"\nslots = "4"\n',
+            'inventory.toml:3: model "gemma": "slots" must be an integer 1–64, got "4"',
+        ),
+        (
+            '[models.gemma]\nref = "pkg:gemma3-270m"\nmax_workers_per_node = 17\n',
+            'inventory.toml:3: model "gemma": "max_workers_per_node" must be an integer 1–16, '
+            "got 17",
+        ),
+        (
+            '[models.gemma]\nref = "pkg:gemma3-270m"\nmax_workers_per_node = 1.5\n',
+            'inventory.toml:3: model "gemma": "max_workers_per_node" must be an integer 1–16, '
+            "got 1.5",
+        ),
+        (
+            'models = ["pkg:gemma3-270m"]\n',
+            'inventory.toml:1: "models" must be a table of [models.NAME] tables, got an array',
+        ),
+        (
+            '[models]\ngemma = "pkg:gemma3-270m"\n',
+            'inventory.toml:2: model "gemma": must be a table, got "pkg:gemma3-270m"',
+        ),
+    ],
+)
+def test_model_errors_name_file_line_model_and_key(text: str, expected: str) -> None:
+    assert problems(text) == [expected]
+
+
+def test_model_problems_are_listed_with_the_nodes_ones() -> None:
+    """A node's own mistake is not reported again by the models that name it."""
+    found = problems("""\
+        [nodes.mac]
+        user = "vince"
+
+        [models.gemma]
+        ref = "pkg:gemma3-270m"
+        nodes = ["mac", "pi"]
+        slots = 0
+
+        [models.tiny]
+        ref = "pkg:tiny"
+        nodes = ["mac", "pi"]
+    """)
+    assert found == [
+        'inventory.toml:1: node "mac": "host" is required for an SSH node',
+        'inventory.toml:7: model "gemma": "slots" must be an integer 1–64, got 0',
+        'inventory.toml:10: model "tiny": "ref" is not a model reference: unknown bundled '
+        f"model (known: pkg:gemma3-270m); accepted forms: {FORMS}",
+        'inventory.toml:11: model "tiny": unknown node "pi" in "nodes" (known: mac)',
+    ]
 
 
 # --- API keys -------------------------------------------------------------------------------
