@@ -11,6 +11,7 @@ from rbee.dataplane.protocol.hive_api import (
     DownloadRetrying,
 )
 from rbee.dataplane.protocol.hive_client import HiveClient
+from rbee.dataplane.protocol.wire import ErrorCode
 
 from . import events
 from .events import Listener
@@ -29,6 +30,7 @@ async def provision(hive: HiveClient, node: str, model_ref: str, listener: Liste
                 raise ActionableError(
                     event.error.message,
                     suggestion="check the model reference and the node's network, then retry",
+                    code=ErrorCode.DOWNLOAD_FAILED,
                 )
             if isinstance(event, DownloadProgress):
                 listener.heard(

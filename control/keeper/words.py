@@ -16,13 +16,21 @@ LOG_LINES_SHOWN = 5
 
 
 class ActionableError(Exception):
-    """A failure the person can act on: what went wrong, details, and what to do."""
+    """A failure the person can act on: what went wrong, details, and what to do; `code`,
+    the wire's error code when a hive or worker said it (the queen answers with it)."""
 
-    def __init__(self, message: str, *details: str, suggestion: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *details: str,
+        suggestion: str | None = None,
+        code: ErrorCode | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
         self.suggestion = suggestion
+        self.code = code
 
     def in_words(self) -> str:
         """Message, details and suggestion as plain lines (for screens that are not stderr)."""
@@ -44,6 +52,7 @@ def auth_failed(node: Node) -> ActionableError:
         "Authentication failed",
         f"Invalid API key for {node.hive_address}",
         suggestion=f"check the key configured for {node.name}: {key_source(node)}",
+        code=ErrorCode.INVALID_API_KEY,
     )
 
 
@@ -108,22 +117,28 @@ def damaged_model(node: Node) -> str:
 
 def remote_failure(node: Node, exc: RemoteError) -> ActionableError:
     """A hive's or worker's error answer, in the words a person acts on."""
-    if exc.code == ErrorCode.INSUFFICIENT_RAM:
+    try:
+        code: ErrorCode | None = ErrorCode(exc.code)
+    except ValueError:  # a code of a newer peer
+        code = None
+    if code == ErrorCode.INSUFFICIENT_RAM:
         return ActionableError(
             f"Insufficient RAM on {node.name}",
             f"Required: {exc.details.get('required_mb')} MB",
             f"Available: {exc.details.get('available_mb')} MB",
             suggestion="Try a smaller quantized model (Q4 instead of Q8)",
+            code=code,
         )
-    if exc.code == ErrorCode.INVALID_API_KEY:
+    if code == ErrorCode.INVALID_API_KEY:
         return auth_failed(node)
-    if exc.code == ErrorCode.BACKEND_UNAVAILABLE:
-        return ActionableError(exc.message, suggestion=use_cpu(node))
+    if code == ErrorCode.BACKEND_UNAVAILABLE:
+        return ActionableError(exc.message, suggestion=use_cpu(node), code=code)
     # A worker that died while starting comes with its log's last lines.
     return ActionableError(
         exc.message,
         *quoted_log(str(exc.details.get("log_tail", ""))),
         suggestion=see_logs(node),
+        code=code,
     )
 
 

@@ -65,7 +65,7 @@ class Dispatcher:
         self._settings = settings
         self._queues: dict[str, deque[_Waiter]] = {}
         self._spawning: dict[tuple[str, str], asyncio.Task[None]] = {}  # (node, ref) → spawn
-        self._spawn_failures: dict[str, str] = {}  # ref → why its last spawn failed
+        self._spawn_failures: dict[str, ActionableError] = {}  # ref → its last failed start
 
     def queued(self) -> dict[str, int]:
         """How many requests wait, per model reference."""
@@ -143,11 +143,11 @@ class Dispatcher:
         return bool(serving(workers, spec.ref)) or starting
 
     def _unservable(self, spec: ModelSpec) -> ApiError:
-        why = self._spawn_failures.get(spec.ref)
-        if why is not None:
+        failed = self._spawn_failures.get(spec.ref)
+        if failed is not None:
             return ApiError(
-                ErrorCode.MODEL_NOT_FOUND if "not found" in why else ErrorCode.INTERNAL_ERROR,
-                f"no worker serves {spec.name}, and starting one failed: {why}",
+                failed.code or ErrorCode.INTERNAL_ERROR,
+                f"no worker serves {spec.name}, and starting one failed: {failed.message}",
                 status=503,
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
@@ -197,7 +197,7 @@ class Dispatcher:
             )
         except ActionableError as exc:
             log.warning("starting a worker of %s on %s failed: %s", spec.ref, node.name, exc)
-            self._spawn_failures[spec.ref] = exc.message
+            self._spawn_failures[spec.ref] = exc
         finally:
             del self._spawning[(node.name, spec.ref)]
             self.dispatch(spec.ref)

@@ -165,9 +165,15 @@ def test_the_openai_sdk_streams_through_the_queen(cluster: Cluster, queen: Queen
 
 def test_what_the_queen_cannot_route_is_said_plainly(cluster: Cluster, queen: Queen) -> None:
     client = sdk(queen)
-    with pytest.raises(openai.NotFoundError) as missing:
-        client.completions.create(model="pkg:no-such-model", prompt="hi", max_tokens=2)
-    assert "no worker serves pkg:no-such-model" in str(missing.value)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.completions.create(model="no-such-model", prompt="hi", max_tokens=2)
+    assert 'unknown model "no-such-model" (known: fresh)' in str(unknown.value)
+    absent = cluster.home / "absent.gguf"
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.completions.create(model=f"file:{absent}", prompt="hi", max_tokens=2)
+    assert failed.value.status_code == 503
+    assert f"no worker serves file:{absent}, and starting one failed" in str(failed.value)
+    assert failed.value.response.headers["retry-after"] == "1"
     for body, field in (({"prompt": "hi"}, "model"), ({"model": 7, "prompt": "hi"}, "model")):
         answer = httpx.post(f"{queen.url}/v1/completions", json=body)
         assert answer.status_code in (400, 422), answer.text
