@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -55,6 +56,14 @@ class ClusterView:
                 log.info("node %s: %s", node.name, status.state)
                 was_up = status.is_up
             await asyncio.sleep(self._refresh_s)
+
+    def forget(self, worker: WorkerStatus) -> None:
+        """Drops a worker that could not be reached from the view until its node's next
+        probe says otherwise (its hive notices a death only at its next health check)."""
+        status = self.statuses.get(worker.node)
+        if status is not None:
+            kept = tuple(w for w in status.workers if w.worker_id != worker.worker_id)
+            self.statuses[worker.node] = dataclasses.replace(status, workers=kept)
 
     def workers(self) -> Iterator[WorkerStatus]:
         for status in self.statuses.values():

@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from rbee.control.keeper.inventory_errors import UnknownModel
 from rbee.control.keeper.keeper import Keeper
+from rbee.control.keeper.runner import RunnerError
 from rbee.dataplane.plumbing.http import (
     EXCEPTION_HANDLERS,
     BearerAuth,
@@ -35,6 +36,7 @@ from .settings import QueenSettings
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health"})
+ROUTE_ATTEMPTS = 2
 
 
 def create_app(
@@ -92,29 +94,41 @@ def create_app(
             raise ApiError(
                 ErrorCode.MODEL_NOT_FOUND, str(exc), details={"field": "model"}
             ) from None
-        lease = await _until_disconnected(request, dispatcher.acquire(spec))
-        worker = lease.worker
-        try:
-            node = keeper.inventory.get(worker.node)
-            url = await keeper.access(node).worker_url(worker.url)
-        except BaseException:
-            lease.release()
-            raise
-        log.info("%s %s → %s on %s", request.url.path, spec.name, worker.worker_id, worker.node)
-        headers = {
-            "X-Rbee-Node": worker.node,
-            "X-Rbee-Worker": worker.worker_id,
-            "Server-Timing": f"queue;dur={lease.queued_s * 1000:.1f}",
-        }
-        return await relay(
-            http,
-            url + request.url.path,
-            lease.route.api_key,
-            raw,  # as it came: the worker reads what the queen does not
-            stream=routed.stream,
-            headers=headers,
-            done=lease.release,
-        )
+        # A worker that cannot be reached before the request starts (it died, its node's
+        # connection broke) is dropped from the view and the request goes elsewhere, once.
+        for attempt in range(ROUTE_ATTEMPTS):
+            lease = await _until_disconnected(request, dispatcher.acquire(spec))
+            worker = lease.worker
+            headers = {
+                "X-Rbee-Node": worker.node,
+                "X-Rbee-Worker": worker.worker_id,
+                "Server-Timing": f"queue;dur={lease.queued_s * 1000:.1f}",
+            }
+            try:
+                node = keeper.inventory.get(worker.node)
+                url = await keeper.access(node).worker_url(worker.url)
+                log.info(
+                    "%s %s → %s on %s", request.url.path, spec.name, worker.worker_id, node.name
+                )
+                return await relay(
+                    http,
+                    url + request.url.path,
+                    lease.route.api_key,
+                    raw,  # as it came: the worker reads what the queen does not
+                    stream=routed.stream,
+                    headers=headers,
+                    done=lease.release,
+                )
+            except (httpx.TransportError, RunnerError, OSError) as exc:
+                lease.release()
+                view.forget(worker)
+                log.warning("%s on %s unreachable: %s", worker.worker_id, worker.node, exc)
+                if attempt + 1 == ROUTE_ATTEMPTS:
+                    raise ApiError(
+                        ErrorCode.WORKER_CRASHED,
+                        f"{worker.worker_id} on {worker.node} could not be reached: {exc}",
+                    ) from None
+        raise AssertionError("the loop returns or raises")
 
     routes = [
         Route("/health", health),

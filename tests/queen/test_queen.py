@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from conftest import BIN, free_port
@@ -230,3 +231,32 @@ def test_the_first_request_for_a_model_no_worker_holds_starts_one(
         if w["worker_id"] == raw.headers["x-rbee-worker"]
     ]
     assert fresh["slots_total"] == 2 and fresh["in_flight"] == 0
+
+
+def test_a_worker_killed_mid_stream_ends_it_with_an_error_and_the_next_request_is_served(
+    cluster: Cluster, queen: Queen
+) -> None:
+    """kill -9 of the worker answering: the client's stream ends with an error chunk (the
+    SDK raises), and the next request, routed to the dead worker first, goes elsewhere."""
+    client = sdk(queen)
+    first = client.completions.with_raw_response.create(
+        model="fresh", prompt="Once upon a time", max_tokens=2
+    )
+    victim = first.headers["x-rbee-worker"]
+    [pid] = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if victim in (p.info["cmdline"] or []) and "rbee.dataplane.worker" in p.info["cmdline"]
+    ]
+    stream = client.completions.create(
+        model="fresh", prompt="Once upon a time", max_tokens=8192, stream=True
+    )
+    with pytest.raises(openai.APIError, match="stopped mid-answer"):
+        for n, _chunk in enumerate(stream):
+            if n == 2:
+                os.kill(pid, signal.SIGKILL)
+    after = client.completions.with_raw_response.create(
+        model="fresh", prompt="Once upon a time", max_tokens=2
+    )
+    assert after.headers["x-rbee-worker"] != victim
+    assert after.parse().usage.completion_tokens == 2
