@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,59 +18,15 @@ import openai
 import psutil
 import pytest
 
-from conftest import BIN, free_port
+from conftest import free_port
 from support.hive_process import HiveProcess, start_hive
 from support.inventories import local_node, write_inventory
+from support.queen_process import Queen, run_queen, sdk, start_queen
 
 from rbee.control.keeper.events import Unheard
 from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.worker_registry import WorkerRegistry
-
-
-@dataclass
-class Queen:
-    proc: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-
-
-def run_queen(inventory: Path, home: Path, *args: str) -> Queen:
-    """`rbee queen ARGS` with its own log file (the process may not be serving yet)."""
-    log_path = home / f"queen-{time.monotonic_ns()}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(BIN / "rbee"), "--inventory", str(inventory), "queen", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "RBEE_HOME": str(home)},
-        )
-    return Queen(proc, "", log_path)
-
-
-def start_queen(inventory: Path, home: Path, *args: str) -> Queen:
-    port = free_port()
-    home.mkdir(parents=True, exist_ok=True)
-    queen = run_queen(inventory, home, "--listen", f"127.0.0.1:{port}", *args)
-    queen.url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{queen.url}/health", timeout=1).status_code == 200:
-                return queen
-        except httpx.TransportError:
-            pass
-        assert queen.proc.poll() is None, queen.log()
-        assert time.monotonic() < deadline, "the queen did not start"
-        time.sleep(0.1)
 
 
 @dataclass
@@ -128,10 +83,6 @@ def queen(cluster: Cluster) -> Iterator[Queen]:
         time.sleep(0.2)
     yield q
     q.stop()
-
-
-def sdk(queen: Queen, key: str = "none") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{queen.url}/v1", api_key=key, max_retries=0)
 
 
 def test_the_openai_sdk_streams_through_the_queen(cluster: Cluster, queen: Queen) -> None:
