@@ -29,7 +29,6 @@ class ClusterView:
         self.statuses: dict[str, NodeStatus] = {}
         self.checked_at: dict[str, float] = {}
         self.in_flight: Counter[str] = Counter()  # worker id → this queen's open requests
-        self.routed: Counter[str] = Counter()  # node → requests routed there so far
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:

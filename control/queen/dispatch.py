@@ -126,7 +126,6 @@ class Dispatcher:
     def _lease(self, route: Route) -> Lease:
         worker = route.worker
         self._view.in_flight[worker.worker_id] += 1
-        self._view.routed[worker.node] += 1
 
         def release() -> None:
             self._view.in_flight[worker.worker_id] -= 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 
 import httpx
@@ -31,6 +32,7 @@ from rbee.dataplane.protocol.wire import VERSION, ApiError, ErrorCode
 
 from .cluster_view import ClusterView
 from .dispatch import Dispatcher, Lease
+from .metrics import QueenMetrics
 from .relay import relay
 from .settings import QueenSettings
 
@@ -46,6 +48,8 @@ def create_app(
     http: httpx.AsyncClient,
     settings: QueenSettings,
 ) -> Starlette:
+    metrics = QueenMetrics(dispatcher.queued)
+
     async def health(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "alive", "version": VERSION})
 
@@ -60,6 +64,7 @@ def create_app(
         return JSONResponse({"object": "list", "data": data})
 
     async def cluster(_request: Request) -> JSONResponse:
+        routed = metrics.routed_per_node()
         nodes = [
             {
                 "name": s.name,
@@ -67,7 +72,7 @@ def create_app(
                 "version": s.version,
                 "problem": s.problem,
                 "checked_at": view.checked_at.get(s.name),
-                "routed": view.routed[s.name],
+                "routed": routed.get(s.name, 0),
             }
             for s in view.statuses.values()
         ]
@@ -86,6 +91,7 @@ def create_app(
         return JSONResponse({"nodes": nodes, "workers": workers, "queued": dispatcher.queued()})
 
     async def openai(request: Request) -> Response:
+        arrived = time.monotonic()
         raw = await read_raw_body(request)
         routed = parse_body(raw, RoutedRequest)
         try:
@@ -98,6 +104,7 @@ def create_app(
         # connection broke) is dropped from the view and the request goes elsewhere, once.
         for attempt in range(ROUTE_ATTEMPTS):
             lease = await _until_disconnected(request, dispatcher.acquire(spec))
+            metrics.queue_wait.observe(lease.queued_s)
             worker = lease.worker
             headers = {
                 "X-Rbee-Node": worker.node,
@@ -110,6 +117,7 @@ def create_app(
                 log.info(
                     "%s %s → %s on %s", request.url.path, spec.name, worker.worker_id, node.name
                 )
+                metrics.routed.labels(node=node.name).inc()
                 return await relay(
                     http,
                     url + request.url.path,
@@ -117,6 +125,7 @@ def create_app(
                     raw,  # as it came: the worker reads what the queen does not
                     stream=routed.stream,
                     headers=headers,
+                    first_byte=lambda: metrics.first_byte.observe(time.monotonic() - arrived),
                     done=lease.release,
                 )
             except (httpx.TransportError, RunnerError, OSError) as exc:
@@ -136,6 +145,7 @@ def create_app(
         Route("/v1/cluster", cluster),
         Route("/v1/completions", openai, methods=["POST"]),
         Route("/v1/chat/completions", openai, methods=["POST"]),
+        Route("/metrics", metrics.endpoint),
     ]
     routes.append(
         openapi_route(

@@ -30,10 +30,12 @@ async def relay(
     *,
     stream: bool,
     headers: dict[str, str],
+    first_byte: Callable[[], None],
     done: Callable[[], None],
 ) -> Response:
-    """POSTs `body` to `url` and answers with what the worker says; `done` is called once
-    the request is over for the worker (answered, failed, or the client gone)."""
+    """POSTs `body` to `url` and answers with what the worker says; `first_byte` is called
+    when the answer starts coming (a stream's first chunk), `done` once the request is over
+    for the worker (answered, failed, or the client gone)."""
     sent = {"content-type": "application/json"}
     if api_key:
         sent["authorization"] = f"Bearer {api_key}"
@@ -47,18 +49,26 @@ async def relay(
     if not stream or upstream.status_code != 200:
         try:
             content = await upstream.aread()
+            first_byte()
         finally:
             await upstream.aclose()
             done()
         return Response(content, status_code=upstream.status_code, headers=passed)
-    return StreamingResponse(_chunks(upstream, url, done), headers=passed)
+    return StreamingResponse(_chunks(upstream, url, first_byte, done), headers=passed)
 
 
 async def _chunks(
-    upstream: httpx.Response, url: str, done: Callable[[], None]
+    upstream: httpx.Response,
+    url: str,
+    first_byte: Callable[[], None],
+    done: Callable[[], None],
 ) -> AsyncIterator[bytes]:
+    first = True
     try:
         async for chunk in upstream.aiter_raw():
+            if first:
+                first_byte()
+                first = False
             yield chunk
     except httpx.HTTPError as exc:  # the worker died or fell silent mid-stream
         log.warning("stream from %s broke: %s", url, exc)

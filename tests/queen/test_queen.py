@@ -17,6 +17,7 @@ import httpx
 import openai
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_port
 from support.hive_process import HiveProcess, start_hive
@@ -113,6 +114,15 @@ def test_the_openai_sdk_streams_through_the_queen(cluster: Cluster, queen: Queen
     assert node["name"] == "local" and node["state"] == "up" and node["routed"] >= 3
     [worker] = seen["workers"]
     assert worker["worker_id"] == cluster.worker_id and worker["in_flight"] == 0
+
+    metrics = {
+        (s.name, s.labels.get("node")): s.value
+        for family in text_string_to_metric_families(httpx.get(f"{queen.url}/metrics").text)
+        for s in family.samples
+    }
+    assert metrics[("rbee_queen_requests_routed_total", "local")] == node["routed"]
+    assert metrics[("rbee_queen_time_to_first_byte_seconds_count", None)] == node["routed"]
+    assert metrics[("rbee_queen_queue_wait_seconds_count", None)] == node["routed"]
 
 
 def test_what_the_queen_cannot_route_is_said_plainly(cluster: Cluster, queen: Queen) -> None:
