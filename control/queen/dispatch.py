@@ -111,6 +111,7 @@ class Dispatcher:
                     queue.popleft()
                     waiter.granted.set_exception(self._unservable(waiter.spec))
                     continue
+                self._spawn_if_possible(waiter.spec)  # more demand than slots: scale out
                 return
             queue.popleft()
             lease = self._lease(route)
