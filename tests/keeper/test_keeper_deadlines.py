@@ -22,6 +22,7 @@ import pytest
 from conftest import BIN, LONG_CTX, free_port
 from support.hive_process import HiveProcess, start_hive
 from support.inventories import local_node, write_inventory
+from support.registry import register_worker
 
 from rbee.control.keeper import events
 from rbee.control.keeper.events import KeeperEvent
@@ -34,7 +35,7 @@ from rbee.control.keeper.node_access import NodeAccess
 from rbee.control.keeper.probe import NODE_PROBE_TIMEOUT_S, probe_deadline_s
 from rbee.control.keeper.status import HiveState, NodeStatus
 from rbee.control.keeper.words import ActionableError
-from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
+from rbee.control.keeper.worker_registry import WorkerRegistry
 from rbee.dataplane.protocol import client, hive_client
 from rbee.dataplane.protocol.states import WorkerState
 from rbee.dataplane.protocol.wire import VERSION
@@ -108,20 +109,7 @@ DOWNLOADED = (
 
 def warm_worker(registry: WorkerRegistry, worker_id: str, ref: str, url: str) -> None:
     """A worker the registry holds as idle and just checked: `rbee infer` goes straight to it."""
-    registry.record(
-        RegisteredWorker(
-            worker_id=worker_id,
-            node="local",
-            model_ref=ref,
-            url=url,
-            api_key="",
-            backend="cpu",
-            device=0,
-            state="idle",
-            created_at=time.time(),
-            last_health_check=None,
-        )
-    )
+    register_worker(registry, worker_id, ref, url, api_key="")
     registry.mark_healthy(worker_id, "idle")
 
 

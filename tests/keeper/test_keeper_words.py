@@ -19,11 +19,12 @@ import pytest
 from support.hive_process import start_hive
 from support.inventories import CLOSED_PORT, unreachable_node
 from support.operators import Keeper, Operator, make_keeper, node_table
+from support.registry import register_worker
 from support.sshd import start_sshd
 from support.tinymodel import write_tiny_gguf
 from test_fleet import rbee
 
-from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
+from rbee.control.keeper.worker_registry import WorkerRegistry
 
 
 def write_crashing_gguf(path: Path) -> Path:
@@ -263,20 +264,7 @@ def test_workers_list_names_a_refused_key_and_forgets_the_workers_of_a_hive_that
     wrong_key.chmod(0o600)
     keeper = make_keeper(tmp_path, tiny_model, node_extra=f'api_key_file = "{wrong_key}"\n')
     registry = WorkerRegistry(keeper.home / "workers.db")
-    registry.record(
-        RegisteredWorker(
-            worker_id="w-1",
-            node="local",
-            model_ref=f"file:{tiny_model}",
-            url="http://127.0.0.1:9",
-            api_key="k",
-            backend="cpu",
-            device=0,
-            state="idle",
-            created_at=time.time(),
-            last_health_check=None,
-        )
-    )
+    register_worker(registry, "w-1", f"file:{tiny_model}", "http://127.0.0.1:9")
     registry.close()
     hive = start_hive(keeper.state_dir, api_key="the-right-key")
     try:

@@ -4,17 +4,17 @@ worker, then a bounded FIFO queue whose head takes the next slot that frees."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
 
 from support.inventories import local_node, write_inventory
+from support.registry import register_worker
 
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.served_models import ModelSpec
 from rbee.control.keeper.status import HiveState, NodeStatus, WorkerStatus
-from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
+from rbee.control.keeper.worker_registry import WorkerRegistry
 from rbee.control.queen.cluster_view import ClusterView
 from rbee.control.queen.dispatch import Dispatcher
 from rbee.control.queen.settings import QueenSettings
@@ -51,20 +51,7 @@ def dispatcher(
     )
     registry = WorkerRegistry(tmp_path / "workers.db")
     for worker_id in slots:
-        registry.record(
-            RegisteredWorker(
-                worker_id=worker_id,
-                node="local",
-                model_ref=REF,
-                url="http://127.0.0.1:1",
-                api_key="k",
-                backend="cpu",
-                device=0,
-                state="idle",
-                created_at=time.time(),
-                last_health_check=None,
-            )
-        )
+        register_worker(registry, worker_id, REF, "http://127.0.0.1:1")
     keeper = Keeper(inventory, registry)
     view = ClusterView(keeper, refresh_s=60)
     view.statuses["local"] = NodeStatus(
