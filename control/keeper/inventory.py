@@ -22,17 +22,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rbee.control.hive.settings import DEFAULT_STATE_DIR
-from rbee.dataplane.protocol.hive_api import (
-    DEFAULT_WORKER_SLOTS,
-    MAX_WORKER_SLOTS,
-    WorkerSlots,
-)
+from rbee.dataplane.protocol.hive_api import DEFAULT_WORKER_SLOTS, MAX_WORKER_SLOTS, WorkerSlots
 from rbee.dataplane.protocol.hosts import is_loopback_host
-from rbee.dataplane.protocol.model_refs import (
-    ACCEPTED_FORMS,
-    InvalidModelRef,
-    parse_model_ref,
-)
+from rbee.dataplane.protocol.model_refs import ACCEPTED_FORMS, InvalidModelRef, parse_model_ref
 
 from .inventory_errors import InventoryError, UnknownModel, UnknownNode
 from .node import Backend, Node
