@@ -17,19 +17,24 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rbee.control.keeper.events import Unheard
+from rbee.control.keeper.events import KeeperEvent, Unheard
+from rbee.control.keeper.events import Loading as KeeperLoading
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
 from rbee.control.keeper.served_models import ModelSpec
 from rbee.control.keeper.status import WorkerStatus
 from rbee.control.keeper.words import ActionableError
-from rbee.dataplane.protocol.wire import ApiError, ErrorCode
+from rbee.dataplane.protocol.events import Loading, Queued, Routed, Spawning
+from rbee.dataplane.protocol.wire import ApiError, ErrorCode, Message
 
 from .cluster_view import ClusterView
 from .routing import Route, pick, serving
 from .settings import RETRY_AFTER_S, QueenSettings
 
 log = logging.getLogger(__name__)
+# A request's own events before its worker starts it (DESIGN §4): queued, spawning, loading,
+# routed.
+Timeline = Callable[[Message], None]
 
 
 @dataclass
@@ -51,11 +56,16 @@ class Lease:
             self._release()
 
 
+def _unheard(_event: Message) -> None:
+    pass
+
+
 @dataclass
 class _Waiter:
     spec: ModelSpec
     granted: asyncio.Future[Lease]
     since: float
+    heard: Timeline = _unheard
 
 
 class Dispatcher:
@@ -71,9 +81,15 @@ class Dispatcher:
         """How many requests wait, per model reference."""
         return {ref: len(q) for ref, q in self._queues.items() if q}
 
-    async def acquire(self, spec: ModelSpec) -> Lease:
-        """A slot for one request of `spec`'s model, waiting (FIFO) while every one is busy.
-        ApiError: the queue is full, the wait passed its limit, or no node can serve it."""
+    async def acquire(self, spec: ModelSpec, heard: Timeline = _unheard) -> Lease:
+        """A slot for one request of `spec`'s model, waiting (FIFO) while every one is busy;
+        `heard` hears the request's timeline. ApiError: the queue is full, the wait passed
+        its limit, or no node can serve it."""
+        lease = await self._wait(spec, heard)
+        heard(Routed(node=lease.worker.node, worker_id=lease.worker.worker_id))
+        return lease
+
+    async def _wait(self, spec: ModelSpec, heard: Timeline) -> Lease:
         queue = self._queues.setdefault(spec.ref, deque())
         if not queue and (route := self._pick(spec)) is not None:
             return self._lease(route)
@@ -82,8 +98,12 @@ class Dispatcher:
         self._spawn_if_possible(spec)
         if not queue and not self._can_wait(spec):
             raise self._unservable(spec)
-        waiter = _Waiter(spec, asyncio.get_running_loop().create_future(), time.monotonic())
+        waiter = _Waiter(spec, asyncio.get_running_loop().create_future(), time.monotonic(), heard)
         queue.append(waiter)
+        heard(Queued(position=len(queue)))
+        for node, ref in self._spawning:
+            if ref == spec.ref:
+                heard(Spawning(node=node))
         try:
             async with asyncio.timeout(self._settings.queue_wait_s):
                 return await waiter.granted
@@ -117,6 +137,8 @@ class Dispatcher:
             lease = self._lease(route)
             lease.queued_s = time.monotonic() - waiter.since
             waiter.granted.set_result(lease)
+            for position, behind in enumerate(queue, start=1):
+                behind.heard(Queued(position=position))
 
     # ----------------------------------------------------------------- slots
 
@@ -177,6 +199,12 @@ class Dispatcher:
         node = self._keeper.inventory.get(name)
         task = asyncio.create_task(self._spawn(node, spec))
         self._spawning[(name, spec.ref)] = task
+        self.tell_waiting(spec.ref, Spawning(node=name))
+
+    def tell_waiting(self, ref: str, event: Message) -> None:
+        """Every request waiting for `ref`'s model hears `event` (a start, its load)."""
+        for waiter in self._queues.get(ref, ()):
+            waiter.heard(event)
 
     async def _spawn(self, node: Node, spec: ModelSpec) -> None:
         log.info("starting a worker of %s on %s", spec.ref, node.name)
@@ -184,7 +212,10 @@ class Dispatcher:
         try:
             worker_id = await self._keeper.spawn_worker(node, spec.ref, Unheard(), slots=spec.slots)
             await self._keeper.wait_worker_ready(
-                node, worker_id, Unheard(), timeout_s=self._settings.load_timeout_s
+                node,
+                worker_id,
+                _LoadingTold(self, spec.ref),
+                timeout_s=self._settings.load_timeout_s,
             )
             await self._view.refresh(node)
             self._spawn_failures.pop(spec.ref, None)
@@ -215,3 +246,16 @@ def _give_back(waiter: _Waiter) -> None:
     granted = waiter.granted
     if granted.done() and not granted.cancelled() and granted.exception() is None:
         granted.result().release()
+
+
+class _LoadingTold:
+    """A worker's load, as its model's waiting requests hear it."""
+
+    def __init__(self, dispatcher: Dispatcher, ref: str) -> None:
+        self._dispatcher = dispatcher
+        self._ref = ref
+
+    def heard(self, event: KeeperEvent) -> None:
+        if isinstance(event, KeeperLoading):
+            loading = Loading(layers_loaded=event.layers_loaded, layers_total=event.layers_total)
+            self._dispatcher.tell_waiting(self._ref, loading)

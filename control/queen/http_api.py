@@ -1,44 +1,49 @@
-"""The queen's HTTP API (DESIGN §4 "Queen"): the OpenAI endpoints, the models the cluster
-serves, the cluster itself, health. Every answer names the node and worker that gave it."""
+"""The queen's HTTP API (DESIGN §4 "Queen"): the OpenAI endpoints, rbee's /v1/inference
+and its cancel, the models the cluster serves, the cluster itself, health and metrics. Every
+answer from a worker names the node and worker that gave it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable
+from typing import TypeVar
 
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from rbee.control.keeper.inventory_errors import UnknownModel
 from rbee.control.keeper.keeper import Keeper
-from rbee.control.keeper.runner import RunnerError
+from rbee.control.keeper.served_models import ModelSpec
 from rbee.dataplane.plumbing.http import (
     EXCEPTION_HANDLERS,
     BearerAuth,
     BrowserGuard,
     parse_body,
+    read_body,
     read_raw_body,
 )
 from rbee.dataplane.plumbing.openapi import openapi_route
-from rbee.dataplane.protocol.requests import RoutedRequest
+from rbee.dataplane.protocol.requests import QueenInferenceRequest, RoutedRequest
 from rbee.dataplane.protocol.wire import VERSION, ApiError, ErrorCode
 
 from .cluster_view import ClusterView
-from .dispatch import Dispatcher, Lease
+from .dispatch import Dispatcher
+from .forwarding import Forwarder
 from .metrics import QueenMetrics
-from .relay import relay
+from .relay import answer
 from .settings import QueenSettings
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health"})
-ROUTE_ATTEMPTS = 2
+T = TypeVar("T")
 
 
 def create_app(
@@ -49,6 +54,7 @@ def create_app(
     settings: QueenSettings,
 ) -> Starlette:
     metrics = QueenMetrics(dispatcher.queued)
+    forwarder = Forwarder(keeper, view, dispatcher, http, metrics)
 
     async def health(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "alive", "version": VERSION})
@@ -94,50 +100,57 @@ def create_app(
         arrived = time.monotonic()
         raw = await read_raw_body(request)
         routed = parse_body(raw, RoutedRequest)
+        spec = _spec(routed.model)
+        lease, upstream = await _until_disconnected(
+            request, forwarder.route(spec, request.url.path, raw)
+        )
+        worker = lease.worker
+        return await answer(
+            upstream,
+            stream=routed.stream,
+            headers={
+                "X-Rbee-Node": worker.node,
+                "X-Rbee-Worker": worker.worker_id,
+                "Server-Timing": f"queue;dur={lease.queued_s * 1000:.1f}",
+            },
+            first_byte=lambda: metrics.first_byte.observe(time.monotonic() - arrived),
+            done=lease.release,
+        )
+
+    async def inference(request: Request) -> Response:
+        """rbee's own SSE (DESIGN §4 "Queen"): the request's timeline, then the worker's
+        events; `stream: false` answers the worker's whole answer."""
+        arrived = time.monotonic()
+        body = await read_body(request, QueenInferenceRequest)
+        spec = _spec(body.model)
+        request_id = forwarder.request_id(body)
+        payload = json.dumps(body.for_worker(request_id)).encode()
+        if body.stream:
+            events = forwarder.inference_stream(spec, request_id, payload, arrived)
+            headers = {"X-Request-Id": request_id, "Cache-Control": "no-cache"}
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        lease, upstream = await _until_disconnected(
+            request, forwarder.route(spec, "/v1/inference", payload)
+        )
+        return await answer(
+            upstream,
+            stream=False,
+            headers={"X-Rbee-Node": lease.worker.node, "X-Rbee-Worker": lease.worker.worker_id},
+            first_byte=lambda: metrics.first_byte.observe(time.monotonic() - arrived),
+            done=lease.release,
+        )
+
+    async def cancel(request: Request) -> Response:
+        await forwarder.cancel(request.path_params["request_id"])
+        return Response(status_code=204)
+
+    def _spec(model: str) -> ModelSpec:
         try:
-            spec = keeper.inventory.model(routed.model.strip())
+            return keeper.inventory.model(model.strip())
         except UnknownModel as exc:
             raise ApiError(
                 ErrorCode.MODEL_NOT_FOUND, str(exc), details={"field": "model"}
             ) from None
-        # A worker that cannot be reached before the request starts (it died, its node's
-        # connection broke) is dropped from the view and the request goes elsewhere, once.
-        for attempt in range(ROUTE_ATTEMPTS):
-            lease = await _until_disconnected(request, dispatcher.acquire(spec))
-            metrics.queue_wait.observe(lease.queued_s)
-            worker = lease.worker
-            headers = {
-                "X-Rbee-Node": worker.node,
-                "X-Rbee-Worker": worker.worker_id,
-                "Server-Timing": f"queue;dur={lease.queued_s * 1000:.1f}",
-            }
-            try:
-                node = keeper.inventory.get(worker.node)
-                url = await keeper.access(node).worker_url(worker.url)
-                log.info(
-                    "%s %s → %s on %s", request.url.path, spec.name, worker.worker_id, node.name
-                )
-                metrics.routed.labels(node=node.name).inc()
-                return await relay(
-                    http,
-                    url + request.url.path,
-                    lease.route.api_key,
-                    raw,  # as it came: the worker reads what the queen does not
-                    stream=routed.stream,
-                    headers=headers,
-                    first_byte=lambda: metrics.first_byte.observe(time.monotonic() - arrived),
-                    done=lease.release,
-                )
-            except (httpx.TransportError, RunnerError, OSError) as exc:
-                lease.release()
-                view.forget(worker)
-                log.warning("%s on %s unreachable: %s", worker.worker_id, worker.node, exc)
-                if attempt + 1 == ROUTE_ATTEMPTS:
-                    raise ApiError(
-                        ErrorCode.WORKER_CRASHED,
-                        f"{worker.worker_id} on {worker.node} could not be reached: {exc}",
-                    ) from None
-        raise AssertionError("the loop returns or raises")
 
     routes = [
         Route("/health", health),
@@ -145,6 +158,8 @@ def create_app(
         Route("/v1/cluster", cluster),
         Route("/v1/completions", openai, methods=["POST"]),
         Route("/v1/chat/completions", openai, methods=["POST"]),
+        Route("/v1/inference", inference, methods=["POST"]),
+        Route("/v1/inference/{request_id}", cancel, methods=["DELETE"]),
         Route("/metrics", metrics.endpoint),
     ]
     routes.append(
@@ -152,7 +167,11 @@ def create_app(
             "rbee queen",
             routes,
             public_paths=PUBLIC_PATHS,
-            bodies={"/v1/completions": RoutedRequest, "/v1/chat/completions": RoutedRequest},
+            bodies={
+                "/v1/completions": RoutedRequest,
+                "/v1/chat/completions": RoutedRequest,
+                "/v1/inference": QueenInferenceRequest,
+            },
         )
     )
     middleware = [
@@ -162,9 +181,9 @@ def create_app(
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
 
 
-async def _until_disconnected(request: Request, waiting: Awaitable[Lease]) -> Lease:
-    """The lease, unless the client leaves first (then the wait is given up: a request
-    that left the queue takes no slot)."""
+async def _until_disconnected(request: Request, waiting: Awaitable[T]) -> T:
+    """What `waiting` gives, unless the client leaves first (then the wait is given up: a
+    request that left the queue takes no slot)."""
     lease = asyncio.ensure_future(waiting)
     gone = asyncio.ensure_future(_disconnect(request))
     try:

@@ -22,29 +22,29 @@ log = logging.getLogger(__name__)
 _PASSED_HEADERS = ("content-type", "retry-after", "x-request-id")
 
 
-async def relay(
-    http: httpx.AsyncClient,
-    url: str,
-    api_key: str | None,
-    body: bytes,
+async def send(
+    http: httpx.AsyncClient, url: str, api_key: str | None, body: bytes
+) -> httpx.Response:
+    """POSTs `body` to the worker; its answer, whose body is still to be read. Raises
+    httpx.TransportError when the worker cannot be reached."""
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    request = http.build_request("POST", url, content=body, headers=headers)
+    return await http.send(request, stream=True)
+
+
+async def answer(
+    upstream: httpx.Response,
     *,
     stream: bool,
     headers: dict[str, str],
     first_byte: Callable[[], None],
     done: Callable[[], None],
 ) -> Response:
-    """POSTs `body` to `url` and answers with what the worker says; `first_byte` is called
-    when the answer starts coming (a stream's first chunk), `done` once the request is over
-    for the worker (answered, failed, or the client gone)."""
-    sent = {"content-type": "application/json"}
-    if api_key:
-        sent["authorization"] = f"Bearer {api_key}"
-    request = http.build_request("POST", url, content=body, headers=sent)
-    try:
-        upstream = await http.send(request, stream=True)
-    except BaseException:
-        done()
-        raise
+    """The worker's answer as the client's: its status and body; a stream as it comes.
+    `first_byte` is called when the answer starts coming (a stream's first chunk), `done`
+    once the request is over for the worker (answered, failed, or the client gone)."""
     passed = headers | {k: v for k, v in upstream.headers.items() if k in _PASSED_HEADERS}
     if not stream or upstream.status_code != 200:
         try:
@@ -54,15 +54,13 @@ async def relay(
             await upstream.aclose()
             done()
         return Response(content, status_code=upstream.status_code, headers=passed)
-    return StreamingResponse(_chunks(upstream, url, first_byte, done), headers=passed)
+    return StreamingResponse(chunks(upstream, first_byte, done), headers=passed)
 
 
-async def _chunks(
-    upstream: httpx.Response,
-    url: str,
-    first_byte: Callable[[], None],
-    done: Callable[[], None],
+async def chunks(
+    upstream: httpx.Response, first_byte: Callable[[], None], done: Callable[[], None]
 ) -> AsyncIterator[bytes]:
+    """A worker's stream, chunk by chunk; an error chunk if it breaks off."""
     first = True
     try:
         async for chunk in upstream.aiter_raw():
@@ -71,7 +69,7 @@ async def _chunks(
                 first = False
             yield chunk
     except httpx.HTTPError as exc:  # the worker died or fell silent mid-stream
-        log.warning("stream from %s broke: %s", url, exc)
+        log.warning("stream from %s broke: %s", upstream.request.url, exc)
         error = error_body(ErrorCode.WORKER_CRASHED, f"the worker stopped mid-answer: {exc}")
         yield f"data: {json.dumps(error)}\n\ndata: {SSE_DONE}\n\n".encode()
     finally:

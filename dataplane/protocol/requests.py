@@ -43,6 +43,18 @@ class InferenceRequest(BaseModel):
     request_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")] | None = None
 
 
+class QueenInferenceRequest(InferenceRequest):
+    """POST /v1/inference at the queen: the worker's body, plus the model to route it to
+    (an inventory model's name or a model reference)."""
+
+    model: Annotated[str, Field(min_length=1)]
+
+    def for_worker(self, request_id: str) -> dict[str, object]:
+        """The worker's body: everything but the model, with the request's id."""
+        body = self.model_dump(mode="json", exclude={"model"}, exclude_none=True)
+        return body | {"request_id": request_id}
+
+
 class OpenAIRequest(BaseModel):
     """Fields shared by the OpenAI-compatible endpoints. Unknown fields are ignored, as
     OpenAI SDKs send options this server has no use for."""

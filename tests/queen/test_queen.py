@@ -46,12 +46,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Itera
     root = tmp_path_factory.mktemp("queen")
     hive = start_hive(root / "hive", "--idle-timeout-s", "600")
     port = int(hive.url.rsplit(":", 1)[1])
-    fresh = root / "fresh.gguf"  # a model no worker holds until the queen starts one
+    # Models no worker holds until the queen starts one.
+    fresh, timed = root / "fresh.gguf", root / "timed.gguf"
     shutil.copy(tiny_model, fresh)
+    shutil.copy(tiny_model, timed)
     inventory = write_inventory(
         root / "inventory.toml",
         local_node("local", port, hive.state_dir)
-        + f'[models.fresh]\nref = "file:{fresh}"\nslots = 2\n',
+        + f'[models.fresh]\nref = "file:{fresh}"\nslots = 2\n'
+        + f'[models.timed]\nref = "file:{timed}"\n',
     )
     home = root / "home"
     ref = f"file:{tiny_model}"
@@ -129,7 +132,7 @@ def test_what_the_queen_cannot_route_is_said_plainly(cluster: Cluster, queen: Qu
     client = sdk(queen)
     with pytest.raises(openai.NotFoundError) as unknown:
         client.completions.create(model="no-such-model", prompt="hi", max_tokens=2)
-    assert 'unknown model "no-such-model" (known: fresh)' in str(unknown.value)
+    assert 'unknown model "no-such-model" (known: fresh, timed)' in str(unknown.value)
     absent = cluster.home / "absent.gguf"
     with pytest.raises(openai.APIStatusError) as failed:
         client.completions.create(model=f"file:{absent}", prompt="hi", max_tokens=2)
@@ -178,7 +181,7 @@ def test_the_first_request_for_a_model_no_worker_holds_starts_one(
     """`fresh` is an inventory name: the queen starts a worker of its model with the
     inventory's slots, waits for it to load, and streams from it."""
     names = [m.id for m in sdk(queen).models.list().data]
-    assert names[0] == "fresh"
+    assert names[:2] == ["fresh", "timed"]
     raw = sdk(queen).completions.with_raw_response.create(
         model="fresh", prompt="Once upon a time", max_tokens=4
     )
@@ -221,3 +224,54 @@ def test_a_worker_killed_mid_stream_ends_it_with_an_error_and_the_next_request_i
     )
     assert after.headers["x-rbee-worker"] != victim
     assert after.parse().usage.completion_tokens == 2
+
+
+def inference_events(queen: Queen, body: dict[str, object]) -> list[dict[str, object]]:
+    with httpx.stream("POST", f"{queen.url}/v1/inference", json=body, timeout=120) as answer:
+        assert answer.status_code == 200, answer.read()
+        return [json.loads(line[6:]) for line in answer.iter_lines() if line.startswith("data: {")]
+
+
+def test_rbee_inference_tells_the_timeline_before_the_tokens(queen: Queen) -> None:
+    """`timed` has no worker: its first request hears itself queued, the start of a worker
+    for it, routed, then the worker's own events."""
+    events = inference_events(
+        queen, {"model": "timed", "prompt": "Once upon a time", "max_tokens": 4}
+    )
+    kinds = [e["type"] for e in events]
+    timeline = [k for k in kinds if k not in ("loading", "token")]
+    assert timeline == ["queued", "spawning", "routed", "started", "done"], kinds
+    assert kinds.count("token") == 4
+    assert events[0] == {"type": "queued", "position": 1}
+    assert events[1] == {"type": "spawning", "node": "local"}
+    routed = events[kinds.index("routed")]
+    assert routed["node"] == "local" and str(routed["worker_id"]).startswith("worker-")
+
+    again = inference_events(
+        queen, {"model": "timed", "prompt": "Once upon a time", "max_tokens": 2}
+    )
+    assert [e["type"] for e in again][:2] == ["routed", "started"]  # warm: straight there
+
+
+def test_delete_cancels_a_request_on_its_worker_and_unknown_ids_are_404(
+    cluster: Cluster, queen: Queen
+) -> None:
+    body = {
+        "model": cluster.model_ref,
+        "prompt": "Once upon a time",
+        "max_tokens": 8192,
+        "request_id": "req-to-cancel",
+    }
+    with httpx.stream("POST", f"{queen.url}/v1/inference", json=body, timeout=60) as answer:
+        assert answer.headers["x-request-id"] == "req-to-cancel"
+        events = []
+        for line in answer.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            events.append(json.loads(line[6:]))
+            if events[-1]["type"] == "token" and len(events) == 3:
+                assert httpx.delete(f"{queen.url}/v1/inference/req-to-cancel").status_code == 204
+    assert events[-1]["type"] == "done" and events[-1]["stop_reason"] == "canceled"
+    assert len([e for e in events if e["type"] == "token"]) < 8192
+    gone = httpx.delete(f"{queen.url}/v1/inference/req-to-cancel")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "NOT_FOUND"

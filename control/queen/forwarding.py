@@ -1,0 +1,201 @@
+"""A request's way from the queen to a worker: a slot (dispatch.py), the worker reached
+(through its node's forward), the body sent, once more elsewhere if that worker cannot be
+reached; and rbee's own `/v1/inference`, whose stream tells the request's timeline before
+the worker's events, and which `DELETE /v1/inference/{id}` cancels wherever it is."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from rbee.control.keeper.keeper import Keeper
+from rbee.control.keeper.runner import RunnerError
+from rbee.control.keeper.served_models import ModelSpec
+from rbee.dataplane.protocol.events import ErrorEvent
+from rbee.dataplane.protocol.requests import QueenInferenceRequest
+from rbee.dataplane.protocol.wire import SSE_DONE, ApiError, ErrorCode, ErrorInfo, Message
+from rbee.dataplane.protocol.worker_client import WorkerClient
+
+from .cluster_view import ClusterView
+from .dispatch import Dispatcher, Lease, Timeline
+from .metrics import QueenMetrics
+from .relay import chunks, send
+
+log = logging.getLogger(__name__)
+ROUTE_ATTEMPTS = 2  # a worker unreachable before the request starts: once more elsewhere
+CANCEL_TIMEOUT_S = 5.0
+KEEPALIVE_S = 10.0  # DESIGN §4: a stream is never silent longer, waiting in a queue included
+
+
+def _unheard(_event: Message) -> None:
+    pass
+
+
+@dataclass
+class _InFlight:
+    """A `/v1/inference` request the queen holds: waiting (its task), or on a worker."""
+
+    waiting: asyncio.Future[tuple[Lease, httpx.Response]]
+    worker_url: str | None = None
+    worker_key: str | None = None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        keeper: Keeper,
+        view: ClusterView,
+        dispatcher: Dispatcher,
+        http: httpx.AsyncClient,
+        metrics: QueenMetrics,
+    ) -> None:
+        self._keeper = keeper
+        self._view = view
+        self._dispatcher = dispatcher
+        self._http = http
+        self._metrics = metrics
+        self._in_flight: dict[str, _InFlight] = {}
+
+    async def route(
+        self, spec: ModelSpec, path: str, body: bytes, heard: Timeline = _unheard
+    ) -> tuple[Lease, httpx.Response]:
+        """A slot on a worker of the model and the worker's answer to `body` at `path`,
+        its body still to be read. ApiError when no slot comes or no worker can be reached."""
+        for attempt in range(ROUTE_ATTEMPTS):
+            lease = await self._dispatcher.acquire(spec, heard)
+            self._metrics.queue_wait.observe(lease.queued_s)
+            worker = lease.worker
+            try:
+                node = self._keeper.inventory.get(worker.node)
+                url = await self._keeper.access(node).worker_url(worker.url)
+                upstream = await send(self._http, url + path, lease.route.api_key, body)
+            except (httpx.TransportError, RunnerError, OSError) as exc:
+                lease.release()
+                self._view.forget(worker)
+                log.warning("%s on %s unreachable: %s", worker.worker_id, worker.node, exc)
+                if attempt + 1 == ROUTE_ATTEMPTS:
+                    raise ApiError(
+                        ErrorCode.WORKER_CRASHED,
+                        f"{worker.worker_id} on {worker.node} could not be reached: {exc}",
+                    ) from None
+                continue
+            except BaseException:
+                lease.release()  # the client left while the worker was being reached
+                raise
+            log.info("%s %s → %s on %s", path, spec.name, worker.worker_id, node.name)
+            self._metrics.routed.labels(node=node.name).inc()
+            return lease, upstream
+        raise AssertionError("the loop returns or raises")
+
+    # ----------------------------------------------------------------- /v1/inference
+
+    def request_id(self, body: QueenInferenceRequest) -> str:
+        """The request's id: the client's, unless one of that id is in flight, or a new one."""
+        if body.request_id is None:
+            return f"req-{uuid.uuid4().hex[:16]}"
+        if body.request_id in self._in_flight:
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                f"request_id {body.request_id} is in flight already; send another one",
+                details={"field": "request_id"},
+            )
+        return body.request_id
+
+    async def inference_stream(
+        self, spec: ModelSpec, request_id: str, payload: bytes, arrived: float
+    ) -> AsyncIterator[bytes]:
+        """The request's SSE stream: its timeline while it waits, then the worker's events
+        as they come; an error event (never a cut) when it cannot go on."""
+        timeline: asyncio.Queue[Message] = asyncio.Queue()
+        routing = asyncio.ensure_future(
+            self.route(spec, "/v1/inference", payload, timeline.put_nowait)
+        )
+        held = _InFlight(routing)
+        self._in_flight[request_id] = held
+        taken = False  # the lease and the worker's answer are this generator's to close
+        try:
+            while not routing.done():
+                told = asyncio.ensure_future(timeline.get())
+                await asyncio.wait(
+                    {told, routing}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if told.done():
+                    yield _sse(told.result())
+                else:
+                    told.cancel()
+                    if not routing.done():
+                        yield b": keep-alive\n\n"
+            while not timeline.empty():
+                yield _sse(timeline.get_nowait())
+            try:
+                lease, upstream = routing.result()
+                taken = True
+            except asyncio.CancelledError:
+                yield _error(ErrorCode.REQUEST_CANCELED, "canceled before a worker took it")
+                return
+            except ApiError as exc:
+                yield _error(exc.code, exc.message)
+                return
+            if upstream.status_code != 200:
+                error = await _error_of(upstream)
+                lease.release()
+                yield _error(error.code, error.message)
+                return
+            held.worker_url = str(upstream.request.url).removesuffix("/v1/inference")
+            held.worker_key = lease.route.api_key
+
+            def first_byte() -> None:
+                self._metrics.first_byte.observe(time.monotonic() - arrived)
+
+            async for chunk in chunks(upstream, first_byte, lease.release):
+                yield chunk
+        finally:
+            del self._in_flight[request_id]
+            if not routing.done():
+                routing.cancel()  # the client left while it waited: it takes no slot
+                with contextlib.suppress(asyncio.CancelledError, ApiError):
+                    await routing
+            elif not taken and not routing.cancelled() and routing.exception() is None:
+                lease, upstream = routing.result()  # routed just as the client left
+                lease.release()
+                await upstream.aclose()
+
+    async def cancel(self, request_id: str) -> None:
+        """Cancels the request wherever it is: waiting (it leaves the queue or the start it
+        waited for), or on its worker (the worker stops generating)."""
+        held = self._in_flight.get(request_id)
+        if held is None:
+            raise ApiError(ErrorCode.NOT_FOUND, f"no request {request_id} is in flight here")
+        if held.worker_url is None:
+            held.waiting.cancel()
+            return
+        async with WorkerClient(held.worker_url, held.worker_key) as worker:
+            await worker.cancel(request_id, timeout_s=CANCEL_TIMEOUT_S)
+
+
+def _sse(event: Message) -> bytes:
+    return f"data: {json.dumps(event.wire())}\n\n".encode()
+
+
+def _error(code: ErrorCode | str, message: str) -> bytes:
+    event = ErrorEvent(error=ErrorInfo(code=str(code), message=message))
+    return _sse(event) + f"data: {SSE_DONE}\n\n".encode()
+
+
+async def _error_of(upstream: httpx.Response) -> ErrorInfo:
+    """The error a worker answered with (its envelope), read and closed."""
+    try:
+        body = await upstream.aread()
+        return ErrorInfo.model_validate(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"HTTP {upstream.status_code}")
+    finally:
+        await upstream.aclose()
