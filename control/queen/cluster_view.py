@@ -50,10 +50,14 @@ class ClusterView:
     async def _follow(self, node: Node) -> None:
         was_up: bool | None = None
         while True:
-            status = await self.refresh(node)
-            if status.is_up != was_up:
-                log.info("node %s: %s", node.name, status.state)
-                was_up = status.is_up
+            try:
+                status = await self.refresh(node)
+            except Exception:  # a probe never raises; if one did, the view must not freeze
+                log.exception("probing %s failed", node.name)
+            else:
+                if status.is_up != was_up:
+                    log.info("node %s: %s", node.name, status.state)
+                    was_up = status.is_up
             await asyncio.sleep(self._refresh_s)
 
     def forget(self, worker: WorkerStatus) -> None:
