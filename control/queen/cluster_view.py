@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
@@ -30,6 +30,7 @@ class ClusterView:
         self.checked_at: dict[str, float] = {}
         self.in_flight: Counter[str] = Counter()  # worker id → this queen's open requests
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_refresh: Callable[[], None] = lambda: None  # after each node's fresh status
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._follow(node)) for node in self._keeper.nodes]
@@ -45,6 +46,7 @@ class ClusterView:
         status = await self._keeper.probe(node)
         self.statuses[node.name] = status
         self.checked_at[node.name] = time.time()
+        self.on_refresh()
         return status
 
     async def _follow(self, node: Node) -> None:

@@ -32,6 +32,7 @@ from .routing import Route, pick, serving
 from .settings import RETRY_AFTER_S, QueenSettings
 
 log = logging.getLogger(__name__)
+SPAWN_RETRY_S = 30.0  # a model whose worker failed to start is not started again sooner
 # A request's own events before its worker starts it (DESIGN §4): queued, spawning, loading,
 # routed.
 Timeline = Callable[[Message], None]
@@ -75,7 +76,20 @@ class Dispatcher:
         self._settings = settings
         self._queues: dict[str, deque[_Waiter]] = {}
         self._spawning: dict[tuple[str, str], asyncio.Task[None]] = {}  # (node, ref) → spawn
-        self._spawn_failures: dict[str, ActionableError] = {}  # ref → its last failed start
+        # ref → its last failed start and when: not tried again for SPAWN_RETRY_S, so that
+        # the requests waiting then are answered with why, not left to try it over and over.
+        self._spawn_failures: dict[str, tuple[ActionableError, float]] = {}
+
+    def dispatch_all(self) -> None:
+        """Every queue's head takes what slots there are (after a probe found some)."""
+        for ref in list(self._queues):
+            self.dispatch(ref)
+
+    def admit(self, spec: ModelSpec) -> None:
+        """ApiError (503) when the model's queue is full: said before a stream starts."""
+        queue = self._queues.get(spec.ref, ())
+        if len(queue) >= self._settings.queue_max:
+            raise _busy(f"{len(queue)} requests already wait for {spec.name}")
 
     def queued(self) -> dict[str, int]:
         """How many requests wait, per model reference."""
@@ -93,8 +107,7 @@ class Dispatcher:
         queue = self._queues.setdefault(spec.ref, deque())
         if not queue and (route := self._pick(spec)) is not None:
             return self._lease(route)
-        if len(queue) >= self._settings.queue_max:
-            raise _busy(f"{len(queue)} requests already wait for {spec.name}")
+        self.admit(spec)
         self._spawn_if_possible(spec)
         if not queue and not self._can_wait(spec):
             raise self._unservable(spec)
@@ -127,11 +140,11 @@ class Dispatcher:
                 continue
             route = self._pick(waiter.spec)
             if route is None:
+                self._spawn_if_possible(waiter.spec)  # more demand than slots: scale out
                 if not self._can_wait(waiter.spec):
                     queue.popleft()
                     waiter.granted.set_exception(self._unservable(waiter.spec))
                     continue
-                self._spawn_if_possible(waiter.spec)  # more demand than slots: scale out
                 return
             queue.popleft()
             lease = self._lease(route)
@@ -159,14 +172,20 @@ class Dispatcher:
     # ----------------------------------------------------------------- spawning
 
     def _can_wait(self, spec: ModelSpec) -> bool:
-        """Whether a slot may come: a worker serves the model, or one is being started."""
-        workers = [w for w in self._view.workers() if w.node in spec.nodes]
+        """Whether a slot may come: a worker this keeper started serves the model (others'
+        keys are not ours), or one is being started."""
+        registry = self._keeper.registry
+        workers = [
+            w
+            for w in self._view.workers()
+            if w.node in spec.nodes and registry.get(w.worker_id) is not None
+        ]
         starting = any(ref == spec.ref for (_node, ref) in self._spawning)
         return bool(serving(workers, spec.ref)) or starting
 
     def _unservable(self, spec: ModelSpec) -> ApiError:
-        failed = self._spawn_failures.get(spec.ref)
-        if failed is not None:
+        if (failure := self._spawn_failures.get(spec.ref)) is not None:
+            failed = failure[0]
             return ApiError(
                 failed.code or ErrorCode.INTERNAL_ERROR,
                 f"no worker serves {spec.name}, and starting one failed: {failed.message}",
@@ -195,6 +214,9 @@ class Dispatcher:
         ]
         if not free or any(ref == spec.ref for (_n, ref) in self._spawning):
             return  # one start at a time per model: its slots may be all the queue needs
+        failure = self._spawn_failures.get(spec.ref)
+        if failure is not None and time.monotonic() - failure[1] < SPAWN_RETRY_S:
+            return
         name = min(free)[2]
         node = self._keeper.inventory.get(name)
         task = asyncio.create_task(self._spawn(node, spec))
@@ -228,7 +250,10 @@ class Dispatcher:
             )
         except ActionableError as exc:
             log.warning("starting a worker of %s on %s failed: %s", spec.ref, node.name, exc)
-            self._spawn_failures[spec.ref] = exc
+            self._spawn_failures[spec.ref] = (exc, time.monotonic())
+        except Exception as exc:  # a start must never leave the model unservable for good
+            log.exception("starting a worker of %s on %s failed", spec.ref, node.name)
+            self._spawn_failures[spec.ref] = (ActionableError(str(exc)), time.monotonic())
         finally:
             del self._spawning[(node.name, spec.ref)]
             self.dispatch(spec.ref)

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -19,15 +19,24 @@ import httpx
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.runner import RunnerError
 from rbee.control.keeper.served_models import ModelSpec
+from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.events import ErrorEvent
 from rbee.dataplane.protocol.requests import QueenInferenceRequest
-from rbee.dataplane.protocol.wire import SSE_DONE, ApiError, ErrorCode, ErrorInfo, Message
+from rbee.dataplane.protocol.wire import (
+    SILENCE_LIMIT_S,
+    SSE_DONE,
+    ApiError,
+    ErrorCode,
+    ErrorInfo,
+    Message,
+)
 from rbee.dataplane.protocol.worker_client import WorkerClient
 
 from .cluster_view import ClusterView
 from .dispatch import Dispatcher, Lease, Timeline
 from .metrics import QueenMetrics
 from .relay import chunks, send
+from .settings import QueenSettings
 
 log = logging.getLogger(__name__)
 ROUTE_ATTEMPTS = 2  # a worker unreachable before the request starts: once more elsewhere
@@ -46,6 +55,7 @@ class _InFlight:
     waiting: asyncio.Future[tuple[Lease, httpx.Response]]
     worker_url: str | None = None
     worker_key: str | None = None
+    canceled: bool = False
 
 
 class Forwarder:
@@ -56,7 +66,9 @@ class Forwarder:
         dispatcher: Dispatcher,
         http: httpx.AsyncClient,
         metrics: QueenMetrics,
+        settings: QueenSettings,
     ) -> None:
+        self._settings = settings
         self._keeper = keeper
         self._view = view
         self._dispatcher = dispatcher
@@ -65,10 +77,15 @@ class Forwarder:
         self._in_flight: dict[str, _InFlight] = {}
 
     async def route(
-        self, spec: ModelSpec, path: str, body: bytes, heard: Timeline = _unheard
+        self, spec: ModelSpec, path: str, body: bytes, *, stream: bool, heard: Timeline = _unheard
     ) -> tuple[Lease, httpx.Response]:
         """A slot on a worker of the model and the worker's answer to `body` at `path`,
         its body still to be read. ApiError when no slot comes or no worker can be reached."""
+        settings = self._settings
+        # A stream is silent for the silence limit at most (the worker sends keep-alives); a
+        # whole answer comes once it is all generated.
+        read_s = SILENCE_LIMIT_S if stream else settings.whole_answer_timeout_s
+        timeout = httpx.Timeout(read_s, connect=settings.connect_timeout_s)
         for attempt in range(ROUTE_ATTEMPTS):
             lease = await self._dispatcher.acquire(spec, heard)
             self._metrics.queue_wait.observe(lease.queued_s)
@@ -76,8 +93,11 @@ class Forwarder:
             try:
                 node = self._keeper.inventory.get(worker.node)
                 url = await self._keeper.access(node).worker_url(worker.url)
-                upstream = await send(self._http, url + path, lease.route.api_key, body)
-            except (httpx.TransportError, RunnerError, OSError) as exc:
+                upstream = await send(
+                    self._http, url + path, lease.route.api_key, body, timeout=timeout
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout, RunnerError, OSError) as exc:
+                # Not started there: the worker is gone (or its node's connection broke).
                 lease.release()
                 self._view.forget(worker)
                 log.warning("%s on %s unreachable: %s", worker.worker_id, worker.node, exc)
@@ -87,6 +107,18 @@ class Forwarder:
                         f"{worker.worker_id} on {worker.node} could not be reached: {exc}",
                     ) from None
                 continue
+            except httpx.TimeoutException:
+                lease.release()
+                raise ApiError(
+                    ErrorCode.CONNECTION_TIMEOUT,
+                    f"{worker.worker_id} on {worker.node} did not answer in {read_s:g} s",
+                ) from None
+            except httpx.HTTPError as exc:  # it took the request, then broke off
+                lease.release()
+                self._view.forget(worker)
+                raise ApiError(
+                    ErrorCode.WORKER_CRASHED, f"{worker.worker_id} on {worker.node}: {exc}"
+                ) from None
             except BaseException:
                 lease.release()  # the client left while the worker was being reached
                 raise
@@ -94,6 +126,11 @@ class Forwarder:
             self._metrics.routed.labels(node=node.name).inc()
             return lease, upstream
         raise AssertionError("the loop returns or raises")
+
+    def broken(self, lease: Lease) -> Callable[[], None]:
+        """What to do when the lease's worker breaks off mid-answer: it is likely dead, so
+        no other request goes there until its node's next probe says otherwise."""
+        return lambda: self._view.forget(lease.worker)
 
     # ----------------------------------------------------------------- /v1/inference
 
@@ -114,13 +151,17 @@ class Forwarder:
     ) -> AsyncIterator[bytes]:
         """The request's SSE stream: its timeline while it waits, then the worker's events
         as they come; an error event (never a cut) when it cannot go on."""
+        if request_id in self._in_flight:  # taken since the request was read
+            yield _error(ErrorCode.INVALID_REQUEST, f"request_id {request_id} is in flight")
+            return
         timeline: asyncio.Queue[Message] = asyncio.Queue()
         routing = asyncio.ensure_future(
-            self.route(spec, "/v1/inference", payload, timeline.put_nowait)
+            self.route(spec, "/v1/inference", payload, stream=True, heard=timeline.put_nowait)
         )
         held = _InFlight(routing)
         self._in_flight[request_id] = held
         taken = False  # the lease and the worker's answer are this generator's to close
+        told: asyncio.Future[Message] | None = None
         try:
             while not routing.done():
                 told = asyncio.ensure_future(timeline.get())
@@ -133,6 +174,7 @@ class Forwarder:
                     told.cancel()
                     if not routing.done():
                         yield b": keep-alive\n\n"
+                told = None
             while not timeline.empty():
                 yield _sse(timeline.get_nowait())
             try:
@@ -144,9 +186,15 @@ class Forwarder:
             except ApiError as exc:
                 yield _error(exc.code, exc.message)
                 return
-            if upstream.status_code != 200:
-                error = await _error_of(upstream)
+            if held.canceled or upstream.status_code != 200:
                 lease.release()
+                if held.canceled:  # DELETE came as a worker was found
+                    await upstream.aclose()
+                    error = ErrorInfo(
+                        code=ErrorCode.REQUEST_CANCELED, message="canceled before it started"
+                    )
+                else:
+                    error = await _error_of(upstream)
                 yield _error(error.code, error.message)
                 return
             held.worker_url = str(upstream.request.url).removesuffix("/v1/inference")
@@ -155,10 +203,13 @@ class Forwarder:
             def first_byte() -> None:
                 self._metrics.first_byte.observe(time.monotonic() - arrived)
 
-            async for chunk in chunks(upstream, first_byte, lease.release):
+            async for chunk in chunks(upstream, first_byte, self.broken(lease), lease.release):
                 yield chunk
         finally:
-            del self._in_flight[request_id]
+            if self._in_flight.get(request_id) is held:
+                del self._in_flight[request_id]
+            if told is not None:
+                told.cancel()
             if not routing.done():
                 routing.cancel()  # the client left while it waited: it takes no slot
                 with contextlib.suppress(asyncio.CancelledError, ApiError):
@@ -175,10 +226,16 @@ class Forwarder:
         if held is None:
             raise ApiError(ErrorCode.NOT_FOUND, f"no request {request_id} is in flight here")
         if held.worker_url is None:
+            held.canceled = True
             held.waiting.cancel()
             return
-        async with WorkerClient(held.worker_url, held.worker_key) as worker:
-            await worker.cancel(request_id, timeout_s=CANCEL_TIMEOUT_S)
+        try:
+            async with WorkerClient(held.worker_url, held.worker_key) as worker:
+                await worker.cancel(request_id, timeout_s=CANCEL_TIMEOUT_S)
+        except (httpx.HTTPError, RemoteError, OSError) as exc:
+            raise ApiError(
+                ErrorCode.WORKER_CRASHED, f"the worker of {request_id} did not answer: {exc}"
+            ) from None
 
 
 def _sse(event: Message) -> bytes:

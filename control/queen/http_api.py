@@ -54,7 +54,7 @@ def create_app(
     settings: QueenSettings,
 ) -> Starlette:
     metrics = QueenMetrics(dispatcher.queued)
-    forwarder = Forwarder(keeper, view, dispatcher, http, metrics)
+    forwarder = Forwarder(keeper, view, dispatcher, http, metrics, settings)
 
     async def health(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "alive", "version": VERSION})
@@ -102,12 +102,13 @@ def create_app(
         routed = parse_body(raw, RoutedRequest)
         spec = _spec(routed.model)
         lease, upstream = await _until_disconnected(
-            request, forwarder.route(spec, request.url.path, raw)
+            request, forwarder.route(spec, request.url.path, raw, stream=routed.stream)
         )
         worker = lease.worker
         return await answer(
             upstream,
             stream=routed.stream,
+            broken=forwarder.broken(lease),
             headers={
                 "X-Rbee-Node": worker.node,
                 "X-Rbee-Worker": worker.worker_id,
@@ -126,15 +127,17 @@ def create_app(
         request_id = forwarder.request_id(body)
         payload = json.dumps(body.for_worker(request_id)).encode()
         if body.stream:
+            dispatcher.admit(spec)  # a full queue is a 503 with Retry-After, not an event
             events = forwarder.inference_stream(spec, request_id, payload, arrived)
             headers = {"X-Request-Id": request_id, "Cache-Control": "no-cache"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         lease, upstream = await _until_disconnected(
-            request, forwarder.route(spec, "/v1/inference", payload)
+            request, forwarder.route(spec, "/v1/inference", payload, stream=False)
         )
         return await answer(
             upstream,
             stream=False,
+            broken=forwarder.broken(lease),
             headers={"X-Rbee-Node": lease.worker.node, "X-Rbee-Worker": lease.worker.worker_id},
             first_byte=lambda: metrics.first_byte.observe(time.monotonic() - arrived),
             done=lease.release,

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 from starlette.responses import Response, StreamingResponse
 
-from rbee.dataplane.protocol.wire import SSE_DONE, ErrorCode, error_body
+from rbee.dataplane.protocol.wire import SSE_DONE, ApiError, ErrorCode, error_body
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,20 @@ _PASSED_HEADERS = ("content-type", "retry-after", "x-request-id")
 
 
 async def send(
-    http: httpx.AsyncClient, url: str, api_key: str | None, body: bytes
+    http: httpx.AsyncClient,
+    url: str,
+    api_key: str | None,
+    body: bytes,
+    *,
+    timeout: httpx.Timeout,
 ) -> httpx.Response:
     """POSTs `body` to the worker; its answer, whose body is still to be read. Raises
-    httpx.TransportError when the worker cannot be reached."""
+    httpx.ConnectError (or ConnectTimeout) when the worker cannot be reached: then the
+    request has not started there."""
     headers = {"content-type": "application/json"}
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
-    request = http.build_request("POST", url, content=body, headers=headers)
+    request = http.build_request("POST", url, content=body, headers=headers, timeout=timeout)
     return await http.send(request, stream=True)
 
 
@@ -40,25 +46,39 @@ async def answer(
     stream: bool,
     headers: dict[str, str],
     first_byte: Callable[[], None],
+    broken: Callable[[], None],
     done: Callable[[], None],
 ) -> Response:
     """The worker's answer as the client's: its status and body; a stream as it comes.
-    `first_byte` is called when the answer starts coming (a stream's first chunk), `done`
-    once the request is over for the worker (answered, failed, or the client gone)."""
+    `first_byte` is called when the answer starts coming (a stream's first chunk), `broken`
+    when the worker broke off (it is likely dead), `done` once the request is over for the
+    worker (answered, failed, or the client gone)."""
     passed = headers | {k: v for k, v in upstream.headers.items() if k in _PASSED_HEADERS}
     if not stream or upstream.status_code != 200:
         try:
             content = await upstream.aread()
             first_byte()
+        except httpx.TimeoutException:
+            raise ApiError(
+                ErrorCode.CONNECTION_TIMEOUT, "the worker's answer did not come in time"
+            ) from None
+        except httpx.HTTPError as exc:
+            broken()
+            raise ApiError(ErrorCode.WORKER_CRASHED, f"the worker stopped: {exc}") from None
         finally:
-            await upstream.aclose()
-            done()
+            try:
+                await upstream.aclose()
+            finally:
+                done()
         return Response(content, status_code=upstream.status_code, headers=passed)
-    return StreamingResponse(chunks(upstream, first_byte, done), headers=passed)
+    return StreamingResponse(chunks(upstream, first_byte, broken, done), headers=passed)
 
 
 async def chunks(
-    upstream: httpx.Response, first_byte: Callable[[], None], done: Callable[[], None]
+    upstream: httpx.Response,
+    first_byte: Callable[[], None],
+    broken: Callable[[], None],
+    done: Callable[[], None],
 ) -> AsyncIterator[bytes]:
     """A worker's stream, chunk by chunk; an error chunk if it breaks off."""
     first = True
@@ -70,8 +90,11 @@ async def chunks(
             yield chunk
     except httpx.HTTPError as exc:  # the worker died or fell silent mid-stream
         log.warning("stream from %s broke: %s", upstream.request.url, exc)
+        broken()
         error = error_body(ErrorCode.WORKER_CRASHED, f"the worker stopped mid-answer: {exc}")
         yield f"data: {json.dumps(error)}\n\ndata: {SSE_DONE}\n\n".encode()
     finally:
-        await upstream.aclose()  # a client that left: the worker sees its stream close
-        done()
+        try:
+            await upstream.aclose()  # a client that left: the worker sees its stream close
+        finally:
+            done()

@@ -14,7 +14,7 @@ from hypercorn.asyncio import serve
 from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.keeper import Keeper
 from rbee.dataplane.plumbing.http import server_config
-from rbee.dataplane.protocol.wire import SILENCE_LIMIT_S, VERSION
+from rbee.dataplane.protocol.wire import VERSION
 
 from .cluster_view import ClusterView
 from .dispatch import Dispatcher
@@ -30,15 +30,11 @@ async def run_queen(inventory: Inventory, settings: QueenSettings, sock: socket.
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    # A worker answers at once or sends keep-alives; silence past the limit is a dead peer.
-    timeout = httpx.Timeout(SILENCE_LIMIT_S, connect=settings.connect_timeout_s)
-    async with (
-        Keeper(inventory) as keeper,
-        httpx.AsyncClient(timeout=timeout) as http,
-    ):
+    async with Keeper(inventory) as keeper, httpx.AsyncClient() as http:
         view = ClusterView(keeper, settings.refresh_s)
-        view.start()
         dispatcher = Dispatcher(keeper, view, settings)
+        view.on_refresh = dispatcher.dispatch_all  # slots a probe found go to the queues
+        view.start()
         host, port = sock.getsockname()[:2]
         log.info("rbee queen %s listening on http://%s:%d", VERSION, host, port)
         try:

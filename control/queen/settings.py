@@ -18,6 +18,7 @@ class QueenSettings:
     api_key: str | None = None  # what clients send; required off loopback
     refresh_s: float = DEFAULT_REFRESH_S  # how often each node is probed in the background
     connect_timeout_s: float = 5.0  # reaching a worker
+    whole_answer_timeout_s: float = 600.0  # a `stream: false` answer comes all at once
     queue_max: int = 64  # requests that may wait per model; more get 503
     queue_wait_s: float = 120.0  # how long a request may wait for a slot; then 503
     load_timeout_s: float = 300.0  # a worker the queen starts must load within this

@@ -125,4 +125,14 @@ def test_a_request_that_leaves_the_queue_takes_no_slot(tmp_path: Path) -> None:
         again = await asyncio.wait_for(queen.acquire(spec), 1)
         assert again.worker.worker_id == "w-a"
 
+        # The slot is granted in the very tick the client leaves: it comes back.
+        late = asyncio.ensure_future(queen.acquire(spec))
+        await asyncio.sleep(0)
+        again.release()
+        late.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await late
+        assert view.in_flight["w-a"] == 0
+        assert (await asyncio.wait_for(queen.acquire(spec), 1)).worker.worker_id == "w-a"
+
     asyncio.run(scenario())
