@@ -130,8 +130,8 @@ class Infer:
         if warm is not None:
             self.registry.remove(warm.worker_id)
             self._step("No idle worker found, starting new worker...")
-        hive_url = await self._hive_preflight()
-        async with HiveClient(hive_url, self.access.hive_key, node=node.name) as hive:
+        async with self.access.hive(timeout_s=HIVE_TIMEOUT_S) as hive:
+            await self._hive_preflight(hive)
             try:
                 await provision(hive, node.name, req.model_ref, self.listener)
                 spawned = await hive.spawn(req.model_ref, backend=req.backend, device=req.device)
@@ -163,34 +163,29 @@ class Infer:
             return False
         return health.worker_id == worker.worker_id and health.state in SERVING_STATES
 
-    async def _hive_preflight(self) -> str:
+    async def _hive_preflight(self, hive: HiveClient) -> None:
         """Phase 2: the hive answers (3 attempts) and speaks our version."""
         node = self.node
         if node.is_local:
             await ensure_local_hive(self.access, self._step)
-        url = await self.access.hive_url()
-        async with HiveClient(
-            url, self.access.hive_key, timeout_s=HIVE_TIMEOUT_S, node=node.name
-        ) as hive:
-            try:
-                health = await connect_attempts(
-                    hive.health,
-                    address=node.hive_address,
-                    timeout_s=HIVE_TIMEOUT_S,
-                    say=self._step,
-                    retry_if=lambda e: isinstance(e, httpx.TransportError),
-                )
-            except httpx.TransportError:
-                raise cannot_connect(
-                    node.hive_address,
-                    suggestion=f"Check if rbee-hive is running on {node.name}: "
-                    f"`rbee ssh-up {node.name}`",
-                ) from None
-            except (RemoteError, ValueError, KeyError):
-                raise not_our_hive(node) from None
+        try:
+            health = await connect_attempts(
+                hive.health,
+                address=node.hive_address,
+                timeout_s=HIVE_TIMEOUT_S,
+                say=self._step,
+                retry_if=lambda e: isinstance(e, httpx.TransportError),
+            )
+        except httpx.TransportError:
+            raise cannot_connect(
+                node.hive_address,
+                suggestion=f"Check if rbee-hive is running on {node.name}: "
+                f"`rbee ssh-up {node.name}`",
+            ) from None
+        except (RemoteError, ValueError, KeyError):
+            raise not_our_hive(node) from None
         if health.version != VERSION:
             raise version_mismatch(node, health.version)
-        return url
 
     def _load_failed(self, message: str) -> ActionableError:
         """The worker could not load the model: the other backend, or the file itself."""
