@@ -61,4 +61,5 @@ def queen(ctx: click.Context, listen: str, api_key_file: Path | None, log_level:
         sock = bind(host, port)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
-    asyncio.run(run_queen(inventory, settings, sock))
+    key_file = str(api_key_file.resolve()) if api_key_file is not None else None
+    asyncio.run(run_queen(inventory, settings, sock, key_file))

@@ -13,6 +13,11 @@ from hypercorn.asyncio import serve
 
 from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.keeper import Keeper
+from rbee.control.keeper.queen_address import (
+    QueenAddress,
+    clear_queen_address,
+    write_queen_address,
+)
 from rbee.dataplane.plumbing.http import server_config
 from rbee.dataplane.protocol.wire import VERSION
 
@@ -24,7 +29,12 @@ from .settings import QueenSettings
 log = logging.getLogger(__name__)
 
 
-async def run_queen(inventory: Inventory, settings: QueenSettings, sock: socket.socket) -> None:
+async def run_queen(
+    inventory: Inventory,
+    settings: QueenSettings,
+    sock: socket.socket,
+    key_file: str | None = None,
+) -> None:
     """Serves until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -37,6 +47,7 @@ async def run_queen(inventory: Inventory, settings: QueenSettings, sock: socket.
         view.start()
         host, port = sock.getsockname()[:2]
         log.info("rbee queen %s listening on http://%s:%d", VERSION, host, port)
+        write_queen_address(QueenAddress(url=_url(host, port), api_key_file=key_file))
         try:
             app = create_app(keeper, view, dispatcher, http, settings)
             config = server_config(sock, graceful_timeout_s=settings.graceful_stop_s)
@@ -44,5 +55,12 @@ async def run_queen(inventory: Inventory, settings: QueenSettings, sock: socket.
             # mappings; both are ASGI 3.
             await serve(app, config, shutdown_trigger=stopping.wait)  # type: ignore[arg-type]
         finally:
+            clear_queen_address()
             await view.aclose()
             log.info("stopped")
+
+
+def _url(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::"):  # every address: this machine's loopback reaches it
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
