@@ -266,3 +266,16 @@ def test_many_concurrent_commands_on_one_connection(node: FakeNode) -> None:
             return [x.stdout for x in results]
 
     assert arun(go()) == [f"{i}\n" for i in range(20)]
+
+
+def test_importing_the_ssh_runner_prints_nothing() -> None:
+    """A `rbee` command's stderr is for the user: no library's import-time warnings (asyncssh
+    under cryptography ≥ 51 warned about DSA on every command)."""
+    imported = subprocess.run(
+        [sys.executable, "-W", "default", "-c", "import rbee.control.keeper.ssh_runner"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert imported.returncode == 0
+    assert imported.stderr == ""
