@@ -25,6 +25,7 @@ from rbee.control.hive import pidfile
 from rbee.control.keeper.events import Unheard
 from rbee.control.keeper.inventory import load_inventory
 from rbee.control.keeper.keeper import Keeper
+from rbee.control.keeper.node import Node
 from rbee.control.keeper.probe import DEFAULT_REFRESH_S, probe_deadline_s
 from rbee.control.keeper.worker_registry import WorkerRegistry
 
@@ -53,11 +54,16 @@ def test_a_node_switched_off_is_skipped_and_shown_down(tmp_path: Path, tiny_mode
     registry = WorkerRegistry(home / "workers.db")
 
     async def start_workers() -> None:
+        """A warm worker on each node, both nodes at once (alpha's hive started first)."""
         async with Keeper(inventory, registry) as keeper:
-            await keeper.hive_up(inventory.get("alpha"), Unheard())
-            for node in keeper.nodes:
+
+            async def warm(node: Node) -> None:
+                if node.name == "alpha":
+                    await keeper.hive_up(node, Unheard())
                 worker_id = await keeper.spawn_worker(node, f"file:{tiny_model}", Unheard())
                 await keeper.wait_worker_ready(node, worker_id, Unheard(), timeout_s=60)
+
+            await asyncio.gather(*(warm(node) for node in keeper.nodes))
 
     async def alpha_down() -> None:
         async with Keeper(inventory, registry) as keeper:
