@@ -3,6 +3,10 @@ and the requests it has in flight on each worker.
 
 Each node is probed on its own schedule, so a dead or wedged node delays no other and no
 request: requests read the latest view and never wait on a probe.
+
+What a request learns between probes (a worker that could not be reached, one whose slots
+others hold) stands until a probe that began after it lands: a probe under way when it was
+learned may have read the node before, and must not undo it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import time
 from collections import Counter
@@ -29,6 +34,10 @@ class ClusterView:
         self.statuses: dict[str, NodeStatus] = {}
         self.checked_at: dict[str, float] = {}
         self.in_flight: Counter[str] = Counter()  # worker id → this queen's open requests
+        # What requests learned since the probes: worker id → (its node, when, on `_clock`).
+        self._clock = itertools.count()
+        self._forgotten: dict[str, tuple[str, int]] = {}
+        self._full: dict[str, tuple[str, int]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.on_refresh: Callable[[], None] = lambda: None  # after each node's fresh status
 
@@ -43,7 +52,13 @@ class ClusterView:
                 await task
 
     async def refresh(self, node: Node) -> NodeStatus:
+        began = next(self._clock)
         status = await self._keeper.probe(node)
+        gone = self._learned_since(self._forgotten, node.name, began)
+        self._learned_since(self._full, node.name, began)
+        if gone:
+            kept = tuple(w for w in status.workers if w.worker_id not in gone)
+            status = dataclasses.replace(status, workers=kept)
         self.statuses[node.name] = status
         self.checked_at[node.name] = time.time()
         self.on_refresh()
@@ -62,13 +77,41 @@ class ClusterView:
                     was_up = status.is_up
             await asyncio.sleep(self._refresh_s)
 
+    def _learned_since(
+        self, learned: dict[str, tuple[str, int]], node: str, began: int
+    ) -> set[str]:
+        """The node's workers in `learned` since the probe that `began` (they stand); those
+        learned before it are dropped: the probe has seen the node since."""
+        standing: set[str] = set()
+        for worker_id, (on, when) in list(learned.items()):
+            if on == node:
+                if when > began:
+                    standing.add(worker_id)
+                else:
+                    del learned[worker_id]
+        return standing
+
     def forget(self, worker: WorkerStatus) -> None:
-        """Drops a worker that could not be reached from the view until its node's next
-        probe says otherwise (its hive notices a death only at its next health check)."""
+        """Drops a worker that could not be reached from the view until a probe of its node
+        that begins after this says otherwise (its hive notices a death only at its next
+        health check)."""
+        self._forgotten[worker.worker_id] = (worker.node, next(self._clock))
         status = self.statuses.get(worker.node)
         if status is not None:
             kept = tuple(w for w in status.workers if w.worker_id != worker.worker_id)
             self.statuses[worker.node] = dataclasses.replace(status, workers=kept)
+
+    def mark_full(self, worker: WorkerStatus) -> None:
+        """The worker answered that all its slots are busy (others than this queen use it):
+        it takes none of the queen's requests until a probe of its node that begins after
+        this, or until one of the queen's requests on it ends (`freed`)."""
+        self._full[worker.worker_id] = (worker.node, next(self._clock))
+
+    def freed(self, worker_id: str) -> None:
+        self._full.pop(worker_id, None)
+
+    def is_full(self, worker_id: str) -> bool:
+        return worker_id in self._full
 
     def workers(self) -> Iterator[WorkerStatus]:
         for status in self.statuses.values():

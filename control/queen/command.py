@@ -55,6 +55,7 @@ def queen(ctx: click.Context, listen: str, api_key_file: Path | None, log_level:
         level=log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # the keeper's CLI configured WARNING before this command ran
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per probe is noise
     try:

@@ -3,6 +3,10 @@ free slot, the least busy first; else a worker spawned where the model may run; 
 in the model's bounded FIFO queue, whose head takes the next slot that frees. A full queue,
 or a wait past its limit, is a 503 with Retry-After.
 
+Two inventory models may share a reference (so a queue) but not their nodes: a slot that the
+head of the queue may not use goes to the first request behind it that may; requests of one
+model keep their order.
+
 The queen counts its own requests in flight (a worker's report is up to a refresh old), and
 requests never wait on a probe: they read the latest view (cluster_view.py).
 """
@@ -16,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from rbee.control.keeper.events import KeeperEvent, Unheard
 from rbee.control.keeper.events import Loading as KeeperLoading
@@ -24,18 +29,20 @@ from rbee.control.keeper.node import Node
 from rbee.control.keeper.served_models import ModelSpec
 from rbee.control.keeper.status import WorkerStatus
 from rbee.control.keeper.words import ActionableError
-from rbee.dataplane.protocol.events import Loading, Queued, Routed, Spawning
+from rbee.dataplane.protocol.events import Loading, Queued, Spawning
 from rbee.dataplane.protocol.wire import ApiError, ErrorCode, Message
 
 from .cluster_view import ClusterView
 from .routing import Route, pick, serving
 from .settings import RETRY_AFTER_S, QueenSettings
+from .timing import Waited
 
 log = logging.getLogger(__name__)
 SPAWN_RETRY_S = 30.0  # a model whose worker failed to start is not started again sooner
 # A request's own events before its worker starts it (DESIGN §4): queued, spawning, loading,
 # routed.
 Timeline = Callable[[Message], None]
+Phase = Literal["spawn", "load"]  # of a worker's start, which waiting requests wait for
 
 
 @dataclass
@@ -43,18 +50,22 @@ class Lease:
     """A slot on a worker, held for one request: `release()` once it is over."""
 
     route: Route
-    queued_s: float = 0.0  # waiting for a slot (a worker's start included)
-    _release: Callable[[], None] = field(default=lambda: None, repr=False)
+    waited: Waited = Waited()  # for the slot (a worker's start included)
+    sent_at: float = 0.0  # when the request went to the worker (monotonic clock)
+    _release: Callable[[bool], None] = field(default=lambda _busy: None, repr=False)
     _released: bool = field(default=False, repr=False)
 
     @property
     def worker(self) -> WorkerStatus:
         return self.route.worker
 
-    def release(self) -> None:
+    def release(self, *, taken_by_others: bool = False) -> None:
+        """`taken_by_others`: the worker refused it, all its slots busy with requests that
+        are not this queen's; it takes none of ours until it is probed again or one of our
+        requests on it ends."""
         if not self._released:
             self._released = True
-            self._release()
+            self._release(taken_by_others)
 
 
 def _unheard(_event: Message) -> None:
@@ -67,6 +78,22 @@ class _Waiter:
     granted: asyncio.Future[Lease]
     since: float
     heard: Timeline = _unheard
+    phase: Phase | None = None  # of the start of a worker of its model, while it waits
+    phase_since: float = 0.0
+    spawn_s: float = 0.0
+    load_s: float = 0.0
+
+    def enter(self, phase: Phase | None, now: float) -> None:
+        if self.phase == "spawn":
+            self.spawn_s += now - self.phase_since
+        elif self.phase == "load":
+            self.load_s += now - self.phase_since
+        self.phase, self.phase_since = phase, now
+
+    def waited(self, now: float) -> Waited:
+        self.enter(None, now)
+        queue_s = max(0.0, now - self.since - self.spawn_s - self.load_s)
+        return Waited(queue_s, self.spawn_s, self.load_s)
 
 
 class Dispatcher:
@@ -76,6 +103,7 @@ class Dispatcher:
         self._settings = settings
         self._queues: dict[str, deque[_Waiter]] = {}
         self._spawning: dict[tuple[str, str], asyncio.Task[None]] = {}  # (node, ref) → spawn
+        self._phases: dict[str, Phase] = {}  # ref → where its worker's start is
         # ref → its last failed start and when: not tried again for SPAWN_RETRY_S, so that
         # the requests waiting then are answered with why, not left to try it over and over.
         self._spawn_failures: dict[str, tuple[ActionableError, float]] = {}
@@ -95,30 +123,44 @@ class Dispatcher:
         """How many requests wait, per model reference."""
         return {ref: len(q) for ref, q in self._queues.items() if q}
 
-    async def acquire(self, spec: ModelSpec, heard: Timeline = _unheard) -> Lease:
-        """A slot for one request of `spec`'s model, waiting (FIFO) while every one is busy;
-        `heard` hears the request's timeline. ApiError: the queue is full, the wait passed
-        its limit, or no node can serve it."""
-        lease = await self._wait(spec, heard)
-        heard(Routed(node=lease.worker.node, worker_id=lease.worker.worker_id))
-        return lease
-
-    async def _wait(self, spec: ModelSpec, heard: Timeline) -> Lease:
+    async def acquire(
+        self,
+        spec: ModelSpec,
+        heard: Timeline = _unheard,
+        *,
+        deadline: float | None = None,
+        again: bool = False,
+    ) -> Lease:
+        """A slot for one request of `spec`'s model, waiting (FIFO) while every one is busy,
+        until `deadline` (the loop's clock; default: the queue's wait limit from now);
+        `heard` hears the request's timeline. `again`: a request that a worker refused,
+        its slots taken by others: it waits at the head of the queue. ApiError: the queue is
+        full, the wait passed its limit, or no node can serve it."""
         queue = self._queues.setdefault(spec.ref, deque())
-        if not queue and (route := self._pick(spec)) is not None:
+        # Every queued request has been offered every free slot (dispatch), so a slot this
+        # one finds is one that no request ahead of it may take.
+        if (route := self._pick(spec)) is not None:
             return self._lease(route)
-        self.admit(spec)
+        if not again:
+            self.admit(spec)
         self._spawn_if_possible(spec)
         if not queue and not self._can_wait(spec):
             raise self._unservable(spec)
-        waiter = _Waiter(spec, asyncio.get_running_loop().create_future(), time.monotonic(), heard)
-        queue.append(waiter)
-        heard(Queued(position=len(queue)))
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(spec, loop.create_future(), time.monotonic(), heard)
+        waiter.enter(self._phases.get(spec.ref), waiter.since)
+        if again:
+            queue.appendleft(waiter)
+        else:
+            queue.append(waiter)
+        heard(Queued(position=queue.index(waiter) + 1))
         for node, ref in self._spawning:
             if ref == spec.ref:
                 heard(Spawning(node=node))
+        if deadline is None:
+            deadline = loop.time() + self._settings.queue_wait_s
         try:
-            async with asyncio.timeout(self._settings.queue_wait_s):
+            async with asyncio.timeout_at(deadline):
                 return await waiter.granted
         except BaseException as exc:
             _give_back(waiter)  # a slot granted just as the wait ended (timeout, client gone)
@@ -131,40 +173,53 @@ class Dispatcher:
                 queue.remove(waiter)
 
     def dispatch(self, ref: str) -> None:
-        """Gives freed or new slots of `ref`'s model to the head of its queue."""
+        """Gives freed or new slots of `ref`'s model to its queue, in order: each to the
+        first request that may take it (one whose model may run on its node)."""
         queue = self._queues.get(ref)
-        while queue:
-            waiter = queue[0]
-            if waiter.granted.done():
-                queue.popleft()
+        if not queue:
+            return
+        unserved: set[ModelSpec] = set()  # found no slot: their requests behind wait too
+        moved = False
+        for waiter in list(queue):
+            if waiter.granted.done() or waiter.spec in unserved:
                 continue
             route = self._pick(waiter.spec)
             if route is None:
                 self._spawn_if_possible(waiter.spec)  # more demand than slots: scale out
                 if not self._can_wait(waiter.spec):
-                    queue.popleft()
+                    queue.remove(waiter)
                     waiter.granted.set_exception(self._unservable(waiter.spec))
-                    continue
-                return
-            queue.popleft()
+                else:
+                    unserved.add(waiter.spec)
+                continue
+            queue.remove(waiter)
             lease = self._lease(route)
-            lease.queued_s = time.monotonic() - waiter.since
+            lease.waited = waiter.waited(time.monotonic())
             waiter.granted.set_result(lease)
+            moved = True
+        if moved:
             for position, behind in enumerate(queue, start=1):
                 behind.heard(Queued(position=position))
 
     # ----------------------------------------------------------------- slots
 
     def _pick(self, spec: ModelSpec) -> Route | None:
-        workers = [w for w in self._view.workers() if w.node in spec.nodes]
-        return pick(workers, spec.ref, self._view.in_flight, self._keeper.registry)
+        view = self._view
+        workers = [
+            w for w in view.workers() if w.node in spec.nodes and not view.is_full(w.worker_id)
+        ]
+        return pick(workers, spec.ref, view.in_flight, self._keeper.registry)
 
     def _lease(self, route: Route) -> Lease:
         worker = route.worker
         self._view.in_flight[worker.worker_id] += 1
 
-        def release() -> None:
+        def release(taken_by_others: bool) -> None:
             self._view.in_flight[worker.worker_id] -= 1
+            if taken_by_others:
+                self._view.mark_full(worker)
+            else:
+                self._view.freed(worker.worker_id)
             self.dispatch(worker.model_ref)
 
         return Lease(route, _release=release)
@@ -221,7 +276,18 @@ class Dispatcher:
         node = self._keeper.inventory.get(name)
         task = asyncio.create_task(self._spawn(node, spec))
         self._spawning[(name, spec.ref)] = task
+        self._enter(spec.ref, "spawn")
         self.tell_waiting(spec.ref, Spawning(node=name))
+
+    def _enter(self, ref: str, phase: Phase | None) -> None:
+        """The start of a worker of `ref`'s model moved on: its waiting requests count it."""
+        if phase is None:
+            self._phases.pop(ref, None)
+        else:
+            self._phases[ref] = phase
+        now = time.monotonic()
+        for waiter in self._queues.get(ref, ()):
+            waiter.enter(phase, now)
 
     def tell_waiting(self, ref: str, event: Message) -> None:
         """Every request waiting for `ref`'s model hears `event` (a start, its load)."""
@@ -233,6 +299,7 @@ class Dispatcher:
         started = time.monotonic()
         try:
             worker_id = await self._keeper.spawn_worker(node, spec.ref, Unheard(), slots=spec.slots)
+            self._enter(spec.ref, "load")
             await self._keeper.wait_worker_ready(
                 node,
                 worker_id,
@@ -256,6 +323,7 @@ class Dispatcher:
             self._spawn_failures[spec.ref] = (ActionableError(str(exc)), time.monotonic())
         finally:
             del self._spawning[(node.name, spec.ref)]
+            self._enter(spec.ref, None)
             self.dispatch(spec.ref)
 
 

@@ -1,7 +1,8 @@
 """A request's way from the queen to a worker: a slot (dispatch.py), the worker reached
 (through its node's forward), the body sent, once more elsewhere if that worker cannot be
-reached; and rbee's own `/v1/inference`, whose stream tells the request's timeline before
-the worker's events, and which `DELETE /v1/inference/{id}` cancels wherever it is."""
+reached, back to the head of the queue if others hold the worker's slots; and rbee's own
+`/v1/inference`, whose stream tells the request's timeline before the worker's events, and
+which `DELETE /v1/inference/{id}` cancels wherever it is."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.runner import RunnerError
 from rbee.control.keeper.served_models import ModelSpec
 from rbee.dataplane.protocol.client import RemoteError
-from rbee.dataplane.protocol.events import ErrorEvent
+from rbee.dataplane.protocol.events import ErrorEvent, Routed
 from rbee.dataplane.protocol.requests import QueenInferenceRequest
 from rbee.dataplane.protocol.wire import (
     SILENCE_LIMIT_S,
@@ -37,6 +38,7 @@ from .dispatch import Dispatcher, Lease, Timeline
 from .metrics import QueenMetrics
 from .relay import chunks, send
 from .settings import QueenSettings
+from .timing import Waited
 
 log = logging.getLogger(__name__)
 ROUTE_ATTEMPTS = 2  # a worker unreachable before the request starts: once more elsewhere
@@ -80,28 +82,37 @@ class Forwarder:
         self, spec: ModelSpec, path: str, body: bytes, *, stream: bool, heard: Timeline = _unheard
     ) -> tuple[Lease, httpx.Response]:
         """A slot on a worker of the model and the worker's answer to `body` at `path`,
-        its body still to be read. ApiError when no slot comes or no worker can be reached."""
+        its body still to be read; the lease's `waited` is the whole wait for it and its
+        `sent_at` when the body went to the worker that took it. ApiError when no slot comes
+        in the queue's wait limit or no worker can be reached."""
         settings = self._settings
         # A stream is silent for the silence limit at most (the worker sends keep-alives); a
         # whole answer comes once it is all generated.
         read_s = SILENCE_LIMIT_S if stream else settings.whole_answer_timeout_s
         timeout = httpx.Timeout(read_s, connect=settings.connect_timeout_s)
-        for attempt in range(ROUTE_ATTEMPTS):
-            lease = await self._dispatcher.acquire(spec, heard)
-            self._metrics.queue_wait.observe(lease.queued_s)
+        deadline = asyncio.get_running_loop().time() + settings.queue_wait_s
+        waited = Waited()
+        unreachable = 0
+        refused = False
+        while True:
+            lease = await self._dispatcher.acquire(spec, heard, deadline=deadline, again=refused)
+            waited += lease.waited
             worker = lease.worker
             try:
                 node = self._keeper.inventory.get(worker.node)
                 url = await self._keeper.access(node).worker_url(worker.url)
+                lease.sent_at = time.monotonic()
                 upstream = await send(
                     self._http, url + path, lease.route.api_key, body, timeout=timeout
                 )
+                refused = await _slots_taken(upstream)
             except (httpx.ConnectError, httpx.ConnectTimeout, RunnerError, OSError) as exc:
                 # Not started there: the worker is gone (or its node's connection broke).
                 lease.release()
                 self._view.forget(worker)
                 log.warning("%s on %s unreachable: %s", worker.worker_id, worker.node, exc)
-                if attempt + 1 == ROUTE_ATTEMPTS:
+                unreachable += 1
+                if unreachable == ROUTE_ATTEMPTS:
                     raise ApiError(
                         ErrorCode.WORKER_CRASHED,
                         f"{worker.worker_id} on {worker.node} could not be reached: {exc}",
@@ -122,10 +133,31 @@ class Forwarder:
             except BaseException:
                 lease.release()  # the client left while the worker was being reached
                 raise
+            if refused:  # others hold its slots (a client of the worker's own, say)
+                await upstream.aclose()
+                lease.release(taken_by_others=True)
+                waited += Waited(queue_s=time.monotonic() - lease.sent_at)
+                log.info(
+                    "%s on %s: all slots busy with others' requests; %s waits again",
+                    worker.worker_id,
+                    worker.node,
+                    spec.name,
+                )
+                continue
             log.info("%s %s → %s on %s", path, spec.name, worker.worker_id, node.name)
             self._metrics.routed.labels(node=node.name).inc()
+            self._metrics.queue_wait.observe(waited.total_s)
+            lease.waited = waited
+            heard(
+                Routed(
+                    node=worker.node,
+                    worker_id=worker.worker_id,
+                    queue_ms=_ms(waited.queue_s),
+                    spawn_ms=_ms(waited.spawn_s),
+                    load_ms=_ms(waited.load_s),
+                )
+            )
             return lease, upstream
-        raise AssertionError("the loop returns or raises")
 
     def broken(self, lease: Lease) -> Callable[[], None]:
         """What to do when the lease's worker breaks off mid-answer: it is likely dead, so
@@ -236,6 +268,22 @@ class Forwarder:
             raise ApiError(
                 ErrorCode.WORKER_CRASHED, f"the worker of {request_id} did not answer: {exc}"
             ) from None
+
+
+async def _slots_taken(upstream: httpx.Response) -> bool:
+    """Whether the worker refused the request because all its slots are busy (its body is
+    read then; any other answer is left to be read)."""
+    if upstream.status_code != 503:
+        return False
+    await upstream.aread()
+    try:
+        return bool(upstream.json()["error"]["code"] == ErrorCode.ALL_SLOTS_BUSY)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
 
 
 def _sse(event: Message) -> bytes:

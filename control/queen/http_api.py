@@ -1,6 +1,8 @@
 """The queen's HTTP API (DESIGN §4 "Queen"): the OpenAI endpoints, rbee's /v1/inference
 and its cancel, the models the cluster serves, the cluster itself, health and metrics. Every
-answer from a worker names the node and worker that gave it."""
+answer from a worker names the node and worker that gave it, and where its time went
+(Server-Timing); a `/v1/inference` stream, whose headers go before a worker is found, tells
+both in its `routed` event."""
 
 from __future__ import annotations
 
@@ -35,11 +37,12 @@ from rbee.dataplane.protocol.requests import QueenInferenceRequest, RoutedReques
 from rbee.dataplane.protocol.wire import VERSION, ApiError, ErrorCode
 
 from .cluster_view import ClusterView
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, Lease
 from .forwarding import Forwarder
 from .metrics import QueenMetrics
 from .relay import answer
 from .settings import QueenSettings
+from .timing import server_timing, worker_ttft_s
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health"})
@@ -104,16 +107,11 @@ def create_app(
         lease, upstream = await _until_disconnected(
             request, forwarder.route(spec, request.url.path, raw, stream=routed.stream)
         )
-        worker = lease.worker
         return await answer(
             upstream,
             stream=routed.stream,
             broken=forwarder.broken(lease),
-            headers={
-                "X-Rbee-Node": worker.node,
-                "X-Rbee-Worker": worker.worker_id,
-                "Server-Timing": f"queue;dur={lease.queued_s * 1000:.1f}",
-            },
+            headers=_answered_by(lease, upstream, arrived, stream=routed.stream),
             first_byte=lambda: metrics.first_byte.observe(time.monotonic() - arrived),
             done=lease.release,
         )
@@ -138,7 +136,7 @@ def create_app(
             upstream,
             stream=False,
             broken=forwarder.broken(lease),
-            headers={"X-Rbee-Node": lease.worker.node, "X-Rbee-Worker": lease.worker.worker_id},
+            headers=_answered_by(lease, upstream, arrived, stream=False),
             first_byte=lambda: metrics.first_byte.observe(time.monotonic() - arrived),
             done=lease.release,
         )
@@ -182,6 +180,22 @@ def create_app(
         Middleware(BearerAuth, api_key=settings.api_key, public_paths=PUBLIC_PATHS),
     ]
     return Starlette(routes=routes, middleware=middleware, exception_handlers=EXCEPTION_HANDLERS)
+
+
+def _answered_by(
+    lease: Lease, upstream: httpx.Response, arrived: float, *, stream: bool
+) -> dict[str, str]:
+    """The headers of an answer a worker gave (its headers just came): who gave it, and
+    where its time went. A stream's first token is still to come: its timing says when the
+    worker took it; a whole answer's says when its first token came."""
+    if stream:
+        timing = server_timing(lease.waited, accept_s=time.monotonic() - arrived)
+    else:
+        worker_ttft = worker_ttft_s(upstream.headers)
+        ttft = None if worker_ttft is None else lease.sent_at - arrived + worker_ttft
+        timing = server_timing(lease.waited, ttft_s=ttft)
+    worker = lease.worker
+    return {"X-Rbee-Node": worker.node, "X-Rbee-Worker": worker.worker_id, "Server-Timing": timing}
 
 
 async def _until_disconnected(request: Request, waiting: Awaitable[T]) -> T:

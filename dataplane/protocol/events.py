@@ -73,3 +73,7 @@ class Routed(Message):
     type: Literal["routed"] = "routed"
     node: str
     worker_id: str
+    # What the request waited for before (the queen's Server-Timing, docs/queen.md).
+    queue_ms: float = 0.0
+    spawn_ms: float = 0.0
+    load_ms: float = 0.0

@@ -34,7 +34,7 @@ from rbee.dataplane.protocol.worker_api import (
 from . import openai_api
 from .engine import DoneEvent, ErrorEvent, Event, SamplingParams, TokenEvent
 from .service import Worker
-from .streaming import collect, sse_response
+from .streaming import collect, sse_response, ttft_header
 
 PUBLIC_PATHS = frozenset({"/health", OPENAPI_PATH})
 REQUEST_BODIES: dict[str, type[BaseModel]] = {
@@ -90,7 +90,7 @@ def create_app(worker: Worker) -> Starlette:
                 duration_ms=elapsed_ms(),
                 stop_reason=result.terminal.stop_reason,
             )
-            return JSONResponse(answer.wire(), headers=headers)
+            return JSONResponse(answer.wire(), headers=headers | ttft_header(gen))
 
         index = 0
 

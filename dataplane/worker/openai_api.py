@@ -21,7 +21,7 @@ from rbee.dataplane.protocol.wire import ApiError, ErrorCode
 from .chat import ChatTemplateError, render_chat
 from .engine import DoneEvent, ErrorEvent, Event, Generation, SamplingParams, TokenEvent
 from .service import Worker
-from .streaming import collect, sse_response
+from .streaming import collect, sse_response, ttft_header
 
 FINISH_REASON = {
     StopReason.MAX_TOKENS: "length",
@@ -105,7 +105,7 @@ def routes(worker: Worker) -> list[Route]:
                         "total_tokens": prompt_tokens + completion_tokens,
                     },
                 },
-                headers=headers,
+                headers=headers | ttft_header(gen),
             )
 
         def chunk(delta: dict[str, Any] | str, finish: str | None) -> dict[str, Any]:

@@ -51,6 +51,14 @@ class Collected:
     terminal: DoneEvent | ErrorEvent
 
 
+def ttft_header(gen: Generation) -> dict[str, str]:
+    """`Server-Timing: ttft` of a whole answer: from its generation's start to the first
+    token (the queen adds its own share before the worker)."""
+    if gen.first_token_at is None:
+        return {}
+    return {"Server-Timing": f"ttft;dur={(gen.first_token_at - gen.created) * 1000:.1f}"}
+
+
 async def collect(request: Request, gen: Generation) -> Collected:
     """Waits for the whole answer (stream: false); a client that disconnects cancels it."""
     watcher = asyncio.create_task(_cancel_on_disconnect(request, gen))

@@ -1,5 +1,6 @@
 """The queen's dispatch rules on a cluster view set by hand: free slots first, the least busy
-worker, then a bounded FIFO queue whose head takes the next slot that frees."""
+worker, then a bounded FIFO queue whose head takes the next slot that frees (or the first
+request behind it that may use it); a worker whose slots others hold is passed over."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ from rbee.control.keeper.worker_registry import WorkerRegistry
 from rbee.control.queen.cluster_view import ClusterView
 from rbee.control.queen.dispatch import Dispatcher
 from rbee.control.queen.settings import QueenSettings
-from rbee.dataplane.protocol.wire import ApiError, ErrorCode
+from rbee.dataplane.protocol.events import Queued
+from rbee.dataplane.protocol.wire import ApiError, ErrorCode, Message
 
 REF = "file:/models/tiny.gguf"
 
 
-def worker(worker_id: str, slots: int) -> WorkerStatus:
+def worker(worker_id: str, slots: int, node: str = "local") -> WorkerStatus:
     return WorkerStatus(
-        node="local",
+        node=node,
         worker_id=worker_id,
         model_ref=REF,
         state="idle",
@@ -80,7 +82,7 @@ def test_the_least_busy_worker_then_the_queue_in_order(tmp_path: Path) -> None:
         assert queen.queued() == {REF: 2} and not any(w.done() for w in waiting)
         third.release()
         head = await asyncio.wait_for(waiting[0], 1)
-        assert head.worker.worker_id == third.worker.worker_id and head.queued_s > 0
+        assert head.worker.worker_id == third.worker.worker_id and head.waited.queue_s > 0
         assert not waiting[1].done()
         first.release()
         assert (await asyncio.wait_for(waiting[1], 1)).worker.worker_id == "w-a"
@@ -134,5 +136,82 @@ def test_a_request_that_leaves_the_queue_takes_no_slot(tmp_path: Path) -> None:
             await late
         assert view.in_flight["w-a"] == 0
         assert (await asyncio.wait_for(queen.acquire(spec), 1)).worker.worker_id == "w-a"
+
+    asyncio.run(scenario())
+
+
+def test_a_slot_the_head_may_not_use_goes_to_the_first_request_that_may(tmp_path: Path) -> None:
+    """Two inventory models of one reference (one queue), each on its own node: a slot
+    freed on b goes past the head (a's) to the first request of b's model."""
+    inventory = write_inventory(
+        tmp_path / "inventory.toml",
+        local_node("a", 1, tmp_path / "a"),
+        local_node("b", 1, tmp_path / "b"),
+        f'[models.on-a]\nref = "{REF}"\nnodes = ["a"]\n',
+        f'[models.on-b]\nref = "{REF}"\nnodes = ["b"]\n',
+    )
+    registry = WorkerRegistry(tmp_path / "workers.db")
+    keeper = Keeper(inventory, registry)
+    view = ClusterView(keeper, refresh_s=60)
+    for node in ("a", "b"):
+        register_worker(registry, f"w-{node}", REF, "http://127.0.0.1:1")
+        view.statuses[node] = NodeStatus(
+            node, "local", HiveState.UP, "0.1.0", (worker(f"w-{node}", 1, node),)
+        )
+    queen = Dispatcher(keeper, view, QueenSettings())
+    on_a, on_b = inventory.model("on-a"), inventory.model("on-b")
+
+    async def scenario() -> None:
+        held_a, held_b = await queen.acquire(on_a), await queen.acquire(on_b)
+        head = asyncio.ensure_future(queen.acquire(on_a))
+        await asyncio.sleep(0)
+        behind = asyncio.ensure_future(queen.acquire(on_b))
+        await asyncio.sleep(0)
+        assert queen.queued() == {REF: 2}
+        held_b.release()
+        assert (await asyncio.wait_for(behind, 1)).worker.worker_id == "w-b"
+        assert not head.done()
+        held_a.release()
+        assert (await asyncio.wait_for(head, 1)).worker.worker_id == "w-a"
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_whose_slots_others_hold_is_passed_over_until_ours_frees_one(
+    tmp_path: Path,
+) -> None:
+    """The worker refused a request (its slots busy with others' requests): the request
+    waits at the head of the queue, and the worker takes none of ours until one of the
+    queen's requests on it ends."""
+    queen, spec, view = dispatcher(tmp_path, {"w-a": 2})
+
+    async def scenario() -> None:
+        ours, refused = await queen.acquire(spec), await queen.acquire(spec)
+        later = asyncio.ensure_future(queen.acquire(spec))
+        await asyncio.sleep(0)
+        refused.release(taken_by_others=True)
+        assert view.in_flight["w-a"] == 1 and not later.done()  # a slot by count: not ours
+        heard: list[Message] = []
+        again = asyncio.ensure_future(queen.acquire(spec, heard.append, again=True))
+        await asyncio.sleep(0)
+        assert heard == [Queued(position=1)] and queen.queued() == {REF: 2}
+        ours.release()
+        first, second = await asyncio.wait_for(asyncio.gather(again, later), 1)
+        assert first.worker.worker_id == second.worker.worker_id == "w-a"
+        assert view.in_flight["w-a"] == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_request_refused_again_keeps_its_first_deadline(tmp_path: Path) -> None:
+    queen, spec, _view = dispatcher(tmp_path, {"w-a": 1})
+
+    async def scenario() -> None:
+        refused = await queen.acquire(spec)
+        refused.release(taken_by_others=True)
+        deadline = asyncio.get_running_loop().time() + 0.2
+        with pytest.raises(ApiError) as waited:
+            await queen.acquire(spec, deadline=deadline, again=True)
+        assert waited.value.code is ErrorCode.ALL_SLOTS_BUSY
 
     asyncio.run(scenario())

@@ -8,10 +8,12 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from unittest.mock import ANY
 
 import httpx
 import openai
@@ -19,7 +21,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import free_port
+from conftest import LONG_CTX, free_port
 from support.hive_process import HiveProcess, start_hive
 from support.inventories import local_node, write_inventory
 from support.queen_process import Queen, run_queen, sdk, start_queen
@@ -27,7 +29,9 @@ from support.queen_process import Queen, run_queen, sdk, start_queen
 from rbee.control.keeper.events import Unheard
 from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.keeper import Keeper
-from rbee.control.keeper.worker_registry import WorkerRegistry
+from rbee.control.keeper.provisioning import provision
+from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
+from rbee.control.queen.cluster_view import ClusterView
 
 
 @dataclass
@@ -108,7 +112,7 @@ def test_the_openai_sdk_streams_through_the_queen(cluster: Cluster, queen: Queen
     )
     assert raw.headers["x-rbee-node"] == "local"
     assert raw.headers["x-rbee-worker"] == cluster.worker_id
-    assert raw.headers["server-timing"] == "queue;dur=0.0"
+    assert timings(raw.headers) == {"queue": 0, "spawn": 0, "load": 0, "ttft": ANY}
     assert raw.parse().usage.completion_tokens == 4
 
     answer = client.chat.completions.create(
@@ -130,6 +134,166 @@ def test_the_openai_sdk_streams_through_the_queen(cluster: Cluster, queen: Queen
     assert metrics[("rbee_queen_requests_routed_total", "local")] == node["routed"]
     assert metrics[("rbee_queen_time_to_first_byte_seconds_count", None)] == node["routed"]
     assert metrics[("rbee_queen_queue_wait_seconds_count", None)] == node["routed"]
+
+
+def timings(headers: Mapping[str, str]) -> dict[str, float]:
+    """Server-Timing's metrics and their durations (ms)."""
+    parts = [p.strip().split(";") for p in headers["server-timing"].split(",")]
+    return {p[0]: float(p[-1].removeprefix("dur=")) for p in parts}
+
+
+def test_every_answer_a_worker_gave_says_which_and_where_its_time_went(
+    cluster: Cluster, queen: Queen
+) -> None:
+    """A whole answer: queue, spawn, load and its time to the first token; a stream, whose
+    headers go before its first token: when a worker took it; a /v1/inference stream, whose
+    headers go before a worker is found: its `routed` event."""
+    client = sdk(queen)
+    whole = client.completions.with_raw_response.create(
+        model=cluster.model_ref, prompt="Once upon a time", max_tokens=4
+    )
+    whole_timing = timings(whole.headers)
+    assert list(whole_timing) == ["queue", "spawn", "load", "ttft"]
+    assert whole_timing["ttft"] > 0 and whole_timing["spawn"] == whole_timing["load"] == 0
+
+    with client.completions.with_streaming_response.create(
+        model=cluster.model_ref, prompt="Once upon a time", max_tokens=4, stream=True
+    ) as streamed:
+        assert streamed.headers["x-rbee-worker"] == cluster.worker_id
+        assert list(timings(streamed.headers)) == ["queue", "spawn", "load", "accept"]
+        assert timings(streamed.headers)["accept"] > 0
+        assert 'accept;desc="a worker took it"' in streamed.headers["server-timing"]
+        assert list(streamed.iter_lines())
+
+    body = {"model": cluster.model_ref, "prompt": "Once upon a time", "max_tokens": 4}
+    rbee_whole = httpx.post(f"{queen.url}/v1/inference", json=body | {"stream": False})
+    assert rbee_whole.status_code == 200, rbee_whole.text
+    assert rbee_whole.headers["x-rbee-node"] == "local"
+    assert rbee_whole.headers["x-rbee-worker"] == cluster.worker_id
+    assert list(timings(rbee_whole.headers)) == ["queue", "spawn", "load", "ttft"]
+
+    [routed] = [e for e in inference_events(queen, body) if e["type"] == "routed"]
+    assert routed == {
+        "type": "routed",
+        "node": "local",
+        "worker_id": cluster.worker_id,
+        "queue_ms": 0,
+        "spawn_ms": 0,
+        "load_ms": 0,
+    }
+
+
+def busy_answers(worker: httpx.Client) -> float:
+    """How many requests the worker refused with 503 ALL_SLOTS_BUSY."""
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(worker.get("/metrics").text)
+        for s in family.samples
+        if s.name == "rbee_worker_requests_total" and s.labels["outcome"] == "busy"
+    )
+
+
+def test_a_worker_whose_slot_another_client_holds_makes_the_request_wait_not_fail(
+    cluster: Cluster, queen: Queen, deep_tiny_model: Path, tmp_path: Path
+) -> None:
+    """A 1-slot worker (of the queen's keeper, with a context long enough for a stream of
+    seconds) whose slot a client of its own holds: the worker answers the queen 503; the
+    request waits at the head of its queue and is served once that slot frees (before, the
+    client was answered 503)."""
+    held_model = tmp_path / "held.gguf"
+    shutil.copy(deep_tiny_model, held_model)
+    ref = f"file:{held_model}"
+    registry = WorkerRegistry(cluster.home / "workers.db")
+    node = cluster.inventory.get("local")
+
+    async def spawn_long() -> str:
+        async with Keeper(cluster.inventory, registry) as keeper:
+            async with keeper.access(node).hive(timeout_s=60) as hive:
+                await provision(hive, node.name, ref, Unheard())
+                spawned = await hive.spawn(ref, slots=1, ctx_size=LONG_CTX)
+            registry.record(
+                RegisteredWorker(
+                    worker_id=spawned.worker_id,
+                    node=node.name,
+                    model_ref=ref,
+                    url=spawned.url,
+                    api_key=spawned.api_key,
+                    backend=node.backend,
+                    device=0,
+                    state=spawned.state,
+                    created_at=time.time(),
+                    last_health_check=None,
+                )
+            )
+            await keeper.wait_worker_ready(node, spawned.worker_id, Unheard(), timeout_s=60)
+            return spawned.worker_id
+
+    worker = registry.get(asyncio.run(spawn_long()))
+    registry.close()
+    assert worker is not None
+    deadline = time.monotonic() + 10
+    while {"worker_id": worker.worker_id, "state": "idle"} not in [
+        {"worker_id": w["worker_id"], "state": w["state"]}
+        for w in httpx.get(f"{queen.url}/v1/cluster").json()["workers"]
+    ]:
+        assert time.monotonic() < deadline, "the queen never saw the worker ready"
+        time.sleep(0.1)
+    direct = httpx.Client(
+        base_url=worker.url, headers={"Authorization": f"Bearer {worker.api_key}"}, timeout=60
+    )
+    body = {"prompt": "Once upon a time", "max_tokens": 8192, "request_id": "req-direct"}
+    answers: list[openai.types.Completion] = []
+    client = sdk(queen)
+    with direct, direct.stream("POST", "/v1/inference", json=body) as held:
+        assert held.status_code == 200
+        next(line for line in held.iter_lines() if '"type": "token"' in line)
+        through = threading.Thread(
+            target=lambda: answers.append(
+                client.completions.create(model=ref, prompt="Once upon a time", max_tokens=2)
+            )
+        )
+        through.start()
+        deadline = time.monotonic() + 10
+        while busy_answers(direct) == 0:  # the worker refused the queen
+            assert time.monotonic() < deadline and through.is_alive(), "it was not refused"
+            time.sleep(0.02)
+        # The stream ends (it is canceled here, if it has not run out): the request, back in
+        # the queue, goes to the worker again after the next probe.
+        assert direct.delete("/v1/inference/req-direct").status_code == 204
+    through.join(15)
+    assert not through.is_alive()
+    [answer] = answers
+    assert answer.usage is not None and answer.usage.completion_tokens == 2
+
+
+def test_a_probe_under_way_when_a_worker_is_forgotten_does_not_bring_it_back(
+    cluster: Cluster,
+) -> None:
+    """The hive is frozen (SIGSTOP) while a probe waits on it; the worker is forgotten (as
+    a request that could not reach it does); the probe lands with the worker in it: it stays
+    forgotten until the next probe."""
+    node = cluster.inventory.get("local")
+
+    async def scenario() -> None:
+        async with Keeper(cluster.inventory, WorkerRegistry(cluster.home / "w.db")) as keeper:
+            view = ClusterView(keeper, refresh_s=60)
+            await view.refresh(node)
+            [worker] = [w for w in view.workers() if w.worker_id == cluster.worker_id]
+            os.kill(cluster.hive.proc.pid, signal.SIGSTOP)
+            try:
+                landing = asyncio.ensure_future(view.refresh(node))
+                await asyncio.sleep(0.5)
+                assert not landing.done()
+                view.forget(worker)
+            finally:
+                os.kill(cluster.hive.proc.pid, signal.SIGCONT)
+            status = await landing
+            assert status.is_up and cluster.worker_id not in [w.worker_id for w in status.workers]
+            assert cluster.worker_id not in [w.worker_id for w in view.workers()]
+            await view.refresh(node)  # begun after: the worker is back
+            assert cluster.worker_id in [w.worker_id for w in view.workers()]
+
+    asyncio.run(scenario())
 
 
 def test_what_the_queen_cannot_route_is_said_plainly(cluster: Cluster, queen: Queen) -> None:
@@ -190,8 +354,8 @@ def test_the_first_request_for_a_model_no_worker_holds_starts_one(
         model="fresh", prompt="Once upon a time", max_tokens=4
     )
     assert raw.headers["x-rbee-worker"] != cluster.worker_id
-    queued_ms = float(raw.headers["server-timing"].partition("queue;dur=")[2])
-    assert queued_ms > 0  # it waited for the start
+    waited = timings(raw.headers)
+    assert waited["spawn"] > 0 and waited["load"] > 0  # it waited for the start
     assert raw.parse().usage.completion_tokens == 4
     [fresh] = [
         w
@@ -250,6 +414,7 @@ def test_rbee_inference_tells_the_timeline_before_the_tokens(queen: Queen) -> No
     assert events[1] == {"type": "spawning", "node": "local"}
     routed = events[kinds.index("routed")]
     assert routed["node"] == "local" and str(routed["worker_id"]).startswith("worker-")
+    assert isinstance(routed["spawn_ms"], float) and routed["spawn_ms"] > 0
 
     again = inference_events(
         queen, {"model": "timed", "prompt": "Once upon a time", "max_tokens": 2}

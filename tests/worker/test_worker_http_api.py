@@ -80,6 +80,8 @@ def test_stream_false_answers_one_json(shared_worker: WorkerProcess) -> None:
     answer = first.json()
     assert answer["stop_reason"] == "max_tokens" and answer["total_tokens"] == 8
     assert answer["text"] and answer["request_id"] == first.headers["x-request-id"]
+    ttft = first.headers["server-timing"]  # its first token's time, for the queen
+    assert ttft.startswith("ttft;dur=") and float(ttft.removeprefix("ttft;dur=")) > 0
     # greedy decoding is deterministic for the same request shape
     assert second.json()["text"] == answer["text"]
 
