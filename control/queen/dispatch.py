@@ -30,6 +30,7 @@ from rbee.control.keeper.served_models import ModelSpec
 from rbee.control.keeper.status import WorkerStatus
 from rbee.control.keeper.words import ActionableError
 from rbee.dataplane.protocol.events import Loading, Queued, Spawning
+from rbee.dataplane.protocol.states import ManagedState
 from rbee.dataplane.protocol.wire import ApiError, ErrorCode, Message
 
 from .cluster_view import ClusterView
@@ -42,6 +43,8 @@ SPAWN_RETRY_S = 30.0  # a model whose worker failed to start is not started agai
 # A request's own events before its worker starts it (DESIGN §4): queued, spawning, loading,
 # routed.
 Timeline = Callable[[Message], None]
+# A worker in these states (a start another keeper command began) serves soon.
+COMING_STATES = frozenset({ManagedState.STARTING, ManagedState.LOADING})
 Phase = Literal["spawn", "load"]  # of a worker's start, which waiting requests wait for
 
 
@@ -227,16 +230,17 @@ class Dispatcher:
     # ----------------------------------------------------------------- spawning
 
     def _can_wait(self, spec: ModelSpec) -> bool:
-        """Whether a slot may come: a worker this keeper started serves the model (others'
-        keys are not ours), or one is being started."""
+        """Whether a slot may come: a worker this keeper started serves the model or is
+        loading it (others' keys are not ours), or the queen is starting one."""
         registry = self._keeper.registry
         workers = [
             w
             for w in self._view.workers()
             if w.node in spec.nodes and registry.get(w.worker_id) is not None
         ]
+        loading = any(w.model_ref == spec.ref and w.state in COMING_STATES for w in workers)
         starting = any(ref == spec.ref for (_node, ref) in self._spawning)
-        return bool(serving(workers, spec.ref)) or starting
+        return bool(serving(workers, spec.ref)) or loading or starting
 
     def _unservable(self, spec: ModelSpec) -> ApiError:
         if (failure := self._spawn_failures.get(spec.ref)) is not None:

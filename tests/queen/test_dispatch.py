@@ -5,6 +5,7 @@ request behind it that may use it); a worker whose slots others hold is passed o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -213,5 +214,25 @@ def test_a_request_refused_again_keeps_its_first_deadline(tmp_path: Path) -> Non
         with pytest.raises(ApiError) as waited:
             await queen.acquire(spec, deadline=deadline, again=True)
         assert waited.value.code is ErrorCode.ALL_SLOTS_BUSY
+
+    asyncio.run(scenario())
+
+
+def test_a_request_waits_for_a_worker_that_is_loading_then_takes_it(tmp_path: Path) -> None:
+    """A worker of ours still loading (started by `rbee infer`, say) will serve soon: the
+    request waits for it rather than hearing that no node can serve the model."""
+    queen, spec, view = dispatcher(tmp_path, {"w-a": 1})
+    status = view.statuses["local"]
+    loading = dataclasses.replace(status.workers[0], state="loading")
+    view.statuses["local"] = dataclasses.replace(status, workers=(loading,))
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(queen.acquire(spec))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        view.statuses["local"] = status  # the next probe finds it idle
+        queen.dispatch_all()
+        lease = await asyncio.wait_for(waiting, 1)
+        assert lease.worker.worker_id == "w-a"
 
     asyncio.run(scenario())
