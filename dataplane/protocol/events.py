@@ -73,3 +73,12 @@ class Routed(Message):
     type: Literal["routed"] = "routed"
     node: str
     worker_id: str
+
+
+# One event of the queen's POST /v1/inference stream: the request's timeline, then its
+# worker's events.
+QueenInferenceEvent = Annotated[
+    Queued | Spawning | Loading | Routed | Started | Token | Done | ErrorEvent,
+    Field(discriminator="type"),
+]
+QUEEN_INFERENCE_EVENT: TypeAdapter[QueenInferenceEvent] = TypeAdapter(QueenInferenceEvent)
