@@ -104,7 +104,7 @@ class QueenInfer:
                     raise queen_failure(
                         exc.code, exc.message, status=exc.status, retry_after=exc.retry_after
                     ) from None
-                except httpx.HTTPError as exc:
+                except (httpx.HTTPError, httpx.InvalidURL) as exc:
                     if self._tokens:
                         raise self._broken(str(exc) or type(exc).__name__) from None
                     raise queen_call_failure(client.base_url, exc) from None

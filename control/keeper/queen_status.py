@@ -55,7 +55,7 @@ def queen_call_failure(url: str, exc: Exception) -> ActionableError:
         return queen_not_answering(url, QUEEN_CALL_TIMEOUT_S)
     if isinstance(exc, RemoteError):
         return queen_failure(exc.code, exc.message, status=exc.status, retry_after=exc.retry_after)
-    return queen_unreachable(url)
+    return queen_unreachable(url)  # refused, cut, or queen.json naming no URL
 
 
 async def probe_queen(address: QueenAddress) -> QueenStatus:
@@ -65,7 +65,7 @@ async def probe_queen(address: QueenAddress) -> QueenStatus:
             report = await client.cluster()
     except ActionableError as exc:
         return QueenStatus(address.url, problem=exc.message)
-    except (httpx.HTTPError, RemoteError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, RemoteError) as exc:
         return QueenStatus(address.url, problem=queen_call_failure(address.url, exc).message)
     return QueenStatus(
         address.url,

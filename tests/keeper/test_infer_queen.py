@@ -1,5 +1,6 @@
 """`rbee infer --queen` as a person runs it: the console script in a subprocess, a real queen
-(`rbee queen`) in front of a real local hive, the workers the queen starts on tiny models."""
+(`rbee queen`) in front of a real local hive, the workers the queen starts on tiny models;
+and the facade's queen run and probe, in process, where no queen listens."""
 
 from __future__ import annotations
 
@@ -18,9 +19,14 @@ import httpx
 import pytest
 
 from conftest import BIN
+from support.inventories import CLOSED_PORT
 from support.queen_cluster import QueenCluster, queen_cluster
 from support.queen_process import Queen, start_queen
 
+from rbee.control.keeper.events import Failed, KeeperEvent
+from rbee.control.keeper.queen_address import QueenAddress
+from rbee.control.keeper.queen_infer import QueenInfer, QueenRequest
+from rbee.control.keeper.queen_status import QueenStatus, probe_queen
 from rbee.control.queen.settings import QueenSettings
 
 
@@ -151,6 +157,30 @@ def test_a_full_queue_is_said_busy_with_when_to_retry(cluster: QueenCluster, que
         f"Error: The queen is busy: {queue_max} requests already wait for busy; retry in 1 s",
         "Suggestion: retry in 1 s, or give it more slots or workers ([models.*])",
     ]
+
+
+def test_a_queen_that_went_away_unseen_is_said_so() -> None:
+    """queen.json naming a queen that no longer listens (killed before it could remove it):
+    the dashboard's probe and a prompt say so, in words."""
+    gone = QueenAddress(url=f"http://127.0.0.1:{CLOSED_PORT}")
+    heard: list[KeeperEvent] = []
+
+    class Listener:
+        def heard(self, event: KeeperEvent) -> None:
+            heard.append(event)
+
+    async def scenario() -> tuple[QueenStatus, int]:
+        return (
+            await probe_queen(gone),
+            await QueenInfer(gone, QueenRequest("hi", "tiny"), Listener()).run(),
+        )
+
+    status, code = asyncio.run(scenario())
+    assert status.problem == f"Cannot connect to the queen at {gone.url}"
+    assert code == 1
+    [failed] = [e for e in heard if isinstance(e, Failed)]
+    assert failed.error.message == status.problem
+    assert failed.error.suggestion == "start one with `rbee queen start` (or `rbee queen`)"
 
 
 def test_ctrl_c_cancels_the_request_at_the_queen(cluster: QueenCluster, queen: Queen) -> None:

@@ -17,7 +17,7 @@ from test_tui_app import SIZE, wait_for
 
 from rbee.control.keeper.worker_registry import WorkerRegistry
 from rbee.tui.app import RbeeApp
-from rbee.tui.queen_panel import QueenPanel
+from rbee.tui.queen_panel import MODEL_WIDTH, QueenPanel
 from rbee.tui.settings import TuiConfig
 
 
@@ -60,16 +60,23 @@ def test_the_panel_shows_the_queen_its_queue_and_its_routes(
                         asyncio.create_task(long_stream(queen.url, "req-a", first)),
                     ]
                     await wait_for(pilot, first.is_set, 60, "the first request's tokens")
-                    streams.append(asyncio.create_task(long_stream(queen.url, "req-b", second)))
                     await wait_for(
                         pilot,
-                        lambda: (
-                            f"file:{deep_tiny_model}"[:39] in panel.text
-                            and "queued  none" not in panel.text
-                        ),
-                        what="the waiting request in the queue line",
+                        lambda: "queued  none\nrouted  local 1" in panel.text,
+                        what="the first request routed, none waiting",
                     )
-                    assert "routed  local 1" in panel.text
+                    streams.append(asyncio.create_task(long_stream(queen.url, "req-b", second)))
+                    model = f"file:{deep_tiny_model}"
+                    waiting = (
+                        f"queued  {model[: MODEL_WIDTH - 1]}… 1"
+                        if len(model) > MODEL_WIDTH
+                        else f"queued  {model} 1"
+                    )
+                    await wait_for(
+                        pilot,
+                        lambda: f"{waiting}\nrouted  local 1" in panel.text,
+                        what="the second request waiting in the queue line",
+                    )
                     async with httpx.AsyncClient() as http:  # the waiting one first: never routed
                         for request_id in ("req-b", "req-a"):
                             await http.delete(f"{queen.url}/v1/inference/{request_id}")
