@@ -49,7 +49,7 @@ class QueenRequest:
 
 class QueenInfer:
     """One prompt through the queen at `address` (None: no queen runs), reported to a
-    listener: the flow `rbee infer --queen` and the dashboard share."""
+    listener: `rbee infer --queen`'s flow, on the facade for the dashboard too."""
 
     def __init__(
         self, address: QueenAddress | None, request: QueenRequest, listener: Listener
@@ -149,14 +149,14 @@ class QueenInfer:
             self._listener.heard(AnswerEnded())
         try:
             await client.cancel(self.request_id, timeout_s=CANCEL_ACK_TIMEOUT_S)
-            self._listener.heard(Step("Canceled."))
+            acknowledged = True
         except RemoteError as exc:
-            if exc.status != 404:  # 404: it had ended, or the queen never had it
-                self._listener.heard(Step("Canceled (the queen may still be processing)."))
-            else:
-                self._listener.heard(Step("Canceled."))
+            acknowledged = exc.status == 404  # it had ended, or had not reached the queen
         except (httpx.HTTPError, OSError):
-            self._listener.heard(Step("Canceled (the queen may still be processing)."))
+            acknowledged = False
+        self._listener.heard(
+            Step("Canceled." if acknowledged else "Canceled (the queen may still be processing).")
+        )
         return EXIT_INTERRUPTED
 
     def _broken(self, why: str | None = None) -> ActionableError:
