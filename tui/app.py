@@ -38,6 +38,7 @@ from .messages import (
 )
 from .model_picker import ModelPickerScreen
 from .nodes_table import NodesTable
+from .queen_panel import QueenPanel
 from .settings import TuiConfig
 from .stream_panel import StreamPanel
 from .workers_table import WorkersTable
@@ -87,6 +88,7 @@ class RbeeApp(App[None]):
         with Horizontal(id="below"):
             yield StreamPanel(self.keeper, self.nodes, self.config.max_tokens, id="stream")
             yield LogPanel(id="log")
+        yield QueenPanel(self.keeper, id="queen")
         yield ActivityBar(id="activity")
         yield Footer()
 
@@ -132,11 +134,13 @@ class RbeeApp(App[None]):
     # ----------------------------------------------------------------- refreshing
 
     def action_refresh(self) -> None:
-        """Probes every node whose previous probe has finished (a slow node delays no other)."""
+        """Probes every node whose previous probe has finished (a slow node delays no other),
+        and asks the queen."""
         for node in self.nodes.values():
             if node.name not in self._probing:
                 self._probing.add(node.name)
                 self.probe(node)
+        self.main.query_one(QueenPanel).refresh_queen()
 
     @work(group="probe", exit_on_error=False)
     async def probe(self, node: Node) -> None:

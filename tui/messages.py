@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TypeVar
 from textual.message import Message
 from textual.message_pump import MessagePump
 
+from rbee.control.keeper.queen_status import QueenStatus
 from rbee.control.keeper.status import LogLine, NodeStatus
 from rbee.control.keeper.words import ActionableError
 
@@ -38,6 +39,14 @@ class NodeProbed(Message):
         super().__init__()
         self.status = status
         self.checked_at = checked_at
+
+
+class QueenProbed(Message):
+    """What the queen is doing now; None: no queen runs."""
+
+    def __init__(self, status: QueenStatus | None) -> None:
+        super().__init__()
+        self.status = status
 
 
 class ActionProgress(Message):

@@ -7,9 +7,10 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import get_args
+from typing import Protocol, get_args
 
 import click
+from click.core import ParameterSource
 
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 from rbee.dataplane.protocol.requests import MAX_TOKENS_LIMIT
@@ -23,6 +24,7 @@ from .inventory import Inventory, find_inventory, load_inventory
 from .inventory_errors import InventoryError
 from .keeper import Keeper
 from .node import Backend, Node
+from .queen_infer import QueenRequest
 from .runner import RunnerError
 from .words import ActionableError
 from .worker_registry import WorkerRegistry
@@ -57,7 +59,20 @@ def inventory_of(ctx: click.Context) -> Inventory:
 @click.argument("prompt_words", nargs=-1)
 @click.option("--prompt", default=None, help="The prompt (or give it as arguments).")
 @click.option("--node", default="local", show_default=True)
-@click.option("--model", "model_ref", default=DEFAULT_MODEL_REF, show_default=True)
+@click.option(
+    "--model",
+    "model_ref",
+    default=DEFAULT_MODEL_REF,
+    show_default=True,
+    help="A model reference; with --queen, an inventory model's name works too.",
+)
+@click.option(
+    "--queen",
+    "through_queen",
+    is_flag=True,
+    help="Send the prompt through the running queen (`rbee queen`): it picks the node and "
+    "the worker, or starts one.",
+)
 @click.option(
     "--max-tokens", type=click.IntRange(1, MAX_TOKENS_LIMIT), default=200, show_default=True
 )
@@ -106,11 +121,29 @@ def infer(
     busy_retries: int,
     backend: Backend | None,
     device: int,
+    through_queen: bool,
 ) -> None:
-    """Stream an answer from MODEL on NODE (tokens on stdout, progress on stderr)."""
+    """Stream an answer from MODEL on NODE, or through the queen (tokens on stdout,
+    progress on stderr)."""
     text = prompt if prompt is not None else " ".join(prompt_words)
     if not text.strip():
         raise click.UsageError('give a prompt: rbee infer "write a short story"')
+    if through_queen:
+        _refuse_node_options(ctx)
+        if not model_ref.strip():
+            raise click.BadParameter("give a model's name or reference", param_hint="--model")
+        queen_request = QueenRequest(
+            prompt=text,
+            model=model_ref.strip(),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
+        _run(
+            ctx,
+            lambda keeper, console: _cancelable(keeper.infer_through_queen(queen_request, console)),
+        )
+        return
     from rbee.dataplane.protocol.model_refs import InvalidModelRef, parse_model_ref
 
     try:
@@ -134,12 +167,34 @@ def infer(
         device=device,
     )
 
-    _run(ctx, lambda keeper, console: _infer(keeper, target, request, console))
+    _run(ctx, lambda keeper, console: _cancelable(keeper.infer(target, request, console)))
 
 
-async def _infer(keeper: Keeper, node: Node, request: InferRequest, console: Console) -> int:
-    """`rbee infer`'s flow on the terminal: Ctrl+C cancels it (EC5)."""
-    run = keeper.infer(node, request, console)
+# The options that choose where plain infer runs: the queen chooses for itself.
+NODE_OPTIONS = ("node", "timeout_s", "busy_retries", "backend", "device")
+
+
+def _refuse_node_options(ctx: click.Context) -> None:
+    """A node option given with --queen would be ignored: refused, naming it."""
+    for param in ctx.command.params:
+        if param.name in NODE_OPTIONS and ctx.get_parameter_source(param.name) not in (
+            ParameterSource.DEFAULT,
+            None,
+        ):
+            raise click.UsageError(
+                f"{param.opts[0]} does not go with --queen: the queen picks the node and "
+                "the worker (leave out --queen to choose them)"
+            )
+
+
+class _Cancelable(Protocol):
+    def cancel(self) -> None: ...
+
+    async def run(self) -> int: ...
+
+
+async def _cancelable(run: _Cancelable) -> int:
+    """An infer flow on the terminal: Ctrl+C cancels it (EC5)."""
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, run.cancel)
     try:

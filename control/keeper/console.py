@@ -20,7 +20,10 @@ from .events import (
     Failed,
     KeeperEvent,
     Loading,
+    Queued,
     RequestSent,
+    Routed,
+    StartingWorker,
     Step,
     Token,
 )
@@ -105,6 +108,12 @@ class Console:
                 )
             case Downloaded():
                 self.status("Model downloaded.")
+            case Queued(position):
+                self.status(f"Queued: {position} in line.")
+            case StartingWorker(node):
+                self.status(f"Starting a worker on {node}...")
+            case Routed(node, worker_id):
+                self.status(f"Routed to {worker_id} on {node}.")
             case RequestSent() | Loading() | Downloading():
                 pass  # nothing to print: no measure yet, or only timing for the dashboard
 

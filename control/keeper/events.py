@@ -60,6 +60,28 @@ class Loading:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """The queen holds the request in its model's queue, at `position` (1: next)."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class StartingWorker:
+    """The queen is starting a worker of the request's model on `node`."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class Routed:
+    """The queen sent the request to `worker_id` on `node`."""
+
+    node: str
+    worker_id: str
+
+
+@dataclass(frozen=True)
 class RequestSent:
     """The prompt is on its way to the worker (time to first token counts from here)."""
 
@@ -85,6 +107,9 @@ KeeperEvent = (
     | DownloadRetrying
     | Downloaded
     | Loading
+    | Queued
+    | StartingWorker
+    | Routed
     | RequestSent
     | Token
     | AnswerEnded

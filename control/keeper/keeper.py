@@ -34,6 +34,9 @@ from .node import Node
 from .node_access import HIVE_CALL_TIMEOUT_S, NodeAccess, NodeConnections
 from .probe import probe_node
 from .provisioning import provision
+from .queen_address import QueenAddress, read_queen_address
+from .queen_infer import QueenInfer, QueenRequest
+from .queen_status import QueenStatus, probe_queen
 from .runner import RunnerError
 from .status import LogLine, NodeStatus
 from .words import (
@@ -115,6 +118,16 @@ class Keeper:
                 on_line(LogLine.of(line))
 
         await self._with_hive(node, follow)
+
+    def queen(self) -> QueenAddress | None:
+        """Where the queen of this machine listens; None when none runs."""
+        return read_queen_address()
+
+    async def probe_queen(self) -> QueenStatus | None:
+        """What the running queen is doing (its queues, the requests it routed to each
+        node); None when no queen runs. Never raises: its trouble is in the status."""
+        address = self.queen()
+        return None if address is None else await probe_queen(address)
 
     # ----------------------------------------------------------------- acting
 
@@ -201,6 +214,11 @@ class Keeper:
         """One prompt to a model on a node: a warm worker, or provision, spawn and load one;
         run it with `await run.run()`, stop it with `run.cancel()`."""
         return InferRun(self, node, request, listener)
+
+    def infer_through_queen(self, request: QueenRequest, listener: Listener) -> QueenInfer:
+        """One prompt through the running queen (which picks node and worker); run it with
+        `await run.run()`, stop it with `run.cancel()`. No queen: the run fails in words."""
+        return QueenInfer(self.queen(), request, listener)
 
     # ----------------------------------------------------------------- the one translation
 

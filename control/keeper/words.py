@@ -164,3 +164,60 @@ def quoted_log(tail: str, lines: int = LOG_LINES_SHOWN) -> list[str]:
         )
         or ["  "]
     ]
+
+
+# ----------------------------------------------------------------- the queen
+
+START_QUEEN = "start one with `rbee queen start` (or `rbee queen`)"
+
+
+def no_queen() -> ActionableError:
+    return ActionableError("No queen is running", suggestion=START_QUEEN)
+
+
+def queen_unreachable(url: str) -> ActionableError:
+    """queen.json names a queen that does not take connections (it stopped unseen)."""
+    return ActionableError(f"Cannot connect to the queen at {url}", suggestion=START_QUEEN)
+
+
+def queen_not_answering(url: str, waited_s: float) -> ActionableError:
+    return ActionableError(
+        f"The queen at {url} is {not_answering(waited_s)}",
+        suggestion="it may be overloaded or stopped (SIGSTOP); see its log",
+    )
+
+
+def queen_key_unreadable(why: str) -> ActionableError:
+    return ActionableError(
+        f"Cannot read the queen's key: {why}",
+        suggestion="it is the file the queen was started with (--api-key-file)",
+    )
+
+
+def queen_failure(
+    code: str, message: str, *, status: int | None = None, retry_after: str | None = None
+) -> ActionableError:
+    """The queen's error answer (`status`: its HTTP status, before a stream) or a stream's
+    error event, in a person's words."""
+    if code == ErrorCode.ALL_SLOTS_BUSY:
+        wait = f"{retry_after} s" if retry_after else "a moment"
+        return ActionableError(
+            f"The queen is busy: {message}",
+            suggestion=f"retry in {wait}, or give it more slots or workers ([models.*])",
+            code=ErrorCode.ALL_SLOTS_BUSY,
+        )
+    if code == ErrorCode.MODEL_NOT_FOUND:  # a 404: unknown; else no node can serve it now
+        return ActionableError(
+            message,
+            suggestion="give --model a name of [models.*] in the inventory, or a reference"
+            if status == 404
+            else "`rbee nodes` shows which nodes are up, and their workers",
+            code=ErrorCode.MODEL_NOT_FOUND,
+        )
+    if code == ErrorCode.INVALID_API_KEY:
+        return ActionableError(
+            "The queen refused the key",
+            suggestion="its key file changed since it started? restart the queen",
+            code=ErrorCode.INVALID_API_KEY,
+        )
+    return ActionableError(message, suggestion="see the queen's log")

@@ -33,6 +33,7 @@ from rbee.dataplane.plumbing.http import (
     read_raw_body,
 )
 from rbee.dataplane.plumbing.openapi import openapi_route
+from rbee.dataplane.protocol.queen_api import ClusterNode, ClusterReport, ClusterWorker
 from rbee.dataplane.protocol.requests import QueenInferenceRequest, RoutedRequest
 from rbee.dataplane.protocol.wire import VERSION, ApiError, ErrorCode
 
@@ -74,30 +75,33 @@ def create_app(
 
     async def cluster(_request: Request) -> JSONResponse:
         routed = metrics.routed_per_node()
-        nodes = [
-            {
-                "name": s.name,
-                "state": str(s.state),
-                "version": s.version,
-                "problem": s.problem,
-                "checked_at": view.checked_at.get(s.name),
-                "routed": routed.get(s.name, 0),
-            }
-            for s in view.statuses.values()
-        ]
-        workers = [
-            {
-                "node": w.node,
-                "worker_id": w.worker_id,
-                "model_ref": w.model_ref,
-                "state": w.state,
-                "slots_total": w.slots_total,
-                "in_flight": view.in_flight[w.worker_id],
-                "last_tokens_per_s": w.last_tokens_per_s,
-            }
-            for w in view.workers()
-        ]
-        return JSONResponse({"nodes": nodes, "workers": workers, "queued": dispatcher.queued()})
+        report = ClusterReport(
+            nodes=[
+                ClusterNode(
+                    name=s.name,
+                    state=str(s.state),
+                    version=s.version,
+                    problem=s.problem,
+                    checked_at=view.checked_at.get(s.name),
+                    routed=routed.get(s.name, 0),
+                )
+                for s in view.statuses.values()
+            ],
+            workers=[
+                ClusterWorker(
+                    node=w.node,
+                    worker_id=w.worker_id,
+                    model_ref=w.model_ref,
+                    state=w.state,
+                    slots_total=w.slots_total,
+                    in_flight=view.in_flight[w.worker_id],
+                    last_tokens_per_s=w.last_tokens_per_s,
+                )
+                for w in view.workers()
+            ],
+            queued=dispatcher.queued(),
+        )
+        return JSONResponse(report.wire())
 
     async def openai(request: Request) -> Response:
         arrived = time.monotonic()

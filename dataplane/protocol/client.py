@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any, Self, TypeVar
 
 import httpx
@@ -14,6 +15,8 @@ from .wire import SILENCE_LIMIT_S, SSE_DONE, ErrorCode
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
+# How pydantic says an event's `type` is none of the union's (or missing).
+UNKNOWN_TYPE_ERRORS = frozenset({"union_tag_invalid", "union_tag_not_found"})
 
 
 class RemoteError(Exception):
@@ -26,12 +29,14 @@ class RemoteError(Exception):
         *,
         status: int | None = None,
         details: dict[str, Any] | None = None,
+        retry_after: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
         self.details = details or {}
+        self.retry_after = retry_after  # a busy server's Retry-After header, as sent
 
 
 class InvalidResponse(RemoteError):
@@ -65,7 +70,13 @@ def raise_for_error(response: httpx.Response) -> None:
             f"HTTP {response.status_code}: {response.text[:200]}",
             status=response.status_code,
         ) from None
-    raise RemoteError(code, message, status=response.status_code, details=details)
+    raise RemoteError(
+        code,
+        message,
+        status=response.status_code,
+        details=details,
+        retry_after=response.headers.get("Retry-After"),
+    )
 
 
 class ApiClient:
@@ -141,14 +152,27 @@ class ApiClient:
             raise InvalidResponse(self.peer, path) from None
 
     async def _events(
-        self, method: str, path: str, event: TypeAdapter[T], **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        event: TypeAdapter[T],
+        *,
+        skip_unknown: bool = False,
+        **kwargs: Any,
     ) -> AsyncGenerator[T, None]:
-        """The events of an SSE stream read as `event`; InvalidResponse at one that is not."""
-        async for obj in self._sse(method, path, **kwargs):
-            try:
-                yield event.validate_python(obj)
-            except ValidationError:
-                raise InvalidResponse(self.peer, path) from None
+        """The events of an SSE stream read as `event`; InvalidResponse at one that is not.
+        With `skip_unknown`, an event of a type this version does not know (a newer peer's)
+        is skipped, as an unknown field is."""
+        async with aclosing(self._sse(method, path, **kwargs)) as source:
+            async for obj in source:
+                try:
+                    parsed = event.validate_python(obj)
+                except ValidationError as exc:
+                    unknown = all(e["type"] in UNKNOWN_TYPE_ERRORS for e in exc.errors())
+                    if skip_unknown and unknown:
+                        continue
+                    raise InvalidResponse(self.peer, path) from None
+                yield parsed
 
     async def _sse(
         self, method: str, path: str, **kwargs: Any

@@ -77,3 +77,12 @@ class Routed(Message):
     queue_ms: float = 0.0
     spawn_ms: float = 0.0
     load_ms: float = 0.0
+
+
+# One event of the queen's POST /v1/inference stream: the request's timeline, then its
+# worker's events.
+QueenInferenceEvent = Annotated[
+    Queued | Spawning | Loading | Routed | Started | Token | Done | ErrorEvent,
+    Field(discriminator="type"),
+]
+QUEEN_INFERENCE_EVENT: TypeAdapter[QueenInferenceEvent] = TypeAdapter(QueenInferenceEvent)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Any
 
-from pydantic import ValidationError
-
-from .client import ApiClient, InvalidResponse, RemoteError
+from .client import ApiClient, RemoteError
 from .events import INFERENCE_EVENT, InferenceEvent
 from .wire import ErrorCode
 from .worker_api import (
@@ -20,9 +19,6 @@ from .worker_api import (
     WorkerHealth,
     WorkerReadiness,
 )
-
-# How pydantic says an event's `type` is none of the union's (or missing).
-UNKNOWN_TYPE_ERRORS = frozenset({"union_tag_invalid", "union_tag_not_found"})
 
 
 class LoadFailed(RemoteError):
@@ -69,15 +65,12 @@ class WorkerClient(ApiClient):
         of a type this version does not know (a newer peer's) is skipped, as an unknown field
         is; a known one that does not read is InvalidResponse."""
         body = {"prompt": prompt, "stream": True, **params}
-        path = "/v1/inference"
-        async for obj in self._sse("POST", path, json=body):
-            try:
-                event = INFERENCE_EVENT.validate_python(obj)
-            except ValidationError as exc:
-                if all(error["type"] in UNKNOWN_TYPE_ERRORS for error in exc.errors()):
-                    continue
-                raise InvalidResponse(self.peer, path) from None
-            yield event
+        events = self._events(
+            "POST", "/v1/inference", INFERENCE_EVENT, skip_unknown=True, json=body
+        )
+        async with aclosing(events):  # closed with this generator, in its task
+            async for event in events:
+                yield event
 
     async def cancel(self, request_id: str, *, timeout_s: float | None = None) -> None:
         await self._json("DELETE", f"/v1/inference/{request_id}", timeout_s=timeout_s)

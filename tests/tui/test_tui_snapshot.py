@@ -1,8 +1,8 @@
 """The dashboard's main screen, pixel for pixel, at a fixed terminal size.
 
 Its data cannot change between runs: one local node whose hive port is closed (down) and one
-SSH node whose sshd port is closed (unreachable), a fixed clock in UTC, no refresh during the
-shot. Regenerate after a deliberate change with `pytest tests/tui/test_tui_snapshot.py
+SSH node whose sshd port is closed (unreachable), no queen, a fixed clock in UTC, no refresh
+during the shot. Regenerate after a deliberate change with `pytest tests/tui/test_tui_snapshot.py
 --snapshot-update` and look at the SVG before committing it.
 """
 
@@ -19,6 +19,7 @@ from support.inventories import CLOSED_PORT, local_node, unreachable_node, write
 
 from rbee.control.keeper.worker_registry import WorkerRegistry
 from rbee.tui.app import RbeeApp
+from rbee.tui.queen_panel import QueenPanel
 from rbee.tui.settings import TuiConfig
 
 FIXED_CLOCK = 1_764_158_400.0  # 2025-11-26 12:00:00 UTC
@@ -35,8 +36,9 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_main_screen_with_a_down_and_an_unreachable_node(
-    tmp_path: Path, utc: None, snap_compare: Callable[..., bool]
+    tmp_path: Path, utc: None, snap_compare: Callable[..., bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("RBEE_HOME", str(tmp_path / "home"))  # where no queen runs
     inventory = write_inventory(
         tmp_path / "inventory.toml",
         local_node("local", CLOSED_PORT, tmp_path / "state"),
@@ -47,7 +49,11 @@ def test_main_screen_with_a_down_and_an_unreachable_node(
 
     async def settled(pilot: Pilot[None]) -> None:
         deadline = time.monotonic() + 20
-        while len(app.statuses) < 2 or not app.main.query_one("#log").shown:
+        while (
+            len(app.statuses) < 2
+            or not app.main.query_one("#log").shown
+            or not app.main.query_one(QueenPanel).checked
+        ):
             assert time.monotonic() < deadline, "the probes did not come back"
             await pilot.pause(0.05)
         await pilot.pause()
