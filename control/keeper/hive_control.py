@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from rbee.control.hive.pidfile import NOT_RUNNING_EXIT
 from rbee.control.hive.settings import API_KEY_ENV as HIVE_KEY_ENV
 from rbee.control.hive.settings import KEY_FILE
+from rbee.dataplane.plumbing.pidfile import NOT_RUNNING_EXIT
 from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import HiveHealth
 from rbee.dataplane.protocol.wire import VERSION
@@ -71,7 +71,7 @@ async def _on_node(
     node: Node, runner: Runner, *command: str, timeout_s: float, ok: tuple[int, ...] = (0,)
 ) -> CommandResult:
     """`rbee-hive COMMAND… --state-dir DIR` on the node: the proof of which process is its
-    hive runs there (control/hive/pidfile.py), never a bare pid from here. ActionableError
+    hive runs there (dataplane/plumbing/pidfile.py), never a bare pid from here. ActionableError
     unless its exit status is in `ok`."""
     state_dir = await _state_dir(node, runner)
     result = await runner.run(
