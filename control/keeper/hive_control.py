@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -152,8 +153,14 @@ async def _start_hive(access: NodeAccess, say: Say) -> tuple[int, HiveHealth | N
     return pid, health
 
 
-async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None = None) -> str:
-    """Leaves the node's hive running at our version; returns the line to print.
+@dataclass(frozen=True)
+class HiveUp:
+    said: str  # the line to print
+    started_pid: int | None  # the hive this call started; None when one already ran
+
+
+async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None = None) -> HiveUp:
+    """Leaves the node's hive running at our version; says whether it started it.
 
     With an installer, a node without rbee or with another version gets rbee installed first
     (and a hive of the old version restarted); without one, that is an error with the install
@@ -180,7 +187,7 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
                 suggestion=restart_hint(node),
             )
         _check_version(node, health.version)
-        return f"{node.name}: rbee-hive {health.version} already running"
+        return HiveUp(f"{node.name}: rbee-hive {health.version} already running", None)
     pid, health = await _start_hive(access, say)
     if health is None:
         state_dir = await _state_dir(node, runner)
@@ -194,14 +201,18 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
         )
     _check_version(node, health.version)
     where = f"{node.listen}:{node.hive_port}"
-    return f"{node.name}: rbee-hive {health.version} up (pid {pid}, {where})"
+    return HiveUp(f"{node.name}: rbee-hive {health.version} up (pid {pid}, {where})", pid)
 
 
-async def hive_down(access: NodeAccess, say: Say) -> str:
+async def hive_down(access: NodeAccess, say: Say, *, only_pid: int | None = None) -> str:
     """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound; only a
-    process proven to be this hive (`rbee-hive stop` on the node)."""
+    process proven to be this hive (`rbee-hive stop` on the node). With `only_pid`, only
+    while the node's hive is still that process (one another started is left running)."""
     node, runner = access.node, access.runner
     say(f"{node.name}: connecting to {runner.label}")
+    if only_pid is not None and (running := await running_hive_pid(node, runner)) != only_pid:
+        now = f"pid {running} runs now" if running is not None else "none runs now"
+        return f"{node.name}: rbee-hive (pid {only_pid}) is gone ({now}): nothing stopped"
     result = await _on_node(
         node,
         runner,
