@@ -21,7 +21,9 @@ from support.operators import node_table
 from support.queen_process import sdk, start_queen
 from support.sshd import start_sshd
 
+from rbee.control.keeper.inventory import load_inventory
 from rbee.control.keeper.queen_address import read_queen_address
+from rbee.control.queen.hives import needed_nodes
 from rbee.dataplane.plumbing.pidfile import NOT_RUNNING_EXIT
 
 
@@ -157,3 +159,23 @@ def test_the_queen_starts_a_down_hive_and_stop_hives_stops_only_that_one(
     assert hive_pid(alpha_state).returncode == NOT_RUNNING_EXIT, queen.log()
     assert httpx.get(f"{local.url}/v1/health").status_code == 200  # left running
     local.stop()
+
+
+def test_the_hives_it_needs_are_its_models_nodes_or_every_node(tmp_path: Path) -> None:
+    nodes = "".join(unreachable_node(n, tmp_path / "known_hosts") for n in ("a", "b", "c"))
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(nodes)
+    assert [n.name for n in needed_nodes(load_inventory(inventory))] == ["a", "b", "c"]
+    inventory.write_text(
+        nodes + '[models.one]\nref = "file:/m.gguf"\nnodes = ["c", "a"]\n'
+        '[models.two]\nref = "file:/n.gguf"\nnodes = ["a"]\n'
+    )
+    assert [n.name for n in needed_nodes(load_inventory(inventory))] == ["a", "c"]
+
+
+def test_an_option_before_a_command_is_refused_not_ignored(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text(unreachable_node("dead", tmp_path / "known_hosts"))
+    wrong = rbee(inventory, tmp_path / "home", "--listen", "127.0.0.1:1", "start")
+    assert wrong.returncode == 2
+    assert "--listen before `start` would be ignored: give it after" in wrong.stderr
