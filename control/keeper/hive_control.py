@@ -204,15 +204,11 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
     return HiveUp(f"{node.name}: rbee-hive {health.version} up (pid {pid}, {where})", pid)
 
 
-async def hive_down(access: NodeAccess, say: Say, *, only_pid: int | None = None) -> str:
+async def hive_down(access: NodeAccess, say: Say) -> str:
     """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound; only a
-    process proven to be this hive (`rbee-hive stop` on the node). With `only_pid`, only
-    while the node's hive is still that process (one another started is left running)."""
+    process proven to be this hive (`rbee-hive stop` on the node)."""
     node, runner = access.node, access.runner
     say(f"{node.name}: connecting to {runner.label}")
-    if only_pid is not None and (running := await running_hive_pid(node, runner)) != only_pid:
-        now = f"pid {running} runs now" if running is not None else "none runs now"
-        return f"{node.name}: rbee-hive (pid {only_pid}) is gone ({now}): nothing stopped"
     result = await _on_node(
         node,
         runner,
