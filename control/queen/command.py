@@ -273,7 +273,9 @@ def _ask(url: str, api_key_file: str | None, report: dict[str, Any]) -> str | No
 
 
 def _status_text(report: dict[str, Any]) -> str:
-    lines = [f"rbee queen running (pid {report['pid']}, up {_duration(report['uptime_s'])})"]
+    version = f" {report['version']}" if "version" in report else ""
+    up = _duration(report["uptime_s"])
+    lines = [f"rbee queen{version} running (pid {report['pid']}, up {up})"]
     if report["url"]:
         lines.append(f"  url:     {report['url']}")
     if report["problem"]:

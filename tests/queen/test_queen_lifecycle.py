@@ -25,6 +25,7 @@ from rbee.control.keeper.inventory import load_inventory
 from rbee.control.keeper.queen_address import read_queen_address
 from rbee.control.queen.hives import needed_nodes
 from rbee.dataplane.plumbing.pidfile import NOT_RUNNING_EXIT
+from rbee.dataplane.protocol.wire import VERSION
 
 
 def rbee(inventory: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -75,7 +76,7 @@ def test_start_status_a_second_queen_refused_stop(tmp_path: Path) -> None:
     assert report["workers"] == 0 and report["queued"] == 0 and report["problem"] is None
     pid = report["pid"]
     text = rbee(inventory, home, "status")
-    assert text.returncode == 0 and f"(pid {pid}, up " in text.stdout
+    assert text.returncode == 0 and f"rbee queen {VERSION} running (pid {pid}, up " in text.stdout
     assert "nodes:   0 of 1 up" in text.stdout
 
     again = rbee(inventory, home, "start", "--listen", f"127.0.0.1:{free_port()}")
