@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     PLUMBING: {PROTOCOL},
     "rbee.dataplane.worker": {PROTOCOL, PLUMBING},
     HIVE: {PROTOCOL, PLUMBING},
-    KEEPER: {HIVE, PROTOCOL, PLUMBING},  # the keeper starts hives: their settings, pid file
+    KEEPER: {HIVE, PROTOCOL, PLUMBING},  # the keeper starts hives: their settings
     "rbee.control.queen": {KEEPER, PROTOCOL, PLUMBING},
     "rbee.tui": {KEEPER, PROTOCOL},
     "rbee.control": set(),

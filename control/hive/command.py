@@ -19,7 +19,7 @@ from rbee.dataplane.protocol.wire import VERSION
 from .settings import API_KEY_ENV, DEFAULT_ADDR, DEFAULT_STATE_DIR, KEY_FILE, HiveSettings
 
 if TYPE_CHECKING:
-    from .pidfile import HiveCheck
+    from rbee.dataplane.plumbing.pidfile import Holder, PidFile
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,8 +92,9 @@ def daemon(
 ) -> None:
     """Run the hive (until SIGTERM: then every worker is stopped and it exits 0)."""
     from rbee.dataplane.plumbing.http import bind
+    from rbee.dataplane.plumbing.pidfile import AlreadyRunning
 
-    from .daemon import HiveAlreadyRunning, pid_lock, run_hive
+    from .daemon import run_hive
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -118,13 +119,13 @@ def daemon(
             f"--api-key-file or {API_KEY_ENV} (or listen on 127.0.0.1)"
         )
     try:
-        with pid_lock(settings.pid_path):
+        with settings.pid_file.hold():
             try:
                 sock = bind(host, port)
             except OSError as exc:
                 raise click.ClickException(f"cannot listen on {addr}: {exc.strerror}") from None
             asyncio.run(run_hive(settings, sock))
-    except HiveAlreadyRunning as exc:
+    except AlreadyRunning as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -164,13 +165,13 @@ def pid(state_dir: str) -> None:
     """The pid of the hive running with this state dir; exit 3 when none runs.
 
     Proven by the pid file's lock and recorded start time, never by the pid alone."""
-    from .pidfile import NOT_RUNNING_EXIT
+    from rbee.dataplane.plumbing.pidfile import NOT_RUNNING_EXIT
 
-    running = _running_hive(state_dir)
-    if running.hive is None:
-        click.echo(running.not_running())
+    pid_file, running = _running_hive(state_dir)
+    if running.process is None:
+        click.echo(pid_file.not_running(running))
         sys.exit(NOT_RUNNING_EXIT)
-    click.echo(running.hive.pid)
+    click.echo(running.process.pid)
 
 
 @main.command()
@@ -187,15 +188,15 @@ def stop(state_dir: str, timeout_s: float) -> None:
     past --timeout-s. Only a process proven to be that hive is signalled (see `pid`)."""
     import psutil
 
-    from . import pidfile
+    from rbee.dataplane.plumbing import pidfile
 
-    running = _running_hive(state_dir)
-    if running.hive is None:
-        click.echo(running.not_running())
+    pid_file, running = _running_hive(state_dir)
+    if running.process is None:
+        click.echo(pid_file.not_running(running))
         return
-    pid = running.hive.pid
+    pid = running.process.pid
     try:
-        stopped = pidfile.stop(running.hive, timeout_s)
+        stopped = pidfile.stop(running.process, timeout_s)
     except psutil.AccessDenied:
         raise click.ClickException(
             f"not allowed to signal rbee-hive (pid {pid}): it runs as another user"
@@ -211,12 +212,13 @@ def stop(state_dir: str, timeout_s: float) -> None:
         click.echo(f"rbee-hive (pid {pid}) did not stop in {timeout_s:g} s: killed")
 
 
-def _running_hive(state_dir: str) -> HiveCheck:
-    from . import pidfile
+def _running_hive(state_dir: str) -> tuple[PidFile, Holder]:
+    from rbee.dataplane.plumbing.pidfile import NotProven
 
+    pid_file = HiveSettings(state_dir=Path(state_dir).expanduser()).pid_file
     try:
-        return pidfile.check(HiveSettings(state_dir=Path(state_dir).expanduser()).pid_path)
-    except (pidfile.NotProven, OSError) as exc:
+        return pid_file, pid_file.check()
+    except (NotProven, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

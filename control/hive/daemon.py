@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
-from typing import IO
 
 import httpx
-import psutil
 from hypercorn.asyncio import serve
 
 from rbee.dataplane.plumbing.http import server_config
+from rbee.dataplane.plumbing.pidfile import NotProven, PidFile
 from rbee.dataplane.protocol.wire import VERSION
 
-from . import pidfile
 from .catalog import ModelCatalog
 from .downloads import DownloadManager
 from .http_api import create_app
 from .logs import LogBuffer
-from .pidfile import PidRecord
 from .pool import WorkerPool
 from .settings import HiveSettings
 from .worker_records import stop_survivors
@@ -34,45 +28,9 @@ from .worker_records import stop_survivors
 log = logging.getLogger("rbee.hive")
 
 
-class HiveAlreadyRunning(RuntimeError):
-    pass
-
-
-@contextlib.contextmanager
-def pid_lock(path: Path) -> Iterator[None]:
-    """Holds an exclusive lock on the pid file for the life of the hive.
-
-    A lock, not just a file: it is released by the kernel if the hive dies, so a stale pid
-    file never blocks a restart. The file records the pid and its start time, so that
-    `rbee-hive stop` can prove which process is the hive (pidfile.py).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = open(path, "a+")  # noqa: SIM115 - held open on purpose
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        other = PidRecord.parse(handle.read())
-        handle.close()
-        raise HiveAlreadyRunning(
-            f"another rbee-hive (pid {other.pid if other else '?'}) is running with state dir "
-            f"{path.parent}"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(PidRecord.of(psutil.Process()).render())
-    handle.flush()
-    try:
-        yield
-    finally:
-        handle.seek(0)
-        handle.truncate()
-        handle.close()
-
-
 async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
-    """Serves until SIGTERM or SIGINT. The caller holds pid_lock(settings.pid_path)."""
-    _check_pid_lock_held(settings.pid_path)
+    """Serves until SIGTERM or SIGINT. The caller holds `settings.pid_file.hold()`."""
+    _check_pid_lock_held(settings.pid_file)
     settings = replace(settings, port=sock.getsockname()[1])
     loop = asyncio.get_running_loop()
     logs = LogBuffer(settings.log_buffer_lines, loop)
@@ -116,15 +74,15 @@ async def run_hive(settings: HiveSettings, sock: socket.socket) -> None:
             log.info("stopped")
 
 
-def _check_pid_lock_held(path: Path) -> None:
+def _check_pid_lock_held(pid_file: PidFile) -> None:
     """Refuses to run unless this process holds the pid lock: without it, another hive may
     own the worker records that run_hive reads, and stop its workers."""
     try:
-        holder = pidfile.check(path).hive
-    except pidfile.NotProven:
+        holder = pid_file.check().process
+    except NotProven:
         holder = None
     if holder is None or holder.pid != os.getpid():
-        raise RuntimeError(f"run_hive needs the pid lock on {path}: take it with pid_lock()")
+        raise RuntimeError(f"run_hive needs the pid lock on {pid_file.path}: hold it first")
 
 
 async def _every(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:

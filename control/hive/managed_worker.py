@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from rbee.dataplane.plumbing.process_proof import KILL_WAIT_S
 from rbee.dataplane.plumbing.state_machine import StateMachine
 from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import WorkerRow
@@ -30,7 +31,6 @@ from rbee.dataplane.protocol.worker_api import ReadyCallback, WorkerHealth
 from rbee.dataplane.protocol.worker_client import WorkerClient
 from rbee.dataplane.worker.settings import API_KEY_ENV as WORKER_KEY_ENV
 
-from .process_proof import KILL_WAIT_S
 from .worker_records import WorkerRecord
 
 log = logging.getLogger(__name__)

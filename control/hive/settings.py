@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rbee.dataplane.plumbing.pidfile import PidFile
 from rbee.dataplane.protocol.hive_api import WORKER_START_TIMEOUT_S
 from rbee.dataplane.protocol.hosts import is_loopback_host
 
@@ -61,8 +62,9 @@ class HiveSettings:
         return self.state_dir / "catalog.db"
 
     @property
-    def pid_path(self) -> Path:
-        return self.state_dir / "hive.pid"
+    def pid_file(self) -> PidFile:
+        """`hive.pid`: which process is the hive, proven (dataplane/plumbing/pidfile.py)."""
+        return PidFile(self.state_dir / "hive.pid", "rbee-hive", "state dir", _is_hive_argv)
 
     @property
     def key_path(self) -> Path:
@@ -74,3 +76,8 @@ class HiveSettings:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
+
+
+def _is_hive_argv(argv: list[str]) -> bool:
+    """An older hive wrote only its pid to its file: its command line must be a hive's."""
+    return "daemon" in argv and any(arg.endswith("rbee-hive") for arg in argv)

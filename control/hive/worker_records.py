@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from .process_proof import KILL_WAIT_S, alive, started_at, wait_gone
+from rbee.dataplane.plumbing.process_proof import KILL_WAIT_S, alive, started_at, wait_gone
 
 log = logging.getLogger(__name__)
 

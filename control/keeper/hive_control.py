@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from rbee.control.hive.pidfile import NOT_RUNNING_EXIT
 from rbee.control.hive.settings import API_KEY_ENV as HIVE_KEY_ENV
 from rbee.control.hive.settings import KEY_FILE
+from rbee.dataplane.plumbing.pidfile import NOT_RUNNING_EXIT
 from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import HiveHealth
 from rbee.dataplane.protocol.wire import VERSION
@@ -71,7 +72,7 @@ async def _on_node(
     node: Node, runner: Runner, *command: str, timeout_s: float, ok: tuple[int, ...] = (0,)
 ) -> CommandResult:
     """`rbee-hive COMMAND… --state-dir DIR` on the node: the proof of which process is its
-    hive runs there (control/hive/pidfile.py), never a bare pid from here. ActionableError
+    hive runs there (dataplane/plumbing/pidfile.py), never a bare pid from here. ActionableError
     unless its exit status is in `ok`."""
     state_dir = await _state_dir(node, runner)
     result = await runner.run(
@@ -152,8 +153,14 @@ async def _start_hive(access: NodeAccess, say: Say) -> tuple[int, HiveHealth | N
     return pid, health
 
 
-async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None = None) -> str:
-    """Leaves the node's hive running at our version; returns the line to print.
+@dataclass(frozen=True)
+class HiveUp:
+    said: str  # the line to print
+    started_pid: int | None  # the hive this call started; None when one already ran
+
+
+async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None = None) -> HiveUp:
+    """Leaves the node's hive running at our version; says whether it started it.
 
     With an installer, a node without rbee or with another version gets rbee installed first
     (and a hive of the old version restarted); without one, that is an error with the install
@@ -180,7 +187,7 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
                 suggestion=restart_hint(node),
             )
         _check_version(node, health.version)
-        return f"{node.name}: rbee-hive {health.version} already running"
+        return HiveUp(f"{node.name}: rbee-hive {health.version} already running", None)
     pid, health = await _start_hive(access, say)
     if health is None:
         state_dir = await _state_dir(node, runner)
@@ -194,7 +201,7 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
         )
     _check_version(node, health.version)
     where = f"{node.listen}:{node.hive_port}"
-    return f"{node.name}: rbee-hive {health.version} up (pid {pid}, {where})"
+    return HiveUp(f"{node.name}: rbee-hive {health.version} up (pid {pid}, {where})", pid)
 
 
 async def hive_down(access: NodeAccess, say: Say) -> str:

@@ -25,7 +25,7 @@ from rbee.dataplane.protocol.worker_api import LoadingEvent, LoadingProgress
 from rbee.dataplane.protocol.worker_client import WorkerClient
 
 from .events import Failed, Listener, Loading, Step
-from .hive_control import hive_down, hive_up
+from .hive_control import hive_down, hive_up, running_hive_pid
 from .infer import EXIT_FAILED, EXIT_INTERRUPTED, Infer, InferRequest
 from .install_plan import Installer
 from .inventory import Inventory
@@ -138,14 +138,39 @@ class Keeper:
         the listener hears each step; returns the outcome."""
 
         async def up(access: NodeAccess, say: Callable[[str], None]) -> str:
-            return await hive_up(access, say, installer=installer)
+            return (await hive_up(access, say, installer=installer)).said
 
         return await self._over_runner(node, listener, up)
 
-    async def hive_down(self, node: Node, listener: Listener) -> str:
-        """Stops the node's hive and its workers (`rbee ssh-down`); returns the outcome."""
-        said = await self._over_runner(node, listener, hive_down)
-        self.registry.forget_node(node.name)  # its workers stopped with the hive
+    async def start_hive(self, node: Node, listener: Listener) -> int | None:
+        """Starts the node's hive unless one runs, never installing (the queen's start): the
+        pid of the hive it started, None when one already ran."""
+
+        async def up(access: NodeAccess, say: Callable[[str], None]) -> int | None:
+            outcome = await hive_up(access, say)
+            say(outcome.said)
+            return outcome.started_pid
+
+        return await self._over_runner(node, listener, up)
+
+    async def hive_down(
+        self, node: Node, listener: Listener, *, only_pid: int | None = None
+    ) -> str:
+        """Stops the node's hive and its workers (`rbee ssh-down`); returns the outcome. With
+        `only_pid`, only while the node's hive is that process (the one a start_hive gave)."""
+
+        async def down(access: NodeAccess, say: Callable[[str], None]) -> tuple[str, bool]:
+            if only_pid is not None:
+                running = await running_hive_pid(node, access.runner)
+                if running != only_pid:
+                    now = f"pid {running} runs now" if running is not None else "none runs"
+                    gone = f"rbee-hive (pid {only_pid}) is gone ({now}): nothing stopped"
+                    return f"{node.name}: {gone}", False
+            return await hive_down(access, say), True
+
+        said, stopped = await self._over_runner(node, listener, down)
+        if stopped:
+            self.registry.forget_node(node.name)  # its workers stopped with the hive
         return said
 
     async def download_model(self, node: Node, model_ref: str, listener: Listener) -> str:
@@ -240,8 +265,8 @@ class Keeper:
         self,
         node: Node,
         listener: Listener,
-        action: Callable[[NodeAccess, Callable[[str], None]], Awaitable[str]],
-    ) -> str:
+        action: Callable[[NodeAccess, Callable[[str], None]], Awaitable[T]],
+    ) -> T:
         """`action` on the node's runner, connected with EC1's attempts, each step heard."""
 
         def say(text: str) -> None:

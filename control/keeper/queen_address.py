@@ -1,6 +1,11 @@
 """Where the running queen is: `$RBEE_HOME/queen.json`, which `rbee queen` writes once it
 listens and removes when it stops. `rbee infer --queen`, the dashboard and `rbee queen
-status|stop` read it; the queen's key stays in its file (the address names the file only)."""
+status|stop` read it; the queen's key stays in its file (the address names the file only).
+
+Which process is the queen: `$RBEE_HOME/queen.pid`, locked for the queen's whole life
+(dataplane/plumbing/pidfile.py). Only the queen holding it writes or removes queen.json, and
+an address counts only while a queen holds it: a queen that was killed leaves a file that
+names nobody."""
 
 from __future__ import annotations
 
@@ -10,9 +15,12 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rbee.dataplane.plumbing.pidfile import NotProven, PidFile
+
 from .worker_registry import rbee_home
 
 FILE_NAME = "queen.json"
+PID_FILE_NAME = "queen.pid"
 
 
 @dataclass(frozen=True)
@@ -25,8 +33,17 @@ def address_path(home: Path | None = None) -> Path:
     return (home or rbee_home()) / FILE_NAME
 
 
+def queen_pid_file(home: Path | None = None) -> PidFile:
+    return PidFile((home or rbee_home()) / PID_FILE_NAME, "rbee queen", "RBEE_HOME")
+
+
 def read_queen_address(home: Path | None = None) -> QueenAddress | None:
-    """The address the queen last wrote; None when no queen said where it is."""
+    """The running queen's address; None when no queen runs (or it does not listen yet)."""
+    try:
+        if queen_pid_file(home).check().process is None:
+            return None
+    except (NotProven, OSError):  # starting: it writes the address once it listens
+        return None
     try:
         data = json.loads(address_path(home).read_text())
         return QueenAddress(url=str(data["url"]), api_key_file=data.get("api_key_file"))

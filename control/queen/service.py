@@ -1,5 +1,6 @@
 """Running the queen: the keeper's connections, the background view of the cluster, the
-HTTP server, and a clean stop on SIGTERM or Ctrl+C (hives are left running)."""
+hives it needs (hives.py), the HTTP server, and a clean stop on SIGTERM or Ctrl+C (hives are
+left running unless --stop-hives)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from rbee.dataplane.protocol.wire import VERSION
 
 from .cluster_view import ClusterView
 from .dispatch import Dispatcher
+from .hives import QueenHives
 from .http_api import create_app
 from .settings import QueenSettings
 
@@ -35,7 +37,8 @@ async def run_queen(
     sock: socket.socket,
     key_file: str | None = None,
 ) -> None:
-    """Serves until SIGTERM or SIGINT."""
+    """Serves until SIGTERM or SIGINT. The caller holds the queen's pid file (queen_pid_file):
+    only the queen holding it writes and removes queen.json."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -45,6 +48,8 @@ async def run_queen(
         dispatcher = Dispatcher(keeper, view, settings)
         view.on_refresh = dispatcher.dispatch_all  # slots a probe found go to the queues
         view.start()
+        hives = QueenHives(keeper, view, settings)
+        hives.start()
         host, port = sock.getsockname()[:2]
         log.info("rbee queen %s listening on http://%s:%d", VERSION, host, port)
         write_queen_address(QueenAddress(url=_url(host, port), api_key_file=key_file))
@@ -57,6 +62,7 @@ async def run_queen(
         finally:
             clear_queen_address()
             await view.aclose()
+            await hives.aclose()
             log.info("stopped")
 
 

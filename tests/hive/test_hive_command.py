@@ -13,8 +13,8 @@ from conftest import BIN, free_port
 from support.hive_process import start_hive
 from test_hive_http_api import provision
 
-from rbee.control.hive import pidfile
-from rbee.control.hive.process_proof import alive
+from rbee.dataplane.plumbing import pidfile
+from rbee.dataplane.plumbing.process_proof import alive
 
 
 def run_hive(*args: str) -> subprocess.CompletedProcess[str]:

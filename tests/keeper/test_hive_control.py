@@ -18,10 +18,10 @@ import pytest
 from support.operators import Operator, node_table
 from support.sshd import FakeNode, start_sshd
 
-from rbee.control.hive.pidfile import PidRecord
 from rbee.control.hive.settings import KEY_FILE
 from rbee.control.keeper.hive_control import ANSWER_TIMEOUT_S
 from rbee.control.keeper.probe import NODE_PROBE_TIMEOUT_S
+from rbee.dataplane.plumbing.pidfile import PidRecord
 
 
 @pytest.fixture

@@ -267,3 +267,32 @@ def test_ssh_up_and_down_through_a_real_sshd(tmp_path: Path) -> None:
         assert "alpha: starting rbee-hive" in said.steps
     finally:
         sshd.stop()
+
+
+def test_start_hive_says_whether_it_started_it_and_stops_only_that_process(
+    tmp_path: Path,
+) -> None:
+    """The queen's start and --stop-hives: a hive replaced since is not stopped."""
+    from conftest import free_port
+
+    state_dir = tmp_path / "hive"
+    inventory = write_inventory(
+        tmp_path / "inventory.toml", local_node("local", free_port(), state_dir)
+    )
+    node = inventory.get("local")
+    said = Collector()
+
+    async def scenario(keeper: Keeper) -> None:
+        first = await keeper.start_hive(node, said)
+        assert first is not None and f"up (pid {first}," in said.steps[-1]
+        assert await keeper.start_hive(node, said) is None  # already running: not ours
+        await keeper.hive_down(node, said)
+        second = await keeper.start_hive(node, said)
+        assert second is not None and second != first
+        kept = await keeper.hive_down(node, said, only_pid=first)
+        assert f"(pid {first}) is gone (pid {second} runs now): nothing stopped" in kept
+        assert (await keeper.probe(node)).state is HiveState.UP
+        assert "stopped" in await keeper.hive_down(node, said, only_pid=second)
+        assert (await keeper.probe(node)).state is HiveState.DOWN
+
+    asyncio.run(_with_keeper(inventory, scenario))

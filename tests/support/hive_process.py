@@ -82,14 +82,14 @@ _RUN_WITH_SETTINGS = """
 import asyncio, json, logging, sys
 from pathlib import Path
 from rbee.control.hive.settings import HiveSettings
-from rbee.control.hive.daemon import pid_lock, run_hive
+from rbee.control.hive.daemon import run_hive
 from rbee.dataplane.plumbing.http import bind
 fields = json.loads(sys.argv[1])
 fields["state_dir"] = Path(fields["state_dir"])
 fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 settings = HiveSettings(**fields)
-with pid_lock(settings.pid_path):
+with settings.pid_file.hold():
     asyncio.run(run_hive(settings, bind(settings.host, settings.port)))
 """
 

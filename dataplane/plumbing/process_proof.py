@@ -1,8 +1,8 @@
 """Proving a pid is the process we recorded, and waiting until it is gone.
 
 A pid alone proves nothing: once its process ends, the number goes to whatever starts next.
-A record that also holds the process's start time names one process for good. The hive's pid
-file (pidfile.py) and its worker records (worker_records.py) both rest on this.
+A record that also holds the process's start time names one process for good. The pid files of
+the hive and the queen (pidfile.py) and the hive's worker records rest on this.
 """
 
 from __future__ import annotations
