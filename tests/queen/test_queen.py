@@ -4,6 +4,7 @@ and worker, reached with the `openai` SDK, unchanged."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import shutil
@@ -246,7 +247,10 @@ def test_a_worker_whose_slot_another_client_holds_makes_the_request_wait_not_fai
     client = sdk(queen)
     with direct, direct.stream("POST", "/v1/inference", json=body) as held:
         assert held.status_code == 200
-        next(line for line in held.iter_lines() if '"type": "token"' in line)
+        lines = held.iter_lines()
+        next(line for line in lines if '"type": "token"' in line)
+        # Read on, as a client does.
+        threading.Thread(target=collections.deque, args=(lines, 0), daemon=True).start()
         through = threading.Thread(
             target=lambda: answers.append(
                 client.completions.create(model=ref, prompt="Once upon a time", max_tokens=2)

@@ -21,7 +21,7 @@ from support.operators import node_table
 from support.queen_process import sdk, start_queen
 from support.sshd import start_sshd
 
-from rbee.control.hive import pidfile
+from rbee.control.hive.settings import HiveSettings
 from rbee.control.keeper.events import Unheard
 from rbee.control.keeper.inventory import load_inventory
 from rbee.control.keeper.keeper import Keeper
@@ -93,7 +93,7 @@ def test_a_node_switched_off_is_skipped_and_shown_down(tmp_path: Path, tiny_mode
 
         assert four_at_once() == {"alpha", "local"}
 
-        alpha_hive = pidfile.check(alpha_state / "hive.pid").hive
+        alpha_hive = HiveSettings(state_dir=alpha_state).pid_file.check().process
         assert sshd.proc is not None and alpha_hive is not None
         switch_off([psutil.Process(sshd.proc.pid), alpha_hive])
         switched_off = True
