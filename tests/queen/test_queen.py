@@ -247,6 +247,9 @@ def test_a_worker_whose_slot_another_client_holds_makes_the_request_wait_not_fai
     client = sdk(queen)
     with direct, direct.stream("POST", "/v1/inference", json=body) as held:
         assert held.status_code == 200
+        # `lines` must keep a name: an iterator left only to the generator expression is
+        # closed with it, which closes the connection, and the worker rightly cancels the
+        # stream and frees the slot (the queen's request then got it at once, half the time).
         lines = held.iter_lines()
         next(line for line in lines if '"type": "token"' in line)
         # Read on, as a client does.
