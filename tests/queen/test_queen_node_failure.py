@@ -69,10 +69,11 @@ def test_a_node_switched_off_is_skipped_and_shown_down(tmp_path: Path, tiny_mode
         async with Keeper(inventory, registry) as keeper:
             await keeper.hive_down(inventory.get("alpha"), Unheard())
 
-    asyncio.run(start_workers())
-    queen = start_queen(inventory_path, home)
+    queen = None
     switched_off = False
     try:
+        asyncio.run(start_workers())
+        queen = start_queen(inventory_path, home)
         deadline = time.monotonic() + 30
         while len(httpx.get(f"{queen.url}/v1/cluster").json()["workers"]) < 2:
             assert time.monotonic() < deadline, "the queen never saw both workers"
@@ -111,7 +112,8 @@ def test_a_node_switched_off_is_skipped_and_shown_down(tmp_path: Path, tiny_mode
         assert [w["node"] for w in seen["workers"]] == ["local"]
         assert alpha["problem"]
     finally:
-        queen.stop()
+        if queen is not None:
+            queen.stop()
         if not switched_off:
             asyncio.run(alpha_down())
         registry.close()

@@ -39,9 +39,10 @@ def test_chat_and_completions_stream_through_ssh_from_a_worker_the_queen_starts(
             else:
                 await keeper.hive_down(alpha, Unheard())
 
-    asyncio.run(hive(up=True))
-    queen = start_queen(inventory_path, tmp_path / "home")
+    queen = None
     try:
+        asyncio.run(hive(up=True))
+        queen = start_queen(inventory_path, tmp_path / "home")
         deadline = time.monotonic() + 30
         while httpx.get(f"{queen.url}/v1/cluster").json()["nodes"] == []:
             assert time.monotonic() < deadline, "the queen never probed alpha"
@@ -68,6 +69,7 @@ def test_chat_and_completions_stream_through_ssh_from_a_worker_the_queen_starts(
         with openai.OpenAI(base_url=f"{queen.url}/v1", api_key="x", max_retries=0) as other:
             assert [m.id for m in other.models.list().data][0] == "tiny"
     finally:
-        queen.stop()
+        if queen is not None:
+            queen.stop()
         asyncio.run(hive(up=False))
         sshd.stop()

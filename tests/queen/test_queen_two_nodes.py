@@ -56,9 +56,10 @@ def test_eight_streams_over_two_nodes_all_complete_and_leave_no_slot_taken(
         async with Keeper(inventory, registry) as keeper:
             await keeper.hive_down(inventory.get("alpha"), Unheard())
 
-    asyncio.run(start_workers())
-    queen = start_queen(inventory_path, home)
+    queen = None
     try:
+        asyncio.run(start_workers())
+        queen = start_queen(inventory_path, home)
         deadline = time.monotonic() + 30
         while len(httpx.get(f"{queen.url}/v1/cluster").json()["workers"]) < 2:
             assert time.monotonic() < deadline, "the queen never saw both workers"
@@ -82,7 +83,8 @@ def test_eight_streams_over_two_nodes_all_complete_and_leave_no_slot_taken(
         assert sorted(w["node"] for w in seen["workers"]) == ["alpha", "local"]
         assert sum(n["routed"] for n in seen["nodes"]) == STREAMS
     finally:
-        queen.stop()
+        if queen is not None:
+            queen.stop()
         asyncio.run(alpha_down())
         registry.close()
         sshd.stop()

@@ -249,8 +249,11 @@ class FakeNode:
         ]
         if self.max_startups:
             lines.append(f"MaxStartups {self.max_startups}")
-        if self.session_env:
-            lines.append("SetEnv " + " ".join(f"{k}={v}" for k, v in self.session_env.items()))
+        # The login shell may run `pyenv rehash` (this machine's ~/.bashrc does), which waits
+        # 60 s for a lock that a session killed mid-rehash (a node "switched off" by a test)
+        # leaves behind: every later SSH command of the suite would then take a minute.
+        session_env = {"PYENV_REHASH_TIMEOUT": "0", **self.session_env}
+        lines.append("SetEnv " + " ".join(f"{k}={v}" for k, v in session_env.items()))
         self.config.write_text("\n".join(lines) + "\n")
 
     def _wait_ready(self, timeout_s: float) -> None:
