@@ -182,6 +182,7 @@ class Way:
     client: httpx.AsyncClient
     model: str
     ttfts: list[float] = field(default_factory=list)  # every stream's, every round's
+    heads: list[float] = field(default_factory=list)  # to the answer's headers, the same
     tok_s: list[float] = field(default_factory=list)  # each round's aggregate
     tokens: int = 0
     wall_s: float = 0.0
@@ -190,6 +191,9 @@ class Way:
 
     def ttft_p50_ms(self) -> float:
         return percentile(self.ttfts, 0.5) * 1000
+
+    def head_p50_ms(self) -> float:
+        return percentile(self.heads, 0.5) * 1000
 
     def tok_s_median(self) -> float:
         return statistics.median(self.tok_s)
@@ -216,6 +220,7 @@ class Bench:
         cpu1 = self.queen.cpu_times()
         row = summarize(t0, list(streams))
         way.ttfts += [s.ttft for s in streams]
+        way.heads += [s.head for s in streams]
         way.tok_s.append(row.tok_s)
         way.tokens += row.tokens
         way.wall_s += cpu.wall
@@ -287,22 +292,29 @@ async def measure(
 def report(args: argparse.Namespace, r: Results, cores: int) -> None:
     print()
     print(
-        f"1. One warm worker ({ONE_NODE}, 8 slots, node a): straight vs through the queen;\n"
-        f"   TTFT p50 over all streams of all rounds, tok/s median of rounds (min-max)"
+        f"1. One warm worker ({ONE_NODE}, 8 slots, node a): straight vs through the queen\n"
+        f"   (which runs, probing its nodes, through both). TTFT p50 over all streams of\n"
+        f"   all rounds (headers: the answer's status line and headers came); tok/s:\n"
+        f"   median of the rounds' aggregates (min-max)"
     )
-    head = f"{'streams':>7}  {'way':<14} {'TTFT p50':>10} {'tok/s':>8}  {'(min-max)':<13}"
+    head = (
+        f"{'streams':>7}  {'way':<14} {'headers p50':>11} {'TTFT p50':>10} {'tok/s':>7}  (min-max)"
+    )
     print(head)
     print("-" * len(head))
     checks: list[tuple[bool, str]] = []
     for n, (straight, queen) in r.overhead.items():
         for name, way in (("straight", straight), ("through queen", queen)):
             print(
-                f"{n:>7}  {name:<14} {way.ttft_p50_ms():7.1f} ms {way.tok_s_median():8.1f}  "
-                f"{way.tok_s_spread():<13}"
+                f"{n:>7}  {name:<14} {way.head_p50_ms():8.1f} ms {way.ttft_p50_ms():7.1f} ms "
+                f"{way.tok_s_median():7.1f}  {way.tok_s_spread()}"
             )
         extra = queen.ttft_p50_ms() - straight.ttft_p50_ms()
         ratio = queen.tok_s_median() / straight.tok_s_median()
-        print(f"{'':>7}  {'queen adds':<14} {extra:+7.1f} ms {ratio:7.3f}x")
+        print(
+            f"{'':>7}  {'queen adds':<14} {queen.head_p50_ms() - straight.head_p50_ms():+8.1f} ms "
+            f"{extra:+7.1f} ms {ratio:6.3f}x"
+        )
         s = "stream" if n == 1 else "streams"
         checks.append(
             (
@@ -322,16 +334,20 @@ def report(args: argparse.Namespace, r: Results, cores: int) -> None:
         print(f"  {'PASS' if ok else 'FAIL'}  {text}")
     queen_ways = [q for _s, q in r.overhead.values()]
     straight_ways = [s for s, _q in r.overhead.values()]
-    relayed = sum(q.queen_cpu_s for q in queen_ways)
+    # The queen runs through the straight rounds too (probing the nodes): that is its cost
+    # with nothing to relay, the same for both ways; what relaying adds is the rest.
     idle = sum(s.queen_cpu_s for s in straight_ways) / sum(s.wall_s for s in straight_ways)
+    relay_wall = sum(q.wall_s for q in queen_ways)
+    relay_cpu = sum(q.queen_cpu_s for q in queen_ways)
+    per_token = (relay_cpu - idle * relay_wall) / sum(q.tokens for q in queen_ways)
     print(
-        f"  the queen's CPU: {relayed / sum(q.wall_s for q in queen_ways):.3f} cores while "
-        f"it relayed ({relayed / sum(q.tokens for q in queen_ways) * 1e6:.0f} us a token),\n"
-        f"  {idle:.3f} cores while the straight rounds ran (its probes of the nodes)"
+        f"  the queen's CPU: {idle:.3f} cores with nothing to relay (its probes of the\n"
+        f"  nodes, during the straight rounds), {relay_cpu / relay_wall:.3f} while relaying: "
+        f"{per_token * 1e6:+.0f} us a token"
     )
     print()
     print(
-        f"2. The queen's RSS: {mb(r.queen_rss_after)} after the runs "
+        f"2. The queen's RSS: {mb(r.queen_rss_after)} after the runs\n   "
         f"({mb(r.queen_rss_before)} before the first request, peak {mb(r.queen_rss_peak)})"
     )
     print()
@@ -340,7 +356,7 @@ def report(args: argparse.Namespace, r: Results, cores: int) -> None:
         f"   hives on this machine, sharing its {cores} cores (each worker runs {cores}\n"
         f"   threads): no speed-up is expected here, only the queen's spreading."
     )
-    head = f"{'layout':<34} {'TTFT p50':>10} {'tok/s':>8}  {'(min-max)':<13}"
+    head = f"{'layout':<34} {'TTFT p50':>10} {'tok/s':>8}  (min-max)"
     print(head)
     print("-" * len(head))
     for name, way in (
@@ -349,7 +365,7 @@ def report(args: argparse.Namespace, r: Results, cores: int) -> None:
     ):
         print(
             f"{name:<34} {way.ttft_p50_ms():7.1f} ms {way.tok_s_median():8.1f}  "
-            f"{way.tok_s_spread():<13}"
+            f"{way.tok_s_spread()}"
         )
     print(
         "  requests the queen routed, warm-ups included: "
@@ -360,7 +376,7 @@ def report(args: argparse.Namespace, r: Results, cores: int) -> None:
     elsewhere = [c for way in ways for c in way.elsewhere]
     print(
         f"other load: {statistics.mean(elsewhere):.2f} cores on average (max "
-        f"{max(elsewhere):.2f}) went to processes other than this bench's while rounds ran"
+        f"{max(elsewhere):.2f}) went to processes\nother than this bench's while rounds ran"
     )
     if statistics.mean(elsewhere) > QUIET_CORES:
         print("WARNING: the machine was busy elsewhere; rerun when it is quiet.")
@@ -384,8 +400,8 @@ def main() -> int:
     same_file = f"file:{resolve_model_path(args.model)}"
     cores = psutil.cpu_count() or 1
     print(
-        f"model {args.model}, {args.tokens} tokens a stream, greedy; {cores} cores; "
-        f"rbee's processes are this bench's own, in a temporary RBEE_HOME",
+        f"model {args.model}, {args.tokens} tokens a stream, greedy; {cores} cores\n"
+        f"hives, workers and queen: this bench's own, in a temporary RBEE_HOME",
         flush=True,
     )
 

@@ -206,6 +206,7 @@ class Stream:
     tokens: int
     text: str
     retries: int = 0  # 503s retried (rbee with more streams than slots)
+    head: float = 0.0  # seconds from the row's start to the answer's status and headers
 
 
 @dataclass
@@ -272,6 +273,7 @@ async def one_stream(
             if r.status_code != 200:
                 await r.aread()
                 raise SystemExit(f"{client.base_url}: HTTP {r.status_code}: {r.text[:300]}")
+            head = time.perf_counter() - t0
             first = None
             text = []
             n = 0
@@ -299,4 +301,4 @@ async def one_stream(
                     "(cut off: llama_cpp.server does that without --interrupt_requests False)"
                 )
             tokens = args.tokens if finish == "length" else n
-            return Stream((first or end) - t0, end, tokens, "".join(text), retries)
+            return Stream((first or end) - t0, end, tokens, "".join(text), retries, head)
