@@ -12,7 +12,7 @@ include control/keeper/llama_build.env
 LLAMA_BUILD_ENV := CMAKE_ARGS="$(CMAKE_ARGS)" CFLAGS="$(CFLAGS)" CXXFLAGS="$(CXXFLAGS)"
 endif
 
-.PHONY: run test check install bench bench-compare clean
+.PHONY: run test check install bench bench-compare bench-queen clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/worker_stream.py
+
+# The queen's overhead over one warm worker, its RSS, 8 streams on 2 nodes vs 1 (issue 13):
+# real hives, workers and queen in a temporary RBEE_HOME, all stopped on the way out.
+bench-queen: $(STAMP)
+	$(BIN)/python bench/queen.py
 
 # rbee-worker vs llama_cpp.server vs in-process llama-cpp-python. llama_cpp.server's deps
 # (llama-cpp-python[server]) and matplotlib (the chart) live only in bench/.venv, never in the

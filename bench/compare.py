@@ -20,187 +20,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
-
-# Each prompt starts with a different word, so a server that keeps the last prompt's KV cache
-# (llama_cpp.server's single Llama does prefix matching) shares at most the BOS token with it.
-NAMES = [
-    "Amelia",
-    "Bartholomew",
-    "Cecilia",
-    "Desmond",
-    "Eleanor",
-    "Fitzgerald",
-    "Genevieve",
-    "Horatio",
-    "Isadora",
-    "Jasper",
-    "Katarina",
-    "Leopold",
-    "Marguerite",
-    "Nathaniel",
-    "Ophelia",
-    "Percival",
-    "Quentin",
-    "Rosalind",
-    "Sebastian",
-    "Theodora",
-    "Ulysses",
-    "Valentina",
-    "Wilhelmina",
-    "Xavier",
-    "Yolanda",
-    "Zachariah",
-    "Beatrix",
-    "Cornelius",
-    "Dorothea",
-    "Ebenezer",
-    "Felicity",
-    "Gideon",
-    "Harriet",
-    "Ignatius",
-    "Josephine",
-    "Lysander",
-    "Millicent",
-    "Octavius",
-    "Penelope",
-    "Reginald",
-    "Seraphina",
-    "Tobias",
-    "Winifred",
-    "Alistair",
-    "Bernadette",
-    "Clementine",
-    "Dashiell",
-    "Evangeline",
-]
-PLACES = [
-    "a lighthouse on a windy cape",
-    "a bakery in a mountain town",
-    "an old library by the river",
-    "a farm at the edge of the forest",
-    "a harbour full of fishing boats",
-    "a castle above the valley",
-    "a train station in the desert",
-    "a cottage near the sea",
-]
-
-
-def prompt_stream() -> Iterator[str]:
-    """The same sequence of distinct prompts for every backend; neighbours differ in name."""
-    for i in range(len(NAMES) * len(PLACES)):
-        name = NAMES[i % len(NAMES)]
-        place = PLACES[(i + i // len(NAMES)) % len(PLACES)]
-        yield f"{name} lived in {place}. One morning, {name} found"
-    raise SystemExit("bench/compare.py: out of distinct prompts")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-class PeakRss:
-    """Samples a process's RSS (children included) on a thread; `peak` is the highest seen."""
-
-    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
-        self._proc = psutil.Process(pid)
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self.peak = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def now(self) -> int:
-        total = 0
-        for p in [self._proc, *self._proc.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self.now())
-            except psutil.Error:
-                return
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-class ForeignCpu:
-    """Where the machine's CPU went during a block: `own` (this process), `children` (the
-    server) and `cores`, everything else (other processes, interrupts, hypervisor steal), each
-    as an average number of cores."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self._procs = [psutil.Process(p) for p in pids]
-
-    @staticmethod
-    def _busy() -> float:
-        t = psutil.cpu_times()  # guest time is already inside user and nice
-        return sum(
-            getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal")
-        )
-
-    def _ours(self) -> tuple[float, float]:
-        """CPU seconds of (our processes, their children: the server)."""
-        own = children = 0.0
-        for proc in self._procs:
-            try:
-                c = proc.cpu_times()
-                own += c.user + c.system
-                for p in proc.children(recursive=True):
-                    c = p.cpu_times()
-                    children += c.user + c.system
-            except psutil.Error:
-                pass
-        return own, children
-
-    def __enter__(self) -> ForeignCpu:
-        self._t0, self._busy0, self._ours0 = time.perf_counter(), self._busy(), self._ours()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        wall = time.perf_counter() - self._t0
-        own, children = (a - b for a, b in zip(self._ours(), self._ours0, strict=True))
-        busy = self._busy() - self._busy0
-        self.wall = wall
-        self.own = own / wall  # cores used by this process (the client, or in-process llama)
-        self.children = children / wall  # cores used by the server
-        self.cores = max(0.0, busy - own - children) / wall
+from streams import (
+    ForeignCpu,
+    PeakRss,
+    Row,
+    Stream,
+    free_port,
+    mb,
+    median_row,
+    one_stream,
+    prompt_stream,
+    summarize,
+)
 
 
 class Guard:
@@ -253,47 +96,6 @@ class Guard:
             sum(o.own * o.wall for o in self.kept) / wall,
             sum(o.children * o.wall for o in self.kept) / wall,
         )
-
-
-@dataclass
-class Stream:
-    ttft: float  # seconds from the row's start (all requests sent together) to the first text
-    end: float  # perf_counter of the last token
-    tokens: int
-    text: str
-    retries: int = 0  # 503s retried (rbee with more streams than slots)
-
-
-@dataclass
-class Row:
-    ttft_p50: float
-    ttft_p95: float
-    tok_s: float
-    tokens: int
-    retries: int
-
-
-def summarize(t0: float, streams: list[Stream]) -> Row:
-    ttfts = [s.ttft for s in streams]
-    tokens = sum(s.tokens for s in streams)
-    wall = max(s.end for s in streams) - t0
-    return Row(
-        percentile(ttfts, 0.5),
-        percentile(ttfts, 0.95),
-        tokens / wall,
-        tokens,
-        sum(s.retries for s in streams),
-    )
-
-
-def median_row(reps: list[Row]) -> Row:
-    return Row(
-        statistics.median(r.ttft_p50 for r in reps),
-        statistics.median(r.ttft_p95 for r in reps),
-        statistics.median(r.tok_s for r in reps),
-        round(statistics.median(r.tokens for r in reps)),
-        round(statistics.median(r.retries for r in reps)),
-    )
 
 
 # --- (a) llama-cpp-python in-process: one request at a time ------------------------------------
@@ -359,59 +161,6 @@ def bench_in_process(
 
 
 # --- (b) llama_cpp.server and (c) rbee-worker over /v1/completions ----------------------------
-
-
-async def one_stream(
-    client: httpx.AsyncClient, prompt: str, t0: float, args: argparse.Namespace
-) -> Stream:
-    # llama_cpp.server defaults repeat_penalty to 1.1 (the Llama API and rbee: none), which
-    # changes greedy output; rbee's OpenAI endpoints ignore fields they do not know.
-    body = {
-        "prompt": prompt,
-        "max_tokens": args.tokens,
-        "temperature": 0,
-        "stream": True,
-        "repeat_penalty": 1.0,
-    }
-    retries = 0
-    while True:
-        async with client.stream("POST", "/v1/completions", json=body) as r:
-            if r.status_code == 503:  # rbee: ALL_SLOTS_BUSY; wait in line like a client would
-                await r.aread()
-                retries += 1
-                await asyncio.sleep(args.retry_s)
-                continue
-            if r.status_code != 200:
-                await r.aread()
-                raise SystemExit(f"{client.base_url}: HTTP {r.status_code}: {r.text[:300]}")
-            first = None
-            text = []
-            n = 0
-            finish = None
-            async for line in r.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[6:].strip()
-                if data == "[DONE]":
-                    break
-                obj = json.loads(data)
-                if "error" in obj:
-                    raise SystemExit(f"{client.base_url}: stream error {obj['error']}")
-                choice = obj["choices"][0]
-                if choice.get("text"):
-                    now = time.perf_counter()
-                    first = first or now
-                    text.append(choice["text"])
-                    n += 1
-                finish = choice.get("finish_reason") or finish
-            end = time.perf_counter()
-            if finish is None:
-                raise SystemExit(
-                    f"{client.base_url}: a stream ended after {n} tokens with no finish_reason "
-                    "(cut off: llama_cpp.server does that without --interrupt_requests False)"
-                )
-            tokens = args.tokens if finish == "length" else n
-            return Stream((first or end) - t0, end, tokens, "".join(text), retries)
 
 
 async def run_rows(
@@ -548,10 +297,6 @@ def bench_rbee(ref: str, args: argparse.Namespace, prompts: Iterator[str], guard
 
 
 # --- report ------------------------------------------------------------------------------------
-
-
-def mb(n: int) -> str:
-    return f"{n / 2**20:.0f} MB"
 
 
 def draw_chart(results: dict[str, dict[int, Row]], title: str, path: Path) -> None:

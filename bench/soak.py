@@ -22,7 +22,6 @@ import collections
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,17 +30,12 @@ from pathlib import Path
 
 import httpx
 import psutil
+from streams import free_port
 
 KEY = "soak-key-0123456789"
 RSS_GROWTH_LIMIT_MB = 64  # allocator noise, caches; a leak per request exceeds it quickly
 FD_GROWTH_LIMIT = 8
 SERVER_KEEP_ALIVE_S = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_model(folder: Path) -> Path:

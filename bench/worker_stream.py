@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,14 +18,9 @@ import time
 from pathlib import Path
 
 import httpx
+from streams import free_port
 
 PROMPT = "Once upon a time, in a small village by the sea,"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def speed(t0: float, stamps: list[float]) -> tuple[float, float]:
