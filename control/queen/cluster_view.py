@@ -38,6 +38,9 @@ class ClusterView:
         self._clock = itertools.count()
         self._forgotten: dict[str, tuple[str, int]] = {}
         self._full: dict[str, tuple[str, int]] = {}
+        # Node → when the probe whose status stands began: the background loop, a start's
+        # check and a hive's bring-up may probe a node at once, and an older one may land last.
+        self._landed: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.on_refresh: Callable[[], None] = lambda: None  # after each node's fresh status
 
@@ -54,6 +57,9 @@ class ClusterView:
     async def refresh(self, node: Node) -> NodeStatus:
         began = next(self._clock)
         status = await self._keeper.probe(node)
+        if began < self._landed.get(node.name, -1):  # a newer probe of it landed first
+            return self.statuses[node.name]
+        self._landed[node.name] = began
         gone = self._learned_since(self._forgotten, node.name, began)
         self._learned_since(self._full, node.name, began)
         if gone:

@@ -1,0 +1,52 @@
+"""ClusterView's rules on probes that overlap (the background loop, a start's check and a
+hive's bring-up may probe one node at once), with probes whose answers the test holds."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import cast
+
+from support.inventories import local_node, write_inventory
+
+from rbee.control.keeper.keeper import Keeper
+from rbee.control.keeper.node import Node
+from rbee.control.keeper.status import HiveState, NodeStatus
+from rbee.control.queen.cluster_view import ClusterView
+
+
+class HeldProbes:
+    """Stands in for the keeper's probe: each probe waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.pending: list[asyncio.Future[NodeStatus]] = []
+
+    async def probe(self, node: Node) -> NodeStatus:
+        answer: asyncio.Future[NodeStatus] = asyncio.get_running_loop().create_future()
+        self.pending.append(answer)
+        return await answer
+
+
+def status(state: HiveState) -> NodeStatus:
+    return NodeStatus("alpha", "127.0.0.1", state, "0.1.0", ())
+
+
+def test_an_older_probe_that_lands_last_does_not_overwrite_a_newer_one(tmp_path: Path) -> None:
+    probes = HeldProbes()
+    view = ClusterView(cast(Keeper, probes), refresh_s=60)
+    inventory = write_inventory(tmp_path / "inventory.toml", local_node("alpha", 1, tmp_path))
+    node = inventory.get("alpha")
+
+    async def scenario() -> None:
+        older = asyncio.ensure_future(view.refresh(node))
+        await asyncio.sleep(0)
+        newer = asyncio.ensure_future(view.refresh(node))
+        await asyncio.sleep(0)
+        first, second = probes.pending
+        second.set_result(status(HiveState.UP))
+        await newer
+        first.set_result(status(HiveState.UNREACHABLE))
+        assert (await older).state is HiveState.UP
+        assert view.statuses["alpha"].state is HiveState.UP
+
+    asyncio.run(scenario())
