@@ -13,6 +13,7 @@ import json
 import logging
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,13 +25,18 @@ import psutil
 
 from rbee.control.keeper.command import inventory_of
 from rbee.control.keeper.queen_address import (
+    QueenAddress,
     clear_queen_address,
     queen_pid_file,
     read_queen_address,
 )
+from rbee.control.keeper.queen_status import queen_call_failure, queen_client
+from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import rbee_home
 from rbee.dataplane.plumbing import pidfile
 from rbee.dataplane.plumbing.cli_options import read_key_file, split_addr
+from rbee.dataplane.protocol.client import InvalidResponse, RemoteError
+from rbee.dataplane.protocol.queen_api import ClusterReport, QueenHealth
 
 from .settings import (
     DEFAULT_LISTEN,
@@ -97,7 +103,7 @@ def queen(
         ]
         if given:
             raise click.UsageError(
-                f"{', '.join(given)} before `{ctx.invoked_subcommand}` would be ignored: "
+                f"{', '.join(given)} before `{ctx.invoked_subcommand}` would be ignored:\n"
                 f"give it after (rbee queen {ctx.invoked_subcommand} {given[0]} …)"
             )
         return
@@ -125,7 +131,7 @@ def queen(
                 raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
             asyncio.run(run_queen(inventory, settings, sock, key_file))
     except pidfile.AlreadyRunning as exc:
-        raise click.ClickException(f"{exc}: see `rbee queen status`") from None
+        raise click.ClickException(f"{exc}\n(see `rbee queen status`)") from None
 
 
 def _settings(listen: str, api_key_file: Path | None, stop_hives: bool) -> QueenSettings:
@@ -179,7 +185,11 @@ def start(
     if url is None:
         if child.poll() is None:  # ours (not yet reaped: its pid is not reused): not left half up
             child.terminate()
-            child.wait(10)
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:  # wedged before its signal handler ran
+                child.kill()
+                child.wait()
             why = f"did not answer within {START_TIMEOUT_S:g} s"
         else:
             why = f"exited with status {child.returncode}"
@@ -230,14 +240,18 @@ def status(output: str) -> None:
         sys.exit(pidfile.NOT_RUNNING_EXIT)
     process = running.process
     address = read_queen_address()
+    try:
+        started = process.create_time()
+    except psutil.NoSuchProcess:  # it stopped just now
+        started = time.time()
     report: dict[str, Any] = {
         "running": True,
         "pid": process.pid,
-        "uptime_s": round(time.time() - process.create_time(), 1),
+        "uptime_s": round(time.time() - started, 1),
         "url": address.url if address else None,
         "log": str(rbee_home() / LOG_FILE),
     }
-    problem = _ask(address.url, address.api_key_file, report) if address else "it is starting"
+    problem = _ask(address, report) if address else "it is starting"
     report["problem"] = problem
     if output == "json":
         click.echo(json.dumps(report))
@@ -247,28 +261,26 @@ def status(output: str) -> None:
         sys.exit(1)
 
 
-def _ask(url: str, api_key_file: str | None, report: dict[str, Any]) -> str | None:
+def _ask(address: QueenAddress, report: dict[str, Any]) -> str | None:
     """Fills `report` from the queen's /health and /v1/cluster; what went wrong, if any."""
+
+    async def ask() -> tuple[QueenHealth, ClusterReport]:
+        async with queen_client(address, timeout_s=STATUS_TIMEOUT_S) as client:
+            return await client.health(), await client.cluster()
+
     try:
-        key = read_key_file(Path(api_key_file)) if api_key_file else None
-    except click.ClickException as exc:
-        return f"cannot read its key: {exc.message}"
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        with httpx.Client(timeout=STATUS_TIMEOUT_S, headers=headers) as http:
-            report["version"] = http.get(f"{url}/health").raise_for_status().json()["version"]
-            cluster = http.get(f"{url}/v1/cluster").raise_for_status().json()
-    except httpx.TimeoutException:
-        return f"it does not answer at {url} within {STATUS_TIMEOUT_S:g} s"
-    except httpx.HTTPError as exc:
-        return f"it does not answer at {url}: {exc}"
-    except (ValueError, KeyError, TypeError):
-        return f"what answers at {url} is not a queen"
-    nodes = cluster.get("nodes", [])
-    report["nodes"] = {n["name"]: n["state"] for n in nodes}
-    report["nodes_up"] = sum(n["state"] == "up" for n in nodes)
-    report["workers"] = len(cluster.get("workers", []))
-    report["queued"] = sum(cluster.get("queued", {}).values())
+        health, cluster = asyncio.run(ask())
+    except ActionableError as exc:
+        return exc.message
+    except InvalidResponse:
+        return f"what answers at {address.url} is not a queen"
+    except (httpx.HTTPError, httpx.InvalidURL, RemoteError) as exc:
+        return queen_call_failure(address.url, exc).message
+    report["version"] = health.version
+    report["nodes"] = {node.name: node.state for node in cluster.nodes}
+    report["nodes_up"] = sum(node.state == "up" for node in cluster.nodes)
+    report["workers"] = len(cluster.workers)
+    report["queued"] = sum(cluster.queued.values())
     return None
 
 
@@ -279,7 +291,10 @@ def _status_text(report: dict[str, Any]) -> str:
     if report["url"]:
         lines.append(f"  url:     {report['url']}")
     if report["problem"]:
-        lines.append(f"  problem: {report['problem']}")
+        lines.append("  problem:")
+        lines += textwrap.wrap(
+            report["problem"], width=80, initial_indent="    ", subsequent_indent="    "
+        )
     else:
         lines.append(f"  nodes:   {report['nodes_up']} of {len(report['nodes'])} up")
         lines.append(f"  workers: {report['workers']}, requests queued: {report['queued']}")

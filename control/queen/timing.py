@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 # The worker's own time to the first token, in its whole answers' Server-Timing.
-_WORKER_TTFT = re.compile(r"(?:^|,)\s*ttft\s*;(?:[^,]*;)?\s*dur=([0-9.]+)")
+_WORKER_TTFT = re.compile(r"(?:^|,)\s*ttft\s*;(?:[^,]*;)?\s*dur=([0-9]+(?:\.[0-9]+)?)")
 
 
 @dataclass(frozen=True)

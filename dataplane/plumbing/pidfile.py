@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ import psutil
 from .process_proof import KILL_WAIT_S, alive, started_at, wait_gone
 
 NOT_RUNNING_EXIT = 3  # `rbee-hive pid`, `rbee queen status`: none runs (1 is an error)
+_LOCK_TRIES = 3
 
 
 class NotProven(RuntimeError):
@@ -123,17 +125,17 @@ class PidFile:
         """Holds the exclusive lock for the life of the daemon; AlreadyRunning when another
         holds it. A lock, not just a file: the kernel releases it if the daemon dies, so a
         stale file never blocks a restart."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         handle: IO[str] = open(self.path, "a+")  # noqa: SIM115 - held open on purpose
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(handle)
         except BlockingIOError:
             handle.seek(0)
             other = PidRecord.parse(handle.read())
             handle.close()
             raise AlreadyRunning(
-                f"another {self.daemon} (pid {other.pid if other else '?'}) is running with "
-                f"{self.where} {self.path.parent}"
+                f"another {self.daemon} (pid {other.pid if other else '?'}) is running\n"
+                f"with {self.where} {self.path.parent}"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -164,3 +166,16 @@ def stop(process: psutil.Process, grace_s: float) -> bool:
     if not wait_gone([process], KILL_WAIT_S):
         raise psutil.TimeoutExpired(KILL_WAIT_S, process.pid)
     return False
+
+
+def _lock_exclusive(handle: IO[str]) -> None:
+    """The exclusive lock, or BlockingIOError when a daemon holds it. A `check()` holds the
+    shared lock for an instant (`rbee queen start` checks every 100 ms while its queen
+    starts): a few short retries tell that from a daemon, which holds it for its life."""
+    for _ in range(_LOCK_TRIES - 1):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.05)
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

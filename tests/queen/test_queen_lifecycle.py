@@ -83,7 +83,7 @@ def test_start_status_a_second_queen_refused_stop(tmp_path: Path) -> None:
     assert again.returncode == 1 and f"a queen already runs (pid {pid})" in again.stderr
     foreground = rbee(inventory, home, "--listen", f"127.0.0.1:{free_port()}")
     assert foreground.returncode == 1
-    assert f"another rbee queen (pid {pid}) is running with RBEE_HOME {home}" in foreground.stderr
+    assert f"another rbee queen (pid {pid}) is running\nwith RBEE_HOME {home}" in foreground.stderr
     assert read_queen_address(home) == address  # the refused queen removed nothing
 
     stopped = rbee(inventory, home, "stop")
@@ -179,4 +179,4 @@ def test_an_option_before_a_command_is_refused_not_ignored(tmp_path: Path) -> No
     inventory.write_text(unreachable_node("dead", tmp_path / "known_hosts"))
     wrong = rbee(inventory, tmp_path / "home", "--listen", "127.0.0.1:1", "start")
     assert wrong.returncode == 2
-    assert "--listen before `start` would be ignored: give it after" in wrong.stderr
+    assert "--listen before `start` would be ignored:\ngive it after" in wrong.stderr
