@@ -183,7 +183,13 @@ def pid(state_dir: str) -> None:
     show_default=True,
     help="How long the hive may take to stop its workers before SIGKILL.",
 )
-def stop(state_dir: str, timeout_s: float) -> None:
+@click.option(
+    "--only-pid",
+    type=int,
+    default=None,
+    help="Stop the hive only if it is this process (exit 3 otherwise, as when none runs).",
+)
+def stop(state_dir: str, timeout_s: float, only_pid: int | None) -> None:
     """Stop the hive running with this state dir: SIGTERM (it stops its workers), SIGKILL
     past --timeout-s. Only a process proven to be that hive is signalled (see `pid`)."""
     import psutil
@@ -193,8 +199,13 @@ def stop(state_dir: str, timeout_s: float) -> None:
     pid_file, running = _running_hive(state_dir)
     if running.process is None:
         click.echo(pid_file.not_running(running))
+        if only_pid is not None:
+            sys.exit(pidfile.NOT_RUNNING_EXIT)
         return
     pid = running.process.pid
+    if only_pid is not None and pid != only_pid:
+        click.echo(f"rbee-hive (pid {only_pid}) is gone (pid {pid} runs now): nothing stopped")
+        sys.exit(pidfile.NOT_RUNNING_EXIT)
     try:
         stopped = pidfile.stop(running.process, timeout_s)
     except psutil.AccessDenied:

@@ -174,7 +174,7 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
         await installer.install(node, RunnerTransport(runner), say)
         if await running_hive_pid(node, runner) is not None:
             say(f"{node.name}: restarting rbee-hive on the new version")
-            say(await hive_down(access, say))
+            say((await hive_down(access, say)).said)
     elif version is None:
         raise _not_installed(node, await _hive_bin(node, runner))
     else:
@@ -204,23 +204,33 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
     return HiveUp(f"{node.name}: rbee-hive {health.version} up (pid {pid}, {where})", pid)
 
 
-async def hive_down(access: NodeAccess, say: Say) -> str:
+@dataclass(frozen=True)
+class HiveDown:
+    said: str  # the line to print
+    down: bool  # no hive of ours runs there now (its workers are gone); False: another runs
+
+
+async def hive_down(access: NodeAccess, say: Say, *, only_pid: int | None = None) -> HiveDown:
     """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound; only a
-    process proven to be this hive (`rbee-hive stop` on the node)."""
+    process proven to be this hive (`rbee-hive stop` on the node), and with `only_pid` only
+    while it is that process (checked and signalled there, in one command)."""
     node, runner = access.node, access.runner
     say(f"{node.name}: connecting to {runner.label}")
+    only = ["--only-pid", str(only_pid)] if only_pid is not None else []
     result = await _on_node(
         node,
         runner,
         "stop",
         "--timeout-s",
         f"{HIVE_DOWN_TIMEOUT_S:g}",
+        *only,
         timeout_s=HIVE_DOWN_TIMEOUT_S + PROBE_TIMEOUT_S,
-        ok=(0, 127),
+        ok=(0, 127, NOT_RUNNING_EXIT),
     )
     if result.exit_status == 127:
-        return f"{node.name}: rbee-hive is not running (rbee is not installed)"
-    return f"{node.name}: {result.stdout.strip()}"
+        return HiveDown(f"{node.name}: rbee-hive is not running (rbee is not installed)", True)
+    said = f"{node.name}: {result.stdout.strip()}"
+    return HiveDown(said, result.exit_status == 0)
 
 
 async def ensure_local_hive(access: NodeAccess, say: Say) -> None:

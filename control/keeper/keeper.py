@@ -25,7 +25,7 @@ from rbee.dataplane.protocol.worker_api import LoadingEvent, LoadingProgress
 from rbee.dataplane.protocol.worker_client import WorkerClient
 
 from .events import Failed, Listener, Loading, Step
-from .hive_control import hive_down, hive_up, running_hive_pid
+from .hive_control import HiveDown, hive_down, hive_up
 from .infer import EXIT_FAILED, EXIT_INTERRUPTED, Infer, InferRequest
 from .install_plan import Installer
 from .inventory import Inventory
@@ -159,19 +159,13 @@ class Keeper:
         """Stops the node's hive and its workers (`rbee ssh-down`); returns the outcome. With
         `only_pid`, only while the node's hive is that process (the one a start_hive gave)."""
 
-        async def down(access: NodeAccess, say: Callable[[str], None]) -> tuple[str, bool]:
-            if only_pid is not None:
-                running = await running_hive_pid(node, access.runner)
-                if running != only_pid:
-                    now = f"pid {running} runs now" if running is not None else "none runs"
-                    gone = f"rbee-hive (pid {only_pid}) is gone ({now}): nothing stopped"
-                    return f"{node.name}: {gone}", False
-            return await hive_down(access, say), True
+        async def down(access: NodeAccess, say: Callable[[str], None]) -> HiveDown:
+            return await hive_down(access, say, only_pid=only_pid)
 
-        said, stopped = await self._over_runner(node, listener, down)
-        if stopped:
+        outcome = await self._over_runner(node, listener, down)
+        if outcome.down:
             self.registry.forget_node(node.name)  # its workers stopped with the hive
-        return said
+        return outcome.said
 
     async def download_model(self, node: Node, model_ref: str, listener: Listener) -> str:
         """Puts `model_ref` in the node's catalog; the listener hears the download; its path."""
