@@ -107,9 +107,10 @@ class Dispatcher:
         self._queues: dict[str, deque[_Waiter]] = {}
         self._spawning: dict[tuple[str, str], asyncio.Task[None]] = {}  # (node, ref) → spawn
         self._phases: dict[str, Phase] = {}  # ref → where its worker's start is
-        # ref → its last failed start and when: not tried again for SPAWN_RETRY_S, so that
-        # the requests waiting then are answered with why, not left to try it over and over.
-        self._spawn_failures: dict[str, tuple[ActionableError, float]] = {}
+        # (node, ref) → the last failed start there and when: not tried again there for
+        # SPAWN_RETRY_S; where no other node may start one, the requests waiting are answered
+        # with why, not left to try it over and over.
+        self._spawn_failures: dict[tuple[str, str], tuple[ActionableError, float]] = {}
 
     def dispatch_all(self) -> None:
         """Every queue's head takes what slots there are (after a probe found some)."""
@@ -147,7 +148,7 @@ class Dispatcher:
         if not again:
             self.admit(spec)
         self._spawn_if_possible(spec)
-        if not queue and not self._can_wait(spec):
+        if not self._can_wait(spec):  # those ahead may wait for nodes this one may not use
             raise self._unservable(spec)
         loop = asyncio.get_running_loop()
         waiter = _Waiter(spec, loop.create_future(), time.monotonic(), heard)
@@ -239,12 +240,17 @@ class Dispatcher:
             if w.node in spec.nodes and registry.get(w.worker_id) is not None
         ]
         loading = any(w.model_ref == spec.ref and w.state in COMING_STATES for w in workers)
-        starting = any(ref == spec.ref for (_node, ref) in self._spawning)
+        starting = self._starting(spec)
         return bool(serving(workers, spec.ref)) or loading or starting
 
     def _unservable(self, spec: ModelSpec) -> ApiError:
-        if (failure := self._spawn_failures.get(spec.ref)) is not None:
-            failed = failure[0]
+        failures = [
+            failure
+            for (node, ref), failure in self._spawn_failures.items()
+            if ref == spec.ref and node in spec.nodes
+        ]
+        if failures:
+            failed = max(failures, key=lambda failure: failure[1])[0]
             return ApiError(
                 failed.code or ErrorCode.INTERNAL_ERROR,
                 f"no worker serves {spec.name}, and starting one failed: {failed.message}",
@@ -266,22 +272,29 @@ class Dispatcher:
         for status in self._view.statuses.values():
             if status.is_up and status.name in spec.nodes:
                 counts[status.name] = sum(w.model_ref == spec.ref for w in status.workers)
+        now = time.monotonic()
+
+        def failed_lately(name: str) -> bool:
+            failure = self._spawn_failures.get((name, spec.ref))
+            return failure is not None and now - failure[1] < SPAWN_RETRY_S
+
         free = [
             (count, spec.nodes.index(name), name)
             for name, count in counts.items()
-            if count < spec.max_workers_per_node and (name, spec.ref) not in self._spawning
+            if count < spec.max_workers_per_node and not failed_lately(name)
         ]
-        if not free or any(ref == spec.ref for (_n, ref) in self._spawning):
+        if not free or self._starting(spec):
             return  # one start at a time per model: its slots may be all the queue needs
-        failure = self._spawn_failures.get(spec.ref)
-        if failure is not None and time.monotonic() - failure[1] < SPAWN_RETRY_S:
-            return
         name = min(free)[2]
         node = self._keeper.inventory.get(name)
         task = asyncio.create_task(self._spawn(node, spec))
         self._spawning[(name, spec.ref)] = task
         self._enter(spec.ref, "spawn")
         self.tell_waiting(spec.ref, Spawning(node=name))
+
+    def _starting(self, spec: ModelSpec) -> bool:
+        """Whether a worker of the model is being started on a node it may use."""
+        return any(ref == spec.ref and node in spec.nodes for (node, ref) in self._spawning)
 
     def _enter(self, ref: str, phase: Phase | None) -> None:
         """The start of a worker of `ref`'s model moved on: its waiting requests count it."""
@@ -311,7 +324,7 @@ class Dispatcher:
                 timeout_s=self._settings.load_timeout_s,
             )
             await self._view.refresh(node)
-            self._spawn_failures.pop(spec.ref, None)
+            self._spawn_failures.pop((node.name, spec.ref), None)
             log.info(
                 "%s of %s ready on %s in %.1f s",
                 worker_id,
@@ -321,10 +334,11 @@ class Dispatcher:
             )
         except ActionableError as exc:
             log.warning("starting a worker of %s on %s failed: %s", spec.ref, node.name, exc)
-            self._spawn_failures[spec.ref] = (exc, time.monotonic())
+            self._spawn_failures[(node.name, spec.ref)] = (exc, time.monotonic())
         except Exception as exc:  # a start must never leave the model unservable for good
             log.exception("starting a worker of %s on %s failed", spec.ref, node.name)
-            self._spawn_failures[spec.ref] = (ActionableError(str(exc)), time.monotonic())
+            failure = ActionableError(str(exc))
+            self._spawn_failures[(node.name, spec.ref)] = (failure, time.monotonic())
         finally:
             del self._spawning[(node.name, spec.ref)]
             self._enter(spec.ref, None)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from support.inventories import local_node, write_inventory
 from support.registry import register_worker
 
@@ -20,7 +21,7 @@ from rbee.control.keeper.worker_registry import WorkerRegistry
 from rbee.control.queen.cluster_view import ClusterView
 from rbee.control.queen.dispatch import Dispatcher
 from rbee.control.queen.settings import QueenSettings
-from rbee.dataplane.protocol.events import Queued
+from rbee.dataplane.protocol.events import Queued, Spawning
 from rbee.dataplane.protocol.wire import ApiError, ErrorCode, Message
 
 REF = "file:/models/tiny.gguf"
@@ -236,3 +237,30 @@ def test_a_request_waits_for_a_worker_that_is_loading_then_takes_it(tmp_path: Pa
         assert lease.worker.worker_id == "w-a"
 
     asyncio.run(scenario())
+
+
+def test_a_start_that_fails_on_one_node_is_tried_on_the_next_at_once(tmp_path: Path) -> None:
+    """Two allowed nodes whose hives (as the view has it) are up but answer nothing: the
+    start on the first fails, the next is tried at once, and the request hears both and,
+    when none is left, why."""
+    inventory = write_inventory(
+        tmp_path / "inventory.toml",
+        local_node("a", free_port(), tmp_path / "a"),
+        local_node("b", free_port(), tmp_path / "b"),
+        f'[models.tiny]\nref = "{REF}"\n',
+    )
+    keeper = Keeper(inventory, WorkerRegistry(tmp_path / "workers.db"))
+    view = ClusterView(keeper, refresh_s=60)
+    for name in ("a", "b"):
+        view.statuses[name] = NodeStatus(name, "local", HiveState.UP, "0.1.0", ())
+    queen = Dispatcher(keeper, view, QueenSettings())
+    heard: list[Message] = []
+
+    async def scenario() -> None:
+        async with keeper:
+            with pytest.raises(ApiError) as refused:
+                await asyncio.wait_for(queen.acquire(inventory.model("tiny"), heard.append), 60)
+        assert refused.value.status == 503 and "starting one failed" in refused.value.message
+
+    asyncio.run(scenario())
+    assert [e.node for e in heard if isinstance(e, Spawning)][:2] == ["a", "b"]
