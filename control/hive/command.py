@@ -192,9 +192,8 @@ def pid(state_dir: str) -> None:
 def stop(state_dir: str, timeout_s: float, only_pid: int | None) -> None:
     """Stop the hive running with this state dir: SIGTERM (it stops its workers), SIGKILL
     past --timeout-s. Only a process proven to be that hive is signalled (see `pid`)."""
-    import psutil
-
     from rbee.dataplane.plumbing import pidfile
+    from rbee.dataplane.plumbing.cli_options import stop_proven
 
     pid_file, running = _running_hive(state_dir)
     if running.process is None:
@@ -206,21 +205,7 @@ def stop(state_dir: str, timeout_s: float, only_pid: int | None) -> None:
     if only_pid is not None and pid != only_pid:
         click.echo(f"rbee-hive (pid {only_pid}) is gone (pid {pid} runs now): nothing stopped")
         sys.exit(pidfile.NOT_RUNNING_EXIT)
-    try:
-        stopped = pidfile.stop(running.process, timeout_s)
-    except psutil.AccessDenied:
-        raise click.ClickException(
-            f"not allowed to signal rbee-hive (pid {pid}): it runs as another user"
-        ) from None
-    except psutil.TimeoutExpired as exc:
-        raise click.ClickException(
-            f"rbee-hive (pid {pid}) still runs {exc.seconds:g} s after "
-            "SIGKILL (stuck in the kernel?): see `rbee-hive pid`"
-        ) from None
-    if stopped:
-        click.echo(f"rbee-hive stopped (pid {pid})")
-    else:
-        click.echo(f"rbee-hive (pid {pid}) did not stop in {timeout_s:g} s: killed")
+    click.echo(stop_proven(running.process, timeout_s, "rbee-hive", "rbee-hive pid"))
 
 
 def _running_hive(state_dir: str) -> tuple[PidFile, Holder]:

@@ -34,7 +34,7 @@ from rbee.control.keeper.queen_status import queen_call_failure, queen_client
 from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import rbee_home
 from rbee.dataplane.plumbing import pidfile
-from rbee.dataplane.plumbing.cli_options import read_key_file, split_addr
+from rbee.dataplane.plumbing.cli_options import read_key_file, split_addr, stop_proven
 from rbee.dataplane.protocol.client import InvalidResponse, RemoteError
 from rbee.dataplane.protocol.queen_api import ClusterReport, QueenHealth
 
@@ -323,22 +323,7 @@ def stop(timeout_s: float) -> None:
     if running.process is None:
         click.echo(queen_pid_file().not_running(running))
         return
-    pid = running.process.pid
-    try:
-        stopped = pidfile.stop(running.process, timeout_s)
-    except psutil.AccessDenied:
-        raise click.ClickException(
-            f"not allowed to signal the queen (pid {pid}): it runs as another user"
-        ) from None
-    except psutil.TimeoutExpired as exc:
-        raise click.ClickException(
-            f"the queen (pid {pid}) still runs {exc.seconds:g} s after SIGKILL "
-            "(stuck in the kernel?): see `rbee queen status`"
-        ) from None
-    if stopped:
-        click.echo(f"rbee queen stopped (pid {pid})")
-    else:
-        click.echo(f"rbee queen (pid {pid}) did not stop in {timeout_s:g} s: killed")
+    click.echo(stop_proven(running.process, timeout_s, "rbee queen", "rbee queen status"))
 
 
 def _running_queen() -> pidfile.Holder:
