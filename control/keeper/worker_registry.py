@@ -59,6 +59,12 @@ class WorkerRegistry:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
+            # A live view marks each serving worker healthy on every probe, on its event loop:
+            # with the default rollback journal each write waited for the disk (3.5 ms p50,
+            # 20 ms p90 here), with WAL and NORMAL sync about 30 us. A power cut may lose the
+            # last writes, never the file; the workers they name died with the power anyway.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
 
     def close(self) -> None:

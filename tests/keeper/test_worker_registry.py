@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
+from pathlib import Path
 
 from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
 
@@ -39,3 +42,18 @@ def test_only_serving_and_recently_checked_workers_are_warm(registry: WorkerRegi
     registry.record(worker("worker-b", "pkg:m", state="busy"))
     assert registry.find_warm("mac", "pkg:m", max_age_s=60).worker_id == "worker-b"
     assert registry.find_warm("mac", "pkg:m", max_age_s=-1) is None  # checked too long ago
+
+
+def test_every_file_of_the_registry_is_its_owners_alone(tmp_path: Path) -> None:
+    """Workers' keys are in the database and, until a checkpoint, in its write-ahead log."""
+    umask = os.umask(0o022)  # the usual one: files would be 0644 unless made otherwise
+    try:
+        registry = WorkerRegistry(tmp_path / "workers.db")
+        registry.record(worker("w-1", "pkg:gemma3-270m"))
+        registry.mark_healthy("w-1", "idle")
+    finally:
+        os.umask(umask)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["workers.db", "workers.db-shm", "workers.db-wal"]
+    assert all(stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600 for name in files)
+    registry.close()
