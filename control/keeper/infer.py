@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -362,11 +362,7 @@ class Infer:
                 next_event = asyncio.ensure_future(anext(events))
         finally:
             interrupted.cancel()
-            if not next_event.done():
-                next_event.cancel()  # the generator must be at rest before it is closed
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await next_event
-            await events.aclose()
+            await close_at_rest(events, next_event)
 
     async def _cancel(self, client: WorkerClient, request_id: str) -> int:
         """EC5: tell the worker, wait a little for its acknowledgement, exit 130."""
@@ -419,3 +415,13 @@ def _crash_report(record: str | None) -> tuple[str, str]:
     head, _, tail = record.partition("\n")
     why = head.partition(" crashed: ")[2].partition("; ")[0] or head
     return why, tail
+
+
+async def close_at_rest(events: AsyncGenerator[Any, None], pending: asyncio.Future[Any]) -> None:
+    """Closes a stream of events whose next event `pending` may still be awaited: the
+    generator must be at rest (that wait settled) before it can be closed."""
+    if not pending.done():
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pending
+    await events.aclose()

@@ -9,7 +9,6 @@ worker). Tokens and the timeline go to one listener (events.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,14 @@ from .events import (
     Step,
     Token,
 )
-from .infer import CANCEL_ACK_TIMEOUT_S, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, save_partial
+from .infer import (
+    CANCEL_ACK_TIMEOUT_S,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    close_at_rest,
+    save_partial,
+)
 from .queen_address import QueenAddress
 from .queen_status import queen_call_failure, queen_client
 from .words import ActionableError, no_queen, queen_failure
@@ -113,11 +119,7 @@ class QueenInfer:
                 next_event = asyncio.ensure_future(anext(events))
         finally:
             canceled.cancel()
-            if not next_event.done():
-                next_event.cancel()  # the generator must be at rest before it is closed
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await next_event
-            await events.aclose()
+            await close_at_rest(events, next_event)
 
     def _heard(self, event: wire.QueenInferenceEvent) -> int | None:
         """Tells the listener; the exit code once the stream has ended."""
