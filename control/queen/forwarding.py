@@ -66,7 +66,7 @@ class Forwarder:
         keeper: Keeper,
         view: ClusterView,
         dispatcher: Dispatcher,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncBaseTransport,
         metrics: QueenMetrics,
         settings: QueenSettings,
     ) -> None:

@@ -54,7 +54,7 @@ def create_app(
     keeper: Keeper,
     view: ClusterView,
     dispatcher: Dispatcher,
-    http: httpx.AsyncClient,
+    http: httpx.AsyncBaseTransport,
     settings: QueenSettings,
 ) -> Starlette:
     metrics = QueenMetrics(dispatcher.queued)
@@ -109,7 +109,7 @@ def create_app(
         routed = parse_body(raw, RoutedRequest)
         spec = _spec(routed.model)
         lease, upstream = await _until_disconnected(
-            request, forwarder.route(spec, request.url.path, raw, stream=routed.stream)
+            request, forwarder.route(spec, request.scope["path"], raw, stream=routed.stream)
         )
         return await answer(
             upstream,

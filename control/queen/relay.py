@@ -23,7 +23,7 @@ _PASSED_HEADERS = ("content-type", "retry-after", "x-request-id")
 
 
 async def send(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncBaseTransport,
     url: str,
     api_key: str | None,
     body: bytes,
@@ -32,12 +32,20 @@ async def send(
 ) -> httpx.Response:
     """POSTs `body` to the worker; its answer, whose body is still to be read. Raises
     httpx.ConnectError (or ConnectTimeout) when the worker cannot be reached: then the
-    request has not started there."""
+    request has not started there.
+
+    Straight to the transport: a client's cookies, redirects, auth and URL merging are
+    nothing the queen needs on its way to a worker, and they were a third of its CPU for
+    a request (measured with py-spy)."""
     headers = {"content-type": "application/json"}
     if api_key:
         headers["authorization"] = f"Bearer {api_key}"
-    request = http.build_request("POST", url, content=body, headers=headers, timeout=timeout)
-    return await http.send(request, stream=True)
+    request = httpx.Request(
+        "POST", url, content=body, headers=headers, extensions={"timeout": timeout.as_dict()}
+    )
+    response = await http.handle_async_request(request)
+    response.request = request
+    return response
 
 
 async def answer(

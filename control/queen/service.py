@@ -43,7 +43,7 @@ async def run_queen(
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    async with Keeper(inventory) as keeper, httpx.AsyncClient() as http:
+    async with Keeper(inventory) as keeper, httpx.AsyncHTTPTransport() as http:
         view = ClusterView(keeper, settings.refresh_s)
         dispatcher = Dispatcher(keeper, view, settings)
         view.on_refresh = dispatcher.dispatch_all  # slots a probe found go to the queues
