@@ -56,6 +56,7 @@ class RbeeApp(App[None]):
         Binding("x", "shutdown_worker", "stop"),
         Binding("m", "download", "download"),
         Binding("c", "cancel_stream", "cancel"),
+        Binding("g", "toggle_queen", "queen"),
         Binding("a", "toggle_all", "all"),
         Binding("r", "refresh", "refresh"),
         Binding("q", "quit", "quit"),
@@ -411,7 +412,13 @@ class RbeeApp(App[None]):
     # ----------------------------------------------------------------- streaming
 
     def on_stream_panel_ended(self, message: StreamPanel.Ended) -> None:
-        self._probe_now(message.node)  # its workers' state and speed changed
+        if message.node is not None:
+            self._probe_now(message.node)  # its workers' state and speed changed
+        if self.stream_panel.through_queen:
+            self.main.query_one(QueenPanel).refresh_queen()
+
+    def action_toggle_queen(self) -> None:
+        self.stream_panel.toggle_queen()
 
     def action_cancel_stream(self) -> None:
         self.stream_panel.cancel()

@@ -18,8 +18,10 @@ from rbee.control.keeper.events import (
     KeeperEvent,
     Loading,
     RequestSent,
+    Routed,
     Step,
     Token,
+    timeline_text,
 )
 
 from .messages import ActionProgress, StreamFailed, StreamStatus, StreamToken
@@ -33,7 +35,8 @@ class StreamStats:
 
 
 def progress_text(event: KeeperEvent) -> str | None:
-    """A download or load step in a few words (None: not one, or nothing to show yet)."""
+    """A download, load or queen step in a few words (None: not one, or nothing to show
+    yet)."""
     match event:
         case Downloading(node, ref, done, total, speed) if total:
             return (
@@ -46,7 +49,7 @@ def progress_text(event: KeeperEvent) -> str | None:
             return f"{node}: {ref} downloaded"
         case Loading(done, total) if total:
             return f"loading the model: {done}/{total} layers"
-    return None
+    return timeline_text(event)
 
 
 class StreamListener:
@@ -56,6 +59,7 @@ class StreamListener:
     def __init__(self, panel: MessagePump) -> None:
         self._panel = panel
         self.stats = StreamStats()
+        self.routed_to: str | None = None  # the node the queen sent the prompt to
         self._sent_at = 0.0
         self._first_at = 0.0
 
@@ -74,6 +78,9 @@ class StreamListener:
                 message = StreamToken(text, self.stats)
             case AnswerEnded():
                 pass  # the panel shows the answer as it came; nothing to close
+            case Routed(node):
+                self.routed_to = node
+                message = StreamStatus(str(timeline_text(event)))
             case _:
                 if progress := progress_text(event):
                     message = StreamStatus(progress)

@@ -98,9 +98,10 @@ class StreamFailed(Message):
 
 
 class StreamEnded(Message):
-    """The stream on `node` is over: 0 answered, 1 failed, 130 canceled."""
+    """The stream on `node` is over: 0 answered, 1 failed, 130 canceled. (No node: the
+    queen's stream, before it was routed.)"""
 
-    def __init__(self, node: str, exit_code: int, tokens_per_s: float | None) -> None:
+    def __init__(self, node: str | None, exit_code: int, tokens_per_s: float | None) -> None:
         super().__init__()
         self.node = node
         self.exit_code = exit_code

@@ -1,7 +1,10 @@
-"""Prompt a model on the selected node and watch the tokens arrive, with their speed.
+"""Prompt a model on the selected node, or through the queen, and watch the tokens arrive,
+with their speed.
 
-The panel runs its stream itself (`Keeper.infer`, as `rbee infer` does) in a Textual worker;
-the stream's listener posts to the panel, so the screen never waits on the network.
+The panel runs its stream itself (`Keeper.infer` as `rbee infer` does, or
+`Keeper.infer_through_queen` as `rbee infer --queen` does) in a Textual worker; the stream's
+listener posts to the panel, so the screen never waits on the network. Through the queen, the
+model is an inventory model's name or a reference, and the queen picks the node.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from textual.widgets import Input, Label, Sparkline, Static
 from rbee.control.keeper.infer import InferRequest
 from rbee.control.keeper.keeper import InferRun, Keeper
 from rbee.control.keeper.node import Node
+from rbee.control.keeper.queen_infer import QueenInfer, QueenRequest
 from rbee.control.keeper.words import ActionableError, checked_model_ref
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 
@@ -26,9 +30,10 @@ from .settings import ANSWER_REPAINT_S, SPARKLINE_REQUESTS
 
 class StreamPanel(Vertical):
     class Ended(Message):
-        """A stream on `node` is over (answered, failed or canceled)."""
+        """A stream on `node` is over (answered, failed or canceled); no node: through the
+        queen, which had not routed it."""
 
-        def __init__(self, node: str) -> None:
+        def __init__(self, node: str | None) -> None:
             super().__init__()
             self.node = node
 
@@ -39,9 +44,10 @@ class StreamPanel(Vertical):
         self._keeper = keeper
         self._known_nodes = nodes
         self.max_tokens = max_tokens  # per prompt
-        self.stream: InferRun | None = None  # the one running, if any
+        self.stream: InferRun | QueenInfer | None = None  # the one running, if any
         self.answer = ""
-        self.node: str | None = None  # where the next prompt goes
+        self.node: str | None = None  # where the next prompt goes, unless through the queen
+        self.through_queen = False
         self._speeds: list[float] = []
         self._stats_text = ""
         self._repaint: Timer | None = None  # pending repaint of the answer, if any
@@ -70,6 +76,9 @@ class StreamPanel(Vertical):
         if self.stream is not None:
             self.stats("A stream is running: cancel it first (c).")
             return
+        if self.through_queen:
+            self._start_through_queen(prompt, model_ref.strip())
+            return
         node = self._known_nodes.get(self.node or "")
         if node is None:
             self.failed("No node selected: pick one in the nodes table.")
@@ -87,9 +96,22 @@ class StreamPanel(Vertical):
         self.started()
         self._run(self.stream, node.name, listener)
 
+    def _start_through_queen(self, prompt: str, model: str) -> None:
+        if not model:
+            self.failed("No model: type an inventory model's name or a reference.")
+            return
+        request = QueenRequest(prompt=prompt, model=model, max_tokens=self.max_tokens)
+        listener = StreamListener(self)
+        self.stream = self._keeper.infer_through_queen(request, listener)
+        self.started()
+        self._run(self.stream, None, listener)
+
     @work(group="stream", exit_on_error=False)
-    async def _run(self, stream: InferRun, node: str, listener: StreamListener) -> None:
+    async def _run(
+        self, stream: InferRun | QueenInfer, node: str | None, listener: StreamListener
+    ) -> None:
         code = await stream.run()
+        node = node or listener.routed_to
         self.post_message(StreamEnded(node, code, listener.stats.tokens_per_s))
 
     def cancel(self) -> None:
@@ -117,11 +139,26 @@ class StreamPanel(Vertical):
         self.post_message(self.Ended(message.node))
 
     def target(self, node: str | None, model_ref: str | None = None) -> None:
-        """The node (and optionally the model) the next prompt goes to."""
+        """The node (and optionally the model) the next prompt goes to, unless it goes
+        through the queen."""
         self.node = node
-        self.query_one("#stream-node", Label).update(f"on {node or '?'}")
+        self._show_target()
         if model_ref:
             self.query_one("#stream-model", Input).value = model_ref
+
+    def toggle_queen(self) -> None:
+        """Prompts go through the queen, or back to the selected node."""
+        self.through_queen = not self.through_queen
+        self._show_target()
+        self.stats(
+            "Prompts go through the queen: it picks the node."
+            if self.through_queen
+            else f"Prompts go to {self.node or 'the selected node'}."
+        )
+
+    def _show_target(self) -> None:
+        where = "via queen" if self.through_queen else f"on {self.node or '?'}"
+        self.query_one("#stream-node", Label).update(where)
 
     def started(self) -> None:
         self._cancel_repaint()

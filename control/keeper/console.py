@@ -26,6 +26,7 @@ from .events import (
     StartingWorker,
     Step,
     Token,
+    timeline_text,
 )
 from .words import ActionableError
 
@@ -108,12 +109,8 @@ class Console:
                 )
             case Downloaded():
                 self.status("Model downloaded.")
-            case Queued(position):
-                self.status(f"Queued: {position} in line.")
-            case StartingWorker(node):
-                self.status(f"Starting a worker on {node}...")
-            case Routed(node, worker_id):
-                self.status(f"Routed to {worker_id} on {node}.")
+            case Queued() | StartingWorker() | Routed():
+                self.status(str(timeline_text(event)))
             case RequestSent() | Loading() | Downloading():
                 pass  # nothing to print: no measure yet, or only timing for the dashboard
 

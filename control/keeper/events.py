@@ -117,6 +117,18 @@ KeeperEvent = (
 )
 
 
+def timeline_text(event: KeeperEvent) -> str | None:
+    """A step of a request's way through the queen, in words (None: not one)."""
+    match event:
+        case Queued(position):
+            return f"Queued: {position} in line."
+        case StartingWorker(node):
+            return f"Starting a worker on {node}..."
+        case Routed(node, worker_id):
+            return f"Routed to {worker_id} on {node}."
+    return None
+
+
 class Listener(Protocol):
     def heard(self, event: KeeperEvent) -> None: ...
 

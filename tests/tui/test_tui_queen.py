@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from textual.widgets import Input, Label, Static
 
 from support.queen_cluster import queen_cluster
 from support.queen_process import start_queen
@@ -43,7 +44,9 @@ def test_the_panel_shows_the_queen_its_queue_and_its_routes(
         monkeypatch.setenv("RBEE_HOME", str(cluster.home))
 
         async def scenario() -> None:
-            app = RbeeApp(cluster.inventory, registry, TuiConfig(refresh_s=0.3))
+            # `deep` is slow on purpose: a short answer
+            config = TuiConfig(refresh_s=0.3, max_tokens=8)
+            app = RbeeApp(cluster.inventory, registry, config)
             async with app.run_test(size=SIZE) as pilot:
                 panel = app.query_one(QueenPanel)
                 await wait_for(pilot, lambda: panel.checked, what="the queen panel's answer")
@@ -85,6 +88,23 @@ def test_the_panel_shows_the_queen_its_queue_and_its_routes(
                         pilot, lambda: "queued  none" in panel.text, what="the queue emptied"
                     )
                     assert "routed  local 1" in panel.text
+
+                    # A prompt from the stream panel, through the queen (g), by model name.
+                    await pilot.press("g")
+                    assert app.query_one("#stream-node", Label).content == "via queen"
+                    app.query_one("#stream-model", Input).value = "deep"
+                    prompt = app.query_one("#prompt", Input)
+                    prompt.value = "Once upon"
+                    prompt.focus()
+                    await pilot.press("enter")
+                    stats = app.query_one("#stream-stats", Static)
+                    await wait_for(
+                        pilot, lambda: str(stats.content).endswith("done"), 60, "the answer"
+                    )
+                    assert app.stream_panel.answer
+                    await wait_for(
+                        pilot, lambda: "routed  local 2" in panel.text, what="a second route"
+                    )
                 finally:
                     queen.stop()
                 await wait_for(
