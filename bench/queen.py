@@ -11,7 +11,9 @@ inventory that names them. It stops them all on the way out, Ctrl+C and failures
 
 1. Overhead: 1 and 4 streams to one warm 8-slot worker on node a, straight (its URL and key
    from the registry) and through the queen (model `gemma`), the same body and prompts both
-   ways, rounds alternating which goes first. TTFT p50 and aggregate tokens/s both ways.
+   ways, which way goes first alternating. TTFT in many pairs of short requests (each pair:
+   the same prompts one way, then the other), the queen's overhead being each pair's
+   difference; aggregate tokens/s in rounds of full-length streams.
 2. The queen's RSS after the runs.
 3. 8 streams through the queen: 2 nodes x one 4-slot worker (model `gemma-2x4`) against
    1 node x the 8-slot worker, rounds alternating. Both nodes share this machine's cores.
@@ -183,6 +185,8 @@ class Way:
     model: str
     ttfts: list[float] = field(default_factory=list)  # every stream's, every round's
     heads: list[float] = field(default_factory=list)  # to the answer's headers, the same
+    pair_ttfts: list[float] = field(default_factory=list)  # every stream's, every pair's
+    pair_heads: list[float] = field(default_factory=list)  # to the answer's headers, the same
     tok_s: list[float] = field(default_factory=list)  # each round's aggregate
     tokens: int = 0
     wall_s: float = 0.0
@@ -192,8 +196,11 @@ class Way:
     def ttft_p50_ms(self) -> float:
         return percentile(self.ttfts, 0.5) * 1000
 
-    def head_p50_ms(self) -> float:
-        return percentile(self.heads, 0.5) * 1000
+    def pair_ttft_p50_ms(self) -> float:
+        return percentile(self.pair_ttfts, 0.5) * 1000
+
+    def pair_head_p50_ms(self) -> float:
+        return percentile(self.pair_heads, 0.5) * 1000
 
     def tok_s_median(self) -> float:
         return statistics.median(self.tok_s)
@@ -238,6 +245,27 @@ class Bench:
             )
         )
 
+    async def pairs(self, straight: Way, queen: Way, streams: int, pairs: int) -> list[float]:
+        """`pairs` pairs of `streams` short requests sent together, the same prompts one way
+        then the other (which first alternating); each pair's TTFT p50 through the queen
+        minus straight. Pairs cancel what varies from prompt to prompt and as the machine's
+        speed drifts; short requests make many pairs cheap."""
+        short = argparse.Namespace(**{**vars(self.args), "tokens": self.args.pair_tokens})
+        overheads = []
+        for i in range(pairs):
+            batch = [next(self.prompts) for _ in range(streams)]
+            ttft: dict[int, float] = {}
+            for way in (straight, queen) if i % 2 == 0 else (queen, straight):
+                t0 = time.perf_counter()
+                sent = await asyncio.gather(
+                    *(one_stream(way.client, p, t0, short, model=way.model) for p in batch)
+                )
+                way.pair_ttfts += [s.ttft for s in sent]
+                way.pair_heads += [s.head for s in sent]
+                ttft[id(way)] = percentile([s.ttft for s in sent], 0.5)
+            overheads.append(ttft[id(queen)] - ttft[id(straight)])
+        return overheads
+
     async def compare(self, a: Way, b: Way, streams: int, rounds: int) -> None:
         """Rounds of `streams` at once on a and on b: the same prompts both ways, which way
         goes first alternating (the machine's speed drifts)."""
@@ -250,6 +278,7 @@ class Bench:
 @dataclass
 class Results:
     overhead: dict[int, tuple[Way, Way]]  # streams → (straight, through the queen)
+    pair_overheads: dict[int, list[float]]  # streams → each pair's TTFT overhead, seconds
     one_node: Way
     two_nodes: Way
     queen_rss_before: int
@@ -271,11 +300,18 @@ async def measure(
     ):
         with PeakRss(bench.queen.pid) as rss:
             overhead: dict[int, tuple[Way, Way]] = {}
-            for n, rounds in ((1, args.rounds), (4, args.rounds_4)):
+            pair_overheads: dict[int, list[float]] = {}
+            plan = ((1, args.pairs, args.rounds), (4, args.pairs_4, args.rounds_4))
+            for n, pairs, rounds in plan:
                 straight, queen = Way(w, ONE_NODE), Way(q, ONE_NODE)
                 await bench.warm_up(straight, n)
                 await bench.warm_up(queen, n)
-                print(f"  {n} stream(s), {rounds} rounds each way", flush=True)
+                print(
+                    f"  {n} stream(s): {pairs} pairs of {args.pair_tokens} tokens, "
+                    f"{rounds} rounds of {args.tokens} each way",
+                    flush=True,
+                )
+                pair_overheads[n] = await bench.pairs(straight, queen, n, pairs)
                 await bench.compare(straight, queen, n, rounds)
                 overhead[n] = (straight, queen)
             one, two = Way(q, ONE_NODE), Way(q, TWO_NODES)
@@ -286,16 +322,16 @@ async def measure(
         after = bench.queen.memory_info().rss
         seen = (await q.get("/v1/cluster")).json()
     routed = {n["name"]: n["routed"] for n in seen["nodes"]}
-    return Results(overhead, one, two, before, rss.peak, after, routed)
+    return Results(overhead, pair_overheads, one, two, before, rss.peak, after, routed)
 
 
 def report(args: argparse.Namespace, r: Results, cores: int) -> None:
     print()
     print(
         f"1. One warm worker ({ONE_NODE}, 8 slots, node a): straight vs through the queen\n"
-        f"   (which runs, probing its nodes, through both). TTFT p50 over all streams of\n"
-        f"   all rounds (headers: the answer's status line and headers came); tok/s:\n"
-        f"   median of the rounds' aggregates (min-max)"
+        f"   (which runs, probing its nodes, through both). Headers (the answer's status\n"
+        f"   and headers came) and TTFT: p50 over every stream of every pair of short\n"
+        f"   requests; tok/s: median of the full-length rounds' aggregates (min-max)"
     )
     head = (
         f"{'streams':>7}  {'way':<14} {'headers p50':>11} {'TTFT p50':>10} {'tok/s':>7}  (min-max)"
@@ -306,20 +342,24 @@ def report(args: argparse.Namespace, r: Results, cores: int) -> None:
     for n, (straight, queen) in r.overhead.items():
         for name, way in (("straight", straight), ("through queen", queen)):
             print(
-                f"{n:>7}  {name:<14} {way.head_p50_ms():8.1f} ms {way.ttft_p50_ms():7.1f} ms "
-                f"{way.tok_s_median():7.1f}  {way.tok_s_spread()}"
+                f"{n:>7}  {name:<14} {way.pair_head_p50_ms():8.1f} ms "
+                f"{way.pair_ttft_p50_ms():7.1f} ms {way.tok_s_median():7.1f}  {way.tok_s_spread()}"
             )
-        extra = queen.ttft_p50_ms() - straight.ttft_p50_ms()
+        extra = queen.pair_ttft_p50_ms() - straight.pair_ttft_p50_ms()
+        added_head = queen.pair_head_p50_ms() - straight.pair_head_p50_ms()
         ratio = queen.tok_s_median() / straight.tok_s_median()
+        print(f"{'':>7}  {'queen adds':<14} {added_head:+8.1f} ms {extra:+7.1f} ms {ratio:6.3f}x")
+        overheads = [o * 1000 for o in r.pair_overheads[n]]
+        paired = percentile(overheads, 0.5)
         print(
-            f"{'':>7}  {'queen adds':<14} {queen.head_p50_ms() - straight.head_p50_ms():+8.1f} ms "
-            f"{extra:+7.1f} ms {ratio:6.3f}x"
+            f"{'':>7}  TTFT overhead of each pair ({len(overheads)}): p50 {paired:+.1f} ms, "
+            f"p25 {percentile(overheads, 0.25):+.1f}, p75 {percentile(overheads, 0.75):+.1f}"
         )
         s = "stream" if n == 1 else "streams"
         checks.append(
             (
-                extra <= TTFT_OVERHEAD_TARGET_MS,
-                f"{n} {s}: TTFT p50 overhead {extra:+.1f} ms "
+                paired <= TTFT_OVERHEAD_TARGET_MS,
+                f"{n} {s}: TTFT overhead p50 {paired:+.1f} ms, over {len(overheads)} pairs "
                 f"(target <= {TTFT_OVERHEAD_TARGET_MS:g} ms)",
             )
         )
@@ -386,6 +426,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pkg:gemma3-270m", help="a bundled model, pkg:NAME")
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens a stream")
+    parser.add_argument("--pairs", type=int, default=40, help="TTFT pairs of 1 stream")
+    parser.add_argument("--pairs-4", type=int, default=20, help="TTFT pairs of 4 streams")
+    parser.add_argument("--pair-tokens", type=int, default=4, help="max_tokens in a pair")
     parser.add_argument("--rounds", type=int, default=8, help="rounds of 1 stream, each way")
     parser.add_argument("--rounds-4", type=int, default=4, help="rounds of 4 streams, each way")
     parser.add_argument("--rounds-8", type=int, default=3, help="rounds of 8 streams, each way")
