@@ -30,8 +30,7 @@ from support.queen_process import Queen, run_queen, sdk, start_queen
 from rbee.control.keeper.events import Unheard
 from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.keeper import Keeper
-from rbee.control.keeper.provisioning import provision
-from rbee.control.keeper.worker_registry import RegisteredWorker, WorkerRegistry
+from rbee.control.keeper.worker_registry import WorkerRegistry
 from rbee.control.queen.cluster_view import ClusterView
 
 
@@ -209,25 +208,9 @@ def test_a_worker_whose_slot_another_client_holds_makes_the_request_wait_not_fai
 
     async def spawn_long() -> str:
         async with Keeper(cluster.inventory, registry) as keeper:
-            async with keeper.access(node).hive(timeout_s=60) as hive:
-                await provision(hive, node.name, ref, Unheard())
-                spawned = await hive.spawn(ref, slots=1, ctx_size=LONG_CTX)
-            registry.record(
-                RegisteredWorker(
-                    worker_id=spawned.worker_id,
-                    node=node.name,
-                    model_ref=ref,
-                    url=spawned.url,
-                    api_key=spawned.api_key,
-                    backend=node.backend,
-                    device=0,
-                    state=spawned.state,
-                    created_at=time.time(),
-                    last_health_check=None,
-                )
-            )
-            await keeper.wait_worker_ready(node, spawned.worker_id, Unheard(), timeout_s=60)
-            return spawned.worker_id
+            worker_id = await keeper.spawn_worker(node, ref, Unheard(), ctx_size=LONG_CTX)
+            await keeper.wait_worker_ready(node, worker_id, Unheard(), timeout_s=60)
+            return worker_id
 
     worker = registry.get(asyncio.run(spawn_long()))
     registry.close()
