@@ -341,6 +341,16 @@ class RbeeApp(App[None]):
         return list(status.models) if status else []
 
     def action_spawn(self) -> None:
+        self._pick_model_then("Spawn a worker on", "starting a worker for", self._spawn)
+
+    def _pick_model_then(
+        self,
+        title: str,
+        doing: str,
+        action: Callable[[Node, str, ActionListener], Awaitable[str]],
+    ) -> None:
+        """A model picked for the selected node (its catalog offered), then `action` on
+        them as a line of the activity bar."""
         node = self.selected_node
         if node is None:
             return
@@ -349,14 +359,12 @@ class RbeeApp(App[None]):
             if ref:
                 self.act(
                     node,
-                    f"{node.name}: starting a worker for {ref}…",
-                    lambda listener: self._spawn(node, ref, listener),
+                    f"{node.name}: {doing} {ref}…",
+                    lambda listener: action(node, ref, listener),
                 )
 
         self.push_screen(
-            ModelPickerScreen(
-                f"Spawn a worker on {node.name}", self._catalog(node), DEFAULT_MODEL_REF
-            ),
+            ModelPickerScreen(f"{title} {node.name}", self._catalog(node), DEFAULT_MODEL_REF),
             chosen,
         )
 
@@ -386,24 +394,7 @@ class RbeeApp(App[None]):
         return f"{node.name}: {worker_id} {state}"
 
     def action_download(self) -> None:
-        node = self.selected_node
-        if node is None:
-            return
-
-        def chosen(ref: str | None) -> None:
-            if ref:
-                self.act(
-                    node,
-                    f"{node.name}: downloading {ref}…",
-                    lambda listener: self._download(node, ref, listener),
-                )
-
-        self.push_screen(
-            ModelPickerScreen(
-                f"Download a model to {node.name}", self._catalog(node), DEFAULT_MODEL_REF
-            ),
-            chosen,
-        )
+        self._pick_model_then("Download a model to", "downloading", self._download)
 
     async def _download(self, node: Node, ref: str, listener: ActionListener) -> str:
         path = await self.keeper.download_model(node, ref, listener)
