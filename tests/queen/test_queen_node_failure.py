@@ -18,7 +18,7 @@ import psutil
 from support.hive_process import start_hive
 from support.inventories import local_node
 from support.operators import node_table
-from support.queen_process import sdk, start_queen
+from support.queen_process import sdk, start_queen, wait_until_it_sees
 from support.sshd import start_sshd
 
 from rbee.control.hive.settings import HiveSettings
@@ -74,10 +74,7 @@ def test_a_node_switched_off_is_skipped_and_shown_down(tmp_path: Path, tiny_mode
     try:
         asyncio.run(start_workers())
         queen = start_queen(inventory_path, home)
-        deadline = time.monotonic() + 30
-        while len(httpx.get(f"{queen.url}/v1/cluster").json()["workers"]) < 2:
-            assert time.monotonic() < deadline, "the queen never saw both workers"
-            time.sleep(0.2)
+        wait_until_it_sees(queen, workers=2)
         client = sdk(queen)
 
         def served_by(n: int) -> str:

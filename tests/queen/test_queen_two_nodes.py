@@ -5,7 +5,6 @@ work, the queue drains and nothing leaks."""
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 from support.hive_process import start_hive
 from support.inventories import local_node
 from support.operators import node_table
-from support.queen_process import sdk, start_queen
+from support.queen_process import sdk, start_queen, wait_until_it_sees
 from support.sshd import start_sshd
 
 from rbee.control.keeper.events import Unheard
@@ -60,10 +59,7 @@ def test_eight_streams_over_two_nodes_all_complete_and_leave_no_slot_taken(
     try:
         asyncio.run(start_workers())
         queen = start_queen(inventory_path, home)
-        deadline = time.monotonic() + 30
-        while len(httpx.get(f"{queen.url}/v1/cluster").json()["workers"]) < 2:
-            assert time.monotonic() < deadline, "the queen never saw both workers"
-            time.sleep(0.2)
+        wait_until_it_sees(queen, workers=2)
         client = sdk(queen)
 
         def one(n: int) -> tuple[str, int]:

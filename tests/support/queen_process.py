@@ -60,5 +60,13 @@ def start_queen(inventory: Path, home: Path, *args: str) -> Queen:
         time.sleep(0.1)
 
 
+def wait_until_it_sees(queen: Queen, workers: int, timeout_s: float = 30) -> None:
+    """Until the queen's view of the cluster holds `workers` workers."""
+    deadline = time.monotonic() + timeout_s
+    while len(httpx.get(f"{queen.url}/v1/cluster").json()["workers"]) < workers:
+        assert time.monotonic() < deadline, f"the queen never saw {workers} workers"
+        time.sleep(0.2)
+
+
 def sdk(queen: Queen, key: str = "none") -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{queen.url}/v1", api_key=key, max_retries=0)
