@@ -29,7 +29,7 @@ from typing import Any
 import llama_cpp
 
 from rbee.dataplane.protocol.events import StopReason
-from rbee.dataplane.protocol.wire import ErrorCode
+from rbee.dataplane.protocol.wire import ApiError, ErrorCode
 
 from .engine import (
     DoneEvent,
@@ -101,7 +101,7 @@ class LlamaEngine:
         self._layers_total = max(layers_total, 1)
         self._file_size = file_size
 
-        self._inbox: queue.SimpleQueue[Callable[[], None] | Generation | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Generation | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="llama", daemon=True)
         self._loaded: Future[None] = Future()
         self._stopped: Future[None] = Future()
@@ -120,6 +120,7 @@ class LlamaEngine:
         self._pool: QuietThreadpool | None = None
         self._errors: deque[str] = deque(maxlen=5)
         self._piece_buf = ctypes.create_string_buffer(64)  # engine thread only
+        self._vocab_lock = threading.Lock()
 
         self._waiting: deque[Generation] = deque()
         self._running: list[_Sequence] = []
@@ -135,7 +136,11 @@ class LlamaEngine:
         await asyncio.wrap_future(self._loaded)
 
     async def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        return await self._call(lambda: self._tokenize(text, add_special))
+        """On a thread of its own, not the engine's: a prompt that arrives while others
+        decode is not held until the step ends, and a long one does not hold the event loop.
+        llama.cpp's own server tokenizes on its HTTP threads while its loop decodes: the
+        vocabulary is read-only once loaded."""
+        return await asyncio.to_thread(self._tokenize_loaded, text, add_special)
 
     def submit(self, generation: Generation) -> None:
         self._inbox.put(generation)
@@ -146,18 +151,6 @@ class LlamaEngine:
             self._abort_load.set()
             self._inbox.put(None)
             await asyncio.wrap_future(self._stopped)
-
-    async def _call(self, fn: Callable[[], Any]) -> Any:
-        result: Future[Any] = Future()
-
-        def run() -> None:
-            try:
-                result.set_result(fn())
-            except Exception as exc:  # handed back to the caller's await
-                result.set_exception(exc)
-
-        self._inbox.put(run)
-        return await asyncio.wrap_future(result)
 
     # ----------------------------------------------------------------- engine thread
 
@@ -276,7 +269,9 @@ class LlamaEngine:
             self._pool.free()  # after llama_free: the backend keeps its pointer until then
             self._pool = None
         if self._model:
-            llama_cpp.llama_model_free(self._model)
+            with self._vocab_lock:  # no tokenization under way (tokenize)
+                self._vocab = None
+                llama_cpp.llama_model_free(self._model)
             self._model = None
 
     def _take_inbox(self, *, block: bool) -> None:
@@ -285,10 +280,8 @@ class LlamaEngine:
             while True:
                 if item is None:
                     self._closing = True
-                elif isinstance(item, Generation):
-                    self._waiting.append(item)
                 else:
-                    item()
+                    self._waiting.append(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass
@@ -300,10 +293,8 @@ class LlamaEngine:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, Generation):
+            if item is not None:
                 item.post(ErrorEvent(ErrorCode.BACKEND_UNAVAILABLE, "the model is not loaded"))
-            elif item is not None:
-                item()  # a call: it raises inside and hands the error back
 
     def _admit(self) -> None:
         while self._waiting and self._free_seq_ids:
@@ -416,6 +407,12 @@ class LlamaEngine:
         seq.gen.post(DoneEvent(reason, seq.n_generated))
 
     # ----------------------------------------------------------------- text helpers
+
+    def _tokenize_loaded(self, text: str, add_special: bool) -> list[int]:
+        with self._vocab_lock:  # the model is not freed meanwhile
+            if self._vocab is None:
+                raise ApiError(ErrorCode.BACKEND_UNAVAILABLE, "the model is not loaded")
+            return self._tokenize(text, add_special)
 
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
         data = text.encode("utf-8")

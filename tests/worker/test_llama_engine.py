@@ -165,12 +165,10 @@ def test_seeds_reproduce_within_the_same_batch(tiny_model: Path) -> None:
             )
             for seed in seeds
         ]
-        # Hold the engine thread for a moment so all four join the same first step.
-        hold = asyncio.ensure_future(engine._call(lambda: time.sleep(0.2)))  # noqa: SLF001
-        await asyncio.sleep(0.05)
+        # Submitted without a pause, all four join the same first step: the engine thread,
+        # woken by the first, waits for the GIL that this thread holds until the last.
         for gen in gens:
             engine.submit(gen)
-        await hold
         texts = []
         for gen in gens:
             parts = [e.text async for e in gen if isinstance(e, TokenEvent)]
