@@ -92,7 +92,8 @@ class Worker:
         else:
             if self.lifecycle.can(WorkerState.IDLE):
                 self.lifecycle.to(WorkerState.IDLE)
-                log.info("model ready: %s (%d slots)", self.settings.model_ref, self.settings.slots)
+                settings = self.settings
+                log.info("model ready: %s (%d slots)", settings.served_model, settings.slots)
         async with self._progress_changed:
             self._progress_changed.notify_all()
         if self.lifecycle.state in (WorkerState.IDLE, WorkerState.FAILED):
@@ -146,7 +147,7 @@ class Worker:
         return WorkerHealth(
             state=self.lifecycle.state,
             worker_id=self.settings.worker_id,
-            model_ref=self.settings.model_ref,
+            model_ref=self.settings.served_model,
             slots_total=self.settings.slots,
             slots_busy=self.slots_busy,
             idle_s=self.idle_seconds(),
@@ -318,7 +319,7 @@ class Worker:
         body = ReadyCallback(
             worker_id=self.settings.worker_id,
             url=self.url,
-            model_ref=self.settings.model_ref,
+            model_ref=self.settings.served_model,
             backend=self.settings.backend,
             device=self.settings.device,
             slots_total=self.settings.slots,
