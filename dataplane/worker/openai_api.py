@@ -48,7 +48,7 @@ def routes(worker: Worker) -> list[Route]:
     async def completions(request: Request) -> Response:
         body = await read_body(request, CompletionRequest)
         _check_model(worker, body.model)
-        tokens = await worker.prepare_prompt(body.prompt_text())
+        tokens = await _prompt_tokens(worker, body.prompt)
         gen = worker.begin(tokens, _params(body, body.limit()), None)
         return await _answer(request, gen, body.stream, len(tokens), chat=False)
 
@@ -155,6 +155,13 @@ def _check_model(worker: Worker, model: str | None) -> None:
         "(GET /v1/models lists it): send that as the model",
         details={"field": "model", "model": model, "served": served},
     )
+
+
+async def _prompt_tokens(worker: Worker, prompt: str | list[int]) -> list[int]:
+    """A completion's prompt as tokens: text tokenized, token ids as sent (checked)."""
+    if isinstance(prompt, str):
+        return await worker.prepare_prompt(prompt)
+    return worker.prepare_token_prompt(prompt)
 
 
 def _params(body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:

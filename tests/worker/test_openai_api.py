@@ -144,3 +144,44 @@ def test_the_model_is_named_by_its_id_its_file_or_not_at_all(
         error = info.value.body
         assert error["code"] == "MODEL_NOT_FOUND" and error["details"]["served"] == ref
         assert "'gpt-4o' is not served here" in error["message"] and ref in error["message"]
+
+
+def test_a_prompt_may_be_token_ids_or_a_list_of_one(shared_worker: WorkerProcess) -> None:
+    client = sdk(shared_worker)
+
+    def greedy(prompt: object) -> openai.types.Completion:
+        return client.completions.create(
+            model=served(shared_worker), prompt=prompt, max_tokens=6, temperature=0
+        )
+
+    text = greedy("Once upon a time").choices[0].text
+    assert greedy(["Once upon a time"]).choices[0].text == text
+    ids = greedy([5, 6, 7])
+    assert ids.usage.prompt_tokens == 3 and ids.choices[0].text
+    assert greedy([[5, 6, 7]]).choices[0].text == ids.choices[0].text
+
+
+@pytest.mark.parametrize(
+    ("prompt", "says"),
+    [
+        (["Once", "Twice"], "2 prompts in one request: this server answers one prompt per"),
+        ([[5, 6], [7]], "send each in a request of its own"),
+        ([], "the list is empty"),
+        ("", "the prompt is empty"),
+        ([5, "six"], "a list of token ids (integers ≥ 0)"),
+        ({"text": "Once"}, "give the prompt as a string"),
+        ([10**9], "token id 1000000000 is not one of this model's (0 to"),
+    ],
+)
+def test_prompts_that_cannot_be_served_are_said_plainly(
+    shared_worker: WorkerProcess, prompt: object, says: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(shared_worker).completions.create(
+            model=served(shared_worker),
+            prompt=prompt,
+            max_tokens=2,  # type: ignore[arg-type]
+        )
+    error = info.value.body
+    assert error["code"] == "INVALID_REQUEST" and error["details"]["field"] == "prompt"
+    assert says in error["message"] and "constrained" not in error["message"]
