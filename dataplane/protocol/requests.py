@@ -62,7 +62,9 @@ class OpenAIRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
+    model: str | None = Field(
+        None, description="the model's id (GET /v1/models) or its file; any other is a 404"
+    )
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
     temperature: Temperature = 1.0
