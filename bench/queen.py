@@ -10,10 +10,11 @@ each with its own state dir and port), three workers spawned through the keeper
 inventory that names them. It stops them all on the way out, Ctrl+C and failures included.
 
 1. Overhead: 1 and 4 streams to one warm 8-slot worker on node a, straight (its URL and key
-   from the registry) and through the queen (model `gemma`), the same body and prompts both
-   ways, which way goes first alternating. TTFT in many pairs of short requests (each pair:
-   the same prompts one way, then the other), the queen's overhead being each pair's
-   difference; aggregate tokens/s in rounds of full-length streams.
+   from the registry, model `pkg:NAME`, the name it answers to) and through the queen (model
+   `gemma`, which the queen renames so), the same prompts both ways, which way goes first
+   alternating. TTFT in many pairs of short requests (each pair: the same prompts one way,
+   then the other), the queen's overhead being each pair's difference; aggregate tokens/s
+   in rounds of full-length streams.
 2. The queen's RSS after the runs.
 3. 8 streams through the queen: 2 nodes x one 4-slot worker (model `gemma-2x4`) against
    1 node x the 8-slot worker, rounds alternating. Both nodes share this machine's cores.
@@ -303,7 +304,7 @@ async def measure(
             pair_overheads: dict[int, list[float]] = {}
             plan = ((1, args.pairs, args.rounds), (4, args.pairs_4, args.rounds_4))
             for n, pairs, rounds in plan:
-                straight, queen = Way(w, ONE_NODE), Way(q, ONE_NODE)
+                straight, queen = Way(w, args.model), Way(q, ONE_NODE)
                 await bench.warm_up(straight, n)
                 await bench.warm_up(queen, n)
                 print(

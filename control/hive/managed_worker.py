@@ -107,6 +107,9 @@ class ManagedWorker:
             *command,
             "--model",
             str(self.spec.model_path),
+            # Clients name the model by its reference, never by where this hive keeps it.
+            "--model-id",
+            self.spec.model_ref,
             "--host",
             host,
             "--port",

@@ -348,6 +348,15 @@ def workers_list(ctx: click.Context, output: str) -> None:
     _run(ctx, lambda keeper, console: fleet.workers_list(keeper, console, output))
 
 
+@workers.command("env")
+@click.argument("worker_id")
+@click.pass_context
+def workers_env(ctx: click.Context, worker_id: str) -> None:
+    """OPENAI_BASE_URL and OPENAI_API_KEY of WORKER_ID, as export lines:
+    eval "$(rbee workers env WORKER_ID)". The key is the worker's own; keep it private."""
+    _run(ctx, lambda keeper, console: fleet.workers_env(keeper, worker_id, console))
+
+
 @workers.command("health")
 @click.option("--node", "node_name", default="local", show_default=True)
 @click.pass_context

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import signal
 import time
+from urllib.parse import urlsplit
 
 import httpx
 from rich.table import Table
@@ -29,6 +31,7 @@ from .node_access import NodeAccess
 from .probe import WORKER_PROBE_TIMEOUT_S
 from .runner import RunnerError
 from .status import gigabytes
+from .words import ActionableError
 from .worker_registry import RegisteredWorker
 
 HIVE_LIST_TIMEOUT_S = 5.0  # `workers list`: how long each node's hive has to list its workers
@@ -179,6 +182,55 @@ async def _live_health(access: NodeAccess, listed: WorkerRow) -> WorkerHealth | 
     except (TimeoutError, httpx.HTTPError, RemoteError, RunnerError, OSError, ValueError):
         return None
     return health if health.worker_id == listed.worker_id else None
+
+
+async def workers_env(keeper: Keeper, worker_id: str, console: Console) -> int:
+    """`export` lines for an OpenAI client of one worker this keeper started: its URL and its
+    own key. A worker on another node's loopback is not reachable from here: stderr says so
+    and how to reach it (a forward, whose port the lines name, or the queen)."""
+    worker = keeper.registry.get(worker_id)
+    if worker is None:
+        raise ActionableError(
+            f"{worker_id} is not in this keeper's registry",
+            suggestion="rbee workers list shows the workers this keeper started",
+        )
+    try:
+        node = keeper.inventory.get(worker.node)
+    except InventoryError as exc:
+        raise ActionableError(f"{worker_id}: {exc}") from None
+    view = await _hive_view(keeper, node.name)
+    if isinstance(view, str):
+        console.status(f"Could not check that {worker_id} still runs: {view}")
+    elif worker_id not in view:
+        keeper.registry.remove(worker_id)
+        raise ActionableError(
+            f"{worker_id} no longer runs on {node.name} (its hive does not list it)",
+            suggestion=f"start one with rbee infer --node {node.name} --model "
+            f"{worker.model_ref} PROMPT, then ask again with its id",
+        )
+    if node.direct:
+        url = await keeper.access(node).worker_url(worker.url)
+    else:
+        where = urlsplit(worker.url)
+        port = where.port or 80
+        url = f"http://127.0.0.1:{port}"
+        queen = keeper.queen()
+        console.status(
+            f"{worker_id} listens on {node.name}'s loopback only: out of reach from here.\n"
+            "These lines work while this SSH forward runs:\n"
+            f"  {node.forward_command(where.hostname or '127.0.0.1', port)}\n"
+            + (
+                f"Or go through the queen at {queen.url}, which reaches every node;\n"
+                if queen
+                else "Or go through the queen, which reaches every node (rbee queen start\n"
+                "prints its URL);"
+            )
+            + " clients send the queen's key then, not this one."
+        )
+    console.line(f"# {worker_id} on {node.name} serves {worker.model_ref} (send it as model)")
+    console.line(f"export OPENAI_BASE_URL={shlex.quote(url + '/v1')}")
+    console.line(f"export OPENAI_API_KEY={shlex.quote(worker.api_key)}")
+    return 0
 
 
 async def workers_shutdown(keeper: Keeper, node: Node, worker_id: str, console: Console) -> int:

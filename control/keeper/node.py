@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,21 @@ class Node:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.hive_port}"
+
+    def forward_command(self, host: str, port: int) -> str:
+        """An OpenSSH command a person runs to reach HOST:PORT on this node at the same port
+        here, over the SSH the keeper uses (the keeper's own forwards end with its command)."""
+        target = f"[{host}]" if ":" in host else host
+        argv = ["ssh", "-N", "-L", f"{port}:{target}:{port}"]
+        passed = self.passed_ssh_keys
+        if "port" in passed and self.port != 22:
+            argv += ["-p", str(self.port)]
+        if self.identity_file:
+            argv += ["-i", str(self.identity_file)]
+        if "known_hosts" in self.set_keys:
+            argv += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        argv.append(f"{self.user}@{self.host}" if "user" in passed else self.host)
+        return shlex.join(argv)
 
     @property
     def api_key_source(self) -> str | None:

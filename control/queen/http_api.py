@@ -39,7 +39,7 @@ from rbee.dataplane.protocol.wire import VERSION, ApiError, ErrorCode
 
 from .cluster_view import ClusterView
 from .dispatch import Dispatcher, Lease
-from .forwarding import Forwarder
+from .forwarding import Forwarder, with_model
 from .metrics import QueenMetrics
 from .relay import answer
 from .settings import QueenSettings
@@ -108,6 +108,8 @@ def create_app(
         raw = await read_raw_body(request)
         routed = parse_body(raw, RoutedRequest)
         spec = _spec(routed.model)
+        if routed.model != spec.ref:  # a name ("gemma"): workers answer to their reference
+            raw = with_model(raw, spec.ref)
         lease, upstream = await _until_disconnected(
             request, forwarder.route(spec, request.scope["path"], raw, stream=routed.stream)
         )

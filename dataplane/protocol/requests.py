@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 MAX_TOKENS_LIMIT = 8192  # DESIGN §4: max_tokens 1–8192
 DEFAULT_MAX_TOKENS = 256  # native API default when the client gives none
@@ -61,7 +62,9 @@ class OpenAIRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = None
+    model: str | None = Field(
+        None, description="the model's id (GET /v1/models) or its file; any other is a 404"
+    )
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
     temperature: Temperature = 1.0
@@ -86,14 +89,46 @@ class RoutedRequest(BaseModel):
     stream: bool = False
 
 
-class CompletionRequest(OpenAIRequest):
-    prompt: (
-        Annotated[str, Field(min_length=1)]
-        | Annotated[list[str], Field(min_length=1, max_length=1)]
+def _one_prompt(value: Any) -> str | list[int]:
+    """OpenAI's prompt shapes (a string, token ids, or a list of either) as the one prompt a
+    request may carry: its text or its token ids. What does not fit is said in plain words
+    (pydantic's own errors on a union name its members: `prompt.constrained-str`...)."""
+    if isinstance(value, list) and value and all(isinstance(p, str | list) for p in value):
+        if len(value) > 1:
+            raise PydanticCustomError(
+                "one_prompt",
+                "{count} prompts in one request: this server answers one prompt per "
+                "request; send each in a request of its own (a worker with several slots "
+                "runs them at once)",
+                {"count": len(value)},
+            )
+        value = value[0]  # a list holding one prompt
+    if isinstance(value, str):
+        if not value:
+            raise PydanticCustomError("prompt_empty", "the prompt is empty")
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise PydanticCustomError(
+                "prompt_empty", "the list is empty: send the prompt as a string or token ids"
+            )
+        if all(type(t) is int and t >= 0 for t in value):
+            return value
+    raise PydanticCustomError(
+        "prompt_shape",
+        "give the prompt as a string, a list of token ids (integers ≥ 0), or a list "
+        "holding one of those",
     )
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+class CompletionRequest(OpenAIRequest):
+    prompt: Annotated[
+        str | list[int],
+        BeforeValidator(
+            _one_prompt, json_schema_input_type=str | list[str] | list[int] | list[list[int]]
+        ),
+        Field(description="one prompt: text or token ids, alone or as a list's one item"),
+    ]
 
     def limit(self) -> int:
         return self.token_limit(OPENAI_DEFAULT_MAX_TOKENS) or OPENAI_DEFAULT_MAX_TOKENS

@@ -39,6 +39,12 @@ log = logging.getLogger("rbee.worker")
     help="pkg:NAME, file:/abs/path.gguf or a path to a GGUF file.",
 )
 @click.option(
+    "--model-id",
+    default=None,
+    help="The model's id in the API (/v1/models, answers' `model`, /health); default: "
+    "--model. The hive passes the model's reference, --model being its downloaded file.",
+)
+@click.option(
     "--host",
     default=DEFAULT_HOST,
     show_default=True,
@@ -119,6 +125,7 @@ log = logging.getLogger("rbee.worker")
 @click.version_option(VERSION, prog_name="rbee-worker")
 def main(
     model_ref: str,
+    model_id: str | None,
     host: str,
     port: int,
     worker_id: str | None,
@@ -156,6 +163,7 @@ def main(
             raise click.UsageError("--api-key-stdin: stdin ended before a key line")
     settings = WorkerSettings(
         model_ref=model_ref,
+        model_id=model_id,
         host=host,
         port=port,
         worker_id=worker_id or f"worker-{uuid.uuid4().hex[:8]}",
@@ -222,7 +230,7 @@ async def _serve(settings: WorkerSettings, sock: socket.socket) -> None:
         "rbee-worker %s (%s) serving %s on %s",
         VERSION,
         settings.worker_id,
-        settings.model_ref,
+        settings.served_model,
         worker.url,
     )
     loading = asyncio.create_task(worker.run_loading())

@@ -100,6 +100,7 @@ class Engine(Protocol):
     """What the worker needs from an engine."""
 
     n_ctx_per_slot: int
+    n_vocab: int  # token ids are 0 to n_vocab - 1
     chat_template: str | None
     bos_text: str
     eos_text: str

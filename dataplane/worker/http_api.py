@@ -73,7 +73,7 @@ def create_app(worker: Worker) -> Starlette:
         )
         gen = worker.begin(tokens, params, body.request_id)
         headers = {"X-Request-Id": gen.request_id}
-        model = worker.settings.model_ref
+        model = worker.settings.served_model
 
         def elapsed_ms() -> int:
             return int((time.monotonic() - started) * 1000)

@@ -110,6 +110,7 @@ class LlamaEngine:
 
         # Filled on the engine thread by _load(); read-only afterwards.
         self.n_ctx_per_slot = ctx_size
+        self.n_vocab = 0
         self.chat_template: str | None = None
         self.bos_text = ""
         self.eos_text = ""
@@ -218,6 +219,7 @@ class LlamaEngine:
             raise LoadError(self._load_failure("llama.cpp could not load it"))
         self._model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
 
         cparams = llama_cpp.llama_context_default_params()
         # Each slot gets ctx_size cells of its own (llama.cpp splits n_ctx across sequences).

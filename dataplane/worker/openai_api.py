@@ -32,7 +32,7 @@ FINISH_REASON = {
 
 
 def routes(worker: Worker) -> list[Route]:
-    model_id = worker.settings.model_ref
+    model_id = worker.settings.served_model
     created = int(time.time())
 
     async def models(_request: Request) -> JSONResponse:
@@ -47,12 +47,14 @@ def routes(worker: Worker) -> list[Route]:
 
     async def completions(request: Request) -> Response:
         body = await read_body(request, CompletionRequest)
-        tokens = await worker.prepare_prompt(body.prompt_text())
+        _check_model(worker, body.model)
+        tokens = await _prompt_tokens(worker, body.prompt)
         gen = worker.begin(tokens, _params(body, body.limit()), None)
         return await _answer(request, gen, body.stream, len(tokens), chat=False)
 
     async def chat_completions(request: Request) -> Response:
         body = await read_body(request, ChatCompletionRequest)
+        _check_model(worker, body.model)
         engine = worker.serving_engine()
         template = engine.chat_template
         if not template:
@@ -139,6 +141,27 @@ def routes(worker: Worker) -> list[Route]:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ]
+
+
+def _check_model(worker: Worker, model: str | None) -> None:
+    """A request may name the model by its id, by its file, or not at all; any other name is
+    a 404 naming what this worker serves, as OpenAI answers a model it does not know."""
+    if model is None or worker.settings.serves(model):
+        return
+    served = worker.settings.served_model
+    raise ApiError(
+        ErrorCode.MODEL_NOT_FOUND,
+        f"model: {model!r} is not served here; this worker serves {served} "
+        "(GET /v1/models lists it): send that as the model",
+        details={"field": "model", "model": model, "served": served},
+    )
+
+
+async def _prompt_tokens(worker: Worker, prompt: str | list[int]) -> list[int]:
+    """A completion's prompt as tokens: text tokenized, token ids as sent (checked)."""
+    if isinstance(prompt, str):
+        return await worker.prepare_prompt(prompt)
+    return worker.prepare_token_prompt(prompt)
 
 
 def _params(body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:

@@ -92,7 +92,8 @@ class Worker:
         else:
             if self.lifecycle.can(WorkerState.IDLE):
                 self.lifecycle.to(WorkerState.IDLE)
-                log.info("model ready: %s (%d slots)", self.settings.model_ref, self.settings.slots)
+                settings = self.settings
+                log.info("model ready: %s (%d slots)", settings.served_model, settings.slots)
         async with self._progress_changed:
             self._progress_changed.notify_all()
         if self.lifecycle.state in (WorkerState.IDLE, WorkerState.FAILED):
@@ -146,7 +147,7 @@ class Worker:
         return WorkerHealth(
             state=self.lifecycle.state,
             worker_id=self.settings.worker_id,
-            model_ref=self.settings.model_ref,
+            model_ref=self.settings.served_model,
             slots_total=self.settings.slots,
             slots_busy=self.slots_busy,
             idle_s=self.idle_seconds(),
@@ -181,8 +182,23 @@ class Worker:
     async def prepare_prompt(self, text: str, *, add_special: bool = True) -> list[int]:
         """Tokenizes a prompt and checks it fits one slot's context."""
         engine = self.serving_engine()
-        tokens = await engine.tokenize(text, add_special=add_special)
-        limit = engine.n_ctx_per_slot
+        return self._fitting(await engine.tokenize(text, add_special=add_special))
+
+    def prepare_token_prompt(self, tokens: list[int]) -> list[int]:
+        """Checks a prompt sent as token ids: each one of the model's, and they fit a slot."""
+        n_vocab = self.serving_engine().n_vocab
+        unknown = next((t for t in tokens if not 0 <= t < n_vocab), None)
+        if unknown is not None:
+            raise ApiError(
+                ErrorCode.INVALID_REQUEST,
+                f"prompt: token id {unknown} is not one of this model's (0 to {n_vocab - 1})",
+                details={"field": "prompt", "n_vocab": n_vocab},
+            )
+        return self._fitting(tokens)
+
+    def _fitting(self, tokens: list[int]) -> list[int]:
+        """`tokens`, once they are known to fit one slot's context."""
+        limit = self.serving_engine().n_ctx_per_slot
         if not tokens:
             raise ApiError(
                 ErrorCode.INVALID_REQUEST,
@@ -318,7 +334,7 @@ class Worker:
         body = ReadyCallback(
             worker_id=self.settings.worker_id,
             url=self.url,
-            model_ref=self.settings.model_ref,
+            model_ref=self.settings.served_model,
             backend=self.settings.backend,
             device=self.settings.device,
             slots_total=self.settings.slots,

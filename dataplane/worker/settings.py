@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from rbee.dataplane.protocol.hosts import is_loopback_host
 from rbee.dataplane.protocol.wire import SSE_KEEPALIVE_S
@@ -14,7 +15,10 @@ API_KEY_ENV = "RBEE_WORKER_API_KEY"
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    model_ref: str
+    model_ref: str  # what it loads: pkg:NAME, file:/abs/path.gguf or a path
+    # What the API names the model (/v1/models, answers' `model`, /health): the hive passes the
+    # model's reference here while model_ref is the file it downloaded. None: model_ref.
+    model_id: str | None = None
     host: str = DEFAULT_HOST
     port: int = 0  # 0: the OS picks a free port; the worker logs and reports its url
     worker_id: str = ""
@@ -36,3 +40,18 @@ class WorkerSettings:
     @property
     def is_loopback(self) -> bool:
         return is_loopback_host(self.host)
+
+    @property
+    def served_model(self) -> str:
+        """The model's id in every answer."""
+        return self.model_id or self.model_ref
+
+    def serves(self, model: str) -> bool:
+        """Whether a request's `model` names this worker's model: its id, or its file as
+        --model gave it, as a path or a file: reference."""
+        if model in (self.served_model, self.model_ref):
+            return True
+        if self.model_ref.startswith("pkg:"):
+            return False
+        path = os.path.abspath(Path(self.model_ref.removeprefix("file:")).expanduser())
+        return model.removeprefix("file:") == path

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -491,6 +492,29 @@ def test_spawn_downloads_resumes_and_serves(
     )
     assert Path(entry["local_path"]).read_bytes() == data
     assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    httpx.post(f"{online_hive.url}/v1/workers/{worker['worker_id']}/shutdown", timeout=60)
+
+
+def test_a_spawned_worker_names_its_model_by_reference(
+    online_hive: HiveProcess, internet: ModelServer, tiny_model: Path
+) -> None:
+    """Clients see the reference the worker was spawned for, never the hive's cache path;
+    the path is accepted as a name too (the openai SDK, unchanged)."""
+    url = internet.add("/models/named.gguf", tiny_model.read_bytes())
+    worker = spawn(online_hive, url)
+    wait_ready(worker)
+    path = next(
+        m["local_path"]
+        for m in httpx.get(f"{online_hive.url}/v1/models").json()["models"]
+        if m["reference"] == url
+    )
+    client = openai.OpenAI(base_url=f"{worker['url']}/v1", api_key=worker["api_key"])
+    assert [m.id for m in client.models.list().data] == [url]
+    for name in (url, path):
+        assert client.completions.create(model=name, prompt="Once", max_tokens=2).model == url
+    with pytest.raises(openai.NotFoundError, match=url):
+        client.completions.create(model="gemma", prompt="Once", max_tokens=2)
+    assert httpx.get(f"{worker['url']}/health").json()["model_ref"] == url
     httpx.post(f"{online_hive.url}/v1/workers/{worker['worker_id']}/shutdown", timeout=60)
 
 

@@ -272,6 +272,18 @@ def test_forwarded_node_has_no_direct_url() -> None:
         _ = node.hive_url
 
 
+def test_the_forward_a_person_runs_uses_the_keepers_ssh_settings(home: Path) -> None:
+    """`rbee workers env` prints it for a worker on a node's loopback: with what the
+    inventory sets, and what ~/.ssh/config supplies left to it (use_ssh_config)."""
+    full = load_inventory(write(FULL)).get("mac")
+    assert full.forward_command("::1", 41234) == (
+        f"ssh -N -L '41234:[::1]:41234' -p 2222 -i {home}/.ssh/id_ed25519 "
+        f"-o UserKnownHostsFile={home}/.ssh/known_hosts_rbee vince@mac.home.arpa"
+    )
+    minimal = load_inventory(write('[nodes.pi]\nhost = "pi.lan"\n')).get("pi")
+    assert minimal.forward_command("127.0.0.1", 5000) == "ssh -N -L 5000:127.0.0.1:5000 pi.lan"
+
+
 @pytest.mark.parametrize("name", ["a", "mac", "gpu-box.lan", "n_1", "9", "A" * 63])
 def test_valid_node_names(name: str) -> None:
     assert load_inventory(write(f'[nodes."{name}"]\nssh = false\n')).get(name).name == name

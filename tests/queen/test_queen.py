@@ -346,7 +346,16 @@ def test_the_first_request_for_a_model_no_worker_holds_starts_one(
     assert raw.headers["x-rbee-worker"] != cluster.worker_id
     waited = timings(raw.headers)
     assert waited["spawn"] > 0 and waited["load"] > 0  # it waited for the start
-    assert raw.parse().usage.completion_tokens == 4
+    answer = raw.parse()
+    assert answer.usage.completion_tokens == 4
+    # Its worker knows no inventory names: the queen sends it the model's reference, which
+    # answers name (as OpenAI answers "gpt-4o" with a dated id).
+    fresh_ref = cluster.inventory.models["fresh"].ref
+    assert answer.model == fresh_ref
+    chunks = sdk(queen).chat.completions.create(
+        model="fresh", messages=[{"role": "user", "content": "hi"}], max_tokens=2, stream=True
+    )
+    assert {c.model for c in chunks} == {fresh_ref}
     [fresh] = [
         w
         for w in httpx.get(f"{queen.url}/v1/cluster").json()["workers"]

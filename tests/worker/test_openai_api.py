@@ -17,15 +17,20 @@ def sdk(worker: WorkerProcess) -> openai.OpenAI:
     )
 
 
+def served(worker: WorkerProcess) -> str:
+    """The model a hand-run worker serves: its --model, as given."""
+    return str(worker.proc.args[2])
+
+
 def test_models_lists_the_loaded_model(shared_worker: WorkerProcess) -> None:
     models = sdk(shared_worker).models.list()
-    assert [m.id for m in models.data] == [str(shared_worker.proc.args[2])]
+    assert [m.id for m in models.data] == [served(shared_worker)]
 
 
 def test_sdk_streams_a_chat_completion(shared_worker: WorkerProcess) -> None:
     chunks = list(
         sdk(shared_worker).chat.completions.create(
-            model="anything",
+            model=served(shared_worker),
             messages=[{"role": "user", "content": "Tell me a story"}],
             max_tokens=12,
             temperature=0,
@@ -41,7 +46,7 @@ def test_sdk_streams_a_chat_completion(shared_worker: WorkerProcess) -> None:
 
 def test_sdk_chat_completion_without_stream(shared_worker: WorkerProcess) -> None:
     answer = sdk(shared_worker).chat.completions.create(
-        model="anything",
+        model=served(shared_worker),
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
         max_tokens=6,
         temperature=0,
@@ -57,11 +62,15 @@ def test_sdk_completion_streaming_matches_non_streaming(shared_worker: WorkerPro
     streamed = "".join(
         c.choices[0].text
         for c in client.completions.create(
-            model="x", prompt="Once upon a time", max_tokens=10, temperature=0, stream=True
+            model=served(shared_worker),
+            prompt="Once upon a time",
+            max_tokens=10,
+            temperature=0,
+            stream=True,
         )
     )
     whole = client.completions.create(
-        model="x", prompt="Once upon a time", max_tokens=10, temperature=0
+        model=served(shared_worker), prompt="Once upon a time", max_tokens=10, temperature=0
     )
     assert streamed == whole.choices[0].text
     assert whole.choices[0].finish_reason == "length"
@@ -69,7 +78,9 @@ def test_sdk_completion_streaming_matches_non_streaming(shared_worker: WorkerPro
 
 def test_sdk_sees_validation_errors(shared_worker: WorkerProcess) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        sdk(shared_worker).completions.create(model="x", prompt="hi", max_tokens=0)
+        sdk(shared_worker).completions.create(
+            model=served(shared_worker), prompt="hi", max_tokens=0
+        )
     assert "max_tokens" in str(info.value)
 
 
@@ -96,3 +107,81 @@ def test_chat_rejects_bad_messages(shared_worker: WorkerProcess) -> None:
     )
     assert r.status_code == 400
     assert r.json()["error"]["details"]["field"].startswith("messages")
+
+
+def test_the_model_is_named_by_its_id_its_file_or_not_at_all(
+    spawn_worker, tiny_model: Path
+) -> None:
+    """--model-id (the hive passes the model's reference) names the model everywhere; a request
+    may name it so, by its file, or not at all; any other name is OpenAI's 404."""
+    ref = "https://models.example/tiny.gguf"
+    worker = spawn_worker(tiny_model, "--model-id", ref)
+    client = sdk(worker)
+    assert [m.id for m in client.models.list().data] == [ref]
+    for name in (ref, str(tiny_model), f"file:{tiny_model}"):
+        answer = client.completions.create(model=name, prompt="Once", max_tokens=2)
+        assert answer.model == ref
+        chunks = list(
+            client.chat.completions.create(
+                model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=2, stream=True
+            )
+        )
+        assert {c.model for c in chunks} == {ref}
+    unnamed = httpx.post(f"{worker.url}/v1/completions", json={"prompt": "Once", "max_tokens": 2})
+    assert unnamed.status_code == 200 and unnamed.json()["model"] == ref
+    assert httpx.get(f"{worker.url}/health").json()["model_ref"] == ref
+    native = httpx.post(
+        f"{worker.url}/v1/inference", json={"prompt": "Once", "max_tokens": 2, "stream": False}
+    )
+    assert native.json()["model"] == ref
+
+    for endpoint, body in (
+        (client.completions.create, {"prompt": "Once"}),
+        (client.chat.completions.create, {"messages": [{"role": "user", "content": "Hi"}]}),
+    ):
+        with pytest.raises(openai.NotFoundError) as info:
+            endpoint(model="gpt-4o", max_tokens=2, **body)
+        error = info.value.body
+        assert error["code"] == "MODEL_NOT_FOUND" and error["details"]["served"] == ref
+        assert "'gpt-4o' is not served here" in error["message"] and ref in error["message"]
+
+
+def test_a_prompt_may_be_token_ids_or_a_list_of_one(shared_worker: WorkerProcess) -> None:
+    client = sdk(shared_worker)
+
+    def greedy(prompt: object) -> openai.types.Completion:
+        return client.completions.create(
+            model=served(shared_worker), prompt=prompt, max_tokens=6, temperature=0
+        )
+
+    text = greedy("Once upon a time").choices[0].text
+    assert greedy(["Once upon a time"]).choices[0].text == text
+    ids = greedy([5, 6, 7])
+    assert ids.usage.prompt_tokens == 3 and ids.choices[0].text
+    assert greedy([[5, 6, 7]]).choices[0].text == ids.choices[0].text
+
+
+@pytest.mark.parametrize(
+    ("prompt", "says"),
+    [
+        (["Once", "Twice"], "2 prompts in one request: this server answers one prompt per"),
+        ([[5, 6], [7]], "send each in a request of its own"),
+        ([], "the list is empty"),
+        ("", "the prompt is empty"),
+        ([5, "six"], "a list of token ids (integers ≥ 0)"),
+        ({"text": "Once"}, "give the prompt as a string"),
+        ([10**9], "token id 1000000000 is not one of this model's (0 to"),
+    ],
+)
+def test_prompts_that_cannot_be_served_are_said_plainly(
+    shared_worker: WorkerProcess, prompt: object, says: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(shared_worker).completions.create(
+            model=served(shared_worker),
+            prompt=prompt,
+            max_tokens=2,  # type: ignore[arg-type]
+        )
+    error = info.value.body
+    assert error["code"] == "INVALID_REQUEST" and error["details"]["field"] == "prompt"
+    assert says in error["message"] and "constrained" not in error["message"]
