@@ -158,14 +158,15 @@ class Inventory:
         except InvalidModelRef as e:
             raise UnknownModel(requested, list(self.models), e.reason) from None
         for spec in self.models.values():
-            if parse_model_ref(spec.ref).ref == ref.ref:
+            if spec.ref == ref.ref:
                 return spec
         return ModelSpec(
             name=ref.spelled,
-            ref=ref.spelled,
+            ref=ref.ref,
             nodes=tuple(self.nodes),
             slots=DEFAULT_WORKER_SLOTS,
             max_workers_per_node=DEFAULT_WORKERS_PER_NODE,
+            sha256=ref.sha256,
         )
 
 
@@ -376,10 +377,11 @@ def _model_spec(
     except ValidationError as e:
         problems.add_validation(e, where, prefix, _ModelTable)
         return None
-    ref = ""
+    ref, sha256 = "", None
     if raw.ref is not None:
         try:
-            ref = parse_model_ref(raw.ref).spelled
+            parsed = parse_model_ref(raw.ref)
+            ref, sha256 = parsed.ref, parsed.sha256
         except InvalidModelRef as e:
             problems.add(
                 lines.key(where, "ref"),
@@ -402,6 +404,7 @@ def _model_spec(
         nodes=tuple(allowed),
         slots=raw.slots,
         max_workers_per_node=raw.max_workers_per_node,
+        sha256=sha256,
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from rbee.dataplane.protocol.model_refs import spelled_ref
+
 MAX_WORKERS_PER_NODE = 16
 DEFAULT_WORKERS_PER_NODE = 1
 
@@ -24,7 +26,13 @@ class ModelSpec:
     """A model the cluster serves, and where and how many of its workers may run."""
 
     name: str  # what clients send; an ad-hoc spec's is its reference
-    ref: str  # canonical: `ModelRef.spelled`, what a hive's spawn takes
+    ref: str  # canonical (`ModelRef.ref`): how hives and workers name its model
     nodes: tuple[str, ...]  # the nodes it may run on, in inventory order
     slots: int  # per worker: the requests one worker serves at once
     max_workers_per_node: int
+    sha256: str | None = None  # the file's expected checksum, when the reference gave one
+
+    @property
+    def spelled(self) -> str:
+        """The reference with its checksum: what a hive's spawn takes (it checks it)."""
+        return spelled_ref(self.ref, self.sha256)

@@ -77,7 +77,12 @@ class ModelRef:
     @property
     def spelled(self) -> str:
         """`ref` and the expected checksum, if any: what a client passes on to a hive."""
-        return f"{self.ref}#sha256={self.sha256}" if self.sha256 else self.ref
+        return spelled_ref(self.ref, self.sha256)
+
+
+def spelled_ref(ref: str, sha256: str | None) -> str:
+    """A canonical reference with the file's expected checksum, if any."""
+    return f"{ref}#sha256={sha256}" if sha256 else ref
 
 
 def parse_model_ref(ref: str) -> ModelRef:

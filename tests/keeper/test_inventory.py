@@ -500,10 +500,14 @@ def test_models_by_name_with_their_defaults() -> None:
             1,
             1,
         ),
+        # Its checksum apart: hives and workers name the model without it; spawns carry it.
         "tiny": ModelSpec(
-            "tiny", "https://models.example/tiny.gguf#sha256=" + "ab" * 32, ALL_NODES, 1, 1
+            "tiny", "https://models.example/tiny.gguf", ALL_NODES, 1, 1, sha256="ab" * 32
         ),
     }
+    assert inventory.models["tiny"].spelled == "https://models.example/tiny.gguf#sha256=" + (
+        "ab" * 32
+    )
     assert inventory.model("gemma") is inventory.models["gemma"]
     assert inventory.model("qwen:0.5b") is inventory.models["qwen:0.5b"]
 

@@ -264,3 +264,30 @@ def test_a_start_that_fails_on_one_node_is_tried_on_the_next_at_once(tmp_path: P
 
     asyncio.run(scenario())
     assert [e.node for e in heard if isinstance(e, Spawning)][:2] == ["a", "b"]
+
+
+def test_a_model_given_with_its_checksum_is_served_by_the_workers_of_its_file(
+    tmp_path: Path,
+) -> None:
+    """Hives name a worker's model by the reference without its `#sha256=`: the inventory's
+    checksum must not keep the model's requests from its workers."""
+    url = "https://models.example/tiny.gguf"
+    inventory = write_inventory(
+        tmp_path / "inventory.toml",
+        local_node("local", 1, tmp_path / "s")
+        + f'[models.tiny]\nref = "{url}#sha256={"ab" * 32}"\nmax_workers_per_node = 1\n',
+    )
+    registry = WorkerRegistry(tmp_path / "workers.db")
+    register_worker(registry, "w-a", url, "http://127.0.0.1:1")
+    keeper = Keeper(inventory, registry)
+    view = ClusterView(keeper, refresh_s=60)
+    listed = dataclasses.replace(worker("w-a", 1), model_ref=url)
+    view.statuses["local"] = NodeStatus("local", "local", HiveState.UP, "0.1.0", (listed,))
+    queen = Dispatcher(keeper, view, QueenSettings())
+
+    async def scenario() -> None:
+        lease = await asyncio.wait_for(queen.acquire(inventory.model("tiny")), 5)
+        assert lease.worker.worker_id == "w-a"
+        lease.release()
+
+    asyncio.run(scenario())
