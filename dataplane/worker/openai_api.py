@@ -22,6 +22,7 @@ from .chat import ChatTemplateError, render_chat
 from .engine import DoneEvent, ErrorEvent, Event, Generation, SamplingParams, TokenEvent
 from .service import Worker
 from .streaming import collect, sse_response, ttft_header
+from .structured import Constraint, constraint_for, template_messages, tool_call_of
 
 FINISH_REASON = {
     StopReason.MAX_TOKENS: "length",
@@ -47,8 +48,9 @@ def routes(worker: Worker) -> list[Route]:
 
     async def completions(request: Request) -> Response:
         body = await read_body(request, CompletionRequest)
+        constraint = constraint_for(body)
         tokens = await worker.prepare_prompt(body.prompt_text())
-        gen = worker.begin(tokens, _params(body, body.limit()), None)
+        gen = worker.begin(tokens, _params(body, body.limit(), constraint), None)
         return await _answer(request, gen, body.stream, len(tokens), chat=False)
 
     async def chat_completions(request: Request) -> Response:
@@ -62,7 +64,8 @@ def routes(worker: Worker) -> list[Route]:
                 "send a plain prompt to POST /v1/completions instead",
                 details={"field": "messages", "use": "/v1/completions"},
             )
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        constraint = constraint_for(body)
+        messages = template_messages(body.messages, template)
         bos, eos = engine.bos_text, engine.eos_text
         try:
             prompt = render_chat(template, messages, bos_token=bos, eos_token=eos)
@@ -73,11 +76,18 @@ def routes(worker: Worker) -> list[Route]:
         # A template that writes the BOS token itself must not get a second one.
         add_special = not (bos and prompt.startswith(bos))
         tokens = await worker.prepare_prompt(prompt, add_special=add_special)
-        gen = worker.begin(tokens, _params(body, body.token_limit(None)), None)
-        return await _answer(request, gen, body.stream, len(tokens), chat=True)
+        gen = worker.begin(tokens, _params(body, body.token_limit(None), constraint), None)
+        tool_call = constraint is not None and constraint.tool_call
+        return await _answer(request, gen, body.stream, len(tokens), chat=True, tool_call=tool_call)
 
     async def _answer(
-        request: Request, gen: Generation, stream: bool, prompt_tokens: int, *, chat: bool
+        request: Request,
+        gen: Generation,
+        stream: bool,
+        prompt_tokens: int,
+        *,
+        chat: bool,
+        tool_call: bool = False,
     ) -> Response:
         answer_id = f"{'chatcmpl' if chat else 'cmpl'}-{gen.request_id}"
         headers = {"X-Request-Id": gen.request_id}
@@ -87,7 +97,11 @@ def routes(worker: Worker) -> list[Route]:
                 raise ApiError(result.terminal.code, result.terminal.message, headers=headers)
             finish = FINISH_REASON[result.terminal.stop_reason]
             choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-            if chat:
+            call = tool_call_of(result.text) if tool_call else None
+            if call is not None:
+                choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+                choice["finish_reason"] = "tool_calls"
+            elif chat:
                 choice["message"] = {"role": "assistant", "content": result.text}
             else:
                 choice["text"] = result.text
@@ -121,7 +135,20 @@ def routes(worker: Worker) -> list[Route]:
                 "choices": [choice],
             }
 
+        held: list[str] = []  # a tool call's text: sent as one delta once it is complete
+
         def render(event: Event) -> list[dict[str, Any]]:
+            if tool_call and isinstance(event, TokenEvent):
+                held.append(event.text)
+                return []
+            if tool_call and isinstance(event, DoneEvent):
+                text = "".join(held)
+                call = tool_call_of(text)
+                if call is None:  # cut short: the text as it came
+                    finish = FINISH_REASON[event.stop_reason]
+                    return [chunk({"content": text}, None), chunk({}, finish)]
+                delta = {"tool_calls": [{"index": 0} | call]}
+                return [chunk(delta, None), chunk({}, "tool_calls")]
             if isinstance(event, TokenEvent):
                 return [chunk({"content": event.text} if chat else event.text, None)]
             if isinstance(event, DoneEvent):
@@ -141,7 +168,9 @@ def routes(worker: Worker) -> list[Route]:
     ]
 
 
-def _params(body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
+def _params(
+    body: OpenAIRequest, max_tokens: int | None, constraint: Constraint | None
+) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -149,4 +178,5 @@ def _params(body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
         top_k=body.top_k,
         seed=body.seed,
         stop=tuple(body.stop or ()),
+        grammar=constraint.grammar if constraint else None,
     )

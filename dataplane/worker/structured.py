@@ -1,0 +1,266 @@
+"""Structured output: the grammar an answer must follow, and the tool call read back from it.
+
+`response_format` (`json_object`, `json_schema`) and `tools` with a forced `tool_choice`
+become a llama.cpp grammar (GBNF, through llama-cpp-python's JSON-schema converter) that the
+engine enforces token by token (`grammar_sampler.py`). A schema keyword the converter would
+silently drop is refused with a 400 naming it: a client that asked for a constraint must not
+get an answer that breaks it. docs/structured-output.md says what is supported and why.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+from rbee.dataplane.protocol.requests import (
+    ChatCompletionRequest,
+    ChatMessage,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    NamedToolChoice,
+    OpenAIRequest,
+    Tool,
+)
+from rbee.dataplane.protocol.wire import ApiError, ErrorCode
+
+# Keywords the converter turns into grammar, and annotations that constrain nothing.
+# `format` is an annotation in JSON Schema (validators do not assert it by default); the
+# converter enforces date, time, date-time and uuid and leaves the others free.
+_ENFORCED = {
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems",
+    "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "$defs",
+    "definitions", "pattern", "format", "minLength", "maxLength",
+}  # fmt: skip
+_ANNOTATIONS = {
+    "title", "description", "default", "examples", "$schema", "$id", "$comment",
+    "deprecated", "readOnly", "writeOnly", "strict",
+}  # fmt: skip
+_TYPES = {"string", "number", "integer", "boolean", "null", "object", "array"}
+_SCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a request's answer must be: text of `grammar`; with `tool_call`, a call
+    `{"name": …, "arguments": {…}}` of one of the request's tools."""
+
+    grammar: str
+    tool_call: bool = False
+
+
+def constraint_for(body: OpenAIRequest) -> Constraint | None:
+    """The grammar a request asks for, or None for free text; ApiError (400) names the
+    field of a request that cannot be honoured."""
+    tool = _tool_constraint(body) if isinstance(body, ChatCompletionRequest) else None
+    fmt = body.response_format
+    if tool is not None:
+        if isinstance(fmt, JsonObjectFormat | JsonSchemaFormat):
+            raise _invalid(
+                "response_format",
+                "a forced tool call is already JSON; send response_format with tools only "
+                'when tool_choice is "none"',
+            )
+        return tool
+    if isinstance(fmt, JsonObjectFormat):
+        return Constraint(JSON_GBNF)
+    if isinstance(fmt, JsonSchemaFormat):
+        field = "response_format.json_schema.schema"
+        return Constraint(schema_grammar(fmt.json_schema.json_schema, field))
+    return None
+
+
+def schema_grammar(schema: dict[str, Any], field: str) -> str:
+    """The GBNF grammar of a JSON schema; ApiError naming `field` when it cannot be."""
+    _check_schema(schema, field)
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except RecursionError:
+        raise _invalid(field, "the schema is nested too deeply") from None
+    except Exception as exc:  # the converter asserts and raises on what it cannot handle
+        raise _invalid(field, f"the schema cannot become a grammar: {exc}") from None
+
+
+def _tool_constraint(body: ChatCompletionRequest) -> Constraint | None:
+    choice = body.tool_choice
+    if choice is not None and not body.tools and choice != "none":
+        raise _invalid("tool_choice", "there are no tools to choose from; send tools too")
+    if not body.tools or choice == "none":
+        return None
+    if choice is None or choice == "auto":
+        raise _invalid(
+            "tool_choice",
+            'rbee does not let the model decide between a tool call and text ("auto", the '
+            'default when tools are sent); send tool_choice "required" (a call of any tool), '
+            '{"type": "function", "function": {"name": …}} (that tool) or "none" (text)',
+        )
+    tools = body.tools
+    if isinstance(choice, NamedToolChoice):
+        tools = [t for t in body.tools if t.function.name == choice.function.name]
+        if not tools:
+            names = ", ".join(t.function.name for t in body.tools)
+            raise _invalid(
+                "tool_choice.function.name",
+                f"no tool is named {choice.function.name!r}; the tools are: {names}",
+            )
+    return Constraint(schema_grammar(_calls_schema(tools), "tools"), tool_call=True)
+
+
+def _calls_schema(tools: list[Tool]) -> dict[str, Any]:
+    """One schema for a call of any of `tools`: `{"name": const, "arguments": parameters}`.
+    Each tool's `$defs` move to the root under a prefix of its own, with its `$ref`s."""
+    calls: list[dict[str, Any]] = []
+    defs: dict[str, Any] = {}
+    for i, tool in enumerate(tools):
+        params = copy.deepcopy(tool.function.parameters or {"type": "object", "properties": {}})
+        field = f"tools[{i}].function.parameters"
+        if not isinstance(params, dict) or params.get("type", "object") != "object":
+            raise _invalid(field, "a tool's parameters must be a JSON schema of an object")
+        _check_schema(params, field)
+        prefix = f"tool{i}-"
+        for key in ("$defs", "definitions"):
+            for name, sub in (params.pop(key, None) or {}).items():
+                defs[prefix + name] = sub
+        params = _rebase_refs(params, prefix)
+        for name in list(defs):
+            if name.startswith(prefix):
+                defs[name] = _rebase_refs(defs[name], prefix)
+        calls.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": tool.function.name}, "arguments": params},
+                "required": ["name", "arguments"],
+            }
+        )
+    schema: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    return schema | {"$defs": defs} if defs else schema
+
+
+def _rebase_refs(node: Any, prefix: str) -> Any:
+    if isinstance(node, list):
+        return [_rebase_refs(x, prefix) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _rebase_refs(v, prefix) for k, v in node.items()}
+    ref = out.get("$ref")
+    if isinstance(ref, str):
+        for key in ("#/$defs/", "#/definitions/"):
+            if ref.startswith(key):
+                out["$ref"] = "#/$defs/" + prefix + ref[len(key) :]
+    return out
+
+
+def _check_schema(schema: Any, field: str) -> None:
+    for path, node in _subschemas(schema, ""):
+        where = f" at {path}" if path else ""
+        if isinstance(node, bool):
+            continue  # true/false schemas: anything / nothing (additionalProperties)
+        if not isinstance(node, dict):
+            raise _invalid(field, f"a schema must be an object{where}")
+        unknown = sorted(set(node) - _ENFORCED - _ANNOTATIONS)
+        if unknown:
+            raise _invalid(
+                field,
+                f"{', '.join(unknown)}{where}: not supported in structured output (the "
+                "grammar cannot enforce it); remove it or check the value yourself",
+            )
+        types = node.get("type")
+        for t in types if isinstance(types, list) else [types]:
+            if t is not None and t not in _TYPES:
+                raise _invalid(field, f"type {t!r}{where} is not a JSON schema type")
+        ref = node.get("$ref")
+        if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
+            raise _invalid(field, f"$ref {ref!r}{where}: only local references (#/…) work")
+        props = node.get("properties") or {}
+        missing = [r for r in node.get("required", []) if r not in props]
+        if missing:  # the grammar writes only the properties it knows
+            raise _invalid(
+                field, f"required names {', '.join(map(str, missing))}{where}, not in properties"
+            )
+
+
+def _subschemas(node: Any, path: str) -> Iterator[tuple[str, Any]]:
+    yield path, node
+    if not isinstance(node, dict):
+        return
+    dot = f"{path}." if path else ""
+    for key in _SCHEMA_MAPS:
+        value = node.get(key)
+        if isinstance(value, dict):
+            for name, sub in value.items():
+                yield from _subschemas(sub, f"{dot}{key}.{name}")
+    for key in _SCHEMA_LISTS:
+        value = node.get(key)
+        if isinstance(value, list):
+            for i, sub in enumerate(value):
+                yield from _subschemas(sub, f"{dot}{key}[{i}]")
+    for key in ("items", "additionalProperties"):
+        value = node.get(key)
+        if isinstance(value, list):
+            for i, sub in enumerate(value):
+                yield from _subschemas(sub, f"{dot}{key}[{i}]")
+        elif isinstance(value, dict):
+            yield from _subschemas(value, f"{dot}{key}")
+
+
+def template_messages(messages: list[ChatMessage], template: str) -> list[dict[str, Any]]:
+    """The chat as the template reads it. A template that knows tool calls gets them as
+    Hugging Face templates expect (arguments as an object); for one that does not, an
+    assistant's calls become its text, the JSON this worker made the model write."""
+    knows_calls = "tool_calls" in template
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        message: dict[str, Any] = {"role": m.role, "content": m.text()}
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        if m.tool_calls:
+            calls = [
+                {"name": c.function.name, "arguments": _arguments(c.function.arguments)}
+                for c in m.tool_calls
+            ]
+            if knows_calls:
+                message["tool_calls"] = [
+                    {"id": c.id, "type": "function", "function": call}
+                    for c, call in zip(m.tool_calls, calls, strict=True)
+                ]
+            else:
+                text = "\n".join(json.dumps(call, ensure_ascii=False) for call in calls)
+                message["content"] = f"{message['content']}\n{text}".strip()
+        out.append(message)
+    return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # not JSON: the template gets it as it came
+
+
+def tool_call_of(text: str) -> dict[str, Any] | None:
+    """The OpenAI `tool_calls` entry for an answer made under a tool-call constraint, or None
+    when the answer was cut short (max_tokens) before the call was complete."""
+    try:
+        call = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(call, dict) or "name" not in call or "arguments" not in call:
+        return None
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {
+            "name": call["name"],
+            "arguments": json.dumps(call["arguments"], ensure_ascii=False),
+        },
+    }
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(ErrorCode.INVALID_REQUEST, f"{field}: {message}", details={"field": field})
