@@ -22,7 +22,15 @@ from .chat import ChatTemplateError, render_chat
 from .engine import DoneEvent, ErrorEvent, Event, Generation, SamplingParams, TokenEvent
 from .service import Worker
 from .streaming import collect, sse_response, ttft_header
-from .structured import Constraint, constraint_for, template_messages, tool_call_of
+from .structured import (
+    CallReader,
+    Constraint,
+    ForcedCall,
+    TemplateCalls,
+    auto_tools,
+    constraint_for,
+    template_messages,
+)
 
 FINISH_REASON = {
     StopReason.MAX_TOKENS: "length",
@@ -65,10 +73,11 @@ def routes(worker: Worker) -> list[Route]:
                 details={"field": "messages", "use": "/v1/completions"},
             )
         constraint = constraint_for(body)
+        tools = auto_tools(body, template)
         messages = template_messages(body.messages, template)
         bos, eos = engine.bos_text, engine.eos_text
         try:
-            prompt = render_chat(template, messages, bos_token=bos, eos_token=eos)
+            prompt = render_chat(template, messages, bos_token=bos, eos_token=eos, tools=tools)
         except ChatTemplateError as exc:
             raise ApiError(
                 ErrorCode.INVALID_REQUEST, f"messages: {exc}", details={"field": "messages"}
@@ -77,8 +86,13 @@ def routes(worker: Worker) -> list[Route]:
         add_special = not (bos and prompt.startswith(bos))
         tokens = await worker.prepare_prompt(prompt, add_special=add_special)
         gen = worker.begin(tokens, _params(body, body.token_limit(None), constraint), None)
-        tool_call = constraint is not None and constraint.tool_call
-        return await _answer(request, gen, body.stream, len(tokens), chat=True, tool_call=tool_call)
+        calls: CallReader | None = None
+        if constraint is not None and constraint.tool_call:
+            calls = ForcedCall()
+        elif tools:
+            names = [t.function.name for t in body.tools or []]
+            calls = TemplateCalls(names, parallel=body.parallel_tool_calls is not False)
+        return await _answer(request, gen, body.stream, len(tokens), chat=True, calls=calls)
 
     async def _answer(
         request: Request,
@@ -87,7 +101,7 @@ def routes(worker: Worker) -> list[Route]:
         prompt_tokens: int,
         *,
         chat: bool,
-        tool_call: bool = False,
+        calls: CallReader | None = None,
     ) -> Response:
         answer_id = f"{'chatcmpl' if chat else 'cmpl'}-{gen.request_id}"
         headers = {"X-Request-Id": gen.request_id}
@@ -97,10 +111,13 @@ def routes(worker: Worker) -> list[Route]:
                 raise ApiError(result.terminal.code, result.terminal.message, headers=headers)
             finish = FINISH_REASON[result.terminal.stop_reason]
             choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-            call = tool_call_of(result.text) if tool_call else None
-            if call is not None:
-                choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
-                choice["finish_reason"] = "tool_calls"
+            if calls is not None:
+                content = calls.feed(result.text)
+                tail, tool_calls = calls.finish()
+                choice["message"] = {"role": "assistant", "content": content + tail or None}
+                if tool_calls:
+                    choice["message"]["tool_calls"] = tool_calls
+                    choice["finish_reason"] = "tool_calls"
             elif chat:
                 choice["message"] = {"role": "assistant", "content": result.text}
             else:
@@ -135,20 +152,19 @@ def routes(worker: Worker) -> list[Route]:
                 "choices": [choice],
             }
 
-        held: list[str] = []  # a tool call's text: sent as one delta once it is complete
-
         def render(event: Event) -> list[dict[str, Any]]:
-            if tool_call and isinstance(event, TokenEvent):
-                held.append(event.text)
-                return []
-            if tool_call and isinstance(event, DoneEvent):
-                text = "".join(held)
-                call = tool_call_of(text)
-                if call is None:  # cut short: the text as it came
-                    finish = FINISH_REASON[event.stop_reason]
-                    return [chunk({"content": text}, None), chunk({}, finish)]
-                delta = {"tool_calls": [{"index": 0} | call]}
-                return [chunk(delta, None), chunk({}, "tool_calls")]
+            # Tool calls: content streams as far as the reader is sure of it; each call
+            # goes out as one delta once the answer is complete.
+            if calls is not None and isinstance(event, TokenEvent):
+                content = calls.feed(event.text)
+                return [chunk({"content": content}, None)] if content else []
+            if calls is not None and isinstance(event, DoneEvent):
+                tail, tool_calls = calls.finish()
+                out = [chunk({"content": tail}, None)] if tail else []
+                if tool_calls:
+                    deltas = [{"index": i} | call for i, call in enumerate(tool_calls)]
+                    return [*out, chunk({"tool_calls": deltas}, None), chunk({}, "tool_calls")]
+                return [*out, chunk({}, FINISH_REASON[event.stop_reason])]
             if isinstance(event, TokenEvent):
                 return [chunk({"content": event.text} if chat else event.text, None)]
             if isinstance(event, DoneEvent):

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
@@ -94,12 +95,7 @@ def _tool_constraint(body: ChatCompletionRequest) -> Constraint | None:
     if not body.tools or choice == "none":
         return None
     if choice is None or choice == "auto":
-        raise _invalid(
-            "tool_choice",
-            'rbee does not let the model decide between a tool call and text ("auto", the '
-            'default when tools are sent); send tool_choice "required" (a call of any tool), '
-            '{"type": "function", "function": {"name": …}} (that tool) or "none" (text)',
-        )
+        return None  # the model chooses: auto_tools
     tools = body.tools
     if isinstance(choice, NamedToolChoice):
         tools = [t for t in body.tools if t.function.name == choice.function.name]
@@ -110,6 +106,24 @@ def _tool_constraint(body: ChatCompletionRequest) -> Constraint | None:
                 f"no tool is named {choice.function.name!r}; the tools are: {names}",
             )
     return Constraint(schema_grammar(_calls_schema(tools), "tools"), tool_call=True)
+
+
+def auto_tools(body: ChatCompletionRequest, template: str) -> list[dict[str, Any]] | None:
+    """The tools to render into the prompt when the model may choose between a call and
+    text (tool_choice "auto", the default with tools); None when it may not. Only a template
+    that references `tools` has a format for them; elsewhere auto is refused (a 400), since
+    dropping the tools silently would answer a question the client did not ask."""
+    if not body.tools or body.tool_choice not in (None, "auto"):
+        return None
+    if not _TEMPLATE_TOOLS.search(template):
+        raise _invalid(
+            "tool_choice",
+            "this model's chat template has no format for tools, so the model cannot choose "
+            'between a call and text ("auto", the default when tools are sent); send '
+            'tool_choice "required" (a call of any tool), {"type": "function", "function": '
+            '{"name": …}} (that tool) or "none" (text)',
+        )
+    return [tool.model_dump(exclude_none=True) for tool in body.tools]
 
 
 def _calls_schema(tools: list[Tool]) -> dict[str, Any]:
@@ -243,22 +257,112 @@ def _arguments(text: str) -> Any:
         return text  # not JSON: the template gets it as it came
 
 
-def tool_call_of(text: str) -> dict[str, Any] | None:
-    """The OpenAI `tool_calls` entry for an answer made under a tool-call constraint, or None
-    when the answer was cut short (max_tokens) before the call was complete."""
+class CallReader(Protocol):
+    """Reads tool calls out of an answer as it streams: `feed` returns the text that is
+    content for sure, `finish` the rest of the content and the calls."""
+
+    def feed(self, text: str) -> str: ...
+
+    def finish(self) -> tuple[str, list[dict[str, Any]]]: ...
+
+
+class ForcedCall:
+    """An answer made under a tool-call grammar: all of it is one call. An answer cut short
+    (max_tokens, a stop string) is no call: its text comes back as content."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    def feed(self, text: str) -> str:
+        self._parts.append(text)
+        return ""
+
+    def finish(self) -> tuple[str, list[dict[str, Any]]]:
+        text = "".join(self._parts)
+        call = _call_of(_json(text))
+        return ("", [call]) if call else (text, [])
+
+
+class TemplateCalls:
+    """An answer to tool_choice "auto": text, or calls in the format tool-aware templates
+    teach: Hermes' `<tool_call>{"name", "arguments"}</tool_call>` (Qwen and many others),
+    Mistral's `[TOOL_CALLS][…]`, or Llama 3's answer that is one JSON call. Content streams
+    until a call may begin; from there the rest is held and read at the end."""
+
+    def __init__(self, names: list[str], *, parallel: bool) -> None:
+        self._names = set(names)
+        self._parallel = parallel
+        self._text = ""
+        self._sent = 0  # how much of _text went out as content
+        self._holding = False
+
+    def feed(self, text: str) -> str:
+        self._text += text
+        if self._holding:
+            return ""
+        start = self._text[self._sent :]
+        if self._sent == 0:  # nothing sent yet: an answer that is JSON may be a call
+            head = start.lstrip()
+            if not head:
+                return ""
+            if head[0] in "{[":
+                self._holding = True
+                return ""
+        at = start.find(_HERMES_OPEN)
+        if at >= 0:
+            self._holding = True
+            self._sent += at
+            return start[:at]
+        keep = next(
+            (n for n in range(len(_HERMES_OPEN) - 1, 0, -1) if start.endswith(_HERMES_OPEN[:n])), 0
+        )
+        self._sent += len(start) - keep
+        return start[: len(start) - keep]
+
+    def finish(self) -> tuple[str, list[dict[str, Any]]]:
+        rest = self._text[self._sent :]
+        content, calls = rest, []
+        blocks = list(_HERMES_CALL.finditer(rest))
+        if blocks:
+            calls = [_call_of(_json(m.group(1)), self._names) for m in blocks]
+            content = _HERMES_CALL.sub("", rest)
+        else:
+            found = _json(rest.strip().removeprefix("[TOOL_CALLS]").strip())
+            calls = [
+                _call_of(c, self._names) for c in (found if isinstance(found, list) else [found])
+            ]
+            content = ""
+        if not calls or None in calls:
+            return rest, []  # not (all) calls of these tools: the text as it came
+        return content.strip(), [c for c in calls if c][: None if self._parallel else 1]
+
+
+_HERMES_OPEN = "<tool_call>"
+_HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_TEMPLATE_TOOLS = re.compile(r"\{[{%][^}]*\btools\b")  # a Jinja tag that reads `tools`
+
+
+def _json(text: str) -> Any:
     try:
-        call = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError:
         return None
-    if not isinstance(call, dict) or "name" not in call or "arguments" not in call:
+
+
+def _call_of(call: Any, names: set[str] | None = None) -> dict[str, Any] | None:
+    """The OpenAI `tool_calls` entry for `{"name", "arguments"}` (Llama 3 says
+    "parameters"), or None when it is not a call of one of `names`."""
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
         return None
+    arguments = call.get("arguments", call.get("parameters"))
+    if arguments is None or (names is not None and call["name"] not in names):
+        return None
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
     return {
         "id": f"call_{uuid.uuid4().hex[:24]}",
         "type": "function",
-        "function": {
-            "name": call["name"],
-            "arguments": json.dumps(call["arguments"], ensure_ascii=False),
-        },
+        "function": {"name": call["name"], "arguments": arguments},
     }
 
 
