@@ -42,6 +42,10 @@ _ANNOTATIONS = {
     "title", "description", "default", "examples", "$schema", "$id", "$comment",
     "deprecated", "readOnly", "writeOnly", "strict",
 }  # fmt: skip
+# The converter writes "up to n" as n nested groups, and llama.cpp's grammar parser recurses
+# into each: 1000 parses, 1500 is refused, 30000 overflows the worker's stack (measured).
+MAX_NESTING = 1000
+_COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
 _TYPES = {"string", "number", "integer", "boolean", "null", "object", "array"}
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
@@ -79,13 +83,32 @@ def constraint_for(body: OpenAIRequest) -> Constraint | None:
 
 def schema_grammar(schema: dict[str, Any], field: str) -> str:
     """The GBNF grammar of a JSON schema; ApiError naming `field` when it cannot be."""
-    _check_schema(schema, field)
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        _check_schema(schema, field)
+        grammar = json_schema_to_gbnf(json.dumps(schema))
     except RecursionError:
         raise _invalid(field, "the schema is nested too deeply") from None
+    except ApiError:
+        raise
     except Exception as exc:  # the converter asserts and raises on what it cannot handle
         raise _invalid(field, f"the schema cannot become a grammar: {exc}") from None
+    if _nesting(grammar) > MAX_NESTING:
+        raise _invalid(
+            field,
+            f"the schema needs a grammar nested deeper than {MAX_NESTING} levels (a pattern "
+            f"repeating more than {MAX_NESTING} times?); lower its counts",
+        )
+    return grammar
+
+
+def _nesting(grammar: str) -> int:
+    """How deep the grammar's groups nest, string literals and character classes aside."""
+    bare = _GBNF_LITERALS.sub("", grammar)
+    depth = deepest = 0
+    for paren in _PARENS.findall(bare):
+        depth += 1 if paren == "(" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _tool_constraint(body: ChatCompletionRequest) -> Constraint | None:
@@ -136,7 +159,10 @@ def _calls_schema(tools: list[Tool]) -> dict[str, Any]:
         field = f"tools[{i}].function.parameters"
         if not isinstance(params, dict) or params.get("type", "object") != "object":
             raise _invalid(field, "a tool's parameters must be a JSON schema of an object")
-        _check_schema(params, field)
+        try:
+            _check_schema(params, field)
+        except RecursionError:
+            raise _invalid(field, "the schema is nested too deeply") from None
         prefix = f"tool{i}-"
         for key in ("$defs", "definitions"):
             for name, sub in (params.pop(key, None) or {}).items():
@@ -188,6 +214,12 @@ def _check_schema(schema: Any, field: str) -> None:
         for t in types if isinstance(types, list) else [types]:
             if t is not None and t not in _TYPES:
                 raise _invalid(field, f"type {t!r}{where} is not a JSON schema type")
+        for key in _COUNTS:
+            count = node.get(key)
+            if count is not None and not (isinstance(count, int) and 0 <= count <= MAX_NESTING):
+                raise _invalid(
+                    field, f"{key} {count!r}{where}: rbee takes whole numbers up to {MAX_NESTING}"
+                )
         ref = node.get("$ref")
         if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
             raise _invalid(field, f"$ref {ref!r}{where}: only local references (#/…) work")
@@ -337,6 +369,8 @@ class TemplateCalls:
         return content.strip(), [c for c in calls if c][: None if self._parallel else 1]
 
 
+_GBNF_LITERALS = re.compile(r'"(?:\\.|[^"\\])*"|\[(?:\\.|[^\]\\])*\]')
+_PARENS = re.compile(r"[()]")
 _HERMES_OPEN = "<tool_call>"
 _HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 _TEMPLATE_TOOLS = re.compile(r"\{[{%][^}]*\btools\b")  # a Jinja tag that reads `tools`
