@@ -271,13 +271,15 @@ def test_bundled_model_answers_json_schema_for_ten_seeds(spawn_worker) -> None:
         )
         assert answer.choices[0].finish_reason == "stop"
         jsonschema_rs.validate(schema, json.loads(answer.choices[0].text))
+    # json_object: any object, so the prompt shows short ones (a base model continues it)
     answer = client.completions.create(
         model="x",
-        prompt="A person as JSON:\n",
+        prompt='{"name": "Ada", "age": 36}\n{"name": "Bob", "age": 41}\n',
         max_tokens=60,
         temperature=0,
         extra_body={"response_format": {"type": "json_object"}},
     )
+    assert answer.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(answer.choices[0].text), dict)
 
 
