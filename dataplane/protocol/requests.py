@@ -200,3 +200,6 @@ class ChatCompletionRequest(OpenAIRequest):
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # OpenAI's deprecated forms of tools and tool_choice: refused with a pointer to those.
+    functions: list[Any] | None = None
+    function_call: Any = None

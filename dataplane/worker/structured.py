@@ -112,6 +112,9 @@ def _nesting(grammar: str) -> int:
 
 
 def _tool_constraint(body: ChatCompletionRequest) -> Constraint | None:
+    for old, new in (("functions", "tools"), ("function_call", "tool_choice")):
+        if getattr(body, old) is not None:
+            raise _invalid(old, f"deprecated by OpenAI and not supported; send {new} instead")
     choice = body.tool_choice
     if choice is not None and not body.tools and choice != "none":
         raise _invalid("tool_choice", "there are no tools to choose from; send tools too")

@@ -216,6 +216,7 @@ def test_json_object_on_completions_parses(shared_worker: WorkerProcess) -> None
             "json_schema",
         ),
         ({"tools": [WEATHER]}, "tool_choice", "required"),
+        ({"functions": [WEATHER["function"]]}, "functions", "send tools instead"),
         ({"tools": [WEATHER], "tool_choice": "auto"}, "tool_choice", "required"),
         (
             {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
