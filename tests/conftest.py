@@ -79,6 +79,11 @@ class WorkerProcess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    @property
+    def model_id(self) -> str:
+        """The model it serves, as clients name it: its --model, as given."""
+        return str(self.proc.args[2])
+
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=30, **kwargs)
 

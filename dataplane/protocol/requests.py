@@ -56,6 +56,82 @@ class QueenInferenceRequest(InferenceRequest):
         return body | {"request_id": request_id}
 
 
+# Structured output (docs/structured-output.md): the answer constrained by a grammar.
+FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+JsonSchema = dict[str, Any]
+
+
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: FunctionName
+    description: str | None = None
+    # `schema` would shadow a BaseModel attribute, hence the alias.
+    json_schema: JsonSchema = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: FunctionName
+    description: str | None = None
+    parameters: JsonSchema | None = None  # none: a function without arguments
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: FunctionName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    arguments: str  # JSON text, as OpenAI sends it
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class OpenAIRequest(BaseModel):
     """Fields shared by the OpenAI-compatible endpoints. Unknown fields are ignored, as
     OpenAI SDKs send options this server has no use for."""
@@ -74,6 +150,7 @@ class OpenAIRequest(BaseModel):
     stop: StopList | None = None
     stream: bool = False
     n: Annotated[int, Field(ge=1, le=1)] = 1
+    response_format: ResponseFormat | None = None
 
     def token_limit(self, default: int | None) -> int | None:
         return self.max_completion_tokens or self.max_tokens or default
@@ -144,6 +221,8 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's calls, earlier in the chat
+    tool_call_id: str | None = None  # a tool message: which call it answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -153,3 +232,9 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(OpenAIRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # OpenAI's deprecated forms of tools and tool_choice: refused with a pointer to those.
+    functions: list[Any] | None = None
+    function_call: Any = None

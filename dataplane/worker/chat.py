@@ -23,9 +23,16 @@ _env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
 
 
 def render_chat(
-    template: str, messages: list[dict[str, Any]], *, bos_token: str, eos_token: str
+    template: str,
+    messages: list[dict[str, Any]],
+    *,
+    bos_token: str,
+    eos_token: str,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     """The prompt for `messages`, ending where the assistant's answer begins."""
+    # Templates test `tools is defined` or `tools`: only a request with tools defines it.
+    extra = {"tools": tools} if tools else {}
     try:
         compiled = _env.from_string(template)
         return compiled.render(
@@ -33,6 +40,7 @@ def render_chat(
             add_generation_prompt=True,
             bos_token=bos_token,
             eos_token=eos_token,
+            **extra,
         )
     except ChatTemplateError:
         raise

@@ -25,6 +25,7 @@ class SamplingParams:
     top_k: int = 0  # 0 disables top-k
     seed: int | None = None  # None: a random seed
     stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF the answer must follow (structured.py)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from .engine import (
     SamplingParams,
     TokenEvent,
 )
+from .grammar_sampler import GrammarError, GrammarSampler
 from .stops import StopBuffer
 from .threadpool import QuietThreadpool
 
@@ -69,6 +70,7 @@ class _Sequence:
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
     )
     stops: StopBuffer = field(default_factory=lambda: StopBuffer(()))
+    grammar: GrammarSampler | None = None
 
 
 class LlamaEngine:
@@ -304,6 +306,13 @@ class LlamaEngine:
             if gen.canceled:
                 gen.post(DoneEvent(StopReason.CANCELED, 0))
                 continue
+            grammar = None
+            try:
+                if gen.params.grammar:
+                    grammar = GrammarSampler(self._vocab, gen.params.grammar)
+            except GrammarError as exc:
+                gen.post(ErrorEvent(ErrorCode.INVALID_REQUEST, str(exc)))
+                continue
             # The lowest free id keeps the running ids consecutive (see _step).
             seq_id = min(self._free_seq_ids)
             self._free_seq_ids.remove(seq_id)
@@ -313,6 +322,7 @@ class LlamaEngine:
                 sampler=_make_sampler(gen.params),
                 pending=deque(gen.prompt_tokens),
                 stops=StopBuffer(gen.params.stop),
+                grammar=grammar,
             )
             self._running.append(seq)
 
@@ -371,7 +381,15 @@ class LlamaEngine:
                 self._sample(seq)
 
     def _sample(self, seq: _Sequence) -> None:
-        token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, seq.batch_index)
+        if seq.grammar is None:
+            token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, seq.batch_index)
+        else:
+            sampled = seq.grammar.sample(seq.sampler, self._ctx, seq.batch_index)
+            if sampled is None:
+                message = "no token of the model's vocabulary continues the required format"
+                self._finish(seq, error=(ErrorCode.INTERNAL_ERROR, message))
+                return
+            token = sampled
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, StopReason.EOS)
             return
@@ -398,6 +416,8 @@ class LlamaEngine:
         mem = llama_cpp.llama_get_memory(self._ctx)
         llama_cpp.llama_memory_seq_rm(mem, seq.seq_id, -1, -1)
         llama_cpp.llama_sampler_free(seq.sampler)
+        if seq.grammar is not None:
+            seq.grammar.free()
         self._free_seq_ids.append(seq.seq_id)
         if error is not None:
             seq.gen.post(ErrorEvent(*error))

@@ -22,6 +22,15 @@ from .chat import ChatTemplateError, render_chat
 from .engine import DoneEvent, ErrorEvent, Event, Generation, SamplingParams, TokenEvent
 from .service import Worker
 from .streaming import collect, sse_response, ttft_header
+from .structured import (
+    CallReader,
+    Constraint,
+    ForcedCall,
+    TemplateCalls,
+    auto_tools,
+    constraint_for,
+    template_messages,
+)
 
 FINISH_REASON = {
     StopReason.MAX_TOKENS: "length",
@@ -48,8 +57,9 @@ def routes(worker: Worker) -> list[Route]:
     async def completions(request: Request) -> Response:
         body = await read_body(request, CompletionRequest)
         _check_model(worker, body.model)
+        constraint = constraint_for(body)
         tokens = await _prompt_tokens(worker, body.prompt)
-        gen = worker.begin(tokens, _params(body, body.limit()), None)
+        gen = worker.begin(tokens, _params(body, body.limit(), constraint), None)
         return await _answer(request, gen, body.stream, len(tokens), chat=False)
 
     async def chat_completions(request: Request) -> Response:
@@ -64,10 +74,12 @@ def routes(worker: Worker) -> list[Route]:
                 "send a plain prompt to POST /v1/completions instead",
                 details={"field": "messages", "use": "/v1/completions"},
             )
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        constraint = constraint_for(body)
+        tools = auto_tools(body, template)
+        messages = template_messages(body.messages, template)
         bos, eos = engine.bos_text, engine.eos_text
         try:
-            prompt = render_chat(template, messages, bos_token=bos, eos_token=eos)
+            prompt = render_chat(template, messages, bos_token=bos, eos_token=eos, tools=tools)
         except ChatTemplateError as exc:
             raise ApiError(
                 ErrorCode.INVALID_REQUEST, f"messages: {exc}", details={"field": "messages"}
@@ -75,11 +87,23 @@ def routes(worker: Worker) -> list[Route]:
         # A template that writes the BOS token itself must not get a second one.
         add_special = not (bos and prompt.startswith(bos))
         tokens = await worker.prepare_prompt(prompt, add_special=add_special)
-        gen = worker.begin(tokens, _params(body, body.token_limit(None)), None)
-        return await _answer(request, gen, body.stream, len(tokens), chat=True)
+        gen = worker.begin(tokens, _params(body, body.token_limit(None), constraint), None)
+        calls: CallReader | None = None
+        if constraint is not None and constraint.tool_call:
+            calls = ForcedCall()
+        elif tools:
+            names = [t.function.name for t in body.tools or []]
+            calls = TemplateCalls(names, parallel=body.parallel_tool_calls is not False)
+        return await _answer(request, gen, body.stream, len(tokens), chat=True, calls=calls)
 
     async def _answer(
-        request: Request, gen: Generation, stream: bool, prompt_tokens: int, *, chat: bool
+        request: Request,
+        gen: Generation,
+        stream: bool,
+        prompt_tokens: int,
+        *,
+        chat: bool,
+        calls: CallReader | None = None,
     ) -> Response:
         answer_id = f"{'chatcmpl' if chat else 'cmpl'}-{gen.request_id}"
         headers = {"X-Request-Id": gen.request_id}
@@ -89,7 +113,14 @@ def routes(worker: Worker) -> list[Route]:
                 raise ApiError(result.terminal.code, result.terminal.message, headers=headers)
             finish = FINISH_REASON[result.terminal.stop_reason]
             choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
-            if chat:
+            if calls is not None:
+                content = calls.feed(result.text)
+                tail, tool_calls = calls.finish()
+                choice["message"] = {"role": "assistant", "content": content + tail or None}
+                if tool_calls:
+                    choice["message"]["tool_calls"] = tool_calls
+                    choice["finish_reason"] = "tool_calls"
+            elif chat:
                 choice["message"] = {"role": "assistant", "content": result.text}
             else:
                 choice["text"] = result.text
@@ -124,6 +155,18 @@ def routes(worker: Worker) -> list[Route]:
             }
 
         def render(event: Event) -> list[dict[str, Any]]:
+            # Tool calls: content streams as far as the reader is sure of it; each call
+            # goes out as one delta once the answer is complete.
+            if calls is not None and isinstance(event, TokenEvent):
+                content = calls.feed(event.text)
+                return [chunk({"content": content}, None)] if content else []
+            if calls is not None and isinstance(event, DoneEvent):
+                tail, tool_calls = calls.finish()
+                out = [chunk({"content": tail}, None)] if tail else []
+                if tool_calls:
+                    deltas = [{"index": i} | call for i, call in enumerate(tool_calls)]
+                    return [*out, chunk({"tool_calls": deltas}, None), chunk({}, "tool_calls")]
+                return [*out, chunk({}, FINISH_REASON[event.stop_reason])]
             if isinstance(event, TokenEvent):
                 return [chunk({"content": event.text} if chat else event.text, None)]
             if isinstance(event, DoneEvent):
@@ -164,7 +207,9 @@ async def _prompt_tokens(worker: Worker, prompt: str | list[int]) -> list[int]:
     return worker.prepare_token_prompt(prompt)
 
 
-def _params(body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
+def _params(
+    body: OpenAIRequest, max_tokens: int | None, constraint: Constraint | None
+) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
@@ -172,4 +217,5 @@ def _params(body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
         top_k=body.top_k,
         seed=body.seed,
         stop=tuple(body.stop or ()),
+        grammar=constraint.grammar if constraint else None,
     )

@@ -17,20 +17,15 @@ def sdk(worker: WorkerProcess) -> openai.OpenAI:
     )
 
 
-def served(worker: WorkerProcess) -> str:
-    """The model a hand-run worker serves: its --model, as given."""
-    return str(worker.proc.args[2])
-
-
 def test_models_lists_the_loaded_model(shared_worker: WorkerProcess) -> None:
     models = sdk(shared_worker).models.list()
-    assert [m.id for m in models.data] == [served(shared_worker)]
+    assert [m.id for m in models.data] == [shared_worker.model_id]
 
 
 def test_sdk_streams_a_chat_completion(shared_worker: WorkerProcess) -> None:
     chunks = list(
         sdk(shared_worker).chat.completions.create(
-            model=served(shared_worker),
+            model=shared_worker.model_id,
             messages=[{"role": "user", "content": "Tell me a story"}],
             max_tokens=12,
             temperature=0,
@@ -46,7 +41,7 @@ def test_sdk_streams_a_chat_completion(shared_worker: WorkerProcess) -> None:
 
 def test_sdk_chat_completion_without_stream(shared_worker: WorkerProcess) -> None:
     answer = sdk(shared_worker).chat.completions.create(
-        model=served(shared_worker),
+        model=shared_worker.model_id,
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}],
         max_tokens=6,
         temperature=0,
@@ -62,7 +57,7 @@ def test_sdk_completion_streaming_matches_non_streaming(shared_worker: WorkerPro
     streamed = "".join(
         c.choices[0].text
         for c in client.completions.create(
-            model=served(shared_worker),
+            model=shared_worker.model_id,
             prompt="Once upon a time",
             max_tokens=10,
             temperature=0,
@@ -70,7 +65,7 @@ def test_sdk_completion_streaming_matches_non_streaming(shared_worker: WorkerPro
         )
     )
     whole = client.completions.create(
-        model=served(shared_worker), prompt="Once upon a time", max_tokens=10, temperature=0
+        model=shared_worker.model_id, prompt="Once upon a time", max_tokens=10, temperature=0
     )
     assert streamed == whole.choices[0].text
     assert whole.choices[0].finish_reason == "length"
@@ -79,7 +74,7 @@ def test_sdk_completion_streaming_matches_non_streaming(shared_worker: WorkerPro
 def test_sdk_sees_validation_errors(shared_worker: WorkerProcess) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         sdk(shared_worker).completions.create(
-            model=served(shared_worker), prompt="hi", max_tokens=0
+            model=shared_worker.model_id, prompt="hi", max_tokens=0
         )
     assert "max_tokens" in str(info.value)
 
@@ -151,7 +146,7 @@ def test_a_prompt_may_be_token_ids_or_a_list_of_one(shared_worker: WorkerProcess
 
     def greedy(prompt: object) -> openai.types.Completion:
         return client.completions.create(
-            model=served(shared_worker), prompt=prompt, max_tokens=6, temperature=0
+            model=shared_worker.model_id, prompt=prompt, max_tokens=6, temperature=0
         )
 
     text = greedy("Once upon a time").choices[0].text
@@ -178,7 +173,7 @@ def test_prompts_that_cannot_be_served_are_said_plainly(
 ) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         sdk(shared_worker).completions.create(
-            model=served(shared_worker),
+            model=shared_worker.model_id,
             prompt=prompt,
             max_tokens=2,  # type: ignore[arg-type]
         )
