@@ -134,17 +134,21 @@ def start_worker(
         env=env,
     )
     worker = WorkerProcess(proc, f"http://127.0.0.1:{port}", api_key, log_path, log_file)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            httpx.get(f"{worker.url}/health", timeout=1)
-            break
-        except httpx.TransportError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"worker did not start\n{worker.log()}") from None
-            time.sleep(0.05)
-    if wait_ready:
-        worker.wait_ready()
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"{worker.url}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"worker did not start\n{worker.log()}") from None
+                time.sleep(0.05)
+        if wait_ready:
+            worker.wait_ready()
+    except BaseException:
+        worker.stop()  # a worker that did not come up in time is not left running
+        raise
     return worker
 
 
