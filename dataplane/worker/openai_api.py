@@ -16,9 +16,9 @@ from starlette.routing import Route
 from rbee.dataplane.plumbing.http import read_body
 from rbee.dataplane.protocol.events import StopReason
 from rbee.dataplane.protocol.requests import ChatCompletionRequest, CompletionRequest, OpenAIRequest
-from rbee.dataplane.protocol.wire import ApiError, ErrorCode
+from rbee.dataplane.protocol.wire import ApiError
 
-from .chat import ChatTemplateError, render_chat
+from .chat import chat_prompt
 from .engine import DoneEvent, ErrorEvent, Event, Generation, SamplingParams, TokenEvent
 from .service import Worker
 from .streaming import collect, sse_response, ttft_header
@@ -40,7 +40,14 @@ def routes(worker: Worker) -> list[Route]:
             {
                 "object": "list",
                 "data": [
-                    {"id": model_id, "object": "model", "created": created, "owned_by": "rbee"},
+                    {
+                        "id": model_id,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "rbee",
+                        # which template chat requests get (None until the model loaded)
+                        "chat_template": worker.chat_template_in_use,
+                    },
                 ],
             }
         )
@@ -53,28 +60,10 @@ def routes(worker: Worker) -> list[Route]:
 
     async def chat_completions(request: Request) -> Response:
         body = await read_body(request, ChatCompletionRequest)
-        engine = worker.serving_engine()
-        template = engine.chat_template
-        if not template:
-            raise ApiError(
-                ErrorCode.INVALID_REQUEST,
-                f"messages: the model {model_id} has no chat template (it is a base model); "
-                "send a plain prompt to POST /v1/completions instead",
-                details={"field": "messages", "use": "/v1/completions"},
-            )
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        bos, eos = engine.bos_text, engine.eos_text
-        try:
-            prompt = render_chat(template, messages, bos_token=bos, eos_token=eos)
-        except ChatTemplateError as exc:
-            raise ApiError(
-                ErrorCode.INVALID_REQUEST, f"messages: {exc}", details={"field": "messages"}
-            ) from None
-        # A template that writes the BOS token itself must not get a second one.
-        add_special = not (bos and prompt.startswith(bos))
-        tokens = await worker.prepare_prompt(prompt, add_special=add_special)
-        gen = worker.begin(tokens, _params(body, body.token_limit(None)), None)
-        return await _answer(request, gen, body.stream, len(tokens), chat=True)
+        prompt = await chat_prompt(worker, body.messages)
+        params = _params(body, body.token_limit(None), extra_stops=prompt.stops)
+        gen = worker.begin(prompt.tokens, params, None)
+        return await _answer(request, gen, body.stream, len(prompt.tokens), chat=True)
 
     async def _answer(
         request: Request, gen: Generation, stream: bool, prompt_tokens: int, *, chat: bool
@@ -141,12 +130,14 @@ def routes(worker: Worker) -> list[Route]:
     ]
 
 
-def _params(body: OpenAIRequest, max_tokens: int | None) -> SamplingParams:
+def _params(
+    body: OpenAIRequest, max_tokens: int | None, *, extra_stops: tuple[str, ...] = ()
+) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,
         seed=body.seed,
-        stop=tuple(body.stop or ()),
+        stop=(*(body.stop or ()), *extra_stops),
     )
