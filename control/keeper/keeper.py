@@ -174,14 +174,23 @@ class Keeper:
         )
 
     async def spawn_worker(
-        self, node: Node, model_ref: str, listener: Listener, *, slots: int = 1
+        self,
+        node: Node,
+        model_ref: str,
+        listener: Listener,
+        *,
+        slots: int = 1,
+        chat_template: str | None = None,
     ) -> str:
         """Puts `model_ref` in the node's catalog, starts a worker for it with `slots`
-        parallel requests (its model still loading) and registers it; its id."""
+        parallel requests (its model still loading) and registers it; its id. A
+        `chat_template` (a built-in's name) overrides the model's own."""
 
         async def provision_and_spawn(hive: HiveClient) -> str:
             await provision(hive, node.name, model_ref, listener)
-            spawned = await hive.spawn(model_ref, backend=node.backend, slots=slots)
+            spawned = await hive.spawn(
+                model_ref, backend=node.backend, slots=slots, chat_template=chat_template
+            )
             self.registry.record(
                 RegisteredWorker(
                     worker_id=spawned.worker_id,

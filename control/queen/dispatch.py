@@ -315,7 +315,9 @@ class Dispatcher:
         log.info("starting a worker of %s on %s", spec.ref, node.name)
         started = time.monotonic()
         try:
-            worker_id = await self._keeper.spawn_worker(node, spec.ref, Unheard(), slots=spec.slots)
+            worker_id = await self._keeper.spawn_worker(
+                node, spec.ref, Unheard(), slots=spec.slots, chat_template=spec.chat_template
+            )
             self._enter(spec.ref, "load")
             await self._keeper.wait_worker_ready(
                 node,
