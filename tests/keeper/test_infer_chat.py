@@ -3,10 +3,13 @@ inventory's `chat_template` for the workers plain infer starts."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 
+from conftest import BIN
 from support.operators import make_keeper
 
 
@@ -53,3 +56,27 @@ def test_chat_renders_the_prompt_with_the_inventorys_template(
         assert httpx.get(f"{newest['url']}/health").json()["chat_template"] == ("chatml (fallback)")
     finally:
         keeper.stop_hive()
+
+
+@pytest.mark.bundled
+def test_chat_with_the_bundled_model_through_its_fallback(tmp_path: Path, tiny_model: Path) -> None:
+    """The default setup: `rbee infer --chat` on pkg:gemma3-270m, which has no template."""
+    keeper = make_keeper(tmp_path, tiny_model)
+    try:
+        result = subprocess.run(
+            [str(BIN / "rbee"), "infer", "--chat", "--max-tokens", "8", "--temperature", "0"]
+            + ["What colour is the sky?"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=keeper.env(),
+        )
+        assert result.returncode == 0, result.stderr
+        [worker] = keeper.registered()
+        assert worker["model_ref"] == "pkg:gemma3-270m"
+        health = httpx.get(f"{worker['url']}/health").json()
+    finally:
+        keeper.stop_hive()
+    assert health["chat_template"] == "gemma (fallback)"
+    assert result.stdout.strip()
+    assert "<end_of_turn>" not in result.stdout and "<start_of_turn>" not in result.stdout
