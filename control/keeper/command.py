@@ -174,8 +174,6 @@ def infer(
         backend=backend or target.backend,
         device=device,
         chat=chat,
-        # An inventory model of this file names the template its workers use.
-        chat_template=inventory.model(model_ref).chat_template,
     )
 
     _run(ctx, lambda keeper, console: _cancelable(keeper.infer(target, request, console)))

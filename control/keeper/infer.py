@@ -73,7 +73,8 @@ class InferRequest:
     backend: str = "cpu"
     device: int = 0
     chat: bool = False  # the prompt as one user message, in the model's chat template
-    chat_template: str | None = None  # a new worker's built-in template (the inventory's)
+    # A new worker's built-in template: Keeper.infer sets the inventory's for the model.
+    chat_template: str | None = None
 
 
 class Interrupted(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -324,7 +325,10 @@ class InferRun:
             if self._canceled:
                 listener.heard(Step("Canceled."))
                 return EXIT_INTERRUPTED
-            self._infer = Infer(access, self.request, listener, self._keeper.registry)
+            # The workers it starts use the template of the inventory model of that file.
+            served = self._keeper.inventory.model(self.request.model_ref)
+            request = replace(self.request, chat_template=served.chat_template)
+            self._infer = Infer(access, request, listener, self._keeper.registry)
             return await self._infer.run()
         except ActionableError as exc:
             listener.heard(Failed(exc))
