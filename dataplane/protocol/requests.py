@@ -38,7 +38,17 @@ StopList = Annotated[
 class InferenceRequest(BaseModel):
     """POST /v1/inference (the native API): strict, unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        # The schema says what the validator below holds: exactly one of the two, not null.
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ]
+        },
+    )
 
     # One of the two: a prompt as it is, or chat messages the worker renders with its chat
     # template, as POST /v1/chat/completions does (`rbee infer --chat`).
