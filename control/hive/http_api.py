@@ -110,6 +110,7 @@ def create_app(
             device=body.device,
             slots=body.slots,
             ctx_size=ctx_size,
+            chat_template=body.chat_template,
             ram_estimate_bytes=estimate.total_bytes,
         )
         try:

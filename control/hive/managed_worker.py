@@ -61,6 +61,7 @@ class WorkerSpec:
     device: int = 0
     slots: int = 1
     ctx_size: int = 2048
+    chat_template: str | None = None  # a built-in's name: overrides the model's template
     ram_estimate_bytes: int = 0  # the preflight's estimate, counted while the worker loads
 
 
@@ -130,6 +131,8 @@ class ManagedWorker:
             str(os.getpid()),
             "--api-key-stdin",
         ]
+        if self.spec.chat_template is not None:
+            argv += ["--chat-template", self.spec.chat_template]
         env = {k: v for k, v in os.environ.items() if k != WORKER_KEY_ENV}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:

@@ -74,6 +74,12 @@ def inventory_of(ctx: click.Context) -> Inventory:
     "the worker, or starts one.",
 )
 @click.option(
+    "--chat",
+    is_flag=True,
+    help="Send the prompt as a chat message, in the model's chat template (as "
+    "/v1/chat/completions does), instead of text to continue.",
+)
+@click.option(
     "--max-tokens", type=click.IntRange(1, MAX_TOKENS_LIMIT), default=200, show_default=True
 )
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True)
@@ -122,6 +128,7 @@ def infer(
     backend: Backend | None,
     device: int,
     through_queen: bool,
+    chat: bool,
 ) -> None:
     """Stream an answer from MODEL on NODE, or through the queen (tokens on stdout,
     progress on stderr)."""
@@ -138,6 +145,7 @@ def infer(
             max_tokens=max_tokens,
             temperature=temperature,
             seed=seed,
+            chat=chat,
         )
         _run(
             ctx,
@@ -165,6 +173,7 @@ def infer(
         busy_retries=busy_retries,
         backend=backend or target.backend,
         device=device,
+        chat=chat,
     )
 
     _run(ctx, lambda keeper, console: _cancelable(keeper.infer(target, request, console)))

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from rbee.dataplane.protocol.chat_templates import serves_template
 from rbee.dataplane.protocol.client import InvalidResponse, PeerSilent, RemoteError
 from rbee.dataplane.protocol.events import Done, ErrorEvent
 from rbee.dataplane.protocol.events import Token as TokenEvent
@@ -25,7 +26,12 @@ from rbee.dataplane.protocol.hive_api import WorkerRow
 from rbee.dataplane.protocol.hive_client import HiveClient
 from rbee.dataplane.protocol.states import SERVING_STATES, WorkerState
 from rbee.dataplane.protocol.wire import VERSION, ErrorCode
-from rbee.dataplane.protocol.worker_api import LoadingEvent, LoadingProgress, LoadingReady
+from rbee.dataplane.protocol.worker_api import (
+    LoadingEvent,
+    LoadingProgress,
+    LoadingReady,
+    WorkerHealth,
+)
 from rbee.dataplane.protocol.worker_client import LoadFailed, WorkerClient
 
 from .attempts import cannot_connect, connect_attempts
@@ -66,6 +72,9 @@ class InferRequest:
     busy_retries: int = 3
     backend: str = "cpu"
     device: int = 0
+    chat: bool = False  # the prompt as one user message, in the model's chat template
+    # A new worker's built-in template: Keeper.infer sets the inventory's for the model.
+    chat_template: str | None = None
 
 
 class Interrupted(Exception):
@@ -125,16 +134,25 @@ class Infer:
     async def _find_or_start_worker(self) -> RegisteredWorker:
         req, node = self.request, self.node
         warm = self.registry.find_warm(node.name, req.model_ref, max_age_s=WARM_MAX_AGE_S)
-        if warm is not None and await self._still_there(warm):
-            return warm
         if warm is not None:
-            self.registry.remove(warm.worker_id)
-            self._step("No idle worker found, starting new worker...")
+            health = await self._health_of(warm)
+            if health is None:
+                self.registry.remove(warm.worker_id)
+                self._step("No idle worker found, starting new worker...")
+            elif serves_template(health.chat_template, req.chat_template):
+                return warm
+            else:  # a fine worker, started with another template: left to those who want it
+                self._step("No idle worker with this chat template, starting new worker...")
         async with self.access.hive(timeout_s=HIVE_TIMEOUT_S) as hive:
             await self._hive_preflight(hive)
             try:
                 await provision(hive, node.name, req.model_ref, self.listener)
-                spawned = await hive.spawn(req.model_ref, backend=req.backend, device=req.device)
+                spawned = await hive.spawn(
+                    req.model_ref,
+                    backend=req.backend,
+                    device=req.device,
+                    chat_template=req.chat_template,
+                )
             except RemoteError as exc:
                 raise remote_failure(node, exc) from None
         worker = RegisteredWorker(
@@ -153,15 +171,18 @@ class Infer:
         await self._wait_ready(worker)
         return worker
 
-    async def _still_there(self, worker: RegisteredWorker) -> bool:
+    async def _health_of(self, worker: RegisteredWorker) -> WorkerHealth | None:
+        """The worker's health while it is still there and serving; else None."""
         try:
             async with WorkerClient(
                 await self.access.worker_url(worker.url), worker.api_key, timeout_s=5
             ) as client:
                 health = await client.health()
         except (httpx.HTTPError, RemoteError, OSError):
-            return False
-        return health.worker_id == worker.worker_id and health.state in SERVING_STATES
+            return None
+        if health.worker_id == worker.worker_id and health.state in SERVING_STATES:
+            return health
+        return None
 
     async def _hive_preflight(self, hive: HiveClient) -> None:
         """Phase 2: the hive answers (3 attempts) and speaks our version."""
@@ -296,6 +317,8 @@ class Infer:
         }
         if req.seed is not None:
             params["seed"] = req.seed
+        if req.chat:
+            params["messages"] = one_user_message(req.prompt)
         url = await self.access.worker_url(worker.url)
         for delay in (*BUSY_RETRY_DELAYS_S[: req.busy_retries], None):
             async with WorkerClient(url, worker.api_key) as client:
@@ -333,7 +356,7 @@ class Infer:
     ) -> int:
         tokens: list[str] = []
         self.listener.heard(RequestSent())
-        events = client.stream(self.request.prompt, **params)
+        events = client.stream(None if self.request.chat else self.request.prompt, **params)
         next_event = asyncio.ensure_future(anext(events))
         interrupted = asyncio.ensure_future(self._interrupted.wait())
         try:
@@ -392,6 +415,12 @@ class Infer:
             f"Tokens generated: {len(tokens)} / {self.request.max_tokens}",
             suggestion=f"the worker may have crashed: `rbee logs --node {self.node.name}`",
         )
+
+
+def one_user_message(prompt: str) -> list[dict[str, str]]:
+    """`--chat`: the prompt as a conversation of one user message, which the worker renders
+    with its chat template (as POST /v1/chat/completions does)."""
+    return [{"role": "user", "content": prompt}]
 
 
 def save_partial(request_id: str, text: str) -> Path:

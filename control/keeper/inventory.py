@@ -14,6 +14,7 @@ import os
 import re
 import sysconfig
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rbee.control.hive.settings import DEFAULT_STATE_DIR
+from rbee.dataplane.protocol.chat_templates import CHAT_TEMPLATE_NAMES, ChatTemplateName
 from rbee.dataplane.protocol.hive_api import DEFAULT_WORKER_SLOTS, MAX_WORKER_SLOTS, WorkerSlots
 from rbee.dataplane.protocol.hosts import is_loopback_host
 from rbee.dataplane.protocol.model_refs import ACCEPTED_FORMS, InvalidModelRef, parse_model_ref
@@ -74,6 +76,7 @@ _EXPECTED = {
     "nodes": "a non-empty list of node names",
     "slots": f"an integer 1–{MAX_WORKER_SLOTS}",
     "max_workers_per_node": f"an integer 1–{MAX_WORKERS_PER_NODE}",
+    "chat_template": "one of " + ", ".join(f'"{name}"' for name in CHAT_TEMPLATE_NAMES),
 }
 _SECRET_KEYS = frozenset({"api_key_env", "api_key_file"})
 # Meaningless without SSH: accepting them on an `ssh = false` node would hide a mistake such as
@@ -127,6 +130,7 @@ class _ModelTable(_Table):
     nodes: list[str] | None = Field(None, min_length=1)  # None: every node
     slots: WorkerSlots = DEFAULT_WORKER_SLOTS
     max_workers_per_node: int = Field(DEFAULT_WORKERS_PER_NODE, ge=1, le=MAX_WORKERS_PER_NODE)
+    chat_template: ChatTemplateName | None = None
 
 
 @dataclass(frozen=True)
@@ -271,6 +275,7 @@ def _build(path: Path, data: dict[str, Any], problems: _Problems) -> Inventory:
         # reported again as each model's unknown node.
         spec = _model_spec(name, table, list(raw_nodes), problems)
         if spec is not None:
+            _check_shared_template(spec, models.values(), problems)
             models[name] = spec
     return Inventory(path=path, nodes=nodes, models=models, idle_timeout_s=defaults.idle_timeout_s)
 
@@ -405,7 +410,28 @@ def _model_spec(
         slots=raw.slots,
         max_workers_per_node=raw.max_workers_per_node,
         sha256=sha256,
+        chat_template=raw.chat_template,
     )
+
+
+def _check_shared_template(
+    spec: ModelSpec, earlier: Iterable[ModelSpec], problems: _Problems
+) -> None:
+    """Models of one file share its workers (the queen routes by reference), so they must
+    agree on the chat template those workers were started with."""
+    ref = parse_model_ref(spec.ref).ref
+    for other in earlier:
+        if parse_model_ref(other.ref).ref == ref and other.chat_template != spec.chat_template:
+            where = ("models", spec.name)
+            line = problems.lines.key(where, "chat_template") or problems.lines.table(where)
+            problems.add(
+                line,
+                f"model {quoted(spec.name)}: serves the same file as model "
+                f"{quoted(other.name)} with another chat_template "
+                f"({spec.chat_template or 'none'} and {other.chat_template or 'none'}): "
+                "workers of one file serve both, so give them the same one",
+            )
+            return
 
 
 def _current_user() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -181,15 +182,21 @@ class Keeper:
         *,
         slots: int = 1,
         ctx_size: int | None = None,
+        chat_template: str | None = None,
     ) -> str:
         """Puts `model_ref` in the node's catalog, starts a worker for it with `slots`
         parallel requests (its model still loading) and registers it; its id. `ctx_size`:
-        tokens of context per slot (default: the hive's)."""
+        tokens of context per slot (default: the hive's); a `chat_template` (a built-in's
+        name) overrides the model's own."""
 
         async def provision_and_spawn(hive: HiveClient) -> str:
             await provision(hive, node.name, model_ref, listener)
             spawned = await hive.spawn(
-                model_ref, backend=node.backend, slots=slots, ctx_size=ctx_size
+                model_ref,
+                backend=node.backend,
+                slots=slots,
+                ctx_size=ctx_size,
+                chat_template=chat_template,
             )
             self.registry.record(
                 RegisteredWorker(
@@ -324,7 +331,10 @@ class InferRun:
             if self._canceled:
                 listener.heard(Step("Canceled."))
                 return EXIT_INTERRUPTED
-            self._infer = Infer(access, self.request, listener, self._keeper.registry)
+            # The workers it starts use the template of the inventory model of that file.
+            served = self._keeper.inventory.model(self.request.model_ref)
+            request = replace(self.request, chat_template=served.chat_template)
+            self._infer = Infer(access, request, listener, self._keeper.registry)
             return await self._infer.run()
         except ActionableError as exc:
             listener.heard(Failed(exc))

@@ -37,6 +37,7 @@ from .infer import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     close_at_rest,
+    one_user_message,
     save_partial,
 )
 from .queen_address import QueenAddress
@@ -51,6 +52,7 @@ class QueenRequest:
     max_tokens: int = 20
     temperature: float = 0.7
     seed: int | None = None
+    chat: bool = False  # the prompt as one user message, in the model's chat template
 
 
 class QueenInfer:
@@ -91,8 +93,10 @@ class QueenInfer:
         }
         if req.seed is not None:
             params["seed"] = req.seed
+        if req.chat:
+            params["messages"] = one_user_message(req.prompt)
         self._listener.heard(RequestSent())
-        events = client.stream(req.model, req.prompt, **params)
+        events = client.stream(req.model, None if req.chat else req.prompt, **params)
         next_event = asyncio.ensure_future(anext(events))
         canceled = asyncio.ensure_future(self._canceled.wait())
         try:

@@ -30,6 +30,7 @@ class ModelSpec:
     nodes: tuple[str, ...]  # the nodes it may run on, in inventory order
     slots: int  # per worker: the requests one worker serves at once
     max_workers_per_node: int
+    chat_template: str | None = None  # a built-in template its workers use instead of the model's
     sha256: str | None = None  # the file's expected checksum, when the reference gave one
 
     @property

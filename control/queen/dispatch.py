@@ -316,7 +316,7 @@ class Dispatcher:
         started = time.monotonic()
         try:
             worker_id = await self._keeper.spawn_worker(
-                node, spec.spelled, Unheard(), slots=spec.slots
+                node, spec.spelled, Unheard(), slots=spec.slots, chat_template=spec.chat_template
             )
             self._enter(spec.ref, "load")
             await self._keeper.wait_worker_ready(

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .chat_templates import ChatTemplateName
 from .states import ManagedState
 from .wire import ErrorInfo, Message
 
@@ -45,6 +46,8 @@ class SpawnRequest(BaseModel):
     device: Annotated[int, Field(ge=0, le=64)] = 0
     slots: WorkerSlots = DEFAULT_WORKER_SLOTS
     ctx_size: Annotated[int, Field(ge=32, le=1 << 20)] = 2048
+    # A built-in template the worker uses instead of the model's (`rbee-worker --chat-template`)
+    chat_template: ChatTemplateName | None = None
 
 
 class SpawnAnswer(Message):

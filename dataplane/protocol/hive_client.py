@@ -56,13 +56,15 @@ class HiveClient(ApiClient):
         device: int = 0,
         slots: int = 1,
         ctx_size: int | None = None,
+        chat_template: str | None = None,
     ) -> SpawnAnswer:
         """Starts a worker; answers once it serves (model still loading). Download the model
         first (download()): the hive would download a missing one, but not within
         SPAWN_TIMEOUT_S.
 
         Without `ctx_size` the hive picks its default, lowered to the model's trained context;
-        a size sent is one the person asked for, and the hive refuses it past that context."""
+        a size sent is one the person asked for, and the hive refuses it past that context.
+        `chat_template` names a built-in template that overrides the model's own."""
         body: dict[str, Any] = {
             "model_ref": model_ref,
             "backend": backend,
@@ -71,6 +73,8 @@ class HiveClient(ApiClient):
         }
         if ctx_size is not None:
             body["ctx_size"] = ctx_size
+        if chat_template is not None:
+            body["chat_template"] = chat_template
         try:
             return await self._answer(
                 "POST", "/v1/workers/spawn", SpawnAnswer, json=body, timeout_s=SPAWN_TIMEOUT_S

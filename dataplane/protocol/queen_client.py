@@ -22,13 +22,15 @@ class QueenClient(ApiClient):
         return await self._answer("GET", "/v1/cluster", ClusterReport, timeout_s=timeout_s)
 
     async def stream(
-        self, model: str, prompt: str, **params: Any
+        self, model: str, prompt: str | None, **params: Any
     ) -> AsyncGenerator[QueenInferenceEvent, None]:
         """The request's timeline (queued, spawning, loading, routed), then its worker's
-        events (started, token…, done or error). A full queue is a RemoteError before any
-        event (503 ALL_SLOTS_BUSY, its `retry_after`); an event of a type this version does
-        not know is skipped."""
-        body = {"model": model, "prompt": prompt, "stream": True, **params}
+        events (started, token…, done or error); a None prompt for chat `messages` in
+        `params`. A full queue is a RemoteError before any event (503 ALL_SLOTS_BUSY, its
+        `retry_after`); an event of a type this version does not know is skipped."""
+        body = {"model": model, "stream": True, **params}
+        if prompt is not None:
+            body["prompt"] = prompt
         events = self._events(
             "POST", "/v1/inference", QUEEN_INFERENCE_EVENT, skip_unknown=True, json=body
         )

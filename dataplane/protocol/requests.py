@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 MAX_TOKENS_LIMIT = 8192  # DESIGN §4: max_tokens 1–8192
 DEFAULT_MAX_TOKENS = 256  # native API default when the client gives none
@@ -31,9 +38,22 @@ StopList = Annotated[
 class InferenceRequest(BaseModel):
     """POST /v1/inference (the native API): strict, unknown fields are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        # The schema says what the validator below holds: exactly one of the two, not null.
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+            ]
+        },
+    )
 
-    prompt: Annotated[str, Field(min_length=1)]
+    # One of the two: a prompt as it is, or chat messages the worker renders with its chat
+    # template, as POST /v1/chat/completions does (`rbee infer --chat`).
+    prompt: Annotated[str, Field(min_length=1)] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS
     temperature: Temperature = 0.8
     top_p: TopP = 1.0
@@ -42,6 +62,17 @@ class InferenceRequest(BaseModel):
     stop: StopList = []
     stream: bool = True
     request_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")] | None = None
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> InferenceRequest:
+        if (self.prompt is None) == (self.messages is None):
+            # Raised as the field's own error, so that the answer names "prompt".
+            error = PydanticCustomError(
+                "prompt_or_messages", 'give either "prompt" or "messages" (chat), not both'
+            )
+            details = InitErrorDetails(type=error, loc=("prompt",), input=self.prompt)
+            raise ValidationError.from_exception_data(type(self).__name__, [details])
+        return self
 
 
 class QueenInferenceRequest(InferenceRequest):

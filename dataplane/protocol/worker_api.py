@@ -24,6 +24,9 @@ class WorkerHealth(Message):
     idle_s: float  # how long no request has been in flight (0 while one is)
     last_tokens_per_s: float | None  # decode speed of the latest finished request
     version: str
+    # Which template chat requests get: "model", "gemma (fallback)", "chatml (override)";
+    # None while loading (and from older workers).
+    chat_template: str | None = None
 
 
 class InferenceAnswer(Message):

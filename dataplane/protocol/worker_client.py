@@ -60,11 +60,14 @@ class WorkerClient(ApiClient):
                 ErrorCode.LOADING_TIMEOUT, f"the model did not load within {timeout_s:.0f} s"
             ) from None
 
-    async def stream(self, prompt: str, **params: Any) -> AsyncGenerator[InferenceEvent, None]:
-        """The inference SSE events (started, token…, done or error) of one request. An event
-        of a type this version does not know (a newer peer's) is skipped, as an unknown field
-        is; a known one that does not read is InvalidResponse."""
-        body = {"prompt": prompt, "stream": True, **params}
+    async def stream(
+        self, prompt: str | None, **params: Any
+    ) -> AsyncGenerator[InferenceEvent, None]:
+        """The inference SSE events (started, token…, done or error) of one request; a None
+        prompt for chat `messages` in `params`. An event of a type this version does not know
+        (a newer peer's) is skipped, as an unknown field is; a known one that does not read is
+        InvalidResponse."""
+        body = {"stream": True, **params} | ({} if prompt is None else {"prompt": prompt})
         events = self._events(
             "POST", "/v1/inference", INFERENCE_EVENT, skip_unknown=True, json=body
         )

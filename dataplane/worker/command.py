@@ -17,6 +17,7 @@ from hypercorn.asyncio import serve
 
 from rbee.dataplane.plumbing.gguf_file import ModelFileError, ModelInfo, check_model_ref
 from rbee.dataplane.plumbing.http import bind, server_config
+from rbee.dataplane.protocol.chat_templates import CHAT_TEMPLATE_NAMES
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 from rbee.dataplane.protocol.wire import VERSION
 
@@ -106,6 +107,13 @@ log = logging.getLogger("rbee.worker")
     help="On shutdown, how long in-flight streams may finish before they are canceled.",
 )
 @click.option(
+    "--chat-template",
+    type=click.Choice(CHAT_TEMPLATE_NAMES),
+    default=None,
+    help="A built-in chat template to use instead of the model's own. Without it: the "
+    "model's template, else gemma for Gemma models and chatml for the others.",
+)
+@click.option(
     "--api-key-stdin",
     is_flag=True,
     help=f"Read the API key from the first line of stdin instead of {API_KEY_ENV}.",
@@ -138,6 +146,7 @@ def main(
     device: int,
     extra_bufts: bool,
     drain_timeout_s: float,
+    chat_template: str | None,
     api_key_stdin: bool,
     hive_pid: int | None,
     log_level: str,
@@ -177,6 +186,7 @@ def main(
         device=device,
         extra_bufts=extra_bufts,
         drain_timeout_s=drain_timeout_s,
+        chat_template=chat_template,
     )
     if not settings.is_loopback and not api_key:
         raise click.UsageError(

@@ -32,6 +32,7 @@ from rbee.dataplane.protocol.worker_api import (
 )
 
 from . import openai_api
+from .chat import chat_prompt
 from .engine import DoneEvent, ErrorEvent, Event, SamplingParams, TokenEvent
 from .service import Worker
 from .streaming import collect, sse_response, ttft_header
@@ -62,14 +63,19 @@ def create_app(worker: Worker) -> Starlette:
     async def inference(request: Request) -> Response:
         body = await read_body(request, InferenceRequest)
         started = time.monotonic()
-        tokens = await worker.prepare_prompt(body.prompt)
+        stops: tuple[str, ...] = ()
+        if body.messages is not None:
+            chat = await chat_prompt(worker, body.messages)
+            tokens, stops = chat.tokens, chat.stops
+        else:
+            tokens = await worker.prepare_prompt(body.prompt or "")
         params = SamplingParams(
             max_tokens=body.max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
             top_k=body.top_k,
             seed=body.seed,
-            stop=tuple(body.stop),
+            stop=(*body.stop, *stops),
         )
         gen = worker.begin(tokens, params, body.request_id)
         headers = {"X-Request-Id": gen.request_id}

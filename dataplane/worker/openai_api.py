@@ -18,7 +18,7 @@ from rbee.dataplane.protocol.events import StopReason
 from rbee.dataplane.protocol.requests import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from rbee.dataplane.protocol.wire import ApiError, ErrorCode
 
-from .chat import ChatTemplateError, render_chat
+from .chat import chat_prompt, serving_template
 from .engine import DoneEvent, ErrorEvent, Event, Generation, SamplingParams, TokenEvent
 from .service import Worker
 from .streaming import collect, sse_response, ttft_header
@@ -29,7 +29,6 @@ from .structured import (
     TemplateCalls,
     auto_tools,
     constraint_for,
-    template_messages,
 )
 
 FINISH_REASON = {
@@ -49,7 +48,14 @@ def routes(worker: Worker) -> list[Route]:
             {
                 "object": "list",
                 "data": [
-                    {"id": model_id, "object": "model", "created": created, "owned_by": "rbee"},
+                    {
+                        "id": model_id,
+                        "object": "model",
+                        "created": created,
+                        "owned_by": "rbee",
+                        # which template chat requests get (None until the model loaded)
+                        "chat_template": worker.chat_template_in_use,
+                    },
                 ],
             }
         )
@@ -65,36 +71,18 @@ def routes(worker: Worker) -> list[Route]:
     async def chat_completions(request: Request) -> Response:
         body = await read_body(request, ChatCompletionRequest)
         _check_model(worker, body.model)
-        engine = worker.serving_engine()
-        template = engine.chat_template
-        if not template:
-            raise ApiError(
-                ErrorCode.INVALID_REQUEST,
-                f"messages: the model {model_id} has no chat template (it is a base model); "
-                "send a plain prompt to POST /v1/completions instead",
-                details={"field": "messages", "use": "/v1/completions"},
-            )
         constraint = constraint_for(body)
-        tools = auto_tools(body, template)
-        messages = template_messages(body.messages, template)
-        bos, eos = engine.bos_text, engine.eos_text
-        try:
-            prompt = render_chat(template, messages, bos_token=bos, eos_token=eos, tools=tools)
-        except ChatTemplateError as exc:
-            raise ApiError(
-                ErrorCode.INVALID_REQUEST, f"messages: {exc}", details={"field": "messages"}
-            ) from None
-        # A template that writes the BOS token itself must not get a second one.
-        add_special = not (bos and prompt.startswith(bos))
-        tokens = await worker.prepare_prompt(prompt, add_special=add_special)
-        gen = worker.begin(tokens, _params(body, body.token_limit(None), constraint), None)
+        tools = auto_tools(body, serving_template(worker).source)
+        prompt = await chat_prompt(worker, body.messages, tools=tools)
+        params = _params(body, body.token_limit(None), constraint, extra_stops=prompt.stops)
+        gen = worker.begin(prompt.tokens, params, None)
         calls: CallReader | None = None
         if constraint is not None and constraint.tool_call:
             calls = ForcedCall()
         elif tools:
             names = [t.function.name for t in body.tools or []]
             calls = TemplateCalls(names, parallel=body.parallel_tool_calls is not False)
-        return await _answer(request, gen, body.stream, len(tokens), chat=True, calls=calls)
+        return await _answer(request, gen, body.stream, len(prompt.tokens), chat=True, calls=calls)
 
     async def _answer(
         request: Request,
@@ -208,7 +196,11 @@ async def _prompt_tokens(worker: Worker, prompt: str | list[int]) -> list[int]:
 
 
 def _params(
-    body: OpenAIRequest, max_tokens: int | None, constraint: Constraint | None
+    body: OpenAIRequest,
+    max_tokens: int | None,
+    constraint: Constraint | None,
+    *,
+    extra_stops: tuple[str, ...] = (),
 ) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
@@ -216,6 +208,6 @@ def _params(
         top_p=body.top_p,
         top_k=body.top_k,
         seed=body.seed,
-        stop=tuple(body.stop or ()),
+        stop=(*(body.stop or ()), *extra_stops),
         grammar=constraint.grammar if constraint else None,
     )

@@ -30,6 +30,7 @@ from rbee.dataplane.protocol.worker_api import (
     WorkerReadiness,
 )
 
+from .chat import ChatTemplate, choose_template
 from .engine import DoneEvent, Engine, ErrorEvent, Generation, LoadProgress, SamplingParams
 from .lifecycle import Lifecycle
 from .metrics import WorkerMetrics
@@ -48,6 +49,7 @@ class Worker:
         self.settings = settings
         self._engine_factory = engine_factory
         self.engine: Engine | None = None  # exists once the model file has been found
+        self.chat_template: ChatTemplate | None = None  # chosen once the model has loaded
         self.lifecycle = Lifecycle()
         self.metrics = WorkerMetrics(settings.slots)
         self.url = ""  # set once the server is bound
@@ -84,6 +86,9 @@ class Worker:
             self.engine = self._engine_factory(path, info, on_progress)
             self.engine.start()
             await self.engine.wait_loaded()
+            self.chat_template = choose_template(
+                self.engine.chat_template, info.architecture, self.settings.chat_template
+            )
         except Exception as exc:
             self.load_error = str(exc)
             log.error("model failed to load: %s", exc)
@@ -92,8 +97,12 @@ class Worker:
         else:
             if self.lifecycle.can(WorkerState.IDLE):
                 self.lifecycle.to(WorkerState.IDLE)
-                settings = self.settings
-                log.info("model ready: %s (%d slots)", settings.served_model, settings.slots)
+                log.info(
+                    "model ready: %s (%d slots, chat template: %s)",
+                    self.settings.served_model,
+                    self.settings.slots,
+                    self.chat_template_in_use,
+                )
         async with self._progress_changed:
             self._progress_changed.notify_all()
         if self.lifecycle.state in (WorkerState.IDLE, WorkerState.FAILED):
@@ -153,7 +162,13 @@ class Worker:
             idle_s=self.idle_seconds(),
             last_tokens_per_s=self.last_tokens_per_s,
             version=VERSION,
+            chat_template=self.chat_template_in_use,
         )
+
+    @property
+    def chat_template_in_use(self) -> str | None:
+        """Which template chat requests get ("gemma (fallback)"…); None until loaded."""
+        return self.chat_template.in_use if self.chat_template else None
 
     def idle_seconds(self) -> float:
         """How long no request has been in flight (0 while one is): the hive's idle timer."""

@@ -36,6 +36,7 @@ class WorkerSettings:
     drain_timeout_s: float = 30.0  # graceful shutdown waits this long for in-flight streams
     sse_ping_s: float = SSE_KEEPALIVE_S  # keep-alive comments on quiet streams (long prefill)
     callback_attempts: int = 5
+    chat_template: str | None = None  # a built-in's name: overrides the model's own template
 
     @property
     def is_loopback(self) -> bool:

@@ -13,7 +13,7 @@ import copy
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -258,14 +258,16 @@ def _subschemas(node: Any, path: str) -> Iterator[tuple[str, Any]]:
             yield from _subschemas(value, f"{dot}{key}")
 
 
-def template_messages(messages: list[ChatMessage], template: str) -> list[dict[str, Any]]:
+def template_messages(messages: Sequence[ChatMessage], template: str) -> list[dict[str, Any]]:
     """The chat as the template reads it. A template that knows tool calls gets them as
     Hugging Face templates expect (arguments as an object); for one that does not, an
     assistant's calls become its text, the JSON this worker made the model write."""
     knows_calls = "tool_calls" in template
     out: list[dict[str, Any]] = []
     for m in messages:
-        message: dict[str, Any] = {"role": m.role, "content": m.text()}
+        # "developer" is OpenAI's newer name for "system"; templates know only the older one.
+        role = "system" if m.role == "developer" else m.role
+        message: dict[str, Any] = {"role": role, "content": m.text()}
         if m.tool_call_id is not None:
             message["tool_call_id"] = m.tool_call_id
         if m.tool_calls:

@@ -211,6 +211,23 @@ def test_spawn_validates_fields(hive: HiveProcess, tiny_model: Path) -> None:
             assert r.status_code == 400 and r.json()["error"]["details"]["field"] == field
 
 
+def test_spawn_passes_a_chat_template_to_its_worker(hive: HiveProcess, tiny_model: Path) -> None:
+    worker = spawn(hive, tiny_model, chat_template="llama3")
+    wait_ready(worker)
+    health = httpx.get(f"{worker['url']}/health").json()
+    assert health["chat_template"] == "llama3 (override)"
+    with hive.client() as client:
+        assert client.post(f"/v1/workers/{worker['worker_id']}/shutdown").status_code == 200
+        r = client.post(
+            "/v1/workers/spawn",
+            json={"model_ref": f"file:{tiny_model}", "chat_template": "vicuna"},
+        )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["details"]["field"] == "chat_template"
+    assert "'chatml', 'gemma' or 'llama3'" in error["message"]
+
+
 def test_unavailable_backend_is_named(hive: HiveProcess, tiny_model: Path) -> None:
     with hive.client() as client:
         r = client.post(

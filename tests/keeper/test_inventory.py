@@ -512,6 +512,16 @@ def test_models_by_name_with_their_defaults() -> None:
     assert inventory.model("qwen:0.5b") is inventory.models["qwen:0.5b"]
 
 
+def test_a_model_names_the_chat_template_of_its_workers() -> None:
+    inventory = load_inventory(
+        write('[models.chat]\nref = "file:/m/base.gguf"\nchat_template = "chatml"\n')
+    )
+    assert inventory.models["chat"].chat_template == "chatml"
+    # plain `rbee infer --model REF` starts its workers with the template of REF's model
+    assert inventory.model("file:/m/base.gguf").chat_template == "chatml"
+    assert inventory.model("file:/m/other.gguf").chat_template is None
+
+
 def test_a_model_reference_is_a_model_too() -> None:
     inventory = load_inventory(write(MODELS))
     assert inventory.model("file:/models/./x.gguf") == ModelSpec(
@@ -572,7 +582,7 @@ def test_invalid_model_names(name: str) -> None:
     )
 
 
-MODEL_KEYS = "ref, nodes, slots, max_workers_per_node"
+MODEL_KEYS = "ref, nodes, slots, max_workers_per_node, chat_template"
 NODES = '[nodes.local]\nssh = false\n[nodes.mac]\nhost = "m"\n'  # lines 1–4
 
 
@@ -647,6 +657,18 @@ NODES = '[nodes.local]\nssh = false\n[nodes.mac]\nhost = "m"\n'  # lines 1–4
             '[models.gemma]\nref = "pkg:gemma3-270m"\nmax_workers_per_node = 1.5\n',
             'inventory.toml:3: model "gemma": "max_workers_per_node" must be an integer 1–16, '
             "got 1.5",
+        ),
+        (
+            '[models.gemma]\nref = "pkg:gemma3-270m"\nchat_template = "vicuna"\n',
+            'inventory.toml:3: model "gemma": "chat_template" must be one of "chatml", '
+            '"gemma", "llama3", got "vicuna"',
+        ),
+        (
+            '[models.gemma]\nref = "pkg:gemma3-270m"\n[models.chat]\nref = "pkg:gemma3-270m"\n'
+            'chat_template = "chatml"\n',
+            'inventory.toml:5: model "chat": serves the same file as model "gemma" with another '
+            "chat_template (chatml and none): workers of one file serve both, so give them the "
+            "same one",
         ),
         (
             'models = ["pkg:gemma3-270m"]\n',

@@ -79,21 +79,6 @@ def test_sdk_sees_validation_errors(shared_worker: WorkerProcess) -> None:
     assert "max_tokens" in str(info.value)
 
 
-def test_chat_on_a_model_without_template_points_to_completions(
-    spawn_worker, tiny_model_no_template: Path
-) -> None:
-    worker = spawn_worker(tiny_model_no_template)
-    r = httpx.post(
-        f"{worker.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
-    )
-    assert r.status_code == 400
-    error = r.json()["error"]
-    assert error["code"] == "INVALID_REQUEST"
-    assert "/v1/completions" in error["message"]
-    ok = httpx.post(f"{worker.url}/v1/completions", json={"prompt": "hi", "max_tokens": 3})
-    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
-
-
 def test_chat_rejects_bad_messages(shared_worker: WorkerProcess) -> None:
     r = httpx.post(
         f"{shared_worker.url}/v1/chat/completions",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -302,12 +301,10 @@ def test_constrained_and_free_requests_in_one_batch_each_get_what_they_would_alo
         loop = asyncio.get_running_loop()
         tokens = await engine.tokenize("hello", add_special=True)
         gens = [Generation(f"r{i}", tokens, p, loop) for i, p in enumerate(params)]
-        # Hold the engine thread so that every request joins the same first step.
-        hold = asyncio.ensure_future(engine._call(lambda: time.sleep(0.2)))  # noqa: SLF001
-        await asyncio.sleep(0.05)
+        # Submitted without a pause, every request joins the same first step: the engine
+        # thread, woken by the first, waits for the GIL that this thread holds until the last.
         for gen in gens:
             engine.submit(gen)
-        await hold
         texts = []
         for gen in gens:
             texts.append("".join([e.text async for e in gen if isinstance(e, TokenEvent)]))
