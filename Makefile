@@ -12,7 +12,7 @@ include control/keeper/llama_build.env
 LLAMA_BUILD_ENV := CMAKE_ARGS="$(CMAKE_ARGS)" CFLAGS="$(CFLAGS)" CXXFLAGS="$(CXXFLAGS)"
 endif
 
-.PHONY: run test check install bench bench-compare bench-queen clean
+.PHONY: run test check install bench bench-compare bench-queen bench-repetition clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: $(STAMP)
 # real hives, workers and queen in a temporary RBEE_HOME, all stopped on the way out.
 bench-queen: $(STAMP)
 	$(BIN)/python bench/queen.py
+
+# How much the bundled model repeats itself under each repetition setting (issue 14): the
+# table behind the native API's repeat_penalty default, docs/performance.md "Repetition".
+bench-repetition: $(STAMP)
+	$(BIN)/python bench/repetition.py
 
 # rbee-worker vs llama_cpp.server vs in-process llama-cpp-python. llama_cpp.server's deps
 # (llama-cpp-python[server]) and matplotlib (the chart) live only in bench/.venv, never in the

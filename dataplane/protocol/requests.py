@@ -10,6 +10,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -23,6 +25,15 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 TopK = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
+# OpenAI's presence and frequency penalties; llama.cpp's repetition penalty (1.0: off) and how
+# many of the latest tokens, prompt included, it looks at.
+Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+RepeatPenalty = Annotated[float, Field(ge=0.1, le=2.0)]
+RepeatLastN = Annotated[int, Field(ge=0, le=MAX_TOKENS_LIMIT)]
+# The native API's (and so `rbee infer`'s) repetition defaults: the bundled model loops
+# without them (docs/performance.md, "Repetition", has the measurements behind the choice).
+DEFAULT_REPEAT_PENALTY = 1.1
+DEFAULT_REPEAT_LAST_N = 256
 
 
 def _as_list(value: Any) -> Any:
@@ -60,6 +71,10 @@ class InferenceRequest(BaseModel):
     top_k: TopK = 0
     seed: Seed | None = None
     stop: StopList = []
+    repeat_penalty: RepeatPenalty = DEFAULT_REPEAT_PENALTY
+    repeat_last_n: RepeatLastN = DEFAULT_REPEAT_LAST_N
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
     stream: bool = True
     request_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")] | None = None
 
@@ -163,11 +178,26 @@ class ToolCall(BaseModel):
     function: FunctionCall
 
 
-class OpenAIRequest(BaseModel):
-    """Fields shared by the OpenAI-compatible endpoints. Unknown fields are ignored, as
-    OpenAI SDKs send options this server has no use for."""
+# logit_bias: token ids (as strings, JSON keys) to a bias added to their logits.
+LogitBias = dict[
+    Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100.0, le=100.0)]
+]
 
-    model_config = ConfigDict(extra="ignore")
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+    # OpenAI pads chunks against a side channel of its own network; ignored by design.
+    include_obfuscation: bool | None = None
+
+
+class OpenAIRequest(BaseModel):
+    """Fields shared by the OpenAI-compatible endpoints. Every OpenAI field either works, is
+    ignored by design (metadata) or is refused naming it, and so is an unknown field, as
+    OpenAI's own API does (docs/openai.md has the table)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(
         None, description="the model's id (GET /v1/models) or its file; any other is a 404"
@@ -180,11 +210,43 @@ class OpenAIRequest(BaseModel):
     seed: Seed | None = None
     stop: StopList | None = None
     stream: bool = False
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1)] = 1
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    # llama.cpp's repetition penalty, an extension (as llama.cpp's server and Ollama take
+    # it); off by default here, as OpenAI's own defaults have no penalty.
+    repeat_penalty: RepeatPenalty = 1.0
+    repeat_last_n: RepeatLastN = DEFAULT_REPEAT_LAST_N
+    logit_bias: LogitBias | None = None
+    user: str | None = None  # the caller's end-user id, for OpenAI's abuse monitoring: metadata
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n > 1:
+            raise ValueError("one choice per request is supported; send the request n times")
+        return n
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(
+        cls, options: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        if options is not None and not info.data.get("stream"):
+            raise ValueError("only allowed with stream: true")
+        return options
+
     response_format: ResponseFormat | None = None
 
     def token_limit(self, default: int | None) -> int | None:
         return self.max_completion_tokens or self.max_tokens or default
+
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items())
 
 
 class RoutedRequest(BaseModel):
@@ -237,9 +299,39 @@ class CompletionRequest(OpenAIRequest):
         ),
         Field(description="one prompt: text or token ids, alone or as a list's one item"),
     ]
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = None  # OpenAI's limit
+    echo: bool = False  # before the answer, the prompt as sent
+    best_of: Annotated[int, Field(ge=1)] | None = None
+    suffix: str | None = None
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_candidate(cls, best_of: int | None) -> int | None:
+        if best_of is not None and best_of > 1:
+            raise ValueError("one candidate per request is supported (best_of 1)")
+        return best_of
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, suffix: str | None) -> str | None:
+        if suffix:
+            raise ValueError("text after the insertion (fill in the middle) is not supported")
+        return suffix
+
+    @field_validator("echo")
+    @classmethod
+    def _echo_without_logprobs(cls, echo: bool, info: ValidationInfo) -> bool:
+        if echo and info.data.get("logprobs") is not None:
+            raise ValueError("with logprobs (scoring the prompt's tokens) is not supported")
+        if echo and not isinstance(info.data.get("prompt", ""), str):
+            raise ValueError("with a prompt of token ids is not supported; send it as text")
+        return echo
 
     def limit(self) -> int:
         return self.token_limit(OPENAI_DEFAULT_MAX_TOKENS) or OPENAI_DEFAULT_MAX_TOKENS
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
 
 class ContentPart(BaseModel):
@@ -261,6 +353,15 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+# Chat fields refused when set, and why (docs/openai.md).
+UNSUPPORTED_CHAT_FIELDS = {
+    "audio": "audio output is not supported (text models only)",
+    "reasoning_effort": "for reasoning models; this server runs no reasoning model",
+    "verbosity": "for reasoning models; this server runs no reasoning model",
+    "web_search_options": "web search is not supported",
+}
+
+
 class ChatCompletionRequest(OpenAIRequest):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     tools: Annotated[list[Tool], Field(max_length=128)] | None = None
@@ -269,3 +370,37 @@ class ChatCompletionRequest(OpenAIRequest):
     # OpenAI's deprecated forms of tools and tool_choice: refused with a pointer to those.
     functions: list[Any] | None = None
     function_call: Any = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    modalities: list[Literal["text"]] | None = None
+    # Ignored by design: metadata of the request, and options of OpenAI's platform (storage,
+    # tiers, its prompt cache) that do not change the answer; `prediction` only speeds up an
+    # answer OpenAI would give anyway.
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    prediction: dict[str, Any] | None = None
+    # Refused when set: UNSUPPORTED_CHAT_FIELDS says why.
+    audio: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+
+    @field_validator(*UNSUPPORTED_CHAT_FIELDS)
+    @classmethod
+    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None:
+            raise ValueError(f"not supported: {UNSUPPORTED_CHAT_FIELDS[info.field_name or '']}")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_need_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top is not None and not info.data.get("logprobs"):
+            raise ValueError("only allowed with logprobs: true")
+        return top
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None

@@ -16,6 +16,8 @@ from typing import Protocol
 from rbee.dataplane.protocol.events import StopReason
 from rbee.dataplane.protocol.wire import ErrorCode
 
+from .logprobs import TokenLogprob
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -26,11 +28,22 @@ class SamplingParams:
     seed: int | None = None  # None: a random seed
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # GBNF the answer must follow (structured.py)
+    # llama.cpp's repetition penalty over the last `repeat_last_n` tokens, prompt included
+    # (1.0: off); OpenAI's presence and frequency penalties over the tokens generated (0: off).
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    logprobs: int | None = None  # None: none; k: each token's log-probability and k runners-up
 
 
 @dataclass(frozen=True)
 class TokenEvent:
     text: str
+    # When the request asked for them: the log-probabilities of the tokens whose text `text`
+    # completes (their texts concatenate to the stream's text).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,10 @@ def create_app(worker: Worker) -> Starlette:
             top_k=body.top_k,
             seed=body.seed,
             stop=(*body.stop, *stops),
+            repeat_penalty=body.repeat_penalty,
+            repeat_last_n=body.repeat_last_n,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
         )
         gen = worker.begin(tokens, params, body.request_id)
         headers = {"X-Request-Id": gen.request_id}

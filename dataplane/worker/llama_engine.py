@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
+import numpy as np
 
 from rbee.dataplane.protocol.events import StopReason
 from rbee.dataplane.protocol.wire import ApiError, ErrorCode
@@ -40,6 +41,7 @@ from .engine import (
     TokenEvent,
 )
 from .grammar_sampler import GrammarError, GrammarSampler
+from .logprobs import LogprobAligner, TokenLogprob, TopLogprob, log_softmax_top
 from .stops import StopBuffer
 from .threadpool import QuietThreadpool
 
@@ -48,6 +50,11 @@ llama_log = logging.getLogger("rbee.llama")
 # A llama.cpp abort (GGML_ASSERT) then ends the worker's log with its own message, which the
 # hive and keeper show, instead of a gdb backtrace that also holds the dying process 2 s or more.
 os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+
+
+# The most generated tokens OpenAI's penalties look back over when a request sets no
+# max_tokens (the penalties sampler keeps a ring buffer of that many tokens).
+MAX_PENALTY_WINDOW = 8192
 
 
 class LoadError(RuntimeError):
@@ -71,6 +78,7 @@ class _Sequence:
     )
     stops: StopBuffer = field(default_factory=lambda: StopBuffer(()))
     grammar: GrammarSampler | None = None
+    logprobs: LogprobAligner | None = None  # when the request asked for them
 
 
 class LlamaEngine:
@@ -319,10 +327,11 @@ class LlamaEngine:
             seq = _Sequence(
                 gen=gen,
                 seq_id=seq_id,
-                sampler=_make_sampler(gen.params),
+                sampler=_make_sampler(gen.params, self.n_vocab, gen.prompt_tokens),
                 pending=deque(gen.prompt_tokens),
                 stops=StopBuffer(gen.params.stop),
                 grammar=grammar,
+                logprobs=LogprobAligner() if gen.params.logprobs is not None else None,
             )
             self._running.append(seq)
 
@@ -395,9 +404,11 @@ class LlamaEngine:
             return
         seq.n_generated += 1
         seq.last_token = token
-        text = seq.stops.feed(seq.utf8.decode(self._piece_bytes(token)))
-        if text:
-            seq.gen.post(TokenEvent(text))
+        piece = self._piece_bytes(token)
+        decoded = seq.utf8.decode(piece)
+        if seq.logprobs is not None:
+            seq.logprobs.add(self._score(seq, token, piece, decoded))
+        self._emit(seq, seq.stops.feed(decoded))
         if seq.stops.stopped:
             self._finish(seq, StopReason.STOP)
         elif seq.gen.params.max_tokens is not None and seq.n_generated >= seq.gen.params.max_tokens:
@@ -423,10 +434,32 @@ class LlamaEngine:
             seq.gen.post(ErrorEvent(*error))
             return
         if reason is not StopReason.CANCELED:
-            tail = seq.stops.feed(seq.utf8.decode(b"", final=True)) + seq.stops.flush()
-            if tail:
-                seq.gen.post(TokenEvent(tail))
+            final = seq.utf8.decode(b"", final=True)
+            if seq.logprobs is not None:
+                seq.logprobs.append_text(final)
+            self._emit(seq, seq.stops.feed(final) + seq.stops.flush())
         seq.gen.post(DoneEvent(reason, seq.n_generated))
+
+    def _emit(self, seq: _Sequence, text: str) -> None:
+        """Posts the text the stop strings let through, with its tokens' logprobs."""
+        entries: tuple[TokenLogprob, ...] = ()
+        if seq.logprobs is not None:
+            entries = seq.logprobs.release(len(text))
+            if seq.stops.stopped:
+                entries += seq.logprobs.cut()
+        if text or entries:
+            seq.gen.post(TokenEvent(text, entries))
+
+    def _score(self, seq: _Sequence, token: int, piece: bytes, text: str) -> TokenLogprob:
+        """The sampled token's log-probability and the runners-up it asked for."""
+        pointer = llama_cpp.llama_get_logits_ith(self._ctx, seq.batch_index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        logprob, best = log_softmax_top(logits, token, seq.gen.params.logprobs or 0)
+        top = []
+        for alt, alt_logprob in best:
+            alt_piece = self._piece_bytes(alt)
+            top.append(TopLogprob(alt_piece.decode("utf-8", "replace"), alt_piece, alt_logprob))
+        return TokenLogprob(text, piece, logprob, tuple(top))
 
     # ----------------------------------------------------------------- text helpers
 
@@ -464,8 +497,11 @@ class LlamaEngine:
         return self._piece_bytes(token, special).decode("utf-8", "replace")
 
 
-def _make_sampler(params: SamplingParams) -> Any:
+def _make_sampler(params: SamplingParams, n_vocab: int, prompt: list[int]) -> Any:
+    """One request's own sampler chain: the logit shaping it asked for, then its sampling."""
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    for sampler in _shaping_samplers(params, n_vocab, prompt):
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
     if params.temperature <= 0:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         return chain
@@ -479,6 +515,39 @@ def _make_sampler(params: SamplingParams) -> Any:
     seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
     llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
     return chain
+
+
+def _shaping_samplers(params: SamplingParams, n_vocab: int, prompt: list[int]) -> list[Any]:
+    """Logit bias, then penalties, as llama.cpp's own chain orders them (llama_sampler_sample
+    feeds each sampled token back to every sampler of the chain)."""
+    samplers = []
+    if params.logit_bias:
+        biases = (llama_cpp.llama_logit_bias * len(params.logit_bias))(
+            *(llama_cpp.llama_logit_bias(token, bias) for token, bias in params.logit_bias)
+        )
+        samplers.append(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
+    if params.repeat_penalty != 1.0 and params.repeat_last_n > 0:
+        # llama.cpp's and Ollama's repetition penalty sees the prompt's tail too: a story
+        # that repeats its opening line is as much a loop as one that repeats itself.
+        repeat = llama_cpp.llama_sampler_init_penalties(
+            n_vocab, params.repeat_last_n, params.repeat_penalty, 0.0, 0.0
+        )
+        for token in prompt[-params.repeat_last_n :]:
+            llama_cpp.llama_sampler_accept(repeat, token)
+        samplers.append(repeat)
+    if params.presence_penalty or params.frequency_penalty:
+        # OpenAI's penalties count the tokens sampled so far in this answer, every one of them.
+        window = params.max_tokens or MAX_PENALTY_WINDOW
+        samplers.append(
+            llama_cpp.llama_sampler_init_penalties(
+                n_vocab,
+                min(window, MAX_PENALTY_WINDOW),
+                1.0,
+                params.frequency_penalty,
+                params.presence_penalty,
+            )
+        )
+    return samplers
 
 
 # ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line. llama.cpp is

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from rbee.dataplane.protocol.wire import SSE_DONE
 
 from .engine import DoneEvent, ErrorEvent, Event, Generation, TokenEvent
+from .logprobs import TokenLogprob
 
 
 def sse_response(
@@ -49,6 +50,7 @@ def sse_response(
 class Collected:
     text: str
     terminal: DoneEvent | ErrorEvent
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 def ttft_header(gen: Generation) -> dict[str, str]:
@@ -63,14 +65,16 @@ async def collect(request: Request, gen: Generation) -> Collected:
     """Waits for the whole answer (stream: false); a client that disconnects cancels it."""
     watcher = asyncio.create_task(_cancel_on_disconnect(request, gen))
     parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
     try:
         async for event in gen:
             if isinstance(event, TokenEvent):
                 parts.append(event.text)
+                logprobs.extend(event.logprobs)
     finally:
         watcher.cancel()
     assert gen.terminal is not None
-    return Collected("".join(parts), gen.terminal)
+    return Collected("".join(parts), gen.terminal, tuple(logprobs))
 
 
 async def _cancel_on_disconnect(request: Request, gen: Generation) -> None:

@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import LONG_CTX, WorkerProcess, events_of, sse_data, start_long_stream
 
+from rbee.dataplane.protocol.requests import DEFAULT_REPEAT_LAST_N, DEFAULT_REPEAT_PENALTY
+
 KEY = "test-key-0123456789"
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,26 @@ def test_seed_reproduces_a_sampled_answer(shared_worker: WorkerProcess) -> None:
         c = client.post("/v1/inference", json={**body, "seed": 99}).json()["text"]
     assert a == b
     assert a != c
+
+
+def test_repetition_penalty_is_on_by_default_and_a_request_overrides_it(
+    shared_worker: WorkerProcess,
+) -> None:
+    def text(**body: object) -> str:
+        with shared_worker.client() as client:
+            r = client.post(
+                "/v1/inference",
+                json={"prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}
+                | {"stream": False, **body},
+            )
+        assert r.status_code == 200, r.text
+        return str(r.json()["text"])
+
+    default = text()
+    assert default == text(
+        repeat_penalty=DEFAULT_REPEAT_PENALTY, repeat_last_n=DEFAULT_REPEAT_LAST_N
+    )
+    assert default != text(repeat_penalty=1.0)
 
 
 def test_stop_string_ends_the_stream(shared_worker: WorkerProcess) -> None:
