@@ -14,6 +14,7 @@ from support.tinymodel import _vocab
 
 PROMPT = "Once upon a time"
 CHAT = [{"role": "user", "content": "Tell me a story"}]
+TOOL = {"type": "function", "function": {"name": "story", "parameters": {"type": "object"}}}
 
 
 def sdk(worker: WorkerProcess) -> openai.OpenAI:
@@ -260,6 +261,14 @@ def test_echo_puts_the_prompt_first(shared_worker: WorkerProcess) -> None:
     assert "".join(c.choices[0].text for c in chunks) == PROMPT + plain
 
 
+def test_echo_of_token_ids_is_refused(shared_worker: WorkerProcess) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(shared_worker).completions.create(
+            model=shared_worker.model_id, prompt=[5, 6, 7], max_tokens=2, echo=True
+        )
+    assert "echo" in info.value.message
+
+
 # ----------------------------------------------------------------- said out loud
 
 
@@ -298,6 +307,7 @@ def test_completions_say_no_naming_the_field(
         ("audio", {"audio": {"voice": "alloy", "format": "wav"}}),
         ("modalities", {"modalities": ["text", "audio"]}),
         ("reasoning_effort", {"reasoning_effort": "low"}),
+        ("logprobs", {"logprobs": True, "tools": [TOOL], "tool_choice": "required"}),
         ("n", {"n": 3}),
     ],
 )
