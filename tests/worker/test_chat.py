@@ -94,7 +94,7 @@ def test_a_model_without_template_chats_through_chatml(spawn_worker, ending_mode
     worker = spawn_worker(ending_model)
     assert template_of(worker) == ("chatml (fallback)", "chatml (fallback)")
     answer = sdk(worker).chat.completions.create(
-        model="x",
+        model=worker.model_id,
         messages=[{"role": "user", "content": "hello"}],
         max_tokens=2000,
         temperature=0,
