@@ -1,7 +1,7 @@
 """The queen's cost (issue 13): one warm worker straight and through `rbee queen`, the
 queen's memory, and eight streams over two nodes against one.
 
-    make bench-queen    # = .venv/bin/python bench/queen.py [--rounds 8] [--tokens 128]
+    make bench-queen    # = .venv/bin/python bench/queen.py [--pairs 60] [--rounds 16]
 
 Everything it measures runs as a real process, in a temporary RBEE_HOME that it deletes
 after: two hives (`rbee-hive daemon`; nodes `a` and `b`, both `ssh = false` on this machine,
@@ -427,11 +427,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pkg:gemma3-270m", help="a bundled model, pkg:NAME")
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens a stream")
-    parser.add_argument("--pairs", type=int, default=40, help="TTFT pairs of 1 stream")
-    parser.add_argument("--pairs-4", type=int, default=20, help="TTFT pairs of 4 streams")
+    parser.add_argument("--pairs", type=int, default=60, help="TTFT pairs of 1 stream")
+    parser.add_argument("--pairs-4", type=int, default=30, help="TTFT pairs of 4 streams")
     parser.add_argument("--pair-tokens", type=int, default=4, help="max_tokens in a pair")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds of 1 stream, each way")
-    parser.add_argument("--rounds-4", type=int, default=4, help="rounds of 4 streams, each way")
+    parser.add_argument("--rounds", type=int, default=16, help="rounds of 1 stream, each way")
+    parser.add_argument("--rounds-4", type=int, default=8, help="rounds of 4 streams, each way")
     parser.add_argument("--rounds-8", type=int, default=3, help="rounds of 8 streams, each way")
     parser.add_argument("--warmup-tokens", type=int, default=16, help="max_tokens to warm up")
     parser.add_argument(
