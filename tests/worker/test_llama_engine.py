@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from conftest import LONG_CTX, WorkerProcess, start_long_stream, start_worker
+from support.engine import running_engine, texts_together
 from support.tinymodel import write_tiny_gguf
 
-from rbee.dataplane.worker.engine import DoneEvent, Generation, SamplingParams, TokenEvent
-from rbee.dataplane.worker.llama_engine import LlamaEngine
+from rbee.dataplane.worker.engine import SamplingParams
 
 PROMPT = "Once upon a time"
 
@@ -152,88 +152,32 @@ def test_fifth_stream_on_four_slots_gets_503(four_slot_worker: WorkerProcess) ->
 
 def test_seeds_reproduce_within_the_same_batch(tiny_model: Path) -> None:
     """Four sampled requests decoded together, twice: each seed gives the same text."""
-
-    async def run_batch(engine: LlamaEngine, seeds: list[int]) -> list[str]:
-        loop = asyncio.get_running_loop()
-        tokens = await engine.tokenize(PROMPT, add_special=True)
-        gens = [
-            Generation(
-                f"r{seed}",
-                tokens,
-                SamplingParams(max_tokens=40, temperature=1.1, top_k=50, top_p=0.95, seed=seed),
-                loop,
-            )
-            for seed in seeds
-        ]
-        # Submitted without a pause, all four join the same first step: the engine thread,
-        # woken by the first, waits for the GIL that this thread holds until the last.
-        for gen in gens:
-            engine.submit(gen)
-        texts = []
-        for gen in gens:
-            parts = [e.text async for e in gen if isinstance(e, TokenEvent)]
-            assert isinstance(gen.terminal, DoneEvent) and gen.terminal.total_tokens == 40
-            texts.append("".join(parts))
-        return texts
+    params = [
+        SamplingParams(max_tokens=40, temperature=1.1, top_k=50, top_p=0.95, seed=seed)
+        for seed in (1, 2, 3, 4)
+    ]
 
     async def main() -> None:
-        engine = LlamaEngine(
-            str(tiny_model),
-            slots=4,
-            ctx_size=256,
-            threads=2,
-            batch_size=64,
-            extra_bufts=False,
-            backend="cpu",
-            device=0,
-            on_progress=lambda _p: None,
-            layers_total=2,
-            file_size=1,
-        )
-        engine.start()
-        await engine.wait_loaded()
-        try:
-            first = await run_batch(engine, [1, 2, 3, 4])
-            second = await run_batch(engine, [1, 2, 3, 4])
-        finally:
-            await engine.close()
+        async with running_engine(tiny_model, slots=4) as engine:
+            first = await texts_together(engine, PROMPT, params)
+            second = await texts_together(engine, PROMPT, params)
         assert first == second
-        assert len(set(first)) == 4  # different seeds, different samples
+        assert all(done.total_tokens == 40 for _text, done in first)
+        assert len({text for text, _done in first}) == 4  # different seeds, different samples
 
     asyncio.run(main())
 
 
 def greedy_text(model: Path, *, threads: int, extra_bufts: bool) -> str:
     async def main() -> str:
-        engine = LlamaEngine(
-            str(model),
-            slots=1,
-            ctx_size=256,
-            threads=threads,
-            batch_size=64,
-            extra_bufts=extra_bufts,
-            backend="cpu",
-            device=0,
-            on_progress=lambda _p: None,
-            layers_total=2,
-            file_size=1,
-        )
-        engine.start()
-        await engine.wait_loaded()
-        try:
-            tokens = await engine.tokenize(PROMPT, add_special=True)
-            gen = Generation(
-                "r",
-                tokens,
-                SamplingParams(max_tokens=32, temperature=0),
-                asyncio.get_running_loop(),
+        async with running_engine(
+            model, slots=1, threads=threads, extra_bufts=extra_bufts
+        ) as engine:
+            [(text, done)] = await texts_together(
+                engine, PROMPT, [SamplingParams(max_tokens=32, temperature=0)]
             )
-            engine.submit(gen)
-            text = "".join([e.text async for e in gen if isinstance(e, TokenEvent)])
-            assert isinstance(gen.terminal, DoneEvent) and gen.terminal.total_tokens == 32
-            return text
-        finally:
-            await engine.close()
+        assert done.total_tokens == 32
+        return text
 
     return asyncio.run(main())
 

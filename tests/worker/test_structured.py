@@ -19,12 +19,12 @@ import openai
 import pytest
 
 from conftest import WorkerProcess, start_worker
+from support.engine import running_engine, texts_together
 from support.tinymodel import DEFAULT_CHAT_TEMPLATE, write_tiny_gguf
 
 from rbee.dataplane.protocol.requests import ChatCompletionRequest
 from rbee.dataplane.protocol.wire import ApiError
-from rbee.dataplane.worker.engine import DoneEvent, Generation, SamplingParams, TokenEvent
-from rbee.dataplane.worker.llama_engine import LlamaEngine
+from rbee.dataplane.worker.engine import SamplingParams
 from rbee.dataplane.worker.structured import TemplateCalls, constraint_for, schema_grammar
 
 PERSON = {
@@ -297,42 +297,11 @@ def test_constrained_and_free_requests_in_one_batch_each_get_what_they_would_alo
     constrained = SamplingParams(max_tokens=200, temperature=0.9, seed=7, grammar=grammar)
     free = SamplingParams(max_tokens=40, temperature=0.9, seed=8)
 
-    async def run(engine: LlamaEngine, params: list[SamplingParams]) -> list[str]:
-        loop = asyncio.get_running_loop()
-        tokens = await engine.tokenize("hello", add_special=True)
-        gens = [Generation(f"r{i}", tokens, p, loop) for i, p in enumerate(params)]
-        # Submitted without a pause, every request joins the same first step: the engine
-        # thread, woken by the first, waits for the GIL that this thread holds until the last.
-        for gen in gens:
-            engine.submit(gen)
-        texts = []
-        for gen in gens:
-            texts.append("".join([e.text async for e in gen if isinstance(e, TokenEvent)]))
-            assert isinstance(gen.terminal, DoneEvent)
-        return texts
-
     async def main() -> None:
-        engine = LlamaEngine(
-            str(tiny_model),
-            slots=2,
-            ctx_size=512,
-            threads=2,
-            batch_size=64,
-            extra_bufts=False,
-            backend="cpu",
-            device=0,
-            on_progress=lambda _p: None,
-            layers_total=2,
-            file_size=1,
-        )
-        engine.start()
-        await engine.wait_loaded()
-        try:
-            [json_alone] = await run(engine, [constrained])
-            [free_alone] = await run(engine, [free])
-            together = await run(engine, [constrained, free])
-        finally:
-            await engine.close()
+        async with running_engine(tiny_model, slots=2, ctx_size=512) as engine:
+            [(json_alone, _)] = await texts_together(engine, "hello", [constrained])
+            [(free_alone, _)] = await texts_together(engine, "hello", [free])
+            together = [t for t, _ in await texts_together(engine, "hello", [constrained, free])]
         jsonschema_rs.validate(PERSON, json.loads(json_alone))
         assert together == [json_alone, free_alone]
         assert not free_alone.lstrip().startswith("{")
