@@ -43,6 +43,7 @@ from streams import (
     one_stream,
     prompt_stream,
     summarize,
+    wait_ready,
 )
 
 
@@ -209,17 +210,7 @@ def bench_server(
         try:
             with PeakRss(proc.pid) as rss:
                 with httpx.Client(base_url=url, timeout=5) as client:
-                    deadline = time.monotonic() + 300
-                    while True:
-                        try:
-                            if ready(client):
-                                break
-                        except httpx.TransportError:
-                            pass
-                        if time.monotonic() > deadline or proc.poll() is not None:
-                            log.seek(0)
-                            raise SystemExit(f"{name} did not become ready:\n{log.read()[-3000:]}")
-                        time.sleep(0.1)
+                    wait_ready(client, proc, name, ready=ready, log=log)
                 rows, texts = asyncio.run(run_rows(url, args, prompts, guard, name))
             return rows, {"peak": rss.peak}, texts
         finally:

@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from streams import free_port, prompt_stream
+from streams import free_port, prompt_stream, wait_ready
 
 SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("off", {"repeat_penalty": 1.0}),
@@ -61,17 +60,7 @@ def worker(ref: str, ctx: int) -> Iterator[httpx.Client]:
             with httpx.Client(
                 base_url=f"http://127.0.0.1:{port}", timeout=httpx.Timeout(10, read=600)
             ) as client:
-                deadline = time.monotonic() + 300
-                while True:
-                    try:
-                        if client.get("/v1/ready").json().get("ready"):
-                            break
-                    except httpx.TransportError:
-                        pass
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        log.seek(0)
-                        raise SystemExit(f"rbee-worker did not become ready:\n{log.read()}")
-                    time.sleep(0.1)
+                wait_ready(client, proc, "rbee-worker", log=log)
                 yield client
         finally:
             proc.terminate()

@@ -13,10 +13,12 @@ import contextlib
 import json
 import socket
 import statistics
+import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import IO, Any
 
 import httpx
 import psutil
@@ -99,6 +101,33 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def wait_ready(
+    client: httpx.Client,
+    proc: subprocess.Popen[Any],
+    what: str,
+    *,
+    ready: Callable[[httpx.Client], bool] = lambda c: bool(c.get("/v1/ready").json().get("ready")),
+    log: IO[str] | None = None,
+    timeout_s: float = 300,
+) -> None:
+    """Until the server `proc` runs says it is ready (an rbee worker's /v1/ready by default);
+    SystemExit with its log's tail if it exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if ready(client):
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            tail = ""
+            if log is not None:
+                log.seek(0)
+                tail = ":\n" + log.read()[-3000:]
+            raise SystemExit(f"{what} did not become ready{tail}")
+        time.sleep(0.1)
 
 
 def percentile(values: list[float], q: float) -> float:

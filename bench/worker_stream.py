@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
-from streams import free_port
+from streams import free_port, wait_ready
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 
@@ -78,16 +78,7 @@ def bench_worker(ref: str, args: argparse.Namespace) -> tuple[list[tuple[float, 
     results = []
     try:
         with httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=None)) as client:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if client.get("/v1/ready").json().get("ready"):
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("rbee-worker did not become ready")
-                time.sleep(0.1)
+            wait_ready(client, proc, "rbee-worker")
             body = {"prompt": PROMPT, "max_tokens": args.tokens, "temperature": 0}
             total = 0
             for _ in range(args.warmup + args.runs):
