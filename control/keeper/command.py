@@ -47,12 +47,19 @@ def main(ctx: click.Context, inventory_path: str | None) -> None:
     ctx.obj = inventory_path
 
 
+class InventoryMistake(click.ClickException):
+    """The inventory cannot be read: refused before any network call, with exit 2 like the
+    command line's own mistakes (an unknown node, a bad model reference)."""
+
+    exit_code = 2
+
+
 def inventory_of(ctx: click.Context) -> Inventory:
     """The inventory the command line names (`--inventory`, else the usual places)."""
     try:
         return load_inventory(find_inventory(ctx.obj))
     except InventoryError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise InventoryMistake(str(exc)) from None
 
 
 @main.command()

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sysconfig
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from conftest import BIN
 
 from rbee.control.hive.settings import KEY_FILE
 from rbee.control.keeper.inventory import DEFAULT_RBEE_PATH, find_inventory, load_inventory
@@ -799,3 +802,14 @@ def test_key_never_in_messages(home: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert "the API key in $RBEE_MAC_KEY contains spaces" in messages[3]
     assert len(messages) == 5
     assert not [m for m in messages if SECRET in m or "sk-rbee" in m]
+
+
+def test_the_commands_refuse_a_bad_inventory_with_exit_2() -> None:
+    """As docs/keeper.md says: inventory mistakes are refused before any network call, with
+    exit 2 (the command line's own mistakes' code), naming file, line and key."""
+    path = write("[nodes.local]\nssh = false\nbogus = 1\n")
+    done = subprocess.run(
+        [str(BIN / "rbee"), "--inventory", str(path), "nodes"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith('Error: inventory.toml:3: node "local": unknown key "bogus"')
