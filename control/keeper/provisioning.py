@@ -24,6 +24,7 @@ async def provision(hive: HiveClient, node: str, model_ref: str, listener: Liste
     started = await hive.download(model_ref)
     if started.local_path:
         return started.local_path
+    fetched = False  # a model registered where it lies (pkg:, file:) is not "downloaded"
     async with aclosing(hive.download_progress(started.download_id)) as progress:
         async for event in progress:
             if isinstance(event, DownloadFailed):
@@ -33,6 +34,7 @@ async def provision(hive: HiveClient, node: str, model_ref: str, listener: Liste
                     code=ErrorCode.DOWNLOAD_FAILED,
                 )
             if isinstance(event, DownloadProgress):
+                fetched = True
                 listener.heard(
                     events.Downloading(
                         node,
@@ -49,7 +51,8 @@ async def provision(hive: HiveClient, node: str, model_ref: str, listener: Liste
                     )
                 )
             elif isinstance(event, DownloadComplete):
-                listener.heard(events.Downloaded(node, model_ref))
+                if fetched:
+                    listener.heard(events.Downloaded(node, model_ref))
                 return event.local_path
     raise ActionableError(
         f"the download of {model_ref} ended without a result",

@@ -173,6 +173,14 @@ def test_download_reports_and_lands_in_the_catalog(
     fractions = [s.fraction for s in steps if isinstance(s, events.Downloading)]
     assert fractions and all(f is not None and 0 <= f <= 1 for f in fractions)
     assert steps[-1] == events.Downloaded("local", url)
+    # A model registered where it lies (file:, pkg:) was not downloaded: nothing says so.
+    heard = Collector()
+    asyncio.run(
+        _with_keeper(
+            inventory, lambda keeper: keeper.download_model(node, f"file:{tiny_model}", heard)
+        )
+    )
+    assert not [e for e in heard.heard_events if isinstance(e, events.Downloaded)]
 
 
 class LoopbackAnswer:
