@@ -257,6 +257,8 @@ async def ensure_local_hive(access: NodeAccess, say: Say) -> None:
         said = f"Restarted the hive on {node.name}: it ran from {found}{gone}."
     await _start_hive(access, lambda _line: None)
     say(said)
+    # As `ollama serve` does; said, since nothing else would tell the person it stays.
+    say(f"It keeps running for the next answer: `rbee ssh-down {node.name}` stops it.")
 
 
 async def _stop_foreign_hive(access: NodeAccess, found: str, answering_pid: int | None) -> None:

@@ -36,6 +36,7 @@ def test_cold_then_warm(keeper: Keeper) -> None:
     cold = keeper.infer("Once upon a time", "--max-tokens", "12", "--temperature", "0")
     assert cold.returncode == 0, cold.stderr
     assert "Started the hive on local." in cold.stderr
+    assert "It keeps running for the next answer: `rbee ssh-down local` stops it." in cold.stderr
     assert "Attempt 1: Connecting to 127.0.0.1:" in cold.stderr
     assert "Model ready!" in cold.stderr
     answer = cold.stdout

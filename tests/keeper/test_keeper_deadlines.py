@@ -462,7 +462,10 @@ def test_a_local_hive_of_another_installation_is_restarted(tmp_path: Path, delet
         said: list[str] = []
         asyncio.run(ensure_local_hive(NodeAccess(node), said.append))
         gone = " (deleted)" if deleted else ""
-        assert said == [f"Restarted the hive on local: it ran from {other}/rbee-hive{gone}."]
+        assert said == [
+            f"Restarted the hive on local: it ran from {other}/rbee-hive{gone}.",
+            "It keeps running for the next answer: `rbee ssh-down local` stops it.",
+        ]
         assert theirs.wait(5) == 0  # stopped by SIGTERM, cleanly
         assert _health(port)["executable"] == str(BIN / "rbee-hive")
         asyncio.run(ensure_local_hive(NodeAccess(node), said.append))
