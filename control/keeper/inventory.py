@@ -38,6 +38,7 @@ from .served_models import (
     ModelSpec,
 )
 from .toml_lines import TomlLines, quoted, shown
+from .worker_registry import rbee_home
 
 INVENTORY_ENV = "RBEE_INVENTORY"
 USER_INVENTORY = "~/.config/rbee/inventory.toml"
@@ -119,7 +120,7 @@ class _NodeTable(_Table):
     api_key_file: str | None = Field(None, pattern=_PATH)
     connect_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
     use_ssh_config: bool = True
-    state_dir: str = Field(DEFAULT_STATE_DIR, pattern=_PATH)
+    state_dir: str | None = Field(None, pattern=_PATH)  # None: the default, below
     idle_timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)  # else [defaults]
 
 
@@ -353,7 +354,11 @@ def _resolve(
         api_key_file=_local_path(raw.api_key_file),
         connect_timeout_s=raw.connect_timeout_s,
         use_ssh_config=raw.use_ssh_config,
-        state_dir=node_path(raw.state_dir),
+        # A local hive's state lives with the keeper's ($RBEE_HOME), so that RBEE_HOME moves
+        # it too; a remote node's in the hive's own default there.
+        state_dir=node_path(
+            raw.state_dir or (DEFAULT_STATE_DIR if raw.ssh else str(rbee_home() / "hive"))
+        ),
         idle_timeout_s=raw.idle_timeout_s or defaults.idle_timeout_s,
         set_keys=frozenset(table),
     )

@@ -4,7 +4,6 @@ models, API keys."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sysconfig
@@ -127,14 +126,17 @@ def test_missing_explicit_file_is_an_error_not_a_fallback(monkeypatch: pytest.Mo
         find_inventory("adir")
 
 
-def test_bundled_default_has_the_local_node() -> None:
+def test_bundled_default_has_the_local_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RBEE_HOME", str(tmp_path / "home"))
     inventory = load_inventory(find_inventory(None))
     assert list(inventory.nodes) == ["local"]
     local = inventory.get("local")
     assert local.ssh is False and local.is_local and local.direct
     assert local.hive_url == "http://127.0.0.1:8080"
     assert local.rbee_path == sysconfig.get_path("scripts")  # this Python's rbee-hive
-    assert local.state_dir == os.path.expanduser("~/.rbee/hive")
+    assert local.state_dir == str(tmp_path / "home" / "hive")  # RBEE_HOME moves it
     assert local.api_key_env is None and local.api_key_file is None
     assert inventory.idle_timeout_s == 300
     assert inventory.models == {}
