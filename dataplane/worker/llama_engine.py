@@ -395,8 +395,11 @@ class LlamaEngine:
         else:
             sampled = seq.grammar.sample(seq.sampler, self._ctx, seq.batch_index)
             if sampled is None:
-                message = "no token of the model's vocabulary continues the required format"
-                self._finish(seq, error=(ErrorCode.INTERNAL_ERROR, message))
+                message = (
+                    "response_format: no token of the model's vocabulary continues the "
+                    "required format; loosen the schema"
+                )
+                self._finish(seq, error=(ErrorCode.INVALID_REQUEST, message))
                 return
             token = sampled
         if llama_cpp.llama_vocab_is_eog(self._vocab, token):

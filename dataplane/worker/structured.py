@@ -46,6 +46,14 @@ _ANNOTATIONS = {
 # into each: 1000 parses, 1500 is refused, 30000 overflows the worker's stack (measured).
 MAX_NESTING = 1000
 _COUNTS = ("minLength", "maxLength", "minItems", "maxItems")
+# A pattern's {n,m} repeats are written out in full by the converter: a bound like the
+# counts' (`a{100000000}` was a 12 GB grammar, built on the event loop).
+_PATTERN_REPEAT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+MAX_GRAMMAR_CHARS = 1_000_000
+# llama.cpp's grammar sampler refuses every token whose text starts with a NUL byte: a
+# format that needs one can never be produced. Looked for in the JSON text of a value,
+# where a NUL character is escaped as \u0000 and a pattern writes \x00 or \u0000.
+_NUL = ("\\x00", "\\u0000")
 _TYPES = {"string", "number", "integer", "boolean", "null", "object", "array"}
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
@@ -92,6 +100,8 @@ def schema_grammar(schema: dict[str, Any], field: str) -> str:
         raise
     except Exception as exc:  # the converter asserts and raises on what it cannot handle
         raise _invalid(field, f"the schema cannot become a grammar: {exc}") from None
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise _invalid(field, "the schema's grammar is too large; lower its counts")
     if _nesting(grammar) > MAX_NESTING:
         raise _invalid(
             field,
@@ -223,6 +233,19 @@ def _check_schema(schema: Any, field: str) -> None:
                 raise _invalid(
                     field, f"{key} {count!r}{where}: rbee takes whole numbers up to {MAX_NESTING}"
                 )
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            for low, high in _PATTERN_REPEAT.findall(pattern):
+                if max(int(low), int(high or 0)) > MAX_NESTING:
+                    raise _invalid(
+                        field,
+                        f"pattern {pattern!r}{where}: repeats up to {MAX_NESTING} times at most",
+                    )
+        for key in ("const", "enum", "pattern"):
+            if key in node and any(nul in json.dumps(node[key]) for nul in _NUL):
+                raise _invalid(
+                    field, f"{key}{where}: a NUL character cannot be generated (llama.cpp)"
+                )
         ref = node.get("$ref")
         if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
             raise _invalid(field, f"$ref {ref!r}{where}: only local references (#/…) work")
@@ -290,7 +313,7 @@ def template_messages(messages: Sequence[ChatMessage], template: str) -> list[di
 def _arguments(text: str) -> Any:
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested past Python's stack
         return text  # not JSON: the template gets it as it came
 
 
@@ -384,7 +407,7 @@ _TEMPLATE_TOOLS = re.compile(r"\{[{%][^}]*\btools\b")  # a Jinja tag that reads 
 def _json(text: str) -> Any:
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return None
 
 

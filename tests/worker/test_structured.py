@@ -235,6 +235,18 @@ def test_json_object_on_completions_parses(shared_worker: WorkerProcess) -> None
             "response_format",
             "tool call",
         ),
+        # Written out in full, this repeat was a 12 GB grammar: the worker ran out of memory.
+        (
+            {"response_format": json_schema_format({"type": "string", "pattern": "^a{99999999}$"})},
+            "response_format.json_schema.schema",
+            "repeats up to 1000",
+        ),
+        # No token starts with a NUL byte: the request died at its first token, a 500.
+        (
+            {"response_format": json_schema_format({"const": "\u0000"})},
+            "response_format.json_schema.schema",
+            "NUL",
+        ),
     ],
 )
 def test_requests_that_cannot_be_honoured_get_a_400_naming_the_field(
@@ -248,6 +260,26 @@ def test_requests_that_cannot_be_honoured_get_a_400_naming_the_field(
     assert isinstance(error, dict)
     assert error["details"]["field"] == field
     assert says in error["message"]
+
+
+def test_tool_call_arguments_nested_past_pythons_stack_are_text_not_a_500(
+    shared_worker: WorkerProcess,
+) -> None:
+    """A history's call arguments that json cannot read (nested past Python's recursion
+    limit) reach the template as the text they are."""
+    call = {"id": "call_1", "type": "function"}
+    call["function"] = {"name": "get_weather", "arguments": "[" * 3000}
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    answer = sdk(shared_worker).chat.completions.create(
+        model=shared_worker.model_id,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=2,
+    )
+    assert answer.choices[0].finish_reason in ("length", "stop")
 
 
 @pytest.mark.bundled
