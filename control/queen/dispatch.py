@@ -232,7 +232,11 @@ class Dispatcher:
 
     def _can_wait(self, spec: ModelSpec) -> bool:
         """Whether a slot may come: a worker this keeper started serves the model or is
-        loading it (others' keys are not ours), or the queen is starting one."""
+        loading it (others' keys are not ours), the queen is starting one, or a node it may
+        run on has not been probed yet (a request just after the queen started waits for
+        the first probe, not a 503)."""
+        if any(name not in self._view.statuses for name in spec.nodes):
+            return True
         registry = self._keeper.registry
         workers = [
             w

@@ -291,3 +291,22 @@ def test_a_model_given_with_its_checksum_is_served_by_the_workers_of_its_file(
         lease.release()
 
     asyncio.run(scenario())
+
+
+def test_a_request_before_the_first_probe_waits_for_it(tmp_path: Path) -> None:
+    """Just after the queen starts no node has been probed: a request waits for the first
+    probe (it was a 503 saying no node is up), then takes the worker the probe found."""
+    queen, spec, view = dispatcher(tmp_path, {"w-a": 1})
+    found = view.statuses.pop("local")
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(queen.acquire(spec))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        view.statuses["local"] = found  # the first probe lands
+        queen.dispatch_all()
+        lease = await asyncio.wait_for(waiting, 5)
+        assert lease.worker.worker_id == "w-a"
+        lease.release()
+
+    asyncio.run(scenario())

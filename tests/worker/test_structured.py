@@ -387,7 +387,7 @@ def chat(**fields: Any) -> ChatCompletionRequest:
         ({"type": "string", "pattern": "abc"}, "cannot become a grammar"),
         # llama.cpp's parser recurses into each nested group: a bound, not a crash
         ({"type": "string", "maxLength": 30000}, "maxLength 30000: rbee takes whole numbers"),
-        ({"type": "string", "pattern": "^a{0,30000}$"}, "nested deeper than 1000"),
+        ({"type": "string", "pattern": "^a{0,30000}$"}, "repeats up to 1000"),
     ],
 )
 def test_schemas_the_grammar_cannot_enforce_are_refused(schema: dict[str, Any], says: str) -> None:
