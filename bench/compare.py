@@ -42,6 +42,7 @@ from streams import (
     median_row,
     one_stream,
     prompt_stream,
+    stop_process,
     summarize,
     wait_ready,
 )
@@ -214,12 +215,7 @@ def bench_server(
                 rows, texts = asyncio.run(run_rows(url, args, prompts, guard, name))
             return rows, {"peak": rss.peak}, texts
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def bench_llama_server(path: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard):

@@ -49,6 +49,7 @@ from streams import (
     one_stream,
     percentile,
     prompt_stream,
+    stop_process,
     summarize,
 )
 
@@ -165,16 +166,6 @@ def wait_until_queen_sees(url: str, workers: int) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"the queen saw {len(seen)} of {workers} workers ready: {seen}")
         time.sleep(0.2)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
@@ -481,7 +472,7 @@ def main() -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping the queen, the hives and their workers", flush=True)
         if queen is not None:
-            stop_process(queen)
+            stop_process(queen, timeout_s=15)
         stopped = asyncio.run(stop_cluster(inventory, registry))
         registry.close()
         if stopped:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from streams import free_port, prompt_stream, wait_ready
+from streams import free_port, prompt_stream, stop_process, wait_ready
 
 SETTINGS: list[tuple[str, dict[str, Any]]] = [
     ("off", {"repeat_penalty": 1.0}),
@@ -63,12 +63,7 @@ def worker(ref: str, ctx: int) -> Iterator[httpx.Client]:
                 wait_ready(client, proc, "rbee-worker", log=log)
                 yield client
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def answer(

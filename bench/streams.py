@@ -130,6 +130,17 @@ def wait_ready(
         time.sleep(0.1)
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL past `timeout_s`: a server this bench started is gone after."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""
     xs = sorted(values)
