@@ -38,6 +38,7 @@ class Done(Message):
     total_tokens: int
     duration_ms: int
     stop_reason: StopReason
+    cached_tokens: int = 0  # prompt tokens a slot's KV cache already held (not decoded again)
 
 
 class ErrorEvent(Message):

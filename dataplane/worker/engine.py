@@ -50,6 +50,7 @@ class TokenEvent:
 class DoneEvent:
     stop_reason: StopReason
     total_tokens: int
+    cached_tokens: int = 0  # prompt tokens the slot's KV cache held from an earlier request
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,10 @@ class Generation:
 
     def post(self, event: Event) -> None:
         """Called from the engine thread: hand one event to the event loop."""
-        self.loop.call_soon_threadsafe(self._deliver, event)
+        self.loop.call_soon_threadsafe(self.deliver, event)
 
-    def _deliver(self, event: Event) -> None:
+    def deliver(self, event: Event) -> None:
+        """On the event loop: the event reaches whoever iterates this generation."""
         if isinstance(event, TokenEvent) and self.first_token_at is None:
             self.first_token_at = time.monotonic()
         self.events.put_nowait(event)
@@ -110,6 +112,12 @@ class Generation:
                 return
 
 
+def deliver_all(events: list[tuple[Generation, Event]]) -> None:
+    """On the event loop: a whole engine step's events, handed over with one wake-up."""
+    for gen, event in events:
+        gen.deliver(event)
+
+
 class Engine(Protocol):
     """What the worker needs from an engine."""
 
@@ -118,6 +126,9 @@ class Engine(Protocol):
     chat_template: str | None
     bos_text: str
     eos_text: str
+    # Requests being read or tokenized now (counted on the event loop): the engine waits a
+    # moment for them before a prefill, so simultaneous arrivals share one prefill step.
+    arriving: int
 
     def start(self) -> None: ...
 

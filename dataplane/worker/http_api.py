@@ -61,27 +61,28 @@ def create_app(worker: Worker) -> Starlette:
         return EventSourceResponse(lines(), ping=worker.settings.sse_ping_s, sep="\n")
 
     async def inference(request: Request) -> Response:
-        body = await read_body(request, InferenceRequest)
-        started = time.monotonic()
-        stops: tuple[str, ...] = ()
-        if body.messages is not None:
-            chat = await chat_prompt(worker, body.messages)
-            tokens, stops = chat.tokens, chat.stops
-        else:
-            tokens = await worker.prepare_prompt(body.prompt or "")
-        params = SamplingParams(
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            seed=body.seed,
-            stop=(*body.stop, *stops),
-            repeat_penalty=body.repeat_penalty,
-            repeat_last_n=body.repeat_last_n,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
-        )
-        gen = worker.begin(tokens, params, body.request_id)
+        with worker.arriving():
+            body = await read_body(request, InferenceRequest)
+            started = time.monotonic()
+            stops: tuple[str, ...] = ()
+            if body.messages is not None:
+                chat = await chat_prompt(worker, body.messages)
+                tokens, stops = chat.tokens, chat.stops
+            else:
+                tokens = await worker.prepare_prompt(body.prompt or "")
+            params = SamplingParams(
+                max_tokens=body.max_tokens,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                top_k=body.top_k,
+                seed=body.seed,
+                stop=(*body.stop, *stops),
+                repeat_penalty=body.repeat_penalty,
+                repeat_last_n=body.repeat_last_n,
+                presence_penalty=body.presence_penalty,
+                frequency_penalty=body.frequency_penalty,
+            )
+            gen = worker.begin(tokens, params, body.request_id)
         headers = {"X-Request-Id": gen.request_id}
         model = worker.settings.served_model
 
@@ -99,6 +100,7 @@ def create_app(worker: Worker) -> Starlette:
                 total_tokens=result.terminal.total_tokens,
                 duration_ms=elapsed_ms(),
                 stop_reason=result.terminal.stop_reason,
+                cached_tokens=result.terminal.cached_tokens,
             )
             return JSONResponse(answer.wire(), headers=headers | ttft_header(gen))
 
@@ -115,6 +117,7 @@ def create_app(worker: Worker) -> Starlette:
                     total_tokens=event.total_tokens,
                     duration_ms=elapsed_ms(),
                     stop_reason=event.stop_reason,
+                    cached_tokens=event.cached_tokens,
                 )
             else:
                 error = ErrorInfo(code=event.code, message=event.message)

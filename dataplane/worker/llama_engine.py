@@ -7,19 +7,27 @@ calling llama.cpp from alternating threads costs about a third of decode speed (
 Each step puts into one `llama_decode` batch: one token for every running stream, then as many
 prompt tokens of newly admitted requests as the batch has room for (chunked prefill, so running
 streams keep flowing while a long prompt is read). A request submitted mid-generation joins at
-the next step. Each sequence samples with its own sampler chain; a finished or canceled
-sequence's KV cells are freed at once.
+the next step. Each sequence samples with its own sampler chain (a plain greedy one takes the
+argmax of its logits itself). The events of a step reach the event loop together, with one
+wake-up.
+
+Prompt reuse: a slot keeps its KV cells after its request ends. A new request goes to the free
+slot whose cached tokens share the longest prefix with its prompt (a chat client resends the
+whole history each turn), and only the rest of the prompt is decoded; without such a slot it
+takes the least recently used one. docs/worker.md has the rules and their measurements.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -35,10 +43,12 @@ from rbee.dataplane.protocol.wire import ApiError, ErrorCode
 from .engine import (
     DoneEvent,
     ErrorEvent,
+    Event,
     Generation,
     LoadProgress,
     SamplingParams,
     TokenEvent,
+    deliver_all,
 )
 from .grammar_sampler import GrammarError, GrammarSampler
 from .logprobs import LogprobAligner, TokenLogprob, TopLogprob, log_softmax_top
@@ -56,6 +66,16 @@ os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 # max_tokens (the penalties sampler keeps a ring buffer of that many tokens).
 MAX_PENALTY_WINDOW = 8192
 
+# A cached prefix shorter than this is not worth a slot's cache: it is recomputed in a step,
+# and the slot's cells stay for a request that shares more (a chat history, a system prompt).
+PREFIX_MIN_REUSE = 32
+
+# How long, at most, a prefill waits for requests still being read or tokenized, so that
+# requests sent together are prefilled in one step (a step costs about as much for one short
+# prompt as for four), and how often it looks meanwhile.
+GATHER_MAX_S = 0.015
+GATHER_POLL_S = 0.001
+
 
 class LoadError(RuntimeError):
     """The model could not be loaded; the message says why."""
@@ -67,8 +87,10 @@ class _Sequence:
 
     gen: Generation
     seq_id: int
-    sampler: Any
+    sampler: Any  # None: plain greedy, the argmax of the logits
     pending: deque[int]  # prompt tokens not yet decoded
+    decoded: list[int]  # the tokens in this sequence's KV cells, position by position
+    reused: int  # prompt tokens a slot's cache held from an earlier request
     n_past: int = 0  # tokens of this sequence in the KV cache
     n_generated: int = 0
     batch_index: int = -1  # where this sequence's logits are in the current batch, or -1
@@ -136,6 +158,12 @@ class LlamaEngine:
         self._waiting: deque[Generation] = deque()
         self._running: list[_Sequence] = []
         self._free_seq_ids = list(range(slots))
+        self._cached: list[list[int]] = [[] for _ in range(slots)]  # per slot, when free
+        self._last_used = [0] * slots  # per slot: when its last request ended (a count)
+        self._requests_ended = 0
+        self._n_swa = 0  # the model's sliding attention window (0: none)
+        self._outbox: list[tuple[Generation, Event]] = []  # this step's events
+        self.arriving = 0  # written by the event loop (see Engine.arriving)
 
     # ----------------------------------------------------------------- event-loop side
 
@@ -178,11 +206,13 @@ class LlamaEngine:
         try:
             while not self._closing:
                 self._take_inbox(block=not (self._running or self._waiting))
+                self._gather()
                 if self._closing:
                     break
                 self._admit()
                 if self._running:
                     self._step()
+                self._flush()
         except Exception:
             log.exception("decode loop failed")
             for seq in list(self._running):
@@ -191,8 +221,9 @@ class LlamaEngine:
             for seq in list(self._running):
                 self._finish(seq, StopReason.CANCELED)
             for gen in self._waiting:
-                gen.post(DoneEvent(StopReason.CANCELED, 0))
+                self._post(gen, DoneEvent(StopReason.CANCELED, 0))
             self._waiting.clear()
+            self._flush()
             self._free()
             self._drain_inbox_after_stop()
             self._stopped.set_result(None)
@@ -230,6 +261,7 @@ class LlamaEngine:
         self._model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._n_swa = llama_cpp.llama_model_n_swa(model)
 
         cparams = llama_cpp.llama_context_default_params()
         # Each slot gets ctx_size cells of its own (llama.cpp splits n_ctx across sequences).
@@ -290,13 +322,47 @@ class LlamaEngine:
         try:
             item = self._inbox.get(block=block)
             while True:
-                if item is None:
-                    self._closing = True
-                else:
-                    self._waiting.append(item)
+                self._accept(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass
+
+    def _accept(self, item: Generation | None) -> None:
+        if item is None:
+            self._closing = True
+        else:
+            self._waiting.append(item)
+
+    def _gather(self) -> None:
+        """Before a prefill, waits (GATHER_MAX_S at most) for the requests the event loop is
+        still reading or tokenizing, while slots are free for them: requests sent together
+        then share one prefill step instead of each waiting for the previous one's."""
+        if not self._waiting or self.arriving <= 0:
+            return
+        deadline = time.monotonic() + GATHER_MAX_S
+        while (
+            self.arriving > 0 and len(self._waiting) < len(self._free_seq_ids) and not self._closing
+        ):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(queue.Empty):
+                self._accept(self._inbox.get(timeout=min(left, GATHER_POLL_S)))
+
+    def _post(self, gen: Generation, event: Event) -> None:
+        self._outbox.append((gen, event))
+
+    def _flush(self) -> None:
+        """Hands this step's events to their event loops, one call (one wake-up) per loop
+        rather than one per token."""
+        if not self._outbox:
+            return
+        events, self._outbox = self._outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Generation, Event]]] = {}
+        for gen, event in events:
+            by_loop.setdefault(gen.loop, []).append((gen, event))
+        for loop, loop_events in by_loop.items():
+            loop.call_soon_threadsafe(deliver_all, loop_events)
 
     def _drain_inbox_after_stop(self) -> None:
         """Answers whatever arrives once the engine cannot serve any more."""
@@ -312,28 +378,61 @@ class LlamaEngine:
         while self._waiting and self._free_seq_ids:
             gen = self._waiting.popleft()
             if gen.canceled:
-                gen.post(DoneEvent(StopReason.CANCELED, 0))
+                self._post(gen, DoneEvent(StopReason.CANCELED, 0))
                 continue
             grammar = None
             try:
                 if gen.params.grammar:
                     grammar = GrammarSampler(self._vocab, gen.params.grammar)
             except GrammarError as exc:
-                gen.post(ErrorEvent(ErrorCode.INVALID_REQUEST, str(exc)))
+                self._post(gen, ErrorEvent(ErrorCode.INVALID_REQUEST, str(exc)))
                 continue
-            # The lowest free id keeps the running ids consecutive (see _step).
-            seq_id = min(self._free_seq_ids)
-            self._free_seq_ids.remove(seq_id)
+            prompt = gen.prompt_tokens
+            seq_id, reused = self._claim_slot(prompt)
             seq = _Sequence(
                 gen=gen,
                 seq_id=seq_id,
-                sampler=_make_sampler(gen.params, self.n_vocab, gen.prompt_tokens),
-                pending=deque(gen.prompt_tokens),
+                sampler=_make_sampler(gen.params, self.n_vocab, prompt),
+                pending=deque(prompt[reused:]),
+                decoded=prompt[:reused],
+                reused=reused,
+                n_past=reused,
                 stops=StopBuffer(gen.params.stop),
                 grammar=grammar,
                 logprobs=LogprobAligner() if gen.params.logprobs is not None else None,
             )
             self._running.append(seq)
+
+    def _claim_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """A free slot for `prompt`, and how many of the prompt's first tokens its KV cells
+        already hold (they are not decoded again)."""
+        slot, shared = -1, 0
+        for seq_id in self._free_seq_ids:
+            n = _shared_prefix(self._cached[seq_id], prompt)
+            if n > shared:
+                slot, shared = seq_id, n
+        if shared < PREFIX_MIN_REUSE:
+            slot = min(self._free_seq_ids, key=self._last_used.__getitem__)
+            shared = 0
+        self._free_seq_ids.remove(slot)
+        self._cached[slot] = []
+        # At least the prompt's last token is decoded again: its logits give the first token.
+        reused = min(shared, len(prompt) - 1)
+        mem = llama_cpp.llama_get_memory(self._ctx)
+        if reused > 0 and self._truncate(mem, slot, reused):
+            return slot, reused
+        llama_cpp.llama_memory_seq_rm(mem, slot, -1, -1)
+        return slot, 0
+
+    def _truncate(self, mem: Any, seq_id: int, n: int) -> bool:
+        """Keeps the first n cached positions of a sequence, if the memory can: a partial
+        removal may be refused, and a sliding-window cache may no longer hold the window
+        that position n attends to (llama.cpp's server checks the same)."""
+        if not llama_cpp.llama_memory_seq_rm(mem, seq_id, n, -1):
+            return False
+        window_start = max(0, n - self._n_swa) if self._n_swa else 0
+        pos_min: int = llama_cpp.llama_memory_seq_pos_min(mem, seq_id)
+        return 0 <= pos_min <= window_start
 
     def _step(self) -> None:
         for seq in [s for s in self._running if s.gen.canceled]:
@@ -350,6 +449,7 @@ class LlamaEngine:
             batch.n_seq_id[n] = 1
             batch.seq_id[n][0] = seq.seq_id
             batch.logits[n] = logits
+            seq.decoded.append(token)
             seq.n_past += 1
             n += 1
 
@@ -390,7 +490,9 @@ class LlamaEngine:
                 self._sample(seq)
 
     def _sample(self, seq: _Sequence) -> None:
-        if seq.grammar is None:
+        if seq.sampler is None:
+            token = int(np.argmax(self._logits(seq.batch_index)))
+        elif seq.grammar is None:
             token = llama_cpp.llama_sampler_sample(seq.sampler, self._ctx, seq.batch_index)
         else:
             sampled = seq.grammar.sample(seq.sampler, self._ctx, seq.batch_index)
@@ -427,21 +529,26 @@ class LlamaEngine:
         error: tuple[ErrorCode, str] | None = None,
     ) -> None:
         self._running.remove(seq)
-        mem = llama_cpp.llama_get_memory(self._ctx)
-        llama_cpp.llama_memory_seq_rm(mem, seq.seq_id, -1, -1)
-        llama_cpp.llama_sampler_free(seq.sampler)
+        if error is None:
+            self._cached[seq.seq_id] = seq.decoded  # for a later prompt that starts alike
+        else:  # a failed decode may have left part of its batch in the cells
+            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), seq.seq_id, -1, -1)
+        self._requests_ended += 1
+        self._last_used[seq.seq_id] = self._requests_ended
+        if seq.sampler is not None:
+            llama_cpp.llama_sampler_free(seq.sampler)
         if seq.grammar is not None:
             seq.grammar.free()
         self._free_seq_ids.append(seq.seq_id)
         if error is not None:
-            seq.gen.post(ErrorEvent(*error))
+            self._post(seq.gen, ErrorEvent(*error))
             return
         if reason is not StopReason.CANCELED:
             final = seq.utf8.decode(b"", final=True)
             if seq.logprobs is not None:
                 seq.logprobs.append_text(final)
             self._emit(seq, seq.stops.feed(final) + seq.stops.flush())
-        seq.gen.post(DoneEvent(reason, seq.n_generated))
+        self._post(seq.gen, DoneEvent(reason, seq.n_generated, seq.reused))
 
     def _emit(self, seq: _Sequence, text: str) -> None:
         """Posts the text the stop strings let through, with its tokens' logprobs."""
@@ -451,18 +558,22 @@ class LlamaEngine:
             if seq.stops.stopped:
                 entries += seq.logprobs.cut()
         if text or entries:
-            seq.gen.post(TokenEvent(text, entries))
+            self._post(seq.gen, TokenEvent(text, entries))
 
     def _score(self, seq: _Sequence, token: int, piece: bytes, text: str) -> TokenLogprob:
         """The sampled token's log-probability and the runners-up it asked for."""
-        pointer = llama_cpp.llama_get_logits_ith(self._ctx, seq.batch_index)
-        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+        logits = self._logits(seq.batch_index)
         logprob, best = log_softmax_top(logits, token, seq.gen.params.logprobs or 0)
         top = []
         for alt, alt_logprob in best:
             alt_piece = self._piece_bytes(alt)
             top.append(TopLogprob(alt_piece.decode("utf-8", "replace"), alt_piece, alt_logprob))
         return TokenLogprob(text, piece, logprob, tuple(top))
+
+    def _logits(self, batch_index: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The logits the last decode computed for one token of its batch (a view)."""
+        pointer = llama_cpp.llama_get_logits_ith(self._ctx, batch_index)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
 
     # ----------------------------------------------------------------- text helpers
 
@@ -500,10 +611,26 @@ class LlamaEngine:
         return self._piece_bytes(token, special).decode("utf-8", "replace")
 
 
+def _shared_prefix(cached: list[int], prompt: list[int]) -> int:
+    """How many first tokens the two have in common."""
+    n = 0
+    for a, b in zip(cached, prompt, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
 def _make_sampler(params: SamplingParams, n_vocab: int, prompt: list[int]) -> Any:
-    """One request's own sampler chain: the logit shaping it asked for, then its sampling."""
+    """One request's own sampler chain: the logit shaping it asked for, then its sampling.
+    None for plain greedy decoding: the engine takes the argmax of the logits itself, where a
+    chain would first copy every one of n_vocab logits into a candidate array (most of a
+    step's sampling time on a 262k vocabulary)."""
+    shaping = _shaping_samplers(params, n_vocab, prompt)
+    if params.temperature <= 0 and not shaping and params.grammar is None:
+        return None
     chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-    for sampler in _shaping_samplers(params, n_vocab, prompt):
+    for sampler in shaping:
         llama_cpp.llama_sampler_chain_add(chain, sampler)
     if params.temperature <= 0:
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())

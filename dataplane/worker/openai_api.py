@@ -62,37 +62,39 @@ def routes(worker: Worker) -> list[Route]:
         )
 
     async def completions(request: Request) -> Response:
-        body = await read_body(request, CompletionRequest)
-        _check_model(worker, body.model)
-        constraint = constraint_for(body)
-        params = _params(body, body.limit(), constraint, body.logprob_count())
-        tokens = await _prompt_tokens(worker, body.prompt)
-        gen = worker.begin(tokens, params, None)
+        with worker.arriving():
+            body = await read_body(request, CompletionRequest)
+            _check_model(worker, body.model)
+            constraint = constraint_for(body)
+            params = _params(body, body.limit(), constraint, body.logprob_count())
+            tokens = await _prompt_tokens(worker, body.prompt)
+            gen = worker.begin(tokens, params, None)
         # The validation lets echo through with a text prompt only.
         echo = body.prompt if body.echo and isinstance(body.prompt, str) else ""
         return await _answer(request, gen, body, len(tokens), chat=False, echo=echo)
 
     async def chat_completions(request: Request) -> Response:
-        body = await read_body(request, ChatCompletionRequest)
-        _check_model(worker, body.model)
-        constraint = constraint_for(body)
-        tools = auto_tools(body, serving_template(worker).source)
-        if body.logprobs and (tools or (constraint is not None and constraint.tool_call)):
-            # The answer's text becomes tool calls: no token list would concatenate to it.
-            raise ApiError(
-                ErrorCode.INVALID_REQUEST,
-                "logprobs: not supported with tools (the answer becomes tool calls)",
-                details={"field": "logprobs"},
+        with worker.arriving():
+            body = await read_body(request, ChatCompletionRequest)
+            _check_model(worker, body.model)
+            constraint = constraint_for(body)
+            tools = auto_tools(body, serving_template(worker).source)
+            if body.logprobs and (tools or (constraint is not None and constraint.tool_call)):
+                # The answer's text becomes tool calls: no token list would concatenate to it.
+                raise ApiError(
+                    ErrorCode.INVALID_REQUEST,
+                    "logprobs: not supported with tools (the answer becomes tool calls)",
+                    details={"field": "logprobs"},
+                )
+            prompt = await chat_prompt(worker, body.messages, tools=tools)
+            params = _params(
+                body,
+                body.token_limit(None),
+                constraint,
+                body.logprob_count(),
+                extra_stops=prompt.stops,
             )
-        prompt = await chat_prompt(worker, body.messages, tools=tools)
-        params = _params(
-            body,
-            body.token_limit(None),
-            constraint,
-            body.logprob_count(),
-            extra_stops=prompt.stops,
-        )
-        gen = worker.begin(prompt.tokens, params, None)
+            gen = worker.begin(prompt.tokens, params, None)
         calls: CallReader | None = None
         if constraint is not None and constraint.tool_call:
             calls = ForcedCall()
@@ -159,11 +161,13 @@ def routes(worker: Worker) -> list[Route]:
             text_offset += sum(len(e.token) for e in entries)
             return shaped
 
-        def usage(completion_tokens: int) -> dict[str, int]:
+        def usage(done: DoneEvent) -> dict[str, Any]:
             return {
                 "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
+                "completion_tokens": done.total_tokens,
+                "total_tokens": prompt_tokens + done.total_tokens,
+                # as OpenAI: the prompt's tokens a cache held (here, the slot's KV cells)
+                "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
             }
 
         if not body.stream:
@@ -194,7 +198,7 @@ def routes(worker: Worker) -> list[Route]:
                     "created": int(time.time()),
                     "model": model_id,
                     "choices": [choice],
-                    "usage": usage(result.terminal.total_tokens),
+                    "usage": usage(result.terminal),
                 },
                 headers=headers | ttft_header(gen),
             )
@@ -227,7 +231,7 @@ def routes(worker: Worker) -> list[Route]:
         def done(event: DoneEvent, finish: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if include_usage:
                 # OpenAI's last chunk: no choices, the usage of the whole request.
-                finish.append(answer_chunk([]) | {"usage": usage(event.total_tokens)})
+                finish.append(answer_chunk([]) | {"usage": usage(event)})
             return finish
 
         def render(event: Event) -> list[dict[str, Any]]:

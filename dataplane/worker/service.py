@@ -7,10 +7,11 @@ engine only through the interface in `engine.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,20 @@ class Worker:
         return WorkerReadiness(ready=False, state=state)
 
     # ----------------------------------------------------------------- generation
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around reading and preparing a request, up to `begin`: the engine knows a request
+        is on its way and lets a prefill wait a moment for it (Engine.arriving)."""
+        engine = self.engine
+        if engine is None:
+            yield
+            return
+        engine.arriving += 1
+        try:
+            yield
+        finally:
+            engine.arriving -= 1
 
     async def prepare_prompt(self, text: str, *, add_special: bool = True) -> list[int]:
         """Tokenizes a prompt and checks it fits one slot's context."""

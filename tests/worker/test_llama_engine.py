@@ -21,7 +21,8 @@ from conftest import LONG_CTX, WorkerProcess, start_long_stream, start_worker
 from support.engine import running_engine, texts_together
 from support.tinymodel import write_tiny_gguf
 
-from rbee.dataplane.worker.engine import SamplingParams
+from rbee.dataplane.worker.engine import DoneEvent, SamplingParams
+from rbee.dataplane.worker.llama_engine import LlamaEngine
 
 PROMPT = "Once upon a time"
 
@@ -193,3 +194,86 @@ def test_repacked_weights_decode_alike_on_one_thread_and_on_the_two_thread_pool(
     two = greedy_text(model, threads=2, extra_bufts=True)
     assert len(set(one.split())) > 3  # a real answer, not one token repeated
     assert two == one
+
+
+def test_the_greedy_fast_path_answers_as_llama_cpps_greedy_sampler(tiny_model: Path) -> None:
+    """Plain greedy takes the argmax itself; a zero logit bias sends the same request through
+    a llama.cpp sampler chain ending in its greedy sampler."""
+    plain = SamplingParams(max_tokens=40, temperature=0)
+    chained = SamplingParams(max_tokens=40, temperature=0, logit_bias=((5, 0.0),))
+
+    async def main() -> None:
+        async with running_engine(tiny_model, slots=2) as engine:
+            [(fast, _), (chain, _)] = await texts_together(engine, PROMPT, [plain, chained])
+        assert fast == chain
+
+    asyncio.run(main())
+
+
+# Long enough that a slot's cache is worth keeping (more than PREFIX_MIN_REUSE tokens).
+HISTORY = (
+    "Once upon a time a fox lived by the river and every morning the fox went out to look "
+    "for bread and cheese in the village where the old baker lived with his cat"
+)
+OTHER_HISTORY = (
+    "Twelve sailors set out from the harbour in a small boat to find the island that the "
+    "old maps showed far beyond the last lighthouse on the windy cape of the north"
+)
+GREEDY = SamplingParams(max_tokens=12, temperature=0)
+
+
+async def answer(engine: LlamaEngine, prompt: str) -> tuple[str, DoneEvent]:
+    [(text, done)] = await texts_together(engine, prompt, [GREEDY])
+    return text, done
+
+
+def test_a_prompt_that_extends_an_earlier_one_reuses_its_cells_and_answers_the_same(
+    tiny_model: Path,
+) -> None:
+    """The second turn of a chat: the history's KV cells are reused, and the answer is the
+    one a fresh slot gives."""
+
+    async def main() -> None:
+        async with running_engine(tiny_model, slots=1, ctx_size=512) as engine:
+            first, first_done = await answer(engine, HISTORY)
+            second_prompt = f"{HISTORY}{first} and then the fox"
+            second, second_done = await answer(engine, second_prompt)
+            n_history = len(await engine.tokenize(HISTORY, add_special=True))
+        async with running_engine(tiny_model, slots=1, ctx_size=512) as fresh:
+            alone, alone_done = await answer(fresh, second_prompt)
+        assert first_done.cached_tokens == 0 and alone_done.cached_tokens == 0
+        assert second_done.cached_tokens >= n_history
+        assert second == alone
+
+    asyncio.run(main())
+
+
+def test_a_new_prompt_takes_the_least_recently_used_slot(tiny_model: Path) -> None:
+    async def main() -> None:
+        async with running_engine(tiny_model, slots=2, ctx_size=512) as engine:
+            await answer(engine, HISTORY)  # slot 0
+            await answer(engine, OTHER_HISTORY)  # slot 1: the other one was used last
+            _, again = await answer(engine, HISTORY + " again")  # slot 0, reused
+            assert again.cached_tokens > 0
+            await answer(engine, "Three cats sat on a wall in the sun")  # evicts slot 1
+            _, kept = await answer(engine, HISTORY + " once more")
+            _, evicted = await answer(engine, OTHER_HISTORY + " again")
+        assert evicted.cached_tokens == 0
+        assert kept.cached_tokens > 0
+
+    asyncio.run(main())
+
+
+def test_requests_said_to_be_arriving_delay_a_prefill_only_briefly(tiny_model: Path) -> None:
+    """An arrival count that never comes down (a handler stuck before submitting) costs a
+    prefill at most the gathering bound."""
+
+    async def main() -> None:
+        async with running_engine(tiny_model, slots=2) as engine:
+            engine.arriving = 1
+            started = time.monotonic()
+            _, done = await answer(engine, PROMPT)
+            assert done.total_tokens == GREEDY.max_tokens
+            assert time.monotonic() - started < 5
+
+    asyncio.run(main())
