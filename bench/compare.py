@@ -1,9 +1,11 @@
-"""Concurrent streams: rbee-worker vs llama_cpp.server vs llama-cpp-python in-process.
+"""Concurrent streams: rbee-worker vs llama_cpp.server vs llama-cpp-python in-process, and
+llama.cpp's own ceiling.
 
 Same model, threads, context per stream, prompts and greedy decoding everywhere. For 1, 2, 4 and
 8 streams that start together, prints TTFT p50/p95 and aggregate tokens/s (median of N
-repetitions), the ratio rbee / llama_cpp.server, the targets, and each server's peak RSS; then
-draws aggregate tokens/s and TTFT p50 against streams for the three into one PNG (--chart).
+repetitions), the ratios rbee / llama.cpp's ceiling (bench/ceiling.py, run first in the same
+process tree) and rbee / llama_cpp.server, the targets, and each server's peak RSS; then draws
+aggregate tokens/s and TTFT p50 against streams for the three into one PNG (--chart).
 
     make bench-compare      # creates bench/.venv with llama-cpp-python[server], then runs this
     bench/.venv/bin/python bench/compare.py [--streams 1,2,4,8] [--reps 3] [--tokens 128]
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -283,6 +286,31 @@ def bench_rbee(ref: str, args: argparse.Namespace, prompts: Iterator[str], guard
     )
 
 
+# --- (d) llama.cpp's own ceiling: decode and batched prefill, nothing else ------------------------
+
+
+def run_ceiling(args: argparse.Namespace) -> dict[int, dict[str, float]]:
+    """bench/ceiling.py for the stream counts of this run, in a process of its own (its
+    contexts and threadpools are gone before the servers start)."""
+    argv = [
+        sys.executable,
+        str(Path(__file__).with_name("ceiling.py")),
+        "--json",
+        "--model",
+        args.model,
+        "--batch",
+        ",".join(str(n) for n in args.streams),
+        "--tokens",
+        str(args.tokens),
+        "--threads",
+        str(args.threads),
+        "--ctx",
+        str(args.ctx),
+    ]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return {int(row["batch"]): row for row in json.loads(out.splitlines()[-1])}
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -405,8 +433,10 @@ def main() -> None:
         flush=True,
     )
 
-    # Each backend gets the same prompt sequence (a fresh prompt_stream()).
     started = time.perf_counter()
+    ceiling = run_ceiling(args)
+    print(f"  llama.cpp ceiling done ({time.perf_counter() - started:.0f} s)", flush=True)
+    # Each backend gets the same prompt sequence (a fresh prompt_stream()).
     budget = [args.extra_s]
     reps: dict[str, dict[int, list[Row]]] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -446,6 +476,17 @@ def main() -> None:
             f"{rb.ttft_p95 / ls.ttft_p95:8.2f}x {rb.tok_s / ls.tok_s:6.2f}x"
             + (f"   (rbee: {retries} 503 retries over {args.reps} reps)" if retries else "")
         )
+        if n in ceiling:
+            c = ceiling[n]
+            print(
+                f"{'':>7}  {'llama.cpp ceiling':<17} {c['prefill_ms']:6.0f} ms "
+                f"{'':>9} {c['decode_tok_s']:7.1f}   (prefill of the {n} prompts in one batch; "
+                f"decode)"
+            )
+            print(
+                f"{'':>7}  {'rbee / ceiling':<17} {rb.ttft_p50 * 1000 / c['prefill_ms']:8.2f}x "
+                f"{'':>9} {rb.tok_s / c['decode_tok_s']:6.2f}x"
+            )
     print()
 
     rb, ls = results["rbee-worker"], results["llama_cpp.server"]
@@ -460,6 +501,21 @@ def main() -> None:
     if 4 in args.streams:
         x = rb[4].tok_s / ls[4].tok_s
         check(x >= 2.5, f"4 streams, tok/s rbee / llama_cpp.server: {x:.2f}x (target >= 2.5x)")
+    for n in (1, 4):
+        if n in args.streams and n in ceiling:
+            x = rb[n].tok_s / ceiling[n]["decode_tok_s"]
+            check(
+                x >= 0.95,
+                f"{n} stream{'s' * (n > 1)}, tok/s rbee / llama.cpp's ceiling: {x:.2f}x "
+                "(target >= 0.95x)",
+            )
+    if 4 in args.streams and 4 in ceiling:
+        x = rb[4].ttft_p50 * 1000 / ceiling[4]["prefill_ms"]
+        check(
+            x <= 1.2,
+            f"4 streams sent together, rbee TTFT p50 / llama.cpp's prefill of the 4 prompts in "
+            f"one batch: {x:.2f}x (target <= 1.2x)",
+        )
     if 1 in args.streams and 4 in args.streams:
         x = rb[4].ttft_p50 / rb[1].ttft_p50
         check(

@@ -66,10 +66,6 @@ os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 # max_tokens (the penalties sampler keeps a ring buffer of that many tokens).
 MAX_PENALTY_WINDOW = 8192
 
-# A cached prefix shorter than this is not worth a slot's cache: it is recomputed in a step,
-# and the slot's cells stay for a request that shares more (a chat history, a system prompt).
-PREFIX_MIN_REUSE = 32
-
 # How long, at most, a prefill waits for requests still being read or tokenized, so that
 # requests sent together are prefilled in one step (a step costs about as much for one short
 # prompt as for four), and how often it looks meanwhile.
@@ -89,7 +85,6 @@ class _Sequence:
     seq_id: int
     sampler: Any  # None: plain greedy, the argmax of the logits
     pending: deque[int]  # prompt tokens not yet decoded
-    decoded: list[int]  # the tokens in this sequence's KV cells, position by position
     reused: int  # prompt tokens a slot's cache held from an earlier request
     n_past: int = 0  # tokens of this sequence in the KV cache
     n_generated: int = 0
@@ -394,7 +389,6 @@ class LlamaEngine:
                 seq_id=seq_id,
                 sampler=_make_sampler(gen.params, self.n_vocab, prompt),
                 pending=deque(prompt[reused:]),
-                decoded=prompt[:reused],
                 reused=reused,
                 n_past=reused,
                 stops=StopBuffer(gen.params.stop),
@@ -405,19 +399,23 @@ class LlamaEngine:
 
     def _claim_slot(self, prompt: list[int]) -> tuple[int, int]:
         """A free slot for `prompt`, and how many of the prompt's first tokens its KV cells
-        already hold (they are not decoded again)."""
-        slot, shared = -1, 0
+        already hold (they are not decoded again).
+
+        Only whole prefill chunks are reused (a multiple of the batch size from position 0,
+        as a prompt prefilled alone is cut): llama.cpp's numbers depend on where a prompt is
+        cut into batches, and cut there the answer is bit for bit the one a fresh slot gives
+        (measured; cut anywhere else, greedy answers parted at near ties). The last prompt
+        token is always decoded again: its logits give the first token."""
+        slot, reused = -1, 0
         for seq_id in self._free_seq_ids:
-            n = _shared_prefix(self._cached[seq_id], prompt)
-            if n > shared:
-                slot, shared = seq_id, n
-        if shared < PREFIX_MIN_REUSE:
+            shared = min(_shared_prefix(self._cached[seq_id], prompt), len(prompt) - 1)
+            chunks = shared // self._batch_size * self._batch_size
+            if chunks > reused:
+                slot, reused = seq_id, chunks
+        if not reused:  # nothing to reuse: the slot whose cells were used longest ago
             slot = min(self._free_seq_ids, key=self._last_used.__getitem__)
-            shared = 0
         self._free_seq_ids.remove(slot)
         self._cached[slot] = []
-        # At least the prompt's last token is decoded again: its logits give the first token.
-        reused = min(shared, len(prompt) - 1)
         mem = llama_cpp.llama_get_memory(self._ctx)
         if reused > 0 and self._truncate(mem, slot, reused):
             return slot, reused
@@ -449,7 +447,6 @@ class LlamaEngine:
             batch.n_seq_id[n] = 1
             batch.seq_id[n][0] = seq.seq_id
             batch.logits[n] = logits
-            seq.decoded.append(token)
             seq.n_past += 1
             n += 1
 
@@ -530,7 +527,11 @@ class LlamaEngine:
     ) -> None:
         self._running.remove(seq)
         if error is None:
-            self._cached[seq.seq_id] = seq.decoded  # for a later prompt that starts alike
+            # The prompt's cells, for a later prompt that starts alike. Not the answer's: a
+            # token decoded alone rounds differently from one prefilled in a batch (llama.cpp
+            # documents the same of its server's cache_prompt), and a cached answer would
+            # make the next turn's answer differ from what a fresh slot says.
+            self._cached[seq.seq_id] = seq.gen.prompt_tokens[: seq.n_past]
         else:  # a failed decode may have left part of its batch in the cells
             llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), seq.seq_id, -1, -1)
         self._requests_ended += 1
