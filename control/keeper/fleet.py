@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 from rich.text import Text
 
 from rbee.dataplane.protocol.client import RemoteError
@@ -59,6 +58,8 @@ def nodes_deadline_s(nodes: Sequence[Node]) -> float:
 def _left_s(deadline_s: float) -> float:
     """What is left of `deadline_s` counted from this process's start (its start-up is part
     of the wait a person sees), rounded for the words; a moment at least."""
+    import psutil  # 20 ms of imports no other command of the keeper pays
+
     started = psutil.Process().create_time()
     return round(max(MIN_ANSWER_S, deadline_s - max(0.0, time.time() - started)), 1)
 
