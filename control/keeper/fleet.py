@@ -10,6 +10,7 @@ import json
 import shlex
 import signal
 import time
+from collections import Counter
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -76,11 +77,21 @@ async def nodes_table(keeper: Keeper, console: Console, output: str = "table") -
     pending = [rows.row((n.name, host_of(n), Text("checking…", style="dim"))) for n in nodes]
     with console.rows_as_they_come([rows.header()], pending) as arrivals:
 
-        async def one(index: int, node: Node) -> None:
-            arrivals.arrived(index, _node_row(rows, await keeper.probe(node, within_s)))
+        async def one(index: int, node: Node) -> NodeStatus:
+            status = await keeper.probe(node, within_s)
+            arrivals.arrived(index, _node_row(rows, status))
+            return status
 
-        await asyncio.gather(*(one(i, node) for i, node in enumerate(nodes)))
+        statuses = await asyncio.gather(*(one(i, node) for i, node in enumerate(nodes)))
+    console.line(_summary(statuses))
     return 0
+
+
+def _summary(statuses: Sequence[NodeStatus]) -> str:
+    """`4 nodes: 1 up, 1 not answering, 2 unreachable`: the table at a glance."""
+    counts = Counter(s.state for s in statuses)
+    states = ", ".join(f"{counts[state]} {state}" for state in HiveState if counts[state])
+    return f"{len(statuses)} node{'s' * (len(statuses) != 1)}: {states}"
 
 
 NODE_COLUMNS = (

@@ -22,6 +22,7 @@ from .inventory_errors import InventoryError
 from .node import Node
 from .node_access import HIVE_CALL_TIMEOUT_S, NodeAccess, NodeConnections
 from .runner import RunnerError
+from .ssh_runner import SSHRunner
 from .status import HiveState, NodeStatus, WorkerStatus
 from .words import (
     auth_failed,
@@ -68,6 +69,14 @@ async def probe_node(
         async with asyncio.timeout(deadline_s):
             return await _probe(node, connections, registry)
     except TimeoutError:
+        runner = connections.access(node).runner
+        if isinstance(runner, SSHRunner) and not runner.connected:  # the hive was not asked
+            return _status(
+                node,
+                HiveState.UNREACHABLE,
+                f"SSH: no answer within {deadline_s:g} s",
+                f"check that {node.name} is up and reachable from here",
+            )
         return _status(node, HiveState.NOT_ANSWERING, not_answering(deadline_s), restart_hint(node))
 
 
