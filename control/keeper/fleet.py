@@ -88,7 +88,7 @@ async def nodes_table(keeper: Keeper, console: Console, output: str = "table") -
 
 
 def _summary(statuses: Sequence[NodeStatus]) -> str:
-    """`4 nodes: 1 up, 1 not answering, 2 unreachable`: the table at a glance."""
+    """`4 nodes: 1 up, 2 unreachable, 1 not answering`: the table at a glance."""
     counts = Counter(s.state for s in statuses)
     states = ", ".join(f"{counts[state]} {state}" for state in HiveState if counts[state])
     return f"{len(statuses)} node{'s' * (len(statuses) != 1)}: {states}"
