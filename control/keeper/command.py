@@ -336,11 +336,25 @@ def _node(ctx: click.Context, name: str) -> Node:
     return _nodes(ctx, (name,))[0]
 
 
+def _output(each: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A listing's `-o/--output`: the table for people, or JSON for scripts."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help=f"json: one object per {each}, for scripts (docs/keeper.md names the keys).",
+    )
+
+
 @main.command()
+@_output("node")
 @click.pass_context
-def nodes(ctx: click.Context) -> None:
-    """Every node of the inventory: hive state, version, workers, models."""
-    _run(ctx, fleet.nodes_table)
+def nodes(ctx: click.Context, output: str) -> None:
+    """Every node of the inventory: hive state, version, workers, models; each row as its
+    node answers, all within the longest SSH connect timeout + 2 s."""
+    _run(ctx, lambda keeper, console: fleet.nodes_table(keeper, console, output))
 
 
 @main.group()
@@ -349,14 +363,7 @@ def workers() -> None:
 
 
 @workers.command("list")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="json: one object per worker, for scripts.",
-)
+@_output("worker")
 @click.pass_context
 def workers_list(ctx: click.Context, output: str) -> None:
     """The workers this keeper started, as their hives report them now (a node that does
@@ -413,11 +420,12 @@ def models() -> None:
 
 @models.command("list")
 @click.option("--node", "node_name", default="local", show_default=True)
+@_output("model")
 @click.pass_context
-def models_list(ctx: click.Context, node_name: str) -> None:
+def models_list(ctx: click.Context, node_name: str, output: str) -> None:
     """The models NODE has."""
     node = _node(ctx, node_name)
-    _run(ctx, lambda keeper, console: fleet.models_list(keeper, node, console))
+    _run(ctx, lambda keeper, console: fleet.models_list(keeper, node, console, output))
 
 
 @models.command("download")

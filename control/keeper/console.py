@@ -6,11 +6,15 @@ So `rbee infer … > out.txt` captures only the answer.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from types import TracebackType
 from typing import TextIO
 
 from rich.console import Console as RichConsole
+from rich.console import Group
+from rich.live import Live
 from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from .events import (
     AnswerEnded,
@@ -77,9 +81,25 @@ class Console:
         self._out.write(text + "\n")
         self._out.flush()
 
-    def table(self, table: Table) -> None:
+    @property
+    def width(self) -> int:
+        """The output's width in columns (the terminal's; $COLUMNS or 80 in a pipe)."""
+        return self._data.width
+
+    def rows(self, lines: Sequence[Text]) -> None:
+        """Lines of a listing (rows.py), on stdout; styled on a terminal only."""
         self._end_progress()
-        self._data.print(table)
+        for line in lines:
+            # soft_wrap: a line wider than the output (a long path) is not broken in two.
+            self._data.print(line, soft_wrap=True)
+
+    def rows_as_they_come(
+        self, head: Sequence[Text], pending: Sequence[Sequence[Text]]
+    ) -> Arrivals:
+        """A listing whose rows arrive in any order (see Arrivals); `pending`: each row's
+        lines until it arrives."""
+        self._end_progress()
+        return Arrivals(self, self._data, head, pending)
 
     def heard(self, event: KeeperEvent) -> None:
         match event:
@@ -118,3 +138,64 @@ class Console:
         if self._progress_open:
             self._err.file.write("\n")
             self._progress_open = False
+
+
+class Arrivals:
+    """Rows shown as they arrive: on a terminal, a live view redrawn as each one does (those
+    still awaited show their pending lines); in a pipe or a file, no redrawing: each row is
+    printed once it and every row before it arrived, so the output keeps the rows' order.
+
+    Used as a context manager; `arrived(index, lines)` gives a row."""
+
+    def __init__(
+        self,
+        console: Console,
+        data: RichConsole,
+        head: Sequence[Text],
+        pending: Sequence[Sequence[Text]],
+    ) -> None:
+        self._console = console
+        self._head = list(head)
+        self._rows: list[Sequence[Text]] = list(pending)
+        self._arrived = [False] * len(pending)
+        self._printed = 0  # rows printed so far, in a pipe
+        self._live = (
+            Live(console=data, auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
+            if data.is_terminal
+            else None
+        )
+
+    def __enter__(self) -> Arrivals:
+        if self._live is None:
+            self._console.rows(self._head)
+        else:
+            self._live.update(self._view())
+            self._live.start(refresh=True)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._live is not None:
+            self._live.stop()
+        elif exc is None:  # every row arrived (else the error says what happened)
+            self._print_ready(everything=True)
+
+    def arrived(self, index: int, lines: Sequence[Text]) -> None:
+        self._rows[index] = lines
+        self._arrived[index] = True
+        if self._live is not None:
+            self._live.update(self._view(), refresh=True)
+        else:
+            self._print_ready()
+
+    def _view(self) -> Group:
+        return Group(*self._head, *(line for row in self._rows for line in row))
+
+    def _print_ready(self, everything: bool = False) -> None:
+        while self._printed < len(self._rows) and (everything or self._arrived[self._printed]):
+            self._console.rows(self._rows[self._printed])
+            self._printed += 1

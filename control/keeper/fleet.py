@@ -10,15 +10,17 @@ import json
 import shlex
 import signal
 import time
+from collections import Counter
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import httpx
-from rich.table import Table
+from rich.text import Text
 
 from rbee.dataplane.protocol.client import RemoteError
-from rbee.dataplane.protocol.hive_api import WorkerRow
+from rbee.dataplane.protocol.hive_api import ModelEntry, WorkerRow
 from rbee.dataplane.protocol.states import SERVING_STATES
-from rbee.dataplane.protocol.wire import ErrorCode
+from rbee.dataplane.protocol.wire import VERSION, ErrorCode
 from rbee.dataplane.protocol.worker_api import WorkerHealth
 from rbee.dataplane.protocol.worker_client import WorkerClient
 
@@ -28,12 +30,15 @@ from .inventory_errors import InventoryError
 from .keeper import Keeper
 from .node import Node
 from .node_access import NodeAccess
-from .probe import WORKER_PROBE_TIMEOUT_S
+from .probe import NODE_PROBE_TIMEOUT_S, WORKER_PROBE_TIMEOUT_S, host_of
+from .rows import Column, Rows
 from .runner import RunnerError
-from .status import gigabytes
+from .status import HiveState, NodeStatus, gigabytes
 from .words import ActionableError
 from .worker_registry import RegisteredWorker
 
+NODES_ANSWER_S = 2.0  # `rbee nodes`: how long past the longest SSH connect a row may wait
+MIN_ANSWER_S = 1.0  # however slow the command's start-up was, each node has this long
 HIVE_LIST_TIMEOUT_S = 5.0  # `workers list`: how long each node's hive has to list its workers
 # Why a worker's state is unknown, in `rbee workers list`.
 NOT_ANSWERING = "unknown (node not answering)"
@@ -42,23 +47,113 @@ UNREACHABLE = "unknown (node unreachable)"
 HIVE_ERROR = "unknown (hive error)"
 
 
-async def nodes_table(keeper: Keeper, console: Console) -> int:
-    statuses = await keeper.probe_all()
-    table = Table("node", "host", "hive", "version", "workers", "models", "free RAM", "problem")
-    for status in statuses:
-        up = status.is_up
-        table.add_row(
+def nodes_deadline_s(nodes: Sequence[Node]) -> float:
+    """How long `rbee nodes` may take, from the moment it was started: the inventory's
+    longest SSH connect timeout plus NODES_ANSWER_S, and never less than a hive's own
+    deadline (a node's probe deadline may end its row sooner). Wedged hives and dead hosts
+    cost this once, together, however many there are."""
+    longest_connect_s = max((n.connect_timeout_s for n in nodes if not n.is_local), default=0.0)
+    return max(NODE_PROBE_TIMEOUT_S, longest_connect_s + NODES_ANSWER_S)
+
+
+def _left_s(deadline_s: float) -> float:
+    """What is left of `deadline_s` counted from this process's start (its start-up is part
+    of the wait a person sees), rounded for the words; a moment at least."""
+    import psutil  # 20 ms of imports no other command of the keeper pays
+
+    started = psutil.Process().create_time()
+    return round(max(MIN_ANSWER_S, deadline_s - max(0.0, time.time() - started)), 1)
+
+
+async def nodes_table(keeper: Keeper, console: Console, output: str = "table") -> int:
+    """Every node's state, each row shown as soon as its node answers (see Arrivals)."""
+    nodes = keeper.nodes
+    within_s = _left_s(nodes_deadline_s(nodes))
+    if output == "json":
+        statuses = await asyncio.gather(*(keeper.probe(node, within_s) for node in nodes))
+        console.line(json.dumps([_node_as_json(s) for s in statuses], indent=2))
+        return 0
+    rows = Rows(NODE_COLUMNS, console.width, ((n.name, host_of(n)) for n in nodes))
+    pending = [rows.row((n.name, host_of(n), Text("checking…", style="dim"))) for n in nodes]
+    with console.rows_as_they_come([rows.header()], pending) as arrivals:
+
+        async def one(index: int, node: Node) -> NodeStatus:
+            status = await keeper.probe(node, within_s)
+            arrivals.arrived(index, _node_row(rows, status))
+            return status
+
+        statuses = await asyncio.gather(*(one(i, node) for i, node in enumerate(nodes)))
+    console.line(_summary(statuses))
+    return 0
+
+
+def _summary(statuses: Sequence[NodeStatus]) -> str:
+    """`4 nodes: 1 up, 2 unreachable, 1 not answering`: the table at a glance."""
+    counts = Counter(s.state for s in statuses)
+    states = ", ".join(f"{counts[state]} {state}" for state in HiveState if counts[state])
+    return f"{len(statuses)} node{'s' * (len(statuses) != 1)}: {states}"
+
+
+NODE_COLUMNS = (
+    Column("node"),
+    Column("host", shrinks=True),
+    Column("hive", width=max(len(state) for state in HiveState)),
+    Column("version", width=len(VERSION)),
+    Column("workers"),
+    Column("models"),
+    Column("free RAM", width=len("999.9 GB")),
+)
+STATE_STYLES = {HiveState.UP: "green", HiveState.NOT_ANSWERING: "yellow"}
+
+
+def _node_row(rows: Rows, status: NodeStatus) -> list[Text]:
+    """The node's line, then its problem and what to do, under it."""
+    up = status.is_up
+    details: list[Text] = []
+    if status.problem:
+        details.append(Text(status.problem, style="red"))
+    if status.suggestion:
+        details.append(Text(f"Suggestion: {status.suggestion}", style="yellow"))
+    return rows.row(
+        (
             status.name,
             status.host,
-            str(status.state),
+            Text(str(status.state), style=STATE_STYLES.get(status.state, "red")),
             status.version or "-",
             str(len(status.workers)) if up else "-",
             str(len(status.models)) if up else "-",
             gigabytes(status.ram_available_mb),
-            status.problem or "",
-        )
-    console.table(table)
-    return 0
+        ),
+        details,
+    )
+
+
+def _node_as_json(status: NodeStatus) -> dict[str, object]:
+    """A node for scripts: every key always there; null when the hive did not say."""
+    up = status.is_up
+    return {
+        "node": status.name,
+        "host": status.host,
+        "hive": str(status.state),
+        "version": status.version,
+        "workers": [
+            {
+                "worker_id": w.worker_id,
+                "model_ref": w.model_ref,
+                "state": w.state,
+                "url": w.url,
+                "slots_busy": w.slots_busy,
+                "slots_total": w.slots_total,
+            }
+            for w in status.workers
+        ]
+        if up
+        else None,
+        "models": list(status.models) if up else None,
+        "ram_available_mb": status.ram_available_mb,
+        "problem": status.problem,
+        "suggestion": status.suggestion,
+    }
 
 
 async def workers_list(keeper: Keeper, console: Console, output: str = "table") -> int:
@@ -69,14 +164,32 @@ async def workers_list(keeper: Keeper, console: Console, output: str = "table") 
     if not rows:
         console.line("No workers registered")
         return 0
-    table = Table("worker", "node", "model", "state", "url", "last health check")
-    for w, state in rows:
-        checked = (
-            f"{time.time() - w.last_health_check:.0f} s ago" if w.last_health_check else "never"
+    now = time.time()
+    cells = [
+        (
+            w.worker_id,
+            w.node,
+            w.model_ref,
+            state,
+            w.url,
+            f"{now - w.last_health_check:.0f} s ago" if w.last_health_check else "never",
         )
-        table.add_row(w.worker_id, w.node, w.model_ref, state, w.url, checked)
-    console.table(table)
+        for w, state in rows
+    ]
+    layout = Rows(WORKER_COLUMNS, console.width, cells)
+    console.rows([layout.header(), *(line for row in cells for line in layout.row(row))])
     return 0
+
+
+# On a narrow terminal the model and the URL go under their row, whole: they are copied.
+WORKER_COLUMNS = (
+    Column("worker"),
+    Column("node"),
+    Column("model", below=True),
+    Column("state"),
+    Column("url", below=True),
+    Column("last health check"),
+)
 
 
 async def reconciled(keeper: Keeper) -> list[tuple[RegisteredWorker, str]]:
@@ -239,16 +352,40 @@ async def workers_shutdown(keeper: Keeper, node: Node, worker_id: str, console: 
     return 0
 
 
-async def models_list(keeper: Keeper, node: Node, console: Console) -> int:
+async def models_list(keeper: Keeper, node: Node, console: Console, output: str = "table") -> int:
     models = await keeper.models(node)
+    if output == "json":
+        console.line(json.dumps([_model_as_json(node, m) for m in models], indent=2))
+        return 0
     if not models:
         console.line(f"No models on {node.name}")
         return 0
-    table = Table("model", "size", "downloaded", "path")
-    for m in models:
-        table.add_row(m.reference, f"{m.size_bytes / 1e6:.1f} MB", m.downloaded_at, m.local_path)
-    console.table(table)
+    cells = [
+        (m.reference, f"{m.size_bytes / 1e6:.1f} MB", m.downloaded_at, m.local_path) for m in models
+    ]
+    layout = Rows(MODEL_COLUMNS, console.width, cells)
+    console.rows([layout.header(), *(line for row in cells for line in layout.row(row))])
     return 0
+
+
+MODEL_COLUMNS = (
+    Column("model", below=True),
+    Column("size"),
+    Column("downloaded"),
+    Column("path", below=True),
+)
+
+
+def _model_as_json(node: Node, model: ModelEntry) -> dict[str, object]:
+    return {
+        "node": node.name,
+        "model_ref": model.reference,
+        "provider": model.provider,
+        "size_bytes": model.size_bytes,
+        "sha256": model.sha256,
+        "downloaded_at": model.downloaded_at,
+        "path": model.local_path,
+    }
 
 
 async def models_download(keeper: Keeper, node: Node, model_ref: str, console: Console) -> int:

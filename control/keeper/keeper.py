@@ -93,9 +93,10 @@ class Keeper:
 
     # ----------------------------------------------------------------- reading
 
-    async def probe(self, node: Node) -> NodeStatus:
-        """The node's state now; never raises (see probe.py)."""
-        return await probe_node(node, self._connections, self.registry)
+    async def probe(self, node: Node, within_s: float | None = None) -> NodeStatus:
+        """The node's state now, within its probe deadline or `within_s` if sooner; never
+        raises (see probe.py)."""
+        return await probe_node(node, self._connections, self.registry, within_s)
 
     async def probe_all(self) -> list[NodeStatus]:
         """Every node at once, in inventory order."""

@@ -22,6 +22,7 @@ from .inventory_errors import InventoryError
 from .node import Node
 from .node_access import HIVE_CALL_TIMEOUT_S, NodeAccess, NodeConnections
 from .runner import RunnerError
+from .ssh_runner import SSHRunner
 from .status import HiveState, NodeStatus, WorkerStatus
 from .words import (
     auth_failed,
@@ -43,25 +44,39 @@ def probe_deadline_s(node: Node) -> float:
     return NODE_PROBE_TIMEOUT_S + (0.0 if node.is_local else node.connect_timeout_s)
 
 
-def _host_of(node: Node) -> str:
+def host_of(node: Node) -> str:
     return "local" if node.is_local else node.host
 
 
 def _status(node: Node, state: HiveState, problem: str, suggestion: str) -> NodeStatus:
-    return NodeStatus(node.name, _host_of(node), state, problem=problem, suggestion=suggestion)
+    return NodeStatus(node.name, host_of(node), state, problem=problem, suggestion=suggestion)
 
 
 async def probe_node(
-    node: Node, connections: NodeConnections, registry: WorkerRegistry | None = None
+    node: Node,
+    connections: NodeConnections,
+    registry: WorkerRegistry | None = None,
+    within_s: float | None = None,
 ) -> NodeStatus:
     """The node's hive state, workers (with each worker's own health) and catalog, within
-    probe_deadline_s. Workers the registry knows and that answer are marked healthy in it,
-    so that a following infer finds them warm."""
+    probe_deadline_s, or `within_s` when that is sooner (a round over many nodes). Workers
+    the registry knows and that answer are marked healthy in it, so that a following infer
+    finds them warm."""
     deadline_s = probe_deadline_s(node)
+    if within_s is not None:
+        deadline_s = min(deadline_s, within_s)
     try:
         async with asyncio.timeout(deadline_s):
             return await _probe(node, connections, registry)
     except TimeoutError:
+        runner = connections.access(node).runner
+        if isinstance(runner, SSHRunner) and not runner.connected:  # the hive was not asked
+            return _status(
+                node,
+                HiveState.UNREACHABLE,
+                f"SSH: no answer within {deadline_s:g} s",
+                f"check that {node.name} is up and reachable from here",
+            )
         return _status(node, HiveState.NOT_ANSWERING, not_answering(deadline_s), restart_hint(node))
 
 
@@ -122,7 +137,7 @@ async def _probe_hive(access: NodeAccess, registry: WorkerRegistry | None) -> No
             mismatch = version_mismatch(node, health.version)
             return NodeStatus(
                 node.name,
-                _host_of(node),
+                host_of(node),
                 HiveState.VERSION_MISMATCH,
                 health.version,
                 problem=mismatch.message,
@@ -138,7 +153,7 @@ async def _probe_hive(access: NodeAccess, registry: WorkerRegistry | None) -> No
                 registry.mark_healthy(worker.worker_id, worker.state)
     return NodeStatus(
         node.name,
-        _host_of(node),
+        host_of(node),
         HiveState.UP,
         health.version,
         tuple(workers),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from conftest import BIN, free_port
 from support.sshd import FakeNode
+from support.terminal import OnTerminal
 
 from rbee.control.hive.settings import KEY_FILE
 
@@ -120,11 +121,31 @@ class Operator:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM workers")]
 
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
+        return {**env, "RBEE_HOME": str(self.home), "RBEE_INVENTORY": str(self.inventory), **extra}
+
     def rbee(
         self, *args: str, timeout: float = 120, **extra_env: str
     ) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
-        env.update(RBEE_HOME=str(self.home), RBEE_INVENTORY=str(self.inventory), **extra_env)
         return subprocess.run(
-            [str(BIN / "rbee"), *args], capture_output=True, text=True, timeout=timeout, env=env
+            [str(BIN / "rbee"), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(**extra_env),
         )
+
+    def popen(self, *args: str, **extra_env: str) -> subprocess.Popen[str]:
+        """`rbee ARGS` started, its stdout and stderr piped."""
+        return subprocess.Popen(
+            [str(BIN / "rbee"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env(**extra_env),
+        )
+
+    def on_terminal(self, *args: str, columns: int = 80) -> OnTerminal:
+        """`rbee ARGS` started on a terminal `columns` wide."""
+        return OnTerminal([str(BIN / "rbee"), *args], self.env(), columns)
