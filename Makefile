@@ -12,7 +12,8 @@ include control/keeper/llama_build.env
 LLAMA_BUILD_ENV := CMAKE_ARGS="$(CMAKE_ARGS)" CFLAGS="$(CFLAGS)" CXXFLAGS="$(CXXFLAGS)"
 endif
 
-.PHONY: run test check install bench bench-compare bench-queen bench-repetition clean
+.PHONY: run test check install bench bench-compare bench-queen bench-repetition bench-prefill \
+	bench-ceiling clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +57,14 @@ bench-queen: $(STAMP)
 # table behind the native API's repeat_penalty default, docs/performance.md "Repetition".
 bench-repetition: $(STAMP)
 	$(BIN)/python bench/repetition.py
+
+# The second turn of a chat (prompt reuse) and an arrival among running streams.
+bench-prefill: $(STAMP)
+	$(BIN)/python bench/prefill.py
+
+# llama.cpp's own decode and batched-prefill ceiling (bench-compare runs it too).
+bench-ceiling: $(STAMP)
+	$(BIN)/python bench/ceiling.py
 
 # rbee-worker vs llama_cpp.server vs in-process llama-cpp-python. llama_cpp.server's deps
 # (llama-cpp-python[server]) and matplotlib (the chart) live only in bench/.venv, never in the
