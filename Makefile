@@ -12,7 +12,7 @@ include control/keeper/llama_build.env
 LLAMA_BUILD_ENV := CMAKE_ARGS="$(CMAKE_ARGS)" CFLAGS="$(CFLAGS)" CXXFLAGS="$(CXXFLAGS)"
 endif
 
-.PHONY: run test check install bench bench-compare bench-queen bench-repetition clean
+.PHONY: run test check install bench bench-compare bench-queen bench-repetition bench-startup clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench-queen: $(STAMP)
 # table behind the native API's repeat_penalty default, docs/performance.md "Repetition".
 bench-repetition: $(STAMP)
 	$(BIN)/python bench/repetition.py
+
+# How fast `rbee --help` and importing the `rbee` command are, against issue 15's targets
+# (150 and 100 ms), and the largest imports: docs/performance.md "Start-up".
+bench-startup: $(STAMP)
+	$(BIN)/python bench/startup.py
 
 # rbee-worker vs llama_cpp.server vs in-process llama-cpp-python. llama_cpp.server's deps
 # (llama-cpp-python[server]) and matplotlib (the chart) live only in bench/.venv, never in the
