@@ -2,9 +2,10 @@
 script runs (rbee.tui.command, the composition root), against issue 15's targets. Heavy
 libraries (asyncssh, httpx, pydantic, textual …) load inside the commands that use them.
 
-Prints the median (min–max) wall time of `rbee --help` and of `python -c "import
-rbee.tui.command"` over --runs runs each, the import's own time as `python -X importtime`
-counts it (the interpreter's start-up left out), and the five largest cumulative imports.
+Prints the median (min–max) wall time and the median CPU time of `rbee --help`, of `python -c
+"import rbee.tui.command"` and of the bare interpreter over --runs runs each; the import's own
+time as `python -X importtime` counts it (the interpreter's start-up left out, the profiler's
+overhead in); and the five largest cumulative imports of its median run.
 
     .venv/bin/python bench/startup.py [--runs 10]
 """
