@@ -13,7 +13,7 @@ LLAMA_BUILD_ENV := CMAKE_ARGS="$(CMAKE_ARGS)" CFLAGS="$(CFLAGS)" CXXFLAGS="$(CXX
 endif
 
 .PHONY: run test check install bench bench-compare bench-queen bench-repetition bench-prefill \
-	bench-ceiling clean
+	bench-ceiling bench-startup clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench-prefill: $(STAMP)
 # llama.cpp's own decode and batched-prefill ceiling (bench-compare runs it too).
 bench-ceiling: $(STAMP)
 	$(BIN)/python bench/ceiling.py
+
+# How fast `rbee --help` and importing the `rbee` command are, against issue 15's targets
+# (150 and 100 ms), and the largest imports: docs/performance.md "Start-up".
+bench-startup: $(STAMP)
+	$(BIN)/python bench/startup.py
 
 # rbee-worker vs llama_cpp.server vs in-process llama-cpp-python. llama_cpp.server's deps
 # (llama-cpp-python[server]) and matplotlib (the chart) live only in bench/.venv, never in the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from rbee.control.keeper.command import inventory_of, main
-from rbee.control.keeper.probe import DEFAULT_REFRESH_S
+from rbee.control.keeper.settings import DEFAULT_REFRESH_S
 from rbee.control.queen.command import queen
 
 __all__ = ["main"]

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rbee.control.keeper.probe import DEFAULT_REFRESH_S
+from rbee.control.keeper.settings import DEFAULT_REFRESH_S
 
 SPARKLINE_REQUESTS = 30  # tokens/s of this many recent requests in the sparkline
 LOG_LINES = 500  # the log panel keeps this many lines

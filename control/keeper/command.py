@@ -1,33 +1,30 @@
-"""`rbee`: the keeper's command line (operator machine)."""
+"""`rbee`: the keeper's command line (operator machine).
+
+`rbee --help` must be quick (issue 15: under 150 ms), so this module imports only what the
+commands' options name; the keeper itself (asyncssh, httpx, pydantic, rich) loads inside the
+commands that run it. tests/keeper/test_command.py holds the line.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Protocol, get_args
+from typing import TYPE_CHECKING, Protocol, get_args
 
 import click
 from click.core import ParameterSource
 
+from rbee.dataplane.protocol.backends import Backend
+from rbee.dataplane.protocol.limits import MAX_TOKENS_LIMIT
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
-from rbee.dataplane.protocol.requests import MAX_TOKENS_LIMIT
-from rbee.dataplane.protocol.wire import VERSION
 
-from . import fleet
-from .console import Console
-from .infer import InferRequest
-from .install_plan import Installer
-from .inventory import Inventory, find_inventory, load_inventory
 from .inventory_errors import InventoryError
-from .keeper import Keeper
-from .node import Backend, Node
-from .queen_infer import QueenRequest
-from .runner import RunnerError
-from .words import ActionableError
-from .worker_registry import WorkerRegistry
+
+if TYPE_CHECKING:
+    from .console import Console
+    from .inventory import Inventory
+    from .keeper import Keeper
+    from .node import Node
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,10 +36,12 @@ from .worker_registry import WorkerRegistry
     help="inventory.toml (else $RBEE_INVENTORY, ~/.config/rbee/inventory.toml, "
     "the bundled example).",
 )
-@click.version_option(VERSION, prog_name="rbee")
+@click.version_option(package_name="rbee", prog_name="rbee")  # read on --version only
 @click.pass_context
 def main(ctx: click.Context, inventory_path: str | None) -> None:
     """Run LLM inference on the machines you already own."""
+    import logging
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = inventory_path
 
@@ -56,6 +55,8 @@ class InventoryMistake(click.ClickException):
 
 def inventory_of(ctx: click.Context) -> Inventory:
     """The inventory the command line names (`--inventory`, else the usual places)."""
+    from .inventory import find_inventory, load_inventory
+
     try:
         return load_inventory(find_inventory(ctx.obj))
     except InventoryError as exc:
@@ -142,6 +143,9 @@ def infer(
     text = prompt if prompt is not None else " ".join(prompt_words)
     if not text.strip():
         raise click.UsageError('give a prompt: rbee infer "write a short story"')
+    from .infer import InferRequest
+    from .queen_infer import QueenRequest
+
     if through_queen:
         _refuse_node_options(ctx)
         if not model_ref.strip():
@@ -211,6 +215,9 @@ class _Cancelable(Protocol):
 
 async def _cancelable(run: _Cancelable) -> int:
     """An infer flow on the terminal: Ctrl+C cancels it (EC5)."""
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, run.cancel)
     try:
@@ -233,6 +240,13 @@ def _on_each(
     action: Callable[[Keeper, Node, Console], Awaitable[str]],
 ) -> None:
     """Runs `action` on every named node at once; one line per node; exit 1 if any failed."""
+    import asyncio
+
+    from .console import Console
+    from .keeper import Keeper
+    from .runner import RunnerError
+    from .words import ActionableError
+
     inventory, nodes = inventory_of(ctx), _nodes(ctx, names)
     console = Console()
 
@@ -278,6 +292,8 @@ def ssh_up(
 ) -> None:
     """Start the hive on NODEs (over SSH), installing rbee first where it is missing or
     another version, and wait until it answers."""
+    from .install_plan import Installer
+
     installer = None if no_install else Installer(bundled_model=bundled_model)
     try:
         _on_each(
@@ -306,6 +322,7 @@ def deploy(ctx: click.Context, names: tuple[str, ...], bundled_model: bool) -> N
     """Install rbee on NODEs over SSH (fabric): build the wheel here, upload it, create the
     venv at the node's rbee_path, pip install, check the version."""
     from .deploy import deploy as deploy_node  # fabric/paramiko: ~0.1 s no other command pays
+    from .install_plan import Installer
 
     installer = Installer(bundled_model=bundled_model)
     try:
@@ -318,6 +335,12 @@ def deploy(ctx: click.Context, names: tuple[str, ...], bundled_model: bool) -> N
 
 def _run(ctx: click.Context, work: Callable[[Keeper, Console], Awaitable[int]]) -> None:
     """Runs one command on the cluster; its ActionableErrors become words and exit 1."""
+    import asyncio
+
+    from .console import Console
+    from .keeper import Keeper
+    from .words import ActionableError
+
     inventory = inventory_of(ctx)
     console = Console()
 
@@ -354,6 +377,8 @@ def _output(each: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
 def nodes(ctx: click.Context, output: str) -> None:
     """Every node of the inventory: hive state, version, workers, models; each row as its
     node answers, all within the longest SSH connect timeout + 2 s."""
+    from . import fleet
+
     _run(ctx, lambda keeper, console: fleet.nodes_table(keeper, console, output))
 
 
@@ -368,6 +393,8 @@ def workers() -> None:
 def workers_list(ctx: click.Context, output: str) -> None:
     """The workers this keeper started, as their hives report them now (a node that does
     not answer within 5 s shows its workers' state as unknown)."""
+    from . import fleet
+
     _run(ctx, lambda keeper, console: fleet.workers_list(keeper, console, output))
 
 
@@ -377,6 +404,8 @@ def workers_list(ctx: click.Context, output: str) -> None:
 def workers_env(ctx: click.Context, worker_id: str) -> None:
     """OPENAI_BASE_URL and OPENAI_API_KEY of WORKER_ID, as export lines:
     eval "$(rbee workers env WORKER_ID)". The key is the worker's own; keep it private."""
+    from . import fleet
+
     _run(ctx, lambda keeper, console: fleet.workers_env(keeper, worker_id, console))
 
 
@@ -385,6 +414,8 @@ def workers_env(ctx: click.Context, worker_id: str) -> None:
 @click.pass_context
 def workers_health(ctx: click.Context, node_name: str) -> None:
     """Ask each worker on NODE how it is, now."""
+    from . import fleet
+
     node = _node(ctx, node_name)
     _run(ctx, lambda keeper, console: fleet.workers_health(keeper, node, console))
 
@@ -400,6 +431,9 @@ def workers_health(ctx: click.Context, node_name: str) -> None:
 @click.pass_context
 def workers_shutdown(ctx: click.Context, worker_id: str, node_name: str | None) -> None:
     """Stop one worker gracefully."""
+    from . import fleet
+    from .worker_registry import WorkerRegistry
+
     if not node_name:
         registry = WorkerRegistry()
         try:
@@ -424,6 +458,8 @@ def models() -> None:
 @click.pass_context
 def models_list(ctx: click.Context, node_name: str, output: str) -> None:
     """The models NODE has."""
+    from . import fleet
+
     node = _node(ctx, node_name)
     _run(ctx, lambda keeper, console: fleet.models_list(keeper, node, console, output))
 
@@ -435,6 +471,8 @@ def models_list(ctx: click.Context, node_name: str, output: str) -> None:
 def models_download(ctx: click.Context, model_ref: str, node_name: str) -> None:
     """Put MODEL_REF in NODE's catalog, with a progress bar."""
     from rbee.dataplane.protocol.model_refs import InvalidModelRef, parse_model_ref
+
+    from . import fleet
 
     try:
         model_ref = parse_model_ref(model_ref).spelled
@@ -450,5 +488,7 @@ def models_download(ctx: click.Context, model_ref: str, node_name: str) -> None:
 @click.pass_context
 def logs(ctx: click.Context, node_name: str, follow: bool) -> None:
     """NODE's hive log."""
+    from . import fleet
+
     node = _node(ctx, node_name)
     _run(ctx, lambda keeper, console: fleet.logs(keeper, node, follow, console))

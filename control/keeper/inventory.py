@@ -23,13 +23,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rbee.control.hive.settings import DEFAULT_STATE_DIR
+from rbee.dataplane.protocol.backends import Backend
 from rbee.dataplane.protocol.chat_templates import CHAT_TEMPLATE_NAMES, ChatTemplateName
 from rbee.dataplane.protocol.hive_api import DEFAULT_WORKER_SLOTS, MAX_WORKER_SLOTS, WorkerSlots
 from rbee.dataplane.protocol.hosts import is_loopback_host
 from rbee.dataplane.protocol.model_refs import ACCEPTED_FORMS, InvalidModelRef, parse_model_ref
 
 from .inventory_errors import InventoryError, UnknownModel, UnknownNode
-from .node import Backend, Node
+from .node import Node
 from .served_models import (
     DEFAULT_WORKERS_PER_NODE,
     MAX_WORKERS_PER_NODE,

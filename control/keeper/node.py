@@ -13,15 +13,13 @@ import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from rbee.control.hive.settings import KEY_FILE
+from rbee.dataplane.protocol.backends import Backend
 from rbee.dataplane.protocol.hosts import is_loopback_host
 
 from .inventory_errors import InventoryError
 from .toml_lines import quoted
-
-Backend = Literal["cpu", "cuda", "metal"]
 
 # A key goes into an Authorization header; an HTTP library's error about a bad header value
 # would quote it, so a malformed key is refused here, without showing it.

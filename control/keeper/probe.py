@@ -34,7 +34,6 @@ from .words import (
 )
 from .worker_registry import WorkerRegistry
 
-DEFAULT_REFRESH_S = 2.0  # how often a live view (the dashboard, the queen) probes each node
 NODE_PROBE_TIMEOUT_S = HIVE_CALL_TIMEOUT_S
 WORKER_PROBE_TIMEOUT_S = 2.0
 

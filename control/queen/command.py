@@ -4,39 +4,24 @@
 `rbee queen` runs it in the foreground; `rbee queen start` runs it in the background (its
 log in $RBEE_HOME/queen.log), `status` and `stop` find it by its pid file, as `rbee-hive pid`
 and `stop` find a hive: a process is the queen only when it holds the file's lock and has
-the start time recorded there."""
+the start time recorded there.
+
+Like the keeper's commands, these import what they run (httpx, psutil, the queen) when they
+run, so that `rbee --help` stays quick."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import httpx
-import psutil
 
 from rbee.control.keeper.command import inventory_of
-from rbee.control.keeper.queen_address import (
-    QueenAddress,
-    clear_queen_address,
-    queen_pid_file,
-    read_queen_address,
-)
-from rbee.control.keeper.queen_status import queen_call_failure, queen_client
-from rbee.control.keeper.words import ActionableError
-from rbee.control.keeper.worker_registry import rbee_home
-from rbee.dataplane.plumbing import pidfile
-from rbee.dataplane.plumbing.cli_options import read_key_file, split_addr, stop_proven
-from rbee.dataplane.protocol.client import InvalidResponse, RemoteError
-from rbee.dataplane.protocol.queen_api import ClusterReport, QueenHealth
 
 from .settings import (
     DEFAULT_LISTEN,
@@ -46,6 +31,12 @@ from .settings import (
     STOP_TIMEOUT_S,
     QueenSettings,
 )
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from rbee.control.keeper.queen_address import QueenAddress
+    from rbee.dataplane.plumbing import pidfile
 
 F = TypeVar("F", bound=Callable[..., Any])
 _LOG_TAIL_LINES = 15
@@ -107,6 +98,11 @@ def queen(
                 f"give it after (rbee queen {ctx.invoked_subcommand} {given[0]} …)"
             )
         return
+    import asyncio
+    import logging
+
+    from rbee.control.keeper.queen_address import clear_queen_address, queen_pid_file
+    from rbee.dataplane.plumbing import pidfile
     from rbee.dataplane.plumbing.http import bind
 
     from .service import run_queen
@@ -135,6 +131,8 @@ def queen(
 
 
 def _settings(listen: str, api_key_file: Path | None, stop_hives: bool) -> QueenSettings:
+    from rbee.dataplane.plumbing.cli_options import read_key_file, split_addr
+
     host, port = split_addr(listen, "--listen")
     settings = QueenSettings(
         host=host,
@@ -158,6 +156,10 @@ def start(
 ) -> None:
     """Run the queen in the background (its log: $RBEE_HOME/queen.log) and wait until it
     answers; `rbee queen stop` stops it."""
+    import subprocess
+
+    from rbee.control.keeper.worker_registry import rbee_home
+
     _settings(listen, api_key_file, stop_hives)  # a mistake is said here, not in the log
     inventory = inventory_of(ctx)
     running = _running_queen()
@@ -203,6 +205,11 @@ def start(
 def _wait_serving(child: subprocess.Popen[bytes], timeout_s: float) -> str | None:
     """The queen's URL once `child` holds the pid file and answers /health; None when it
     exited or the deadline passed."""
+    import httpx
+
+    from rbee.control.keeper.queen_address import queen_pid_file, read_queen_address
+    from rbee.dataplane.plumbing import pidfile
+
     deadline = time.monotonic() + timeout_s
     while child.poll() is None and time.monotonic() < deadline:
         address = read_queen_address()
@@ -231,6 +238,12 @@ def _tail(path: Path, offset: int) -> str:
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
 def status(output: str) -> None:
     """Is a queen running, where, and what it sees; exit 3 when none runs."""
+    import psutil
+
+    from rbee.control.keeper.queen_address import read_queen_address
+    from rbee.control.keeper.worker_registry import rbee_home
+    from rbee.dataplane.plumbing import pidfile
+
     running = _running_queen()
     if running.process is None:
         if output == "json":
@@ -263,6 +276,14 @@ def status(output: str) -> None:
 
 def _ask(address: QueenAddress, report: dict[str, Any]) -> str | None:
     """Fills `report` from the queen's /health and /v1/cluster; what went wrong, if any."""
+    import asyncio
+
+    import httpx
+
+    from rbee.control.keeper.queen_status import queen_call_failure, queen_client
+    from rbee.control.keeper.words import ActionableError
+    from rbee.dataplane.protocol.client import InvalidResponse, RemoteError
+    from rbee.dataplane.protocol.queen_api import ClusterReport, QueenHealth
 
     async def ask() -> tuple[QueenHealth, ClusterReport]:
         async with queen_client(address, timeout_s=STATUS_TIMEOUT_S) as client:
@@ -319,6 +340,9 @@ def _duration(seconds: float) -> str:
 def stop(timeout_s: float) -> None:
     """Stop the running queen: SIGTERM, SIGKILL past --timeout-s. Only a process proven to
     be the queen (by its pid file) is signalled."""
+    from rbee.control.keeper.queen_address import queen_pid_file
+    from rbee.dataplane.plumbing.cli_options import stop_proven
+
     running = _running_queen()
     if running.process is None:
         click.echo(queen_pid_file().not_running(running))
@@ -327,6 +351,9 @@ def stop(timeout_s: float) -> None:
 
 
 def _running_queen() -> pidfile.Holder:
+    from rbee.control.keeper.queen_address import queen_pid_file
+    from rbee.dataplane.plumbing import pidfile
+
     try:
         return queen_pid_file().check()
     except (pidfile.NotProven, OSError) as exc:

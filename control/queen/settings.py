@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rbee.control.keeper.probe import DEFAULT_REFRESH_S
+from rbee.control.keeper.settings import DEFAULT_REFRESH_S
 from rbee.dataplane.protocol.hosts import is_loopback_host
 
 DEFAULT_LISTEN = "127.0.0.1:7833"

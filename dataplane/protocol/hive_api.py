@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .backends import Backend
 from .chat_templates import ChatTemplateName
 from .states import ManagedState
 from .wire import ErrorInfo, Message
@@ -42,7 +43,7 @@ class SpawnRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     model_ref: ModelRefField
-    backend: Literal["cpu", "cuda", "metal"] = "cpu"
+    backend: Backend = "cpu"
     device: Annotated[int, Field(ge=0, le=64)] = 0
     slots: WorkerSlots = DEFAULT_WORKER_SLOTS
     ctx_size: Annotated[int, Field(ge=32, le=1 << 20)] = 2048

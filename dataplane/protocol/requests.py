@@ -16,7 +16,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-MAX_TOKENS_LIMIT = 8192  # DESIGN §4: max_tokens 1–8192
+from .limits import MAX_TOKENS_LIMIT
+
 DEFAULT_MAX_TOKENS = 256  # native API default when the client gives none
 OPENAI_DEFAULT_MAX_TOKENS = 16  # /v1/completions default, as OpenAI's API
 

@@ -26,7 +26,8 @@ from rbee.control.keeper.events import Unheard
 from rbee.control.keeper.inventory import load_inventory
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
-from rbee.control.keeper.probe import DEFAULT_REFRESH_S, probe_deadline_s
+from rbee.control.keeper.probe import probe_deadline_s
+from rbee.control.keeper.settings import DEFAULT_REFRESH_S
 from rbee.control.keeper.worker_registry import WorkerRegistry
 
 

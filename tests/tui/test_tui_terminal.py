@@ -20,7 +20,7 @@ from conftest import BIN
 from support.hive_process import start_hive
 from support.inventories import local_node
 
-from rbee.control.keeper.probe import DEFAULT_REFRESH_S
+from rbee.control.keeper.settings import DEFAULT_REFRESH_S
 from rbee.tui.command import main
 
 EXIT_MARK = "rbee-tui-exit="
