@@ -11,12 +11,14 @@ import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import click
 from hypercorn.asyncio import serve
 
 from rbee.dataplane.plumbing.gguf_file import ModelFileError, ModelInfo, check_model_ref
 from rbee.dataplane.plumbing.http import bind, server_config
+from rbee.dataplane.protocol.backends import Backend
 from rbee.dataplane.protocol.chat_templates import CHAT_TEMPLATE_NAMES
 from rbee.dataplane.protocol.model_refs import DEFAULT_MODEL_REF
 from rbee.dataplane.protocol.wire import VERSION
@@ -88,9 +90,7 @@ log = logging.getLogger("rbee.worker")
     default=None,
     help="URL to POST this worker's identity to when it serves and when it is ready.",
 )
-@click.option(
-    "--backend", type=click.Choice(["cpu", "cuda", "metal"]), default="cpu", show_default=True
-)
+@click.option("--backend", type=click.Choice(get_args(Backend)), default="cpu", show_default=True)
 @click.option("--device", type=click.IntRange(0, 64), default=0, show_default=True)
 @click.option(
     "--extra-bufts/--no-extra-bufts",
