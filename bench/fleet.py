@@ -74,7 +74,10 @@ def node_table(name: str, fake: FakeNode | None, port: int, state_dir: Path) -> 
     if fake is not None:
         entry = fake.inventory_entry()
     else:
-        entry = {"host": "127.0.0.1", "port": port, "user": "nobody"}
+        known_hosts = state_dir.parent / "known_hosts"  # empty: never reached anyway
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        known_hosts.touch()
+        entry = {"host": "127.0.0.1", "port": port, "known_hosts": str(known_hosts)}
     lines = [f"[nodes.{name}]"]
     lines += [f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in entry.items()]
     lines += [

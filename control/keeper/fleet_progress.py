@@ -3,11 +3,14 @@
 On a terminal: a live row per node (its latest step, then its outcome), and once all are
 done the rows that fit the screen (failures first when they do not) and a summary line,
 `58 up, 2 failed: n55 (refused), n58 (timed out)`; each failure in a line or two. Piped: one
-line per node as it ends, in full (`NODE: Error: message | details | Suggestion: …`), then
-the same summary. Sixty nodes of two lines each hid six errors in 117 lines (issue 15)."""
+line per node as it ends, a failure in full (`NODE: Error: message`, its details and what
+to do, indented, at 80 columns), then the same summary; of the steps, only those not every
+node goes through (an install's). Sixty nodes of two lines each hid six errors in 117 lines
+(issue 15)."""
 
 from __future__ import annotations
 
+import textwrap
 import time
 from dataclasses import dataclass, field
 
@@ -18,12 +21,15 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from .attempts import ATTEMPT_STEP
 from .console import Console
 from .events import KeeperEvent, Step
+from .hive_control import ROUTINE_STEPS
 from .runner import CommandTimeout
 from .ssh_errors import SSHConnectError
 from .words import ActionableError
 
+LINE_WIDTH = 80
 SUMMARY_WIDTH = 160  # the summary names failed nodes in about two lines of 80 columns
 SHORT_REASON_WIDTH = 28
 # An SSH connection's failure kind (ssh_errors.py) in the summary's words.
@@ -63,14 +69,32 @@ def short_reason(error: Exception) -> str:
     return _clipped(message.split("\n")[0], SHORT_REASON_WIDTH)
 
 
-def full_text(error: Exception) -> str:
-    """The whole failure on one line: message, details, suggestion."""
-    if not isinstance(error, ActionableError):
-        return str(error).replace("\n", " | ")
-    parts = [error.message, *(d for detail in error.details for d in detail.splitlines())]
-    if error.suggestion:
-        parts.append(f"Suggestion: {error.suggestion}")
-    return " | ".join(p.strip() for p in parts if p.strip())
+def failure_lines(name: str, error: Exception, width: int = LINE_WIDTH) -> list[str]:
+    """The whole failure, for a log: `NODE: Error: message`, then its details and what to do,
+    indented; wrapped at `width` (a word longer than that, a path, stays whole)."""
+    if isinstance(error, ActionableError):
+        message, details, suggestion = error.message, error.details, error.suggestion
+    else:
+        message, details, suggestion = str(error), (), None
+    first, *rest = _without(name, message).splitlines() or [""]
+    parts = [*rest, *(line for detail in details for line in detail.splitlines())]
+    if suggestion:
+        parts.append(f"Suggestion: {suggestion}")
+    lines = _wrapped(f"{name}: Error: {first}", width, "    ")
+    for part in parts:
+        if part.strip():
+            lines += _wrapped(f"  {part.strip()}", width, "    ")
+    return lines
+
+
+def _wrapped(text: str, width: int, indent: str) -> list[str]:
+    return textwrap.wrap(
+        text,
+        width,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [text]
 
 
 def _without(name: str, text: str) -> str:
@@ -124,7 +148,7 @@ class NodeListener:
 
     def status(self, text: str) -> None:
         self._row.step = _without(self._row.name, text)
-        self._progress.changed()
+        self._progress.stepped(self._row)
 
 
 class FleetProgress:
@@ -157,7 +181,8 @@ class FleetProgress:
             self._live = None
             self._print_final(self._terminal)
         if any(row.done for row in self._rows.values()):
-            self._console.status(self.summary())
+            for line in _wrapped(self.summary(), LINE_WIDTH, "  "):
+                self._console.status(line)
 
     def listener(self, name: str) -> NodeListener:
         return NodeListener(self, self._rows[name])
@@ -165,6 +190,14 @@ class FleetProgress:
     def changed(self) -> None:
         if self._live is not None:
             self._live.refresh()
+
+    def stepped(self, row: _Row) -> None:
+        """A node's new step: its row on a terminal; a line in a log unless every node goes
+        through it (an install's steps show, `asking its hive` does not)."""
+        routine = row.step.startswith((*ROUTINE_STEPS, ATTEMPT_STEP))
+        if self._live is None and not routine:
+            self._console.status(f"{row.name}: {row.step}")
+        self.changed()
 
     def succeeded(self, name: str, said: str) -> None:
         row = self._rows[name]
@@ -177,7 +210,8 @@ class FleetProgress:
         row = self._rows[name]
         row.error = error
         if self._live is None:
-            self._console.status(f"{name}: Error: {_without(name, full_text(error))}")
+            for line in failure_lines(name, error):
+                self._console.status(line)
         self.changed()
 
     @property

@@ -34,6 +34,12 @@ ANSWER_TIMEOUT_S = 3.0  # a hive that is up answers /v1/health at once
 # While a hive starts: how often the keeper looks whether it died (an SSH exec each time;
 # its /v1/health is asked every 0.2 s, through the kept forward).
 ALIVE_CHECK_S = 1.0
+# The steps every node goes through: a live display shows them, a log leaves them out
+# (fleet_progress.py); the rest (installing, restarting) a log shows too.
+ASKING_HIVE = "asking its hive"
+STARTING_HIVE = "starting rbee-hive"
+STOPPING_HIVE = "stopping rbee-hive"
+ROUTINE_STEPS = (ASKING_HIVE, STARTING_HIVE, STOPPING_HIVE)
 _VERSION = re.compile(r"version\s+(\S+)")
 
 
@@ -155,7 +161,7 @@ async def _start_hive(access: NodeAccess, say: Say) -> tuple[int, HiveHealth | N
         # hold a key, any node's (`env -u`, in GNU and BSD env alike). sshd passes none.
         names = sorted(n for n in {HIVE_KEY_ENV, node.api_key_env, *access.key_variables} if n)
         argv = ["env", *(arg for name in names for arg in ("-u", name)), *argv]
-    say(f"{node.name}: starting rbee-hive")
+    say(f"{node.name}: {STARTING_HIVE}")
     pid = await runner.start_detached(argv, log_path=f"{state_dir}/hive.log", append=True)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HIVE_UP_TIMEOUT_S
@@ -187,7 +193,7 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
     hint. A node whose hive answers at our version costs only that question (no command runs
     there); any other costs a version probe first."""
     node, runner = access.node, access.runner
-    say(f"{node.name}: asking its hive")
+    say(f"{node.name}: {ASKING_HIVE}")
     if (health := await _answers(access)) is not None and health.version == VERSION:
         return HiveUp(f"{node.name}: rbee-hive {health.version} already running", None)
     version = await probed_version(node, runner)
@@ -238,7 +244,7 @@ async def hive_down(access: NodeAccess, say: Say, *, only_pid: int | None = None
     process proven to be this hive (`rbee-hive stop` on the node), and with `only_pid` only
     while it is that process (checked and signalled there, in one command)."""
     node, runner = access.node, access.runner
-    say(f"{node.name}: stopping rbee-hive")
+    say(f"{node.name}: {STOPPING_HIVE}")
     state_dir = await _state_dir(node, runner)
     script = stop_script(await _hive_bin(node, runner), state_dir, HIVE_DOWN_TIMEOUT_S, only_pid)
     result = _checked(
