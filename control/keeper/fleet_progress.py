@@ -264,7 +264,9 @@ class FleetProgress:
             table.add_row(*self._cells(row))
         parts: list[RenderableType] = [Text(f"{finished}/{len(rows)} nodes done"), table]
         if len(shown) < len(rows):
-            parts.append(Text(f"… {len(rows) - len(shown)} more done", style="dim"))
+            hidden = [row for row in rows if row not in shown]
+            done = sum(row.done for row in hidden)
+            parts.append(Text(f"… {len(hidden)} more ({done} done)", style="dim"))
         return Group(*parts)
 
     def _cells(self, row: _Row) -> tuple[RenderableType, str, str]:

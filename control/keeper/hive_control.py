@@ -194,8 +194,13 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
     there); any other costs a version probe first."""
     node, runner = access.node, access.runner
     say(f"{node.name}: {ASKING_HIVE}")
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
     if (health := await _answers(access)) is not None and health.version == VERSION:
         return HiveUp(f"{node.name}: rbee-hive {health.version} already running", None)
+    # It waited out the whole deadline: something accepted and said nothing (a wedged hive).
+    # Asked again below only when it did not (refused: the hive may have been starting).
+    silent = health is None and loop.time() - asked >= ANSWER_TIMEOUT_S
     version = await probed_version(node, runner)
     if version != VERSION and installer is not None:
         found = f"rbee {version} is installed" if version else "rbee is not installed"
@@ -209,7 +214,7 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
     else:
         _check_version(node, version)
     if (running := await running_hive_pid(node, runner)) is not None:
-        if not (health := health or await _answers(access)):
+        if not (health := health or (None if silent else await _answers(access))):
             raise ActionableError(
                 f"rbee-hive on {node.name} (pid {running}) is not answering "
                 f"({ANSWER_TIMEOUT_S:g} s)",

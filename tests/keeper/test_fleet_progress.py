@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
+import os
+import pty
+import re
+import struct
+import termios
 import textwrap
+import threading
+from pathlib import Path
 
 from rbee.control.keeper.console import Console
 from rbee.control.keeper.events import Step
@@ -90,3 +99,39 @@ def test_a_failure_in_full_at_80_columns() -> None:
     assert lines[:3] == ["n1: Error: msg", "  a", "  b"]
     assert lines[3].startswith("  Suggestion: do this") and lines[4].startswith("    ")
     assert max(map(len, lines)) <= 80
+
+
+def test_on_a_terminal_the_rows_live_and_the_failures_stay(tmp_path: Path) -> None:
+    """In a real pseudo-terminal of 80x24: sixty nodes do not fit, so once done only the two
+    failures stay (a line or two each, within 80 columns), then the summary."""
+    main, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    screen = bytearray()
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(main, 65536):
+                screen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    err = os.fdopen(secondary, "w", encoding="utf-8")
+    names = [f"n{i:02d}" for i in range(60)]
+    with FleetProgress(Console(out=io.StringIO(), err=err), names, "up") as progress:
+        progress.listener("n00").heard(Step("n00: asking its hive"))
+        for name in names[:58]:
+            progress.succeeded(name, f"{name}: rbee-hive 0.1.0 up (pid 1, 127.0.0.1:9200)")
+        refused = SSHConnectError("refused", "127.0.0.1", 2255, "Connection refused by it")
+        progress.failed("n58", _as_keeper_says("n58", refused))
+        long_words = "the hive's log says " + "a great deal " * 20
+        progress.failed("n59", ActionableError(long_words, suggestion="see " * 40))
+    err.close()
+    reader.join(timeout=5)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode()).replace("\r", "")
+    final = text[text.rindex("✗ n58: Connection refused") :].splitlines()
+    assert final[0] == "✗ n58: Connection refused by it"
+    assert final[1].startswith("✗ n59: the hive's log says a great deal") and final[1].endswith("…")
+    assert final[2].startswith("  Suggestion: see see") and final[2].endswith("…")
+    assert final[3] == "58 up, 2 failed: n58 (refused), n59 (the hive's log says a great…)"
+    assert max(len(line) for line in final) <= 80
+    assert "rbee-hive 0.1.0 up" not in "\n".join(final)  # sixty lines would not fit 24
