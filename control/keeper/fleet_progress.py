@@ -4,9 +4,9 @@ On a terminal: a live row per node (its latest step, then its outcome), and once
 done the rows that fit the screen (failures first when they do not) and a summary line,
 `58 up, 2 failed: n55 (refused), n58 (timed out)`; each failure in a line or two. Piped: one
 line per node as it ends, a failure in full (`NODE: Error: message`, its details and what
-to do, indented, at 80 columns), then the same summary; of the steps, only those not every
-node goes through (an install's). Sixty nodes of two lines each hid six errors in 117 lines
-(issue 15)."""
+to do, indented, as console.explain prints them), then the summary; of the steps, only
+those not every node goes through (an install's). Sixty nodes of two lines each hid six
+errors in 117 lines (issue 15)."""
 
 from __future__ import annotations
 
@@ -69,9 +69,9 @@ def short_reason(error: Exception) -> str:
     return _clipped(message.split("\n")[0], SHORT_REASON_WIDTH)
 
 
-def failure_lines(name: str, error: Exception, width: int = LINE_WIDTH) -> list[str]:
+def failure_lines(name: str, error: Exception) -> list[str]:
     """The whole failure, for a log: `NODE: Error: message`, then its details and what to do,
-    indented; wrapped at `width` (a word longer than that, a path, stays whole)."""
+    indented, each line as it is (a log is searched: a phrase is never cut in two)."""
     if isinstance(error, ActionableError):
         message, details, suggestion = error.message, error.details, error.suggestion
     else:
@@ -80,11 +80,7 @@ def failure_lines(name: str, error: Exception, width: int = LINE_WIDTH) -> list[
     parts = [*rest, *(line for detail in details for line in detail.splitlines())]
     if suggestion:
         parts.append(f"Suggestion: {suggestion}")
-    lines = _wrapped(f"{name}: Error: {first}", width, "    ")
-    for part in parts:
-        if part.strip():
-            lines += _wrapped(f"  {part.strip()}", width, "    ")
-    return lines
+    return [f"{name}: Error: {first}", *(f"  {part.strip()}" for part in parts if part.strip())]
 
 
 def _wrapped(text: str, width: int, indent: str) -> list[str]:

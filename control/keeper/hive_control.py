@@ -246,8 +246,8 @@ class HiveDown:
 
 async def hive_down(access: NodeAccess, say: Say, *, only_pid: int | None = None) -> HiveDown:
     """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound; only a
-    process proven to be this hive (`rbee-hive stop` on the node), and with `only_pid` only
-    while it is that process (checked and signalled there, in one command)."""
+    process proven to be this hive (on the node, by hive_stop.py's one shell command), and
+    with `only_pid` only while it is that process (checked and signalled there, at once)."""
     node, runner = access.node, access.runner
     say(f"{node.name}: {STOPPING_HIVE}")
     state_dir = await _state_dir(node, runner)

@@ -93,12 +93,9 @@ def test_the_summary_names_failed_nodes_in_about_two_lines() -> None:
     assert err.getvalue().splitlines()[-2:] == textwrap.wrap(summary, 80, subsequent_indent="  ")
 
 
-def test_a_failure_in_full_at_80_columns() -> None:
-    error = ActionableError("n1: msg", "a\nb", suggestion="do this " * 20)
-    lines = failure_lines("n1", error)
-    assert lines[:3] == ["n1: Error: msg", "  a", "  b"]
-    assert lines[3].startswith("  Suggestion: do this") and lines[4].startswith("    ")
-    assert max(map(len, lines)) <= 80
+def test_a_failure_in_full() -> None:
+    error = ActionableError("n1: msg", "a\nb", suggestion="do this")
+    assert failure_lines("n1", error) == ["n1: Error: msg", "  a", "  b", "  Suggestion: do this"]
 
 
 def test_on_a_terminal_the_rows_live_and_the_failures_stay(tmp_path: Path) -> None:
