@@ -18,7 +18,7 @@ from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import HiveHealth
 from rbee.dataplane.protocol.wire import VERSION
 
-from .hive_stop import stop_script
+from .hive_shell import pid_script, stop_script
 from .install_plan import Installer, RunnerTransport, Say
 from .node import Node
 from .node_access import NodeAccess
@@ -80,19 +80,6 @@ def _check_version(node: Node, version: str) -> None:
         raise version_mismatch(node, version)
 
 
-async def _on_node(
-    node: Node, runner: Runner, *command: str, timeout_s: float, ok: tuple[int, ...] = (0,)
-) -> CommandResult:
-    """`rbee-hive COMMAND… --state-dir DIR` on the node: the proof of which process is its
-    hive runs there (dataplane/plumbing/pidfile.py), never a bare pid from here. ActionableError
-    unless its exit status is in `ok`."""
-    state_dir = await _state_dir(node, runner)
-    result = await runner.run(
-        [await _hive_bin(node, runner), *command, "--state-dir", state_dir], timeout_s=timeout_s
-    )
-    return _checked(node, state_dir, command[0], result, ok)
-
-
 def _checked(
     node: Node, state_dir: str, command: str, result: CommandResult, ok: tuple[int, ...]
 ) -> CommandResult:
@@ -113,9 +100,16 @@ def _checked(
 
 
 async def running_hive_pid(node: Node, runner: Runner) -> int | None:
-    """The pid of the node's hive, proven by its pid file's lock; None when none runs."""
-    result = await _on_node(
-        node, runner, "pid", timeout_s=PROBE_TIMEOUT_S, ok=(0, NOT_RUNNING_EXIT)
+    """The pid of the node's hive, proven by its pid file's lock and start time (one shell
+    command, hive_shell.py); None when none runs."""
+    state_dir = await _state_dir(node, runner)
+    script = pid_script(await _hive_bin(node, runner), state_dir)
+    result = _checked(
+        node,
+        state_dir,
+        "pid",
+        await runner.run_shell(script, timeout_s=PROBE_TIMEOUT_S),
+        (0, NOT_RUNNING_EXIT),
     )
     return int(result.stdout.split()[-1]) if result.exit_status == 0 else None
 
@@ -246,7 +240,7 @@ class HiveDown:
 
 async def hive_down(access: NodeAccess, say: Say, *, only_pid: int | None = None) -> HiveDown:
     """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound; only a
-    process proven to be this hive (on the node, by hive_stop.py's one shell command), and
+    process proven to be this hive (on the node, by hive_shell.py's one shell command), and
     with `only_pid` only while it is that process (checked and signalled there, at once)."""
     node, runner = access.node, access.runner
     say(f"{node.name}: {STOPPING_HIVE}")
