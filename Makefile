@@ -13,7 +13,7 @@ LLAMA_BUILD_ENV := CMAKE_ARGS="$(CMAKE_ARGS)" CFLAGS="$(CFLAGS)" CXXFLAGS="$(CXX
 endif
 
 .PHONY: run test check install bench bench-compare bench-queen bench-repetition bench-prefill \
-	bench-ceiling bench-startup clean
+	bench-ceiling bench-startup bench-fleet clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -70,6 +70,14 @@ bench-ceiling: $(STAMP)
 # (150 and 100 ms), and the largest imports: docs/performance.md "Start-up".
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py
+
+# ssh-up, nodes, a dashboard probe round, ssh-down over N fake nodes (each its own sshd on
+# loopback and its own hive), some wedged or dead (issue 15; docs/fleet.md):
+# `make bench-fleet N=60 FLEET_ARGS="--wedged 3 --refusing 2 --hung 1"`.
+N ?= 10
+FLEET_ARGS ?= --wedged 3 --refusing 2 --hung 1
+bench-fleet: $(STAMP)
+	$(BIN)/python bench/fleet.py $(N) $(FLEET_ARGS)
 
 # rbee-worker vs llama_cpp.server vs in-process llama-cpp-python. llama_cpp.server's deps
 # (llama-cpp-python[server]) and matplotlib (the chart) live only in bench/.venv, never in the

@@ -14,6 +14,7 @@ DEFAULT_ADDR = "127.0.0.1:8080"
 DEFAULT_STATE_DIR = "~/.rbee/hive"
 API_KEY_ENV = "RBEE_HIVE_API_KEY"
 KEY_FILE = "hive.key"  # the hive's key in its state dir (mode 0600), as rbee writes it
+PID_FILE = "hive.pid"  # which process is the hive, proven (pidfile.py)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class HiveSettings:
     @property
     def pid_file(self) -> PidFile:
         """`hive.pid`: which process is the hive, proven (dataplane/plumbing/pidfile.py)."""
-        return PidFile(self.state_dir / "hive.pid", "rbee-hive", "state dir", _is_hive_argv)
+        return PidFile(self.state_dir / PID_FILE, "rbee-hive", "state dir", _is_hive_argv)
 
     @property
     def key_path(self) -> Path:

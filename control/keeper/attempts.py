@@ -22,6 +22,7 @@ from .words import ActionableError
 T = TypeVar("T")
 ATTEMPTS = 3
 _BACKOFF = wait_exponential(multiplier=0.2)  # 200 ms after the first try, 400 ms after the second
+ATTEMPT_STEP = "Attempt"  # each try is said `Attempt N: Connecting to …`
 
 
 async def connect_attempts(
@@ -43,7 +44,7 @@ async def connect_attempts(
     async for attempt in retrying:
         with attempt:
             say(
-                f"Attempt {attempt.retry_state.attempt_number}: Connecting to {address}... "
+                f"{ATTEMPT_STEP} {attempt.retry_state.attempt_number}: Connecting to {address}... "
                 f"(timeout {timeout_s:g}s)"
             )
             return await connect()
@@ -73,6 +74,7 @@ async def connect_over_ssh(runner: Runner, node: Node, say: Callable[[str], None
             retry_if=lambda e: isinstance(e, SSHConnectError) and e.worth_retrying,
         )
     except SSHConnectError as exc:
+        # From exc: `rbee ssh-up`'s summary names the kind (fleet_progress.short_reason).
         if not exc.worth_retrying:
             raise
         if exc.kind == "refused":
@@ -80,15 +82,15 @@ async def connect_over_ssh(runner: Runner, node: Node, say: Callable[[str], None
                 address,
                 "SSH: the connection was refused",
                 suggestion=f"Check if sshd is running on {node.name} (port {runner.port})",
-            ) from None
+            ) from exc
         if exc.kind == "timeout":
             raise cannot_connect(
                 address,
                 f"SSH: no answer within {runner.connect_timeout_s:g} s",
                 suggestion=f"Check if {node.name} is up and reachable from here",
-            ) from None
+            ) from exc
         raise cannot_connect(
             address,
             f"SSH: {exc}",
             suggestion=f"Check the host of {node.name} in {node.inventory_path}",
-        ) from None
+        ) from exc

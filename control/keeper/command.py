@@ -22,6 +22,7 @@ from .inventory_errors import InventoryError
 
 if TYPE_CHECKING:
     from .console import Console
+    from .fleet_progress import NodeListener
     from .inventory import Inventory
     from .keeper import Keeper
     from .node import Node
@@ -237,33 +238,38 @@ def _nodes(ctx: click.Context, names: tuple[str, ...]) -> list[Node]:
 def _on_each(
     ctx: click.Context,
     names: tuple[str, ...],
-    action: Callable[[Keeper, Node, Console], Awaitable[str]],
+    action: Callable[[Keeper, Node, NodeListener], Awaitable[str]],
+    done: str,
 ) -> None:
-    """Runs `action` on every named node at once; one line per node; exit 1 if any failed."""
+    """Runs `action` on every named node at once: a live row per node on a terminal, a line
+    per node when piped, then the summary (fleet_progress.py); exit 1 if any failed."""
     import asyncio
 
     from .console import Console
+    from .fleet_progress import FleetProgress
     from .keeper import Keeper
     from .runner import RunnerError
     from .words import ActionableError
 
-    inventory, nodes = inventory_of(ctx), _nodes(ctx, names)
+    inventory = inventory_of(ctx)
+    nodes = list({node.name: node for node in _nodes(ctx, names)}.values())
     console = Console()
 
     async def all_nodes() -> bool:
-        async with Keeper(inventory) as keeper:
+        with FleetProgress(console, [node.name for node in nodes], done) as progress:
+            async with Keeper(inventory) as keeper:
 
-            async def one(node: Node) -> bool:
-                try:
-                    console.status(await action(keeper, node, console))
-                    return True
-                except ActionableError as exc:
-                    console.explain(exc)
-                except (InventoryError, RunnerError) as exc:  # rbee deploy's own connection
-                    console.error(f"{node.name}: {exc}")
-                return False
+                async def one(node: Node) -> None:
+                    try:
+                        said = await action(keeper, node, progress.listener(node.name))
+                    except (ActionableError, InventoryError, RunnerError) as exc:
+                        # InventoryError, RunnerError: rbee deploy's own connection
+                        progress.failed(node.name, exc)
+                    else:
+                        progress.succeeded(node.name, said)
 
-            return all(await asyncio.gather(*(one(node) for node in nodes)))
+                await asyncio.gather(*(one(node) for node in nodes))
+            return not progress.any_failed
 
     if not asyncio.run(all_nodes()):
         sys.exit(1)
@@ -299,7 +305,8 @@ def ssh_up(
         _on_each(
             ctx,
             names,
-            lambda keeper, node, console: keeper.hive_up(node, console, installer=installer),
+            lambda keeper, node, listener: keeper.hive_up(node, listener, installer=installer),
+            "up",
         )
     finally:
         if installer is not None:
@@ -311,7 +318,7 @@ def ssh_up(
 @click.pass_context
 def ssh_down(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Stop the hive on NODEs; their workers stop with it."""
-    _on_each(ctx, names, lambda keeper, node, console: keeper.hive_down(node, console))
+    _on_each(ctx, names, lambda keeper, node, listener: keeper.hive_down(node, listener), "stopped")
 
 
 @main.command()
@@ -327,7 +334,10 @@ def deploy(ctx: click.Context, names: tuple[str, ...], bundled_model: bool) -> N
     installer = Installer(bundled_model=bundled_model)
     try:
         _on_each(
-            ctx, names, lambda _keeper, node, console: deploy_node(node, installer, console.status)
+            ctx,
+            names,
+            lambda _keeper, node, listener: deploy_node(node, installer, listener.status),
+            "installed",
         )
     finally:
         installer.close()

@@ -51,6 +51,11 @@ class Console:
         self._data = RichConsole(file=self._out, highlight=False)
         self._progress_open = False
 
+    @property
+    def terminal(self) -> RichConsole | None:
+        """stderr's console when it is a terminal (for live displays), else None."""
+        return self._err if self._err.is_terminal else None
+
     def status(self, message: str) -> None:
         self._end_progress()
         self._err.print(message, markup=False)

@@ -18,6 +18,7 @@ from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import HiveHealth
 from rbee.dataplane.protocol.wire import VERSION
 
+from .hive_shell import pid_script, stop_script
 from .install_plan import Installer, RunnerTransport, Say
 from .node import Node
 from .node_access import NodeAccess
@@ -25,9 +26,20 @@ from .runner import CommandResult, Runner
 from .words import ActionableError, restart_hint, version_mismatch
 
 PROBE_TIMEOUT_S = 30.0
-HIVE_UP_TIMEOUT_S = 30.0
+# From start to answering. A hive starts in 1-2 s of CPU; 60 fake nodes starting on 2 shared
+# cores took 26 s (docs/fleet.md), real nodes start theirs in parallel: twice that, headroom.
+HIVE_UP_TIMEOUT_S = 60.0
 HIVE_DOWN_TIMEOUT_S = 60.0  # the hive stops its workers first (graceful, then signals)
 ANSWER_TIMEOUT_S = 3.0  # a hive that is up answers /v1/health at once
+# While a hive starts: how often the keeper looks whether it died (an SSH exec each time;
+# its /v1/health is asked every 0.2 s, through the kept forward).
+ALIVE_CHECK_S = 1.0
+# The steps every node goes through: a live display shows them, a log leaves them out
+# (fleet_progress.py); the rest (installing, restarting) a log shows too.
+ASKING_HIVE = "asking its hive"
+STARTING_HIVE = "starting rbee-hive"
+STOPPING_HIVE = "stopping rbee-hive"
+ROUTINE_STEPS = (ASKING_HIVE, STARTING_HIVE, STOPPING_HIVE)
 _VERSION = re.compile(r"version\s+(\S+)")
 
 
@@ -68,34 +80,36 @@ def _check_version(node: Node, version: str) -> None:
         raise version_mismatch(node, version)
 
 
-async def _on_node(
-    node: Node, runner: Runner, *command: str, timeout_s: float, ok: tuple[int, ...] = (0,)
+def _checked(
+    node: Node, state_dir: str, command: str, result: CommandResult, ok: tuple[int, ...]
 ) -> CommandResult:
-    """`rbee-hive COMMAND… --state-dir DIR` on the node: the proof of which process is its
-    hive runs there (dataplane/plumbing/pidfile.py), never a bare pid from here. ActionableError
-    unless its exit status is in `ok`."""
-    state_dir = await _state_dir(node, runner)
-    result = await runner.run(
-        [await _hive_bin(node, runner), *command, "--state-dir", state_dir], timeout_s=timeout_s
-    )
+    """The result of `rbee-hive COMMAND` on the node; ActionableError unless its exit status
+    is in `ok`."""
     if result.exit_status in ok:
         return result
     if "No such command" in result.stderr:
         raise ActionableError(
-            f"rbee-hive on {node.name} is older than this rbee (it has no `{command[0]}`)",
+            f"rbee-hive on {node.name} is older than this rbee (it has no `{command}`)",
             suggestion=_install_hint(node),
         )
     raise ActionableError(
-        f"rbee-hive {command[0]} failed on {node.name}",
+        f"rbee-hive {command} failed on {node.name}",
         (result.stderr or result.stdout).strip()[-500:],
         suggestion=f"see {state_dir}/hive.log on {node.name}",
     )
 
 
 async def running_hive_pid(node: Node, runner: Runner) -> int | None:
-    """The pid of the node's hive, proven by its pid file's lock; None when none runs."""
-    result = await _on_node(
-        node, runner, "pid", timeout_s=PROBE_TIMEOUT_S, ok=(0, NOT_RUNNING_EXIT)
+    """The pid of the node's hive, proven by its pid file's lock and start time (one shell
+    command, hive_shell.py); None when none runs."""
+    state_dir = await _state_dir(node, runner)
+    script = pid_script(await _hive_bin(node, runner), state_dir)
+    result = _checked(
+        node,
+        state_dir,
+        "pid",
+        await runner.run_shell(script, timeout_s=PROBE_TIMEOUT_S),
+        (0, NOT_RUNNING_EXIT),
     )
     return int(result.stdout.split()[-1]) if result.exit_status == 0 else None
 
@@ -141,14 +155,20 @@ async def _start_hive(access: NodeAccess, say: Say) -> tuple[int, HiveHealth | N
         # hold a key, any node's (`env -u`, in GNU and BSD env alike). sshd passes none.
         names = sorted(n for n in {HIVE_KEY_ENV, node.api_key_env, *access.key_variables} if n)
         argv = ["env", *(arg for name in names for arg in ("-u", name)), *argv]
-    say(f"{node.name}: starting rbee-hive")
+    say(f"{node.name}: {STARTING_HIVE}")
     pid = await runner.start_detached(argv, log_path=f"{state_dir}/hive.log", append=True)
-    deadline = asyncio.get_running_loop().time() + HIVE_UP_TIMEOUT_S
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HIVE_UP_TIMEOUT_S
+    looked = loop.time()
     while (health := await _answers(access)) is None:
-        # The shell's own kill: a minimal image may have no kill binary.
-        alive = await runner.run_shell(f"kill -0 {pid}", timeout_s=PROBE_TIMEOUT_S)
-        if alive.exit_status != 0 or asyncio.get_running_loop().time() > deadline:
+        if loop.time() > deadline:
             return pid, None
+        if loop.time() - looked >= ALIVE_CHECK_S:
+            # The shell's own kill: a minimal image may have no kill binary.
+            alive = await runner.run_shell(f"kill -0 {pid}", timeout_s=PROBE_TIMEOUT_S)
+            if alive.exit_status != 0:
+                return pid, None
+            looked = loop.time()
         await asyncio.sleep(0.2)
     return pid, health
 
@@ -164,9 +184,17 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
 
     With an installer, a node without rbee or with another version gets rbee installed first
     (and a hive of the old version restarted); without one, that is an error with the install
-    hint. A current node costs one version probe either way."""
+    hint. A node whose hive answers at our version costs only that question (no command runs
+    there); any other costs a version probe first."""
     node, runner = access.node, access.runner
-    say(f"{node.name}: connecting to {runner.label}")
+    say(f"{node.name}: {ASKING_HIVE}")
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    if (health := await _answers(access)) is not None and health.version == VERSION:
+        return HiveUp(f"{node.name}: rbee-hive {health.version} already running", None)
+    # It waited out the whole deadline: something accepted and said nothing (a wedged hive).
+    # Asked again below only when it did not (refused: the hive may have been starting).
+    silent = health is None and loop.time() - asked >= ANSWER_TIMEOUT_S
     version = await probed_version(node, runner)
     if version != VERSION and installer is not None:
         found = f"rbee {version} is installed" if version else "rbee is not installed"
@@ -180,7 +208,7 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
     else:
         _check_version(node, version)
     if (running := await running_hive_pid(node, runner)) is not None:
-        if not (health := await _answers(access)):
+        if not (health := health or (None if silent else await _answers(access))):
             raise ActionableError(
                 f"rbee-hive on {node.name} (pid {running}) is not answering "
                 f"({ANSWER_TIMEOUT_S:g} s)",
@@ -212,20 +240,18 @@ class HiveDown:
 
 async def hive_down(access: NodeAccess, say: Say, *, only_pid: int | None = None) -> HiveDown:
     """Stops the node's hive (SIGTERM: it stops its workers), SIGKILL past the bound; only a
-    process proven to be this hive (`rbee-hive stop` on the node), and with `only_pid` only
-    while it is that process (checked and signalled there, in one command)."""
+    process proven to be this hive (on the node, by hive_shell.py's one shell command), and
+    with `only_pid` only while it is that process (checked and signalled there, at once)."""
     node, runner = access.node, access.runner
-    say(f"{node.name}: connecting to {runner.label}")
-    only = ["--only-pid", str(only_pid)] if only_pid is not None else []
-    result = await _on_node(
+    say(f"{node.name}: {STOPPING_HIVE}")
+    state_dir = await _state_dir(node, runner)
+    script = stop_script(await _hive_bin(node, runner), state_dir, HIVE_DOWN_TIMEOUT_S, only_pid)
+    result = _checked(
         node,
-        runner,
+        state_dir,
         "stop",
-        "--timeout-s",
-        f"{HIVE_DOWN_TIMEOUT_S:g}",
-        *only,
-        timeout_s=HIVE_DOWN_TIMEOUT_S + PROBE_TIMEOUT_S,
-        ok=(0, 127, NOT_RUNNING_EXIT),
+        await runner.run_shell(script, timeout_s=HIVE_DOWN_TIMEOUT_S + PROBE_TIMEOUT_S),
+        (0, 127, NOT_RUNNING_EXIT),
     )
     if result.exit_status == 127:
         return HiveDown(f"{node.name}: rbee-hive is not running (rbee is not installed)", True)

@@ -288,7 +288,8 @@ class Keeper:
             await access.connect(lambda line: say(f"{node.name}: {line}"))
             return await action(access, say)
         except (InventoryError, RunnerError) as exc:
-            raise ActionableError(f"{node.name}: {exc}") from None
+            # From exc: the summary of `rbee ssh-up` tells a refused sshd from a timeout by it.
+            raise ActionableError(f"{node.name}: {exc}") from exc
 
 
 class InferRun:

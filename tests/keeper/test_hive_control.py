@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import BIN
+from support.inventories import unreachable_node
 from support.operators import Operator, node_table
 from support.sshd import FakeNode, start_sshd
 
@@ -266,3 +268,56 @@ def test_a_wedged_hive_costs_a_deadline_not_a_hang(tmp_path: Path) -> None:
                 hive.resume()  # psutil checks the pid was not reused
         operator.rbee("ssh-down", "wedged")
         node.stop()
+
+
+def test_many_nodes_end_in_one_summary_and_a_rerun_runs_nothing_there(tmp_path: Path) -> None:
+    """Piped: a line per node (a failure in full, on one line), then the summary naming the
+    failed node and why, exit 1. Re-running over running hives asks their /v1/health only:
+    with rbee-hive gone from rbee_path, the re-run still finds them up."""
+    installed = tmp_path / "rbee-bin"
+    installed.mkdir()
+    (installed / "rbee-hive").symlink_to(BIN / "rbee-hive")
+    nodes = {name: start_sshd(tmp_path / "sshd", name) for name in ("n1", "n2")}
+    states = {name: tmp_path / f"{name}-hive" for name in nodes}
+    operator = Operator(
+        tmp_path,
+        "".join(node_table(n, nodes[n], states[n], rbee_path=installed) for n in nodes)
+        + unreachable_node("gone", tmp_path / "known_hosts"),
+    )
+    try:
+        up = operator.rbee("ssh-up", "--no-install", "n1", "n2", "gone")
+        assert up.returncode == 1, up.stderr
+        lines = up.stderr.strip().splitlines()
+        assert lines[-1] == "2 up, 1 failed: gone (refused)", up.stderr
+        # A line per node as it ends; a failure in full: its message, then indented the
+        # details and what to do.
+        assert len(lines) == 6, up.stderr
+        assert (
+            sum(line.startswith(("n1: rbee-hive 0.1.0 up (pid", "n2: rbee-hive")) for line in lines)
+            == 2
+        )
+        gone = lines.index("gone: Error: Cannot connect to 127.0.0.1:1 after 3 attempts")
+        assert lines[gone + 1 : gone + 3] == [
+            "  SSH: the connection was refused",
+            "  Suggestion: Check if sshd is running on gone (port 1)",
+        ], up.stderr
+        assert max(map(len, lines)) <= 80
+
+        (installed / "rbee-hive").unlink()  # a version probe would now fail
+        again = operator.rbee("ssh-up", "--no-install", "n1", "n2")
+        assert again.returncode == 0, again.stderr
+        assert "n1: rbee-hive 0.1.0 already running" in again.stderr
+        assert again.stderr.strip().splitlines()[-1] == "2 up"
+
+        pids = {name: _recorded_pid(states[name]) for name in states}
+        down = operator.rbee("ssh-down", "n1", "n2")  # no rbee-hive needed on Linux either
+        assert down.returncode == 0, down.stderr
+        assert f"n2: rbee-hive stopped (pid {pids['n2']})" in down.stderr
+        assert down.stderr.strip().splitlines()[-1] == "2 stopped"
+        assert not any(_alive(pid) for pid in pids.values())
+    finally:
+        (installed / "rbee-hive").unlink(missing_ok=True)
+        (installed / "rbee-hive").symlink_to(BIN / "rbee-hive")
+        operator.rbee("ssh-down", "n1", "n2")
+        for node in nodes.values():
+            node.stop()

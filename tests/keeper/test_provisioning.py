@@ -14,6 +14,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -234,8 +235,13 @@ def test_ssh_up_installs_an_empty_node_once(
         assert "fresh: rbee-hive 0.1.0 up" in again.stderr
 
         # An older rbee on the node while its hive runs: upgraded, and the hive restarted.
+        # A hive that answers at our version is left as it is (docs/fleet.md): the running
+        # one is this rbee's, so it is frozen (SIGSTOP) to stand for an older one, which
+        # does not say our version; ssh-down's SIGCONT and SIGTERM stop it.
         hive = node.home / ".local/share/rbee/venv/bin/rbee-hive"
         hive.write_text("#!/bin/sh\necho 'rbee-hive, version 0.0.9'\n")
+        running = int((node.home / ".rbee/hive/hive.pid").read_text().split()[0])
+        os.kill(running, signal.SIGSTOP)
         upgraded = operator.rbee("ssh-up", "fresh", "--no-bundled-model", timeout=600)
         assert upgraded.returncode == 0, upgraded.stderr
         assert "fresh: rbee 0.0.9 is installed; installing rbee 0.1.0" in upgraded.stderr

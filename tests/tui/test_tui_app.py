@@ -157,7 +157,8 @@ def test_ssh_up_by_key_while_the_ui_keeps_answering(
             assert app.nodes_table.marked == {"local", "alpha"}
             assert str(app.nodes_table.get_cell("alpha", "node")) == "● alpha"
             ssh_ups = [w for w in app.workers if w.group == "actions"]
-            assert len(ssh_ups) == 2
+            # alpha's at least: local's hive answers at once, so its ssh-up may be done
+            assert any("name='alpha'" in w.description for w in ssh_ups)
             # The activity bar gives each node a line of its own: its latest step…
             await wait_for(pilot, lambda: len(app.activity.lines) == 2, what="a line per node")
             assert [line.text.split(":")[0] for line in app.activity.lines.values()] == [
