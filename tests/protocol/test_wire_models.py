@@ -251,6 +251,7 @@ def test_inference_events_are_sent_as_design_4_spells_them() -> None:
         "total_tokens": 20,
         "duration_ms": 1234,
         "stop_reason": "eos",
+        "cached_tokens": 0,  # rbee's addition: prompt tokens a slot's cache held
     }
     assert ErrorEvent(error=ErrorInfo(code="WORKER_CRASHED", message="gone")).wire() == {
         "type": "error",
