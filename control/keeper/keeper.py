@@ -93,9 +93,10 @@ class Keeper:
 
     # ----------------------------------------------------------------- reading
 
-    async def probe(self, node: Node) -> NodeStatus:
-        """The node's state now; never raises (see probe.py)."""
-        return await probe_node(node, self._connections, self.registry)
+    async def probe(self, node: Node, known: NodeStatus | None = None) -> NodeStatus:
+        """The node's state now; never raises. `known`: its latest status, whose version
+        and catalog an up hive is not asked for again (see probe.py)."""
+        return await probe_node(node, self._connections, self.registry, known)
 
     async def probe_all(self) -> list[NodeStatus]:
         """Every node at once, in inventory order."""
