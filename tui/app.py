@@ -4,6 +4,7 @@ messages (through the listeners of listeners.py), so the screen never waits on t
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
-from textual.worker import Worker
 
 from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.keeper import Keeper
@@ -85,7 +85,9 @@ class RbeeApp(App[None]):
         self.statuses: dict[str, NodeStatus] = {}
         self.show_all_workers = False
         self._schedule = ProbeSchedule(self.nodes, self.config.refresh_s)
-        self._probes: dict[str, Worker[None]] = {}  # each node's latest probe
+        # Each node's latest probe: a plain task, not a Textual worker (whose state changes
+        # are messages to the app: three per probe, a share of the idle CPU at 60 nodes).
+        self._probes: dict[str, asyncio.Task[None]] = {}
         self._unshown: dict[str, tuple[NodeStatus, float]] = {}  # rows to redraw, and when
         self._log_following = False
         self._highlighted_worker: str | None = None
@@ -117,6 +119,8 @@ class RbeeApp(App[None]):
         self.set_interval(self.config.refresh_s, self.main.query_one(QueenPanel).refresh_queen)
 
     async def on_unmount(self) -> None:
+        for task in self._probes.values():
+            task.cancel()
         await self.keeper.aclose()
 
     # ----------------------------------------------------------------- what is selected
@@ -171,13 +175,13 @@ class RbeeApp(App[None]):
             node = self.nodes[name]
             known = self.statuses.get(name) if self._schedule.light(name) else None
             number = self._schedule.started(name, now, probe_deadline_s(node))
-            self._probes[name] = self.probe(node, number, known)
+            self._probes[name] = asyncio.create_task(self._probe(node, number, known))
         for name in self.nodes:
             if (silent_s := self._schedule.silent_s(name, now)) is not None:
                 self.nodes_table.show_silence(name, silent_s)
 
-    @work(group="probe", exit_on_error=False)
-    async def probe(self, node: Node, number: int, known: NodeStatus | None) -> None:
+    async def _probe(self, node: Node, number: int, known: NodeStatus | None) -> None:
+        """Keeper.probe never raises: its answer, whatever happened, is the node's status."""
         status = await self.keeper.probe(node, known)
         self.post_message(NodeProbed(status, self.config.clock(), number))
 

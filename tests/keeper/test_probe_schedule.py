@@ -5,10 +5,12 @@ from __future__ import annotations
 from rbee.control.keeper.probe_schedule import (
     FULL_PROBE_EVERY,
     MAX_BACKOFF_S,
+    QUIET_AFTER,
+    QUIET_FACTOR,
     STUCK_GRACE_S,
     ProbeSchedule,
 )
-from rbee.control.keeper.status import HiveState, NodeStatus
+from rbee.control.keeper.status import HiveState, NodeStatus, WorkerStatus
 
 REFRESH_S = 2.0
 
@@ -83,3 +85,17 @@ def test_silence_counts_from_the_first_unanswered_probe() -> None:
     number = schedule.started("n", 60.0, deadline_s=5.0)
     schedule.finished("n", number, status(HiveState.DOWN), 60.0)  # it answers: refused
     assert schedule.silent_s("n", 61.0) is None
+
+
+def test_an_up_node_whose_workers_stand_still_is_probed_less_until_they_change() -> None:
+    schedule = ProbeSchedule(["n"], REFRESH_S)
+    waits = [probe_once(schedule, 100.0 * i, HiveState.UP) for i in range(QUIET_AFTER + 2)]
+    assert waits == [REFRESH_S] * QUIET_AFTER + [REFRESH_S * QUIET_FACTOR] * 2
+    busy = NodeStatus("n", "h", HiveState.UP, workers=(worker("busy"),))
+    number = schedule.started("n", 1000.0, deadline_s=5.0)
+    schedule.finished("n", number, busy, 1000.0)
+    assert schedule.due(1000.0 + REFRESH_S) == ["n"]  # a change: back to the refresh
+
+
+def worker(state: str) -> WorkerStatus:
+    return WorkerStatus("n", "w1", "pkg:m", state, 1, 1, "http://w", None, None, None, None)

@@ -17,7 +17,7 @@ from support.inventories import local_node, write_inventory
 
 from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.probe import probe_deadline_s
-from rbee.control.keeper.probe_schedule import STUCK_GRACE_S
+from rbee.control.keeper.probe_schedule import QUIET_FACTOR
 from rbee.control.keeper.worker_registry import WorkerRegistry
 from rbee.tui.app import RbeeApp
 from rbee.tui.settings import TuiConfig
@@ -46,7 +46,9 @@ def test_a_wedged_hive_reads_not_answering_while_the_others_refresh(
     two_hives: tuple[Inventory, HiveProcess], registry: WorkerRegistry
 ) -> None:
     inventory, wedged_hive = two_hives
-    deadline_s = probe_deadline_s(inventory.get("wedged")) + STUCK_GRACE_S
+    # The next probe (a quiet node's, at the latest) plus its deadline, and the row's redraw.
+    refresh_s = 0.25
+    deadline_s = refresh_s * QUIET_FACTOR + probe_deadline_s(inventory.get("wedged")) + 1
 
     def steady_checked() -> str:
         return str(app.nodes_table.get_cell("steady", "last checked"))
@@ -64,7 +66,7 @@ def test_a_wedged_hive_reads_not_answering_while_the_others_refresh(
             checked = {steady_checked()}
             while not hive_cell(app, "wedged").startswith("not answering"):
                 assert hive_cell(app, "wedged") == "up"  # the old answer, until the deadline
-                assert loop.time() - frozen_at < deadline_s + 1, "still no verdict"
+                assert loop.time() - frozen_at < deadline_s, "still no verdict"
                 checked.add(steady_checked())
                 await pilot.pause(0.1)
             assert len(checked) > 1, "the steady node's row stood still meanwhile"
@@ -83,7 +85,7 @@ def test_a_wedged_hive_reads_not_answering_while_the_others_refresh(
             app.action_refresh()  # `r`: a person who knows it is back
             await wait_for(pilot, lambda: hive_cell(app, "wedged") == "up", what="back up")
 
-    app = RbeeApp(inventory, registry, TuiConfig(refresh_s=0.5))
+    app = RbeeApp(inventory, registry, TuiConfig(refresh_s=refresh_s))
     asyncio.run(scenario())
 
 
