@@ -20,6 +20,7 @@ from rbee.control.keeper.probe import probe_deadline_s
 from rbee.control.keeper.probe_schedule import QUIET_FACTOR
 from rbee.control.keeper.worker_registry import WorkerRegistry
 from rbee.tui.app import RbeeApp
+from rbee.tui.log_panel import LogPanel
 from rbee.tui.settings import TuiConfig
 
 SIZE = (140, 44)
@@ -93,3 +94,38 @@ def silent_s(cell: str) -> int:
     match = re.fullmatch(r"not answering \((\d+) s\)", cell)
     assert match, cell
     return int(match.group(1))
+
+
+def test_the_logs_failure_line_goes_once_the_hive_is_back(
+    tmp_path: Path, registry: WorkerRegistry
+) -> None:
+    hive = start_hive(tmp_path / "hive")
+    port = int(hive.url.rsplit(":", 1)[1])
+    inventory = write_inventory(
+        tmp_path / "inventory.toml", local_node("local", port, hive.state_dir)
+    )
+
+    def log_lines() -> list[str]:
+        return list(app.query_one(LogPanel).shown)
+
+    async def scenario() -> None:
+        nonlocal hive
+        async with app.run_test(size=SIZE) as pilot:
+            await wait_for(pilot, lambda: hive_cell(app, "local") == "up", what="local up")
+            hive.stop()
+            await wait_for(
+                pilot,
+                lambda: any(line.startswith("Cannot follow the log") for line in log_lines()),
+                what="the log's failure",
+            )
+            await wait_for(pilot, lambda: hive_cell(app, "local") == "down", what="down")
+            hive = start_hive(tmp_path / "hive", port=port)
+            await wait_for(pilot, lambda: hive_cell(app, "local") == "up", what="up again")
+            await wait_for(pilot, lambda: log_lines() != [], what="the log again")
+            assert not any("Cannot follow" in line for line in log_lines()), log_lines()
+
+    app = RbeeApp(inventory, registry, TuiConfig(refresh_s=0.25))
+    try:
+        asyncio.run(scenario())
+    finally:
+        hive.stop()
