@@ -4,7 +4,9 @@ messages (through the listeners of listeners.py), so the screen never waits on t
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 
 from rich.text import Text
@@ -13,11 +15,13 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
+from rbee.control.keeper.probe import probe_deadline_s, unanswered
+from rbee.control.keeper.probe_schedule import ProbeSchedule
 from rbee.control.keeper.status import LogLine, NodeStatus
 from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import WorkerRegistry
@@ -39,28 +43,35 @@ from .messages import (
 from .model_picker import ModelPickerScreen
 from .nodes_table import NodesTable
 from .queen_panel import QueenPanel
-from .settings import TuiConfig
+from .settings import WORKER_LOAD_TIMEOUT_S, TuiConfig
 from .stream_panel import StreamPanel
 from .workers_table import WorkersTable
+
+PROBE_TICK_S = 1.0  # how often the dashboard looks for due probes (and counts silences)
+SHORT_ROWS = 32  # a terminal with fewer rows gets the compact layout
+ROWS_BATCH_S = 0.5  # the nodes' rows probed within this are redrawn together
 
 
 class RbeeApp(App[None]):
     CSS_PATH = "app.tcss"
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (SHORT_ROWS, "-tall")]  # see app.tcss
     TITLE = "rbee"
     SUB_TITLE = "cluster console"
     BINDINGS = [
+        Binding("p", "prompt", "prompt"),
         Binding("space", "mark", "mark"),
         Binding("u", "ssh_up", "ssh-up"),
         Binding("d", "ssh_down", "ssh-down"),
         Binding("s", "spawn", "spawn"),
         Binding("x", "shutdown_worker", "stop"),
         Binding("m", "download", "download"),
-        Binding("c", "cancel_stream", "cancel"),
+        # Keys that also work while typing a prompt (the letters go to the prompt then).
+        Binding("c,ctrl+g", "cancel_stream", "cancel"),
         Binding("g", "toggle_queen", "queen"),
         Binding("a", "toggle_all", "all"),
         Binding("r", "refresh", "refresh"),
         Binding("q", "quit", "quit"),
-        Binding("escape", "leave_input", "leave input", show=False),
+        Binding("escape", "leave_input", "leave prompt"),
     ]
 
     def __init__(
@@ -73,7 +84,11 @@ class RbeeApp(App[None]):
         self.config = config or TuiConfig()
         self.statuses: dict[str, NodeStatus] = {}
         self.show_all_workers = False
-        self._probing: set[str] = set()
+        self._schedule = ProbeSchedule(self.nodes, self.config.refresh_s)
+        # Each node's latest probe: a plain task, not a Textual worker (whose state changes
+        # are messages to the app: three per probe, a share of the idle CPU at 60 nodes).
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._unshown: dict[str, tuple[NodeStatus, float]] = {}  # rows to redraw, and when
         self._log_following = False
         self._highlighted_worker: str | None = None
         self._action_numbers = itertools.count()
@@ -91,16 +106,21 @@ class RbeeApp(App[None]):
             yield LogPanel(id="log")
         yield QueenPanel(self.keeper, id="queen")
         yield ActivityBar(id="activity")
-        yield Footer()
+        # Every key's hint fits at 120 columns without the palette's (^p still opens it).
+        yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
         self.main.query_one("#nodes").border_title = "nodes"
         self.main.query_one("#stream").border_title = "stream"
         self.main.query_one(NodesTable).focus()
         self.action_refresh()
-        self.set_interval(self.config.refresh_s, self.action_refresh)
+        # The schedule says which nodes are due; a second's tick also counts silences up.
+        self.set_interval(min(self.config.refresh_s, PROBE_TICK_S), self._probe_due)
+        self.set_interval(self.config.refresh_s, self.main.query_one(QueenPanel).refresh_queen)
 
     async def on_unmount(self) -> None:
+        for task in self._probes.values():
+            task.cancel()
         await self.keeper.aclose()
 
     # ----------------------------------------------------------------- what is selected
@@ -135,47 +155,77 @@ class RbeeApp(App[None]):
     # ----------------------------------------------------------------- refreshing
 
     def action_refresh(self) -> None:
-        """Probes every node whose previous probe has finished (a slow node delays no other),
-        and asks the queen."""
-        for node in self.nodes.values():
-            if node.name not in self._probing:
-                self._probing.add(node.name)
-                self.probe(node)
+        """Probes every node now (each at its own pace after), and asks the queen."""
+        for name in self.nodes:
+            self._schedule.soon(name)
+        self._probe_due()
         self.main.query_one(QueenPanel).refresh_queen()
 
-    @work(group="probe", exit_on_error=False)
-    async def probe(self, node: Node) -> None:
-        try:
-            status = await self.keeper.probe(node)
-        finally:
-            self._probing.discard(node.name)
-        self.post_message(NodeProbed(status, self.config.clock()))
+    def _probe_due(self) -> None:
+        """Starts the probes the schedule says are due (a slow node delays no other); a
+        probe stuck past its deadline is given up, its node shown not answering."""
+        now = time.monotonic()
+        for name in self._schedule.stuck(now):
+            node = self.nodes[name]
+            self._probes.pop(name).cancel()
+            status = unanswered(node, probe_deadline_s(node))
+            self._schedule.give_up(name, status, now)
+            self._show_status(status, self.config.clock())
+        for name in self._schedule.due(now):
+            node = self.nodes[name]
+            known = self.statuses.get(name) if self._schedule.light(name) else None
+            number = self._schedule.started(name, now, probe_deadline_s(node))
+            self._probes[name] = asyncio.create_task(self._probe(node, number, known))
+        for name in self.nodes:
+            if (silent_s := self._schedule.silent_s(name, now)) is not None:
+                self.nodes_table.show_silence(name, silent_s)
+
+    async def _probe(self, node: Node, number: int, known: NodeStatus | None) -> None:
+        """Keeper.probe never raises: its answer, whatever happened, is the node's status."""
+        status = await self.keeper.probe(node, known)
+        self.post_message(NodeProbed(status, self.config.clock(), number))
 
     @while_running
     def on_node_probed(self, message: NodeProbed) -> None:
-        status = message.status
+        status, now = message.status, time.monotonic()
+        if self._schedule.finished(status.name, message.probe, status, now):
+            self._show_status(status, message.checked_at)
+
+    def _show_status(self, status: NodeStatus, checked_at: float) -> None:
         self.statuses[status.name] = status
-        self.nodes_table.show(status, message.checked_at)
+        if not self._unshown:
+            self.set_timer(ROWS_BATCH_S, self._show_rows)
+        self._unshown[status.name] = (status, checked_at)
         if status.name == self.nodes_table.selected_node:
             self._show_problem(status)
         if self.show_all_workers or status.name == self.nodes_table.selected_node:
             self._show_workers()
         log = self.main.query_one(LogPanel)
         if status.name == log.node and status.is_up and not self._log_following:
+            log.follow(status.name)  # afresh: the failure's line goes, the hive resends its lines
             self._follow_log(self.nodes[status.name])
+
+    def _show_rows(self) -> None:
+        """The nodes' rows that changed, in one repaint (one per probe cost most of an idle
+        dashboard's CPU at many nodes)."""
+        rows, self._unshown = self._unshown, {}
+        if not self.is_running or not self.screen_stack:
+            return  # the app closed since
+        now = time.monotonic()
+        for status, checked_at in rows.values():
+            self.nodes_table.show(status, checked_at, self._schedule.silent_s(status.name, now))
 
     def _show_problem(self, status: NodeStatus | None) -> None:
         """The selected node's trouble in full, with what to do, under the table."""
         problem = self.main.query_one("#node-problem", Static)
-        if status is None or status.problem is None:
-            problem.update("")
-            problem.display = False
-            return
-        problem.update(
-            f"{status.name}: {status.problem}"
-            + (f"\nSuggestion: {status.suggestion}" if status.suggestion else "")
-        )
-        problem.display = True
+        text = ""
+        if status is not None and status.problem is not None:
+            text = f"{status.name}: {status.problem}" + (
+                f"\nSuggestion: {status.suggestion}" if status.suggestion else ""
+            )
+        if text != str(problem.content):  # an update lays the screen out again
+            problem.update(text)
+            problem.display = bool(text)
 
     def _show_workers(self) -> None:
         selected = self.nodes_table.selected_node
@@ -191,19 +241,21 @@ class RbeeApp(App[None]):
         """The selected worker's model, url and error in full (the table clips them)."""
         detail = self.main.query_one("#worker-detail", Static)
         worker = self.workers_table.selected
-        detail.display = worker is not None
-        if worker is None:
-            return
-        text = Text(f"{worker.worker_id} on {worker.node}: {worker.model_ref} at {worker.url}")
-        if worker.error:
-            text.append(f"\n{worker.error}", style="red")
-        detail.update(text)
+        text = Text()
+        if worker is not None:
+            text.append(f"{worker.worker_id} on {worker.node}: {worker.model_ref} at {worker.url}")
+            if worker.error:
+                text.append(f"\n{worker.error}", style="red")
+        if text != detail.content:  # an update lays the screen out again
+            detail.update(text)
+            detail.display = worker is not None
 
     @on(DataTable.RowHighlighted, "#nodes")
     def node_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         node = self.selected_node
         if node is None:
             return
+        self._highlighted_worker = None  # prompts go to the node, until a worker is picked
         self._show_workers()
         self._show_problem(self.statuses.get(node.name))
         self.stream_panel.target(node.name)
@@ -217,7 +269,17 @@ class RbeeApp(App[None]):
         if worker is None or worker.worker_id == self._highlighted_worker:
             return  # the 2-s redraw put the cursor back: keep what the person typed
         self._highlighted_worker = worker.worker_id
-        self.stream_panel.target(worker.node, worker.model_ref)
+        self.stream_panel.target(worker.node, (worker.worker_id, worker.model_ref))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """`esc leave prompt` shows (and works) while a text field has the keys."""
+        if action == "leave_input":
+            return isinstance(self.focused, Input)
+        return True
+
+    def action_prompt(self) -> None:
+        """To the prompt in one key (from the tables, where the single-key bindings work)."""
+        self.main.query_one("#prompt", Input).focus()
 
     def action_leave_input(self) -> None:
         """From the prompt back to the tables, where the single-key bindings work."""
@@ -294,9 +356,8 @@ class RbeeApp(App[None]):
         self._probe_now(message.node)
 
     def _probe_now(self, name: str) -> None:
-        if name not in self._probing:
-            self._probing.add(name)
-            self.probe(self.nodes[name])
+        self._schedule.soon(name)
+        self._probe_due()
 
     def action_mark(self) -> None:
         """Marks (or unmarks) the selected node: ssh-up and ssh-down act on every marked one."""
@@ -370,7 +431,12 @@ class RbeeApp(App[None]):
 
     async def _spawn(self, node: Node, ref: str, listener: ActionListener) -> str:
         worker_id = await self.keeper.spawn_worker(node, ref, listener)
-        return f"{node.name}: {worker_id} started for {ref} (loading)"
+        listener.say(f"{node.name}: {worker_id} loading {ref}…")
+        # The outcome says what stays true: a line saying "(loading)" outlived the loading.
+        await self.keeper.wait_worker_ready(
+            node, worker_id, listener, timeout_s=WORKER_LOAD_TIMEOUT_S
+        )
+        return f"{node.name}: {worker_id} started for {ref}, ready"
 
     def action_shutdown_worker(self) -> None:
         selected = self.workers_table.selected

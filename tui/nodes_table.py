@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 from rbee.control.keeper.node import Node
 from rbee.control.keeper.status import HiveState, NodeStatus, gigabytes
@@ -53,14 +55,38 @@ class NodesTable(DataTable[str | Text]):
             name, "node", f"● {name}" if name in self.marked else name, update_width=True
         )
 
-    def show(self, status: NodeStatus, checked_at: float) -> None:
+    def show(self, status: NodeStatus, checked_at: float, silent_s: float | None = None) -> None:
+        """The node's row as `status` has it; `silent_s`: how long its hive has been
+        silent, if it is."""
         up = status.is_up
-        values: dict[str, str | Text] = {
-            "hive": Text(str(status.state), style=STATE_STYLES[status.state]),
-            "workers": str(len(status.workers)) if up else "-",
-            "free RAM": gigabytes(status.ram_available_mb),
-            "last checked": time.strftime("%H:%M:%S", time.localtime(checked_at)),
-            "problem": clipped(status.problem or "", PROBLEM_WIDTH, "red"),
-        }
-        for column, value in values.items():
-            self.update_cell(status.name, column, value, update_width=True)
+        self._set(status.name, "hive", Text(str(status.state), style=STATE_STYLES[status.state]))
+        self._set(status.name, "workers", str(len(status.workers)) if up else "-")
+        self._set(status.name, "free RAM", gigabytes(status.ram_available_mb))
+        # Always 8 wide: measuring it (the whole column, for a cell narrower than the
+        # column) for every probe was most of an idle dashboard's CPU at 60 nodes.
+        checked = time.strftime("%H:%M:%S", time.localtime(checked_at))
+        self.update_cell(status.name, "last checked", checked)
+        self._set(status.name, "problem", clipped(status.problem or "", PROBLEM_WIDTH, "red"))
+        if silent_s is not None:
+            self.show_silence(status.name, silent_s)
+
+    def show_silence(self, name: str, silent_s: float) -> None:
+        """`not answering (42 s)`: how long the node's hive has left probes unanswered."""
+        text = f"{HiveState.NOT_ANSWERING} ({silent_s:.0f} s)"
+        self._set(name, "hive", Text(text, style=STATE_STYLES[HiveState.NOT_ANSWERING]))
+
+    def _set(self, row: str, column: str, value: str | Text) -> None:
+        """Updates a cell that changed. The column is measured again only when the cell
+        outgrows it or was its widest: Textual measures every cell of a column for a cell
+        narrower than the column, which at 60 nodes was most of an idle dashboard's CPU."""
+        old = self.get_cell(row, column)
+        if old == value:
+            return
+        widest = self.columns[ColumnKey(column)].content_width
+        new_width, old_width = _width(value), _width(old)
+        measure = new_width > widest or (old_width >= widest and new_width < old_width)
+        self.update_cell(row, column, value, update_width=measure)
+
+
+def _width(value: object) -> int:
+    return cell_len(value.plain if isinstance(value, Text) else str(value))

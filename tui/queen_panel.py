@@ -55,7 +55,9 @@ class QueenPanel(Static):
     def show(self, status: QueenStatus | None) -> None:
         self.checked = True
         self.status = status
-        self.update(describe(status))
+        text = describe(status)
+        if text != self.content:  # an update lays the screen out again: only on a change
+            self.update(text)
 
     @property
     def text(self) -> str:

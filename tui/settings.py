@@ -15,6 +15,7 @@ STREAM_MAX_TOKENS = 200  # per prompt from the stream panel
 # The answer is repainted at most this often, not per token: re-wrapping the whole answer for
 # every token took enough CPU to halve a local worker's speed on 2 cores (27 against ~50 tok/s).
 ANSWER_REPAINT_S = 0.1
+WORKER_LOAD_TIMEOUT_S = 300.0  # a worker spawned from the dashboard loads its model within
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ class StreamPanel(Vertical):
         self.stream: InferRun | QueenInfer | None = None  # the one running, if any
         self.answer = ""
         self.node: str | None = None  # where the next prompt goes, unless through the queen
+        # The highlighted worker and its model: a prompt for that model goes to it.
+        self.worker: tuple[str, str] | None = None
         self.through_queen = False
         self._speeds: list[float] = []
         self._stats_text = ""
@@ -88,8 +90,13 @@ class StreamPanel(Vertical):
         except ActionableError as exc:
             self.failed(exc.in_words())
             return
+        worker_id = self.worker[0] if self.worker and self.worker[1] == ref else None
         request = InferRequest(
-            prompt=prompt, model_ref=ref, max_tokens=self.max_tokens, backend=node.backend
+            prompt=prompt,
+            model_ref=ref,
+            max_tokens=self.max_tokens,
+            backend=node.backend,
+            worker_id=worker_id,
         )
         listener = StreamListener(self)
         self.stream = self._keeper.infer(node, request, listener)
@@ -138,13 +145,14 @@ class StreamPanel(Vertical):
             self.answered(message.tokens_per_s)
         self.post_message(self.Ended(message.node))
 
-    def target(self, node: str | None, model_ref: str | None = None) -> None:
-        """The node (and optionally the model) the next prompt goes to, unless it goes
-        through the queen."""
+    def target(self, node: str | None, worker: tuple[str, str] | None = None) -> None:
+        """The node (and optionally a worker there, with its model) the next prompt goes
+        to, unless it goes through the queen."""
         self.node = node
+        self.worker = worker
         self._show_target()
-        if model_ref:
-            self.query_one("#stream-model", Input).value = model_ref
+        if worker:
+            self.query_one("#stream-model", Input).value = worker[1]
 
     def toggle_queen(self) -> None:
         """Prompts go through the queen, or back to the selected node."""

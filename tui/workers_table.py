@@ -59,6 +59,8 @@ class WorkersTable(DataTable[str | Text]):
 
     def show(self, workers: list[WorkerStatus]) -> None:
         """Replaces the rows, keeping the cursor on the same worker when it is still there."""
+        if workers == list(self.shown_workers.values()):
+            return  # redrawing the same rows costs a repaint for every probe
         keep = self.selected
         self.clear()
         self.shown_workers = {w.worker_id: w for w in workers}

@@ -70,7 +70,7 @@ async def nodes_table(keeper: Keeper, console: Console, output: str = "table") -
     nodes = keeper.nodes
     within_s = _left_s(nodes_deadline_s(nodes))
     if output == "json":
-        statuses = await asyncio.gather(*(keeper.probe(node, within_s) for node in nodes))
+        statuses = await asyncio.gather(*(keeper.probe(node, within_s=within_s) for node in nodes))
         console.line(json.dumps([_node_as_json(s) for s in statuses], indent=2))
         return 0
     rows = Rows(NODE_COLUMNS, console.width, ((n.name, host_of(n)) for n in nodes))
@@ -78,7 +78,7 @@ async def nodes_table(keeper: Keeper, console: Console, output: str = "table") -
     with console.rows_as_they_come([rows.header()], pending) as arrivals:
 
         async def one(index: int, node: Node) -> NodeStatus:
-            status = await keeper.probe(node, within_s)
+            status = await keeper.probe(node, within_s=within_s)
             arrivals.arrived(index, _node_row(rows, status))
             return status
 

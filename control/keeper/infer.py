@@ -75,6 +75,9 @@ class InferRequest:
     chat: bool = False  # the prompt as one user message, in the model's chat template
     # A new worker's built-in template: Keeper.infer sets the inventory's for the model.
     chat_template: str | None = None
+    # The worker to use while it serves this model (the dashboard's highlighted one), if
+    # this keeper's registry has it; else a warm one, or a new one, as usual.
+    worker_id: str | None = None
 
 
 class Interrupted(Exception):
@@ -133,6 +136,13 @@ class Infer:
 
     async def _find_or_start_worker(self) -> RegisteredWorker:
         req, node = self.request, self.node
+        chosen = self.registry.get(req.worker_id) if req.worker_id else None
+        if (
+            chosen is not None
+            and (chosen.node, chosen.model_ref) == (node.name, req.model_ref)
+            and await self._health_of(chosen) is not None
+        ):
+            return chosen  # picked by the person: whatever template it was started with
         warm = self.registry.find_warm(node.name, req.model_ref, max_age_s=WARM_MAX_AGE_S)
         if warm is not None:
             health = await self._health_of(warm)

@@ -93,10 +93,13 @@ class Keeper:
 
     # ----------------------------------------------------------------- reading
 
-    async def probe(self, node: Node, within_s: float | None = None) -> NodeStatus:
+    async def probe(
+        self, node: Node, known: NodeStatus | None = None, within_s: float | None = None
+    ) -> NodeStatus:
         """The node's state now, within its probe deadline or `within_s` if sooner; never
-        raises (see probe.py)."""
-        return await probe_node(node, self._connections, self.registry, within_s)
+        raises. `known`: its latest status, whose version and catalog an up hive is not asked
+        for again (see probe.py)."""
+        return await probe_node(node, self._connections, self.registry, known, within_s)
 
     async def probe_all(self) -> list[NodeStatus]:
         """Every node at once, in inventory order."""

@@ -3,7 +3,10 @@
 A node is reached through its runner: the local node directly, another node
 over one SSH connection. A hive bound to the node's loopback (the default) and its workers
 are reached through local port forwards on that connection; a node that listens on a
-reachable address (or this machine) is reached directly. The node's key is read once.
+reachable address (or this machine) is reached directly. The node's key is read once, and
+its hive and workers are asked through one HTTP connection pool, kept while the access is:
+a pool per call cost a CA bundle load and a new connection (an SSH channel) each time, the
+most of a live view's CPU at many nodes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
+import httpx
+
+from rbee.dataplane.protocol.client import tls_context
 from rbee.dataplane.protocol.hive_client import HiveClient
 
 from .attempts import connect_over_ssh
@@ -52,6 +58,15 @@ class NodeAccess:
         self.name = node.name
         self.runner = runner_for(node)
         self.key_variables = key_variables
+        self._http: httpx.AsyncClient | None = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The node's connection pool (its hive's and workers' connections), opened when
+        first needed, closed with the access; every call passes its own deadline."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=HIVE_CALL_TIMEOUT_S, verify=tls_context())
+        return self._http
 
     @functools.cached_property
     def hive_key(self) -> str | None:
@@ -84,7 +99,11 @@ class NodeAccess:
     async def hive(self, timeout_s: float = HIVE_CALL_TIMEOUT_S) -> AsyncIterator[HiveClient]:
         """A client of the node's hive; what goes wrong is raised as is."""
         async with HiveClient(
-            await self.hive_url(), self.hive_key, timeout_s=timeout_s, node=self.name
+            await self.hive_url(),
+            self.hive_key,
+            timeout_s=timeout_s,
+            node=self.name,
+            http=self.http,
         ) as hive:
             yield hive
 
@@ -94,7 +113,12 @@ class NodeAccess:
         await connect_over_ssh(self.runner, self.node, say)
 
     async def aclose(self) -> None:
-        await self.runner.close()
+        http, self._http = self._http, None
+        try:
+            if http is not None:
+                await http.aclose()
+        finally:
+            await self.runner.close()
 
 
 class NodeConnections:

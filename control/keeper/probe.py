@@ -12,7 +12,7 @@ import contextlib
 import httpx
 
 from rbee.dataplane.protocol.client import InvalidResponse, RemoteError
-from rbee.dataplane.protocol.hive_api import WorkerRow
+from rbee.dataplane.protocol.hive_api import WorkerRow, WorkersList
 from rbee.dataplane.protocol.states import SERVING_STATES
 from rbee.dataplane.protocol.wire import VERSION, ErrorCode
 from rbee.dataplane.protocol.worker_api import WorkerHealth
@@ -51,22 +51,32 @@ def _status(node: Node, state: HiveState, problem: str, suggestion: str) -> Node
     return NodeStatus(node.name, host_of(node), state, problem=problem, suggestion=suggestion)
 
 
+def unanswered(node: Node, waited_s: float) -> NodeStatus:
+    """The status of a node whose hive left a probe unanswered for `waited_s`."""
+    return _status(node, HiveState.NOT_ANSWERING, not_answering(waited_s), restart_hint(node))
+
+
 async def probe_node(
     node: Node,
     connections: NodeConnections,
     registry: WorkerRegistry | None = None,
+    known: NodeStatus | None = None,
     within_s: float | None = None,
 ) -> NodeStatus:
     """The node's hive state, workers (with each worker's own health) and catalog, within
     probe_deadline_s, or `within_s` when that is sooner (a round over many nodes). Workers
     the registry knows and that answer are marked healthy in it, so that a following infer
-    finds them warm."""
+    finds them warm.
+
+    `known`: the node's latest status; when it is up, only its workers and free RAM are
+    asked again, its version and catalog kept (one call instead of three, for a live view
+    that probes often and asks for everything now and then)."""
     deadline_s = probe_deadline_s(node)
     if within_s is not None:
         deadline_s = min(deadline_s, within_s)
     try:
         async with asyncio.timeout(deadline_s):
-            return await _probe(node, connections, registry)
+            return await _probe(node, connections, registry, known)
     except TimeoutError:
         runner = connections.access(node).runner
         if isinstance(runner, SSHRunner) and not runner.connected:  # the hive was not asked
@@ -76,21 +86,19 @@ async def probe_node(
                 f"SSH: no answer within {deadline_s:g} s",
                 f"check that {node.name} is up and reachable from here",
             )
-        return _status(node, HiveState.NOT_ANSWERING, not_answering(deadline_s), restart_hint(node))
+        return unanswered(node, deadline_s)
 
 
 async def _probe(
-    node: Node, connections: NodeConnections, registry: WorkerRegistry | None
+    node: Node,
+    connections: NodeConnections,
+    registry: WorkerRegistry | None,
+    known: NodeStatus | None,
 ) -> NodeStatus:
     try:
-        return await _probe_hive(connections.access(node), registry)
+        return await _probe_hive(connections.access(node), registry, known)
     except httpx.TimeoutException:
-        return _status(
-            node,
-            HiveState.NOT_ANSWERING,
-            not_answering(NODE_PROBE_TIMEOUT_S),
-            restart_hint(node),
-        )
+        return unanswered(node, NODE_PROBE_TIMEOUT_S)
     except httpx.HTTPError:
         return _status(
             node,
@@ -124,9 +132,14 @@ async def _probe(
         )
 
 
-async def _probe_hive(access: NodeAccess, registry: WorkerRegistry | None) -> NodeStatus:
+async def _probe_hive(
+    access: NodeAccess, registry: WorkerRegistry | None, known: NodeStatus | None
+) -> NodeStatus:
     node = access.node
     async with access.hive(timeout_s=NODE_PROBE_TIMEOUT_S) as hive:
+        if known is not None and known.is_up:
+            report = await hive.workers_report()
+            return await _up(access, registry, known.version, report, known.models)
         try:
             health = await hive.health()
         except InvalidResponse:
@@ -143,6 +156,18 @@ async def _probe_hive(access: NodeAccess, registry: WorkerRegistry | None) -> No
                 suggestion=mismatch.suggestion,
             )
         report, models = await asyncio.gather(hive.workers_report(), hive.models())
+    return await _up(access, registry, health.version, report, tuple(m.reference for m in models))
+
+
+async def _up(
+    access: NodeAccess,
+    registry: WorkerRegistry | None,
+    version: str | None,
+    report: WorkersList,
+    models: tuple[str, ...],
+) -> NodeStatus:
+    """An up hive's status: its workers, each asked for its own health."""
+    node = access.node
     workers = await asyncio.gather(
         *(_worker_status(access, w, report.idle_timeout_s) for w in report.workers)
     )
@@ -154,9 +179,9 @@ async def _probe_hive(access: NodeAccess, registry: WorkerRegistry | None) -> No
         node.name,
         host_of(node),
         HiveState.UP,
-        health.version,
+        version,
         tuple(workers),
-        tuple(m.reference for m in models),
+        models,
         report.ram_available_mb,
     )
 
@@ -170,7 +195,9 @@ async def _worker_status(
         # A silent worker keeps the hive's view; the hive's health loop will notice it.
         with contextlib.suppress(httpx.HTTPError, RemoteError, RunnerError, OSError, ValueError):
             async with WorkerClient(
-                await access.worker_url(listed.url), timeout_s=WORKER_PROBE_TIMEOUT_S
+                await access.worker_url(listed.url),
+                timeout_s=WORKER_PROBE_TIMEOUT_S,
+                http=access.http,
             ) as worker:
                 health = await worker.health()
     return WorkerStatus(

@@ -40,9 +40,14 @@ class HiveClient(ApiClient):
         *,
         timeout_s: float = 10.0,
         node: str | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         super().__init__(
-            base_url, api_key, timeout_s=timeout_s, peer=f"rbee-hive on {node}" if node else None
+            base_url,
+            api_key,
+            timeout_s=timeout_s,
+            peer=f"rbee-hive on {node}" if node else None,
+            http=http,
         )
 
     async def health(self, *, timeout_s: float | None = None) -> HiveHealth:

@@ -7,8 +7,10 @@ import socket
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from support.hive_process import start_hive
 from support.inventories import local_node, unreachable_node, write_inventory
 
 from rbee.control.keeper import events
@@ -82,3 +84,33 @@ def test_a_cancel_while_connecting_ends_at_once(tmp_path: Path) -> None:
     assert code == EXIT_INTERRUPTED and took < 1
     assert steps.texts[0].startswith(f"Attempt 1: Connecting to 127.0.0.1:{port}")
     assert steps.texts[-1] == "Canceled."
+
+
+def test_probes_reuse_the_nodes_pool_and_hold_no_more_fds(tmp_path: Path) -> None:
+    """One connection pool per node for every probe (a pool per probe loaded the CA bundle
+    and opened a connection each time), closed with the node's access."""
+    hive = start_hive(tmp_path / "hive")
+    port = int(hive.url.rsplit(":", 1)[1])
+    inventory = write_inventory(
+        tmp_path / "inventory.toml", local_node("local", port, hive.state_dir)
+    )
+    node = inventory.get("local")
+    me = psutil.Process()
+
+    async def scenario() -> None:
+        async with Keeper(inventory) as keeper:
+            known = await keeper.probe(node)
+            pool = keeper.access(node).http
+            fds = me.num_fds()
+            for round_ in range(6):
+                full = round_ % 2 == 0  # a full probe, then one that asks for workers alone
+                status = await keeper.probe(node, None if full else known)
+                assert status.is_up and status.version == known.version
+                assert keeper.access(node).http is pool
+            assert me.num_fds() <= fds
+        assert pool.is_closed
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        hive.stop()

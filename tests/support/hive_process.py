@@ -56,9 +56,14 @@ class HiveProcess:
 
 
 def start_hive(
-    state_dir: Path, *args: str, api_key: str | None = None, env: dict[str, str] | None = None
+    state_dir: Path,
+    *args: str,
+    api_key: str | None = None,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> HiveProcess:
-    port = free_port()
+    """`port`: the one a stopped hive had (its restart); by default a free one."""
+    port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(BIN / "rbee-hive"),

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Sparkline
 from textual.worker import WorkerState
 
+from support.dashboard import all_shown, hive_cell, select_node, wait_for
 from support.hive_process import start_hive
 from support.inventories import local_node, unreachable_node, write_inventory
 from support.model_server import ModelServer
@@ -57,34 +56,13 @@ async def _quietly_down(inventory: Inventory) -> None:
             await keeper.hive_down(inventory.get("alpha"), Unheard())
 
 
-async def wait_for(
-    pilot: Pilot[None],
-    check: Callable[[], bool],
-    timeout_s: float = 30.0,
-    what: str = "the condition",
-) -> None:
-    """Lets the app run until `check()` holds (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.05)
-
-
-def hive_cell(app: RbeeApp, node: str) -> str:
-    return str(app.nodes_table.get_cell(node, "hive"))
-
-
-def select_node(app: RbeeApp, node: str) -> None:
-    app.nodes_table.move_cursor(row=app.nodes_table.get_row_index(node))
-
-
 def test_nodes_fill_and_an_unreachable_node_says_why(
     cluster_inventory: Inventory, registry: WorkerRegistry
 ) -> None:
     async def scenario() -> None:
         app = RbeeApp(cluster_inventory, registry, TuiConfig(refresh_s=0.5))
         async with app.run_test(size=SIZE) as pilot:
-            await wait_for(pilot, lambda: len(app.statuses) == 3, what="three probes")
+            await wait_for(pilot, lambda: all_shown(app), what="three probes")
             assert hive_cell(app, "local") == "up"
             assert hive_cell(app, "alpha") == "down"
             assert hive_cell(app, "gone") == "unreachable"
