@@ -3,9 +3,12 @@
 
 For B = 1, 2, 4, 8 sequences: a context made by the worker's own load path (the same context
 parameters, `kv_unified` off, its threadpool), the bench's prompts prefilled in one batch
-(timed: the floor for a TTFT of B simultaneous arrivals), then `--tokens` decode steps of one
-fixed token per sequence with its logits computed (timed: the decode ceiling in tok/s). No
-sampling, no HTTP, no Python between steps but the loop. Median of --reps.
+(timed: the floor for a TTFT of B simultaneous arrivals; its logits give each sequence's first
+token), then `--tokens` - 1 decode steps of one fixed token per sequence with its logits
+computed (timed: the decode ceiling in tok/s). No sampling, no HTTP, no Python between steps
+but the loop. Median of --reps. `e2e_tok_s` is what a client timing B streams of --tokens
+tokens from their requests to their last token could see at best: B x tokens / (prefill +
+decode), the measure bench/compare.py's rows use.
 
     .venv/bin/python bench/ceiling.py [--batch 1,2,4,8] [--tokens 128] [--json]
 
@@ -51,9 +54,12 @@ def measure(path: str, n_seq: int, args: argparse.Namespace) -> dict[str, float]
         ctx, batch = engine._ctx, engine._batch
         mem = llama_cpp.llama_get_memory(ctx)
         prompts = [engine._tokenize(p, True) for p in islice(prompt_stream(), n_seq)]
+        if sum(len(p) for p in prompts) > engine._batch_size:  # past it, ctypes writes freely
+            raise SystemExit(f"the {n_seq} prompts do not fit one batch of {engine._batch_size}")
         token = engine._tokenize(" the", False)[0]
+        steps = args.tokens - 1
         prefill_s: list[float] = []
-        decode_tok_s: list[float] = []
+        decode_s: list[float] = []
         for rep in range(args.reps + 1):  # the first warms up (graph allocation, caches)
             llama_cpp.llama_memory_clear(mem, True)
             n = 0
@@ -67,18 +73,21 @@ def measure(path: str, n_seq: int, args: argparse.Namespace) -> dict[str, float]
             if rep:
                 prefill_s.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            for step in range(args.tokens):
+            for step in range(steps):
                 for seq_id, prompt in enumerate(prompts):
                     _put(batch, seq_id, token, len(prompt) + step, seq_id, logits=True)
                 batch.n_tokens = n_seq
                 _decode(ctx, batch)
             if rep:
-                decode_tok_s.append(n_seq * args.tokens / (time.perf_counter() - t0))
+                decode_s.append(time.perf_counter() - t0)
         return {
             "batch": n_seq,
             "prompt_tokens": sum(len(p) for p in prompts),
             "prefill_ms": statistics.median(prefill_s) * 1000,
-            "decode_tok_s": statistics.median(decode_tok_s),
+            "decode_tok_s": statistics.median(n_seq * steps / t for t in decode_s),
+            "e2e_tok_s": statistics.median(
+                n_seq * args.tokens / (p + d) for p, d in zip(prefill_s, decode_s, strict=True)
+            ),
         }
     finally:
         engine._free()
@@ -118,11 +127,11 @@ def main() -> None:
         f"llama.cpp ceiling: {args.model}, {args.threads} threads, ctx {args.ctx} per "
         f"sequence, {args.tokens} decode steps, median of {args.reps}"
     )
-    print(f"{'B':>3} {'prompt tokens':>13} {'prefill':>9} {'decode tok/s':>12}")
+    print(f"{'B':>3} {'prompt tokens':>13} {'prefill':>9} {'decode tok/s':>12} {'e2e tok/s':>9}")
     for r in rows:
         print(
             f"{r['batch']:>3} {r['prompt_tokens']:>13} {r['prefill_ms']:6.1f} ms "
-            f"{r['decode_tok_s']:12.1f}"
+            f"{r['decode_tok_s']:12.1f} {r['e2e_tok_s']:9.1f}"
         )
 
 

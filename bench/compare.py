@@ -480,12 +480,12 @@ def main() -> None:
             c = ceiling[n]
             print(
                 f"{'':>7}  {'llama.cpp ceiling':<17} {c['prefill_ms']:6.0f} ms "
-                f"{'':>9} {c['decode_tok_s']:7.1f}   (prefill of the {n} prompts in one batch; "
-                f"decode)"
+                f"{'':>9} {c['e2e_tok_s']:7.1f}   (prefill of the {n} prompts in one batch; "
+                f"prefill + decode, {c['decode_tok_s']:.1f} decode alone)"
             )
             print(
                 f"{'':>7}  {'rbee / ceiling':<17} {rb.ttft_p50 * 1000 / c['prefill_ms']:8.2f}x "
-                f"{'':>9} {rb.tok_s / c['decode_tok_s']:6.2f}x"
+                f"{'':>9} {rb.tok_s / c['e2e_tok_s']:6.2f}x"
             )
     print()
 
@@ -503,7 +503,7 @@ def main() -> None:
         check(x >= 2.5, f"4 streams, tok/s rbee / llama_cpp.server: {x:.2f}x (target >= 2.5x)")
     for n in (1, 4):
         if n in args.streams and n in ceiling:
-            x = rb[n].tok_s / ceiling[n]["decode_tok_s"]
+            x = rb[n].tok_s / ceiling[n]["e2e_tok_s"]
             check(
                 x >= 0.95,
                 f"{n} stream{'s' * (n > 1)}, tok/s rbee / llama.cpp's ceiling: {x:.2f}x "

@@ -61,8 +61,8 @@ def create_app(worker: Worker) -> Starlette:
         return EventSourceResponse(lines(), ping=worker.settings.sse_ping_s, sep="\n")
 
     async def inference(request: Request) -> Response:
+        body = await read_body(request, InferenceRequest)
         with worker.arriving():
-            body = await read_body(request, InferenceRequest)
             started = time.monotonic()
             stops: tuple[str, ...] = ()
             if body.messages is not None:

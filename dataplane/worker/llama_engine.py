@@ -14,7 +14,8 @@ wake-up.
 Prompt reuse: a slot keeps its KV cells after its request ends. A new request goes to the free
 slot whose cached tokens share the longest prefix with its prompt (a chat client resends the
 whole history each turn), and only the rest of the prompt is decoded; without such a slot it
-takes the least recently used one. docs/worker.md has the rules and their measurements.
+takes the least recently used one that keeps the running sequence ids consecutive.
+docs/worker.md has the rules and their measurements.
 """
 
 from __future__ import annotations
@@ -329,10 +330,11 @@ class LlamaEngine:
             self._waiting.append(item)
 
     def _gather(self) -> None:
-        """Before a prefill, waits (GATHER_MAX_S at most) for the requests the event loop is
-        still reading or tokenizing, while slots are free for them: requests sent together
-        then share one prefill step instead of each waiting for the previous one's."""
-        if not self._waiting or self.arriving <= 0:
+        """Before the first step after idle, waits (GATHER_MAX_S at most) for the requests the
+        event loop is still preparing, while slots are free for them: requests sent together
+        then share one prefill step instead of each waiting for the previous one's. Never
+        while streams decode: they would stall meanwhile (a newcomer joins the next step)."""
+        if self._running or not self._waiting or self.arriving <= 0:
             return
         deadline = time.monotonic() + GATHER_MAX_S
         while (
@@ -404,12 +406,12 @@ class LlamaEngine:
         Only whole prefill chunks are reused (a multiple of the batch size from position 0,
         as a prompt prefilled alone is cut): llama.cpp's numbers depend on where a prompt is
         cut into batches, and cut there the answer is bit for bit the one a fresh slot gives
-        (measured; cut anywhere else, greedy answers parted at near ties). The last prompt
-        token is always decoded again: its logits give the first token."""
+        when both prompts were prefilled alone (measured; cut anywhere else, greedy answers
+        parted at near ties). The last prompt token is always decoded again: its logits give
+        the first token."""
         slot, reused = -1, 0
         for seq_id in self._free_seq_ids:
-            shared = min(_shared_prefix(self._cached[seq_id], prompt), len(prompt) - 1)
-            chunks = shared // self._batch_size * self._batch_size
+            chunks = _shared_chunks(self._cached[seq_id], prompt, self._batch_size)
             if chunks > reused:
                 slot, reused = seq_id, chunks
         if not reused:
@@ -626,13 +628,13 @@ class LlamaEngine:
         return self._piece_bytes(token, special).decode("utf-8", "replace")
 
 
-def _shared_prefix(cached: list[int], prompt: list[int]) -> int:
-    """How many first tokens the two have in common."""
+def _shared_chunks(cached: list[int], prompt: list[int], chunk: int) -> int:
+    """How many first tokens of `prompt`, in whole chunks, `cached` holds, leaving at least
+    the prompt's last token out (it is decoded again for its logits)."""
+    limit = min(len(cached), len(prompt) - 1)
     n = 0
-    for a, b in zip(cached, prompt, strict=False):
-        if a != b:
-            break
-        n += 1
+    while n + chunk <= limit and cached[n : n + chunk] == prompt[n : n + chunk]:
+        n += chunk
     return n
 
 

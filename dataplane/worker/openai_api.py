@@ -62,8 +62,8 @@ def routes(worker: Worker) -> list[Route]:
         )
 
     async def completions(request: Request) -> Response:
+        body = await read_body(request, CompletionRequest)
         with worker.arriving():
-            body = await read_body(request, CompletionRequest)
             _check_model(worker, body.model)
             constraint = constraint_for(body)
             params = _params(body, body.limit(), constraint, body.logprob_count())
@@ -74,8 +74,8 @@ def routes(worker: Worker) -> list[Route]:
         return await _answer(request, gen, body, len(tokens), chat=False, echo=echo)
 
     async def chat_completions(request: Request) -> Response:
+        body = await read_body(request, ChatCompletionRequest)
         with worker.arriving():
-            body = await read_body(request, ChatCompletionRequest)
             _check_model(worker, body.model)
             constraint = constraint_for(body)
             tools = auto_tools(body, serving_template(worker).source)

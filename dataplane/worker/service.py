@@ -197,8 +197,10 @@ class Worker:
 
     @contextlib.contextmanager
     def arriving(self) -> Iterator[None]:
-        """Around reading and preparing a request, up to `begin`: the engine knows a request
-        is on its way and lets a prefill wait a moment for it (Engine.arriving)."""
+        """Around preparing a request whose body has been read (validating, tokenizing), up
+        to `begin`: the engine knows a request is on its way and lets a prefill wait a moment
+        for it (Engine.arriving). Not around reading the body: a client sends it at its own
+        pace."""
         engine = self.engine
         if engine is None:
             yield
