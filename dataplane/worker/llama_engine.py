@@ -67,6 +67,10 @@ os.environ.setdefault("GGML_NO_BACKTRACE", "1")
 # max_tokens (the penalties sampler keeps a ring buffer of that many tokens).
 MAX_PENALTY_WINDOW = 8192
 
+# A reused prompt prefix ends on a multiple of this many tokens within a prefill batch
+# (_reusable says why).
+REUSE_ALIGN = 64
+
 # How long, at most, a prefill waits for requests still being read or tokenized, so that
 # requests sent together are prefilled in one step (a step costs about as much for one short
 # prompt as for four), and how often it looks meanwhile.
@@ -403,17 +407,15 @@ class LlamaEngine:
         """A free slot for `prompt`, and how many of the prompt's first tokens its KV cells
         already hold (they are not decoded again).
 
-        Only whole prefill chunks are reused (a multiple of the batch size from position 0,
-        as a prompt prefilled alone is cut): llama.cpp's numbers depend on where a prompt is
-        cut into batches, and cut there the answer is bit for bit the one a fresh slot gives
-        when both prompts were prefilled alone (measured; cut anywhere else, greedy answers
-        parted at near ties). The last prompt token is always decoded again: its logits give
-        the first token."""
+        The reused part ends where a fresh prefill of the prompt would start a tile of rows
+        (see _reusable), so the answer is bit for bit the one a fresh slot gives when both
+        prompts were prefilled alone. The last prompt token is always decoded again: its
+        logits give the first token."""
         slot, reused = -1, 0
         for seq_id in self._free_seq_ids:
-            chunks = _shared_chunks(self._cached[seq_id], prompt, self._batch_size)
-            if chunks > reused:
-                slot, reused = seq_id, chunks
+            shared = _reusable(self._cached[seq_id], prompt, self._batch_size)
+            if shared > reused:
+                slot, reused = seq_id, shared
         if not reused:
             slot = self._slot_to_overwrite()
         self._free_seq_ids.remove(slot)
@@ -628,14 +630,22 @@ class LlamaEngine:
         return self._piece_bytes(token, special).decode("utf-8", "replace")
 
 
-def _shared_chunks(cached: list[int], prompt: list[int], chunk: int) -> int:
-    """How many first tokens of `prompt`, in whole chunks, `cached` holds, leaving at least
-    the prompt's last token out (it is decoded again for its logits)."""
+def _reusable(cached: list[int], prompt: list[int], batch: int) -> int:
+    """How many first tokens of `prompt` a slot holding `cached` can skip: their shared
+    prefix, leaving at least the prompt's last token out (decoded again for its logits), cut
+    back to a multiple of REUSE_ALIGN within a batch of the prompt's prefill (batches start
+    at multiples of `batch`). llama.cpp's numbers depend on where a prompt is cut: reused
+    cells cut at 1,754 tokens left first-token logprobs 0.02-0.13 from a fresh slot's and
+    parted a greedy answer at a near tie in 1 of 4 chats; cut at a multiple of 16, in 3 of
+    4; cut at multiples of 32, 64 or 512, the answers and logprobs were bit for bit the same
+    (the bundled model; docs/worker.md)."""
     limit = min(len(cached), len(prompt) - 1)
     n = 0
-    while n + chunk <= limit and cached[n : n + chunk] == prompt[n : n + chunk]:
-        n += chunk
-    return n
+    while n + REUSE_ALIGN <= limit and cached[n : n + REUSE_ALIGN] == prompt[n : n + REUSE_ALIGN]:
+        n += REUSE_ALIGN
+    # A batch that is not a multiple of the alignment restarts it at each batch.
+    whole, rest = divmod(n, batch)
+    return whole * batch + rest // REUSE_ALIGN * REUSE_ALIGN
 
 
 def _make_sampler(params: SamplingParams, n_vocab: int, prompt: list[int]) -> Any:
