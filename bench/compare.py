@@ -48,6 +48,7 @@ from streams import (
     stop_process,
     summarize,
     wait_ready,
+    worker_argv,
 )
 
 
@@ -259,22 +260,9 @@ def bench_llama_server(path: str, args: argparse.Namespace, prompts: Iterator[st
 
 def bench_rbee(ref: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard):
     port = free_port()
-    argv = [
-        str(Path(sys.executable).parent / "rbee-worker"),
-        "--model",
-        ref,
-        "--port",
-        str(port),
-        "--slots",
-        str(args.slots),
-        "--threads",
-        str(args.threads),
-        "--ctx-size",
-        str(args.ctx),
-        "--log-level",
-        "warning",
-        *args.rbee_arg,
-    ]
+    argv = worker_argv(
+        ref, port, args.threads, args.ctx, "--slots", str(args.slots), *args.rbee_arg
+    )
     return bench_server(
         "rbee-worker",
         argv,

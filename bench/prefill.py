@@ -23,7 +23,6 @@ import asyncio
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,29 +31,23 @@ from itertools import islice
 from typing import Any
 
 import httpx
-from streams import NAMES, PLACES, PeakRss, free_port, mb, prompt_stream, stop_process, wait_ready
+from streams import (
+    NAMES,
+    PLACES,
+    PeakRss,
+    free_port,
+    mb,
+    prompt_stream,
+    stop_process,
+    wait_ready,
+    worker_argv,
+)
 
 
 @contextmanager
 def worker(args: argparse.Namespace) -> Iterator[tuple[str, PeakRss]]:
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "rbee.dataplane.worker",
-        "--model",
-        args.model,
-        "--port",
-        str(port),
-        "--slots",
-        "4",
-        "--threads",
-        str(args.threads),
-        "--ctx-size",
-        str(args.ctx),
-        "--log-level",
-        "warning",
-    ]
+    argv = worker_argv(args.model, port, args.threads, args.ctx, "--slots", "4")
     url = f"http://127.0.0.1:{port}"
     with tempfile.NamedTemporaryFile("w+", prefix="bench-prefill-", suffix=".log") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

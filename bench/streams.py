@@ -14,10 +14,12 @@ import json
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import httpx
@@ -94,6 +96,24 @@ def prompt_stream() -> Iterator[str]:
         place = PLACES[(i + i // len(NAMES)) % len(PLACES)]
         yield f"{name} lived in {place}. One morning, {name} found"
     raise SystemExit("bench: out of distinct prompts")
+
+
+def worker_argv(model: str, port: int, threads: int, ctx: int, *extra: str) -> list[str]:
+    """The command line of an rbee-worker for a bench: quiet, on loopback `port`."""
+    return [
+        str(Path(sys.executable).parent / "rbee-worker"),
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--ctx-size",
+        str(ctx),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
 
 
 def free_port() -> int:

@@ -13,12 +13,11 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
-from streams import free_port, wait_ready
+from streams import free_port, wait_ready, worker_argv
 
 PROMPT = "Once upon a time, in a small village by the sea,"
 
@@ -57,21 +56,8 @@ def bench_in_process(path: str, args: argparse.Namespace) -> list[tuple[float, f
 
 def bench_worker(ref: str, args: argparse.Namespace) -> tuple[list[tuple[float, float]], int]:
     port = free_port()
-    bin_dir = Path(sys.executable).parent
     proc = subprocess.Popen(
-        [
-            str(bin_dir / "rbee-worker"),
-            "--model",
-            ref,
-            "--port",
-            str(port),
-            "--threads",
-            str(args.threads),
-            "--ctx-size",
-            str(args.ctx),
-            "--log-level",
-            "warning",
-        ],
+        worker_argv(ref, port, args.threads, args.ctx),
         env={k: v for k, v in os.environ.items() if k != "RBEE_WORKER_API_KEY"},
     )
     url = f"http://127.0.0.1:{port}"
