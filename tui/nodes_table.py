@@ -71,8 +71,12 @@ class NodesTable(DataTable[str | Text]):
             self.show_silence(status.name, silent_s)
 
     def show_silence(self, name: str, silent_s: float) -> None:
-        """`not answering (42 s)`: how long the node's hive has left probes unanswered."""
-        text = f"{HiveState.NOT_ANSWERING} ({silent_s:.0f} s)"
+        """`not answering (40 s)`: how long the node's hive has left probes unanswered, in
+        steps of 5 s, then of minutes: a count that moved every second repainted the table
+        every second for each silent node (docs/fleet.md)."""
+        seconds = int(silent_s)
+        since = f"{seconds // 5 * 5} s" if seconds < 60 else f"{seconds // 60} min"
+        text = f"{HiveState.NOT_ANSWERING} ({since})"
         self._set(name, "hive", Text(text, style=STATE_STYLES[HiveState.NOT_ANSWERING]))
 
     def _set(self, row: str, column: str, value: str | Text) -> None:

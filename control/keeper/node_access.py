@@ -21,6 +21,7 @@ import httpx
 
 from rbee.dataplane.protocol.client import tls_context
 from rbee.dataplane.protocol.hive_client import HiveClient
+from rbee.dataplane.protocol.wire import HTTP_IDLE_CLIENT_S
 
 from .attempts import connect_over_ssh
 from .local_runner import LocalRunner
@@ -65,7 +66,11 @@ class NodeAccess:
         """The node's connection pool (its hive's and workers' connections), opened when
         first needed, closed with the access; every call passes its own deadline."""
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=HIVE_CALL_TIMEOUT_S, verify=tls_context())
+            self._http = httpx.AsyncClient(
+                timeout=HIVE_CALL_TIMEOUT_S,
+                verify=tls_context(),
+                limits=httpx.Limits(keepalive_expiry=HTTP_IDLE_CLIENT_S),
+            )
         return self._http
 
     @functools.cached_property

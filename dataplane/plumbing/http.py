@@ -16,7 +16,13 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rbee.dataplane.protocol.hosts import is_loopback_host
-from rbee.dataplane.protocol.wire import MAX_BODY_BYTES, ApiError, ErrorCode, error_body
+from rbee.dataplane.protocol.wire import (
+    HTTP_IDLE_SERVER_S,
+    MAX_BODY_BYTES,
+    ApiError,
+    ErrorCode,
+    error_body,
+)
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -213,4 +219,5 @@ def server_config(sock: socket.socket, *, graceful_timeout_s: float) -> Config:
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = graceful_timeout_s
+    config.keep_alive_timeout = HTTP_IDLE_SERVER_S
     return config

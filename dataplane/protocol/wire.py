@@ -21,6 +21,12 @@ SSE_DONE = "[DONE]"
 SSE_KEEPALIVE_S = 5.0
 SILENCE_LIMIT_S = 30.0
 MAX_BODY_BYTES = 1024 * 1024  # a larger request body gets 413
+# An idle HTTP connection: servers keep it this long, and a client reuses one for a shorter
+# while, so that it never sends on a connection the server is closing. Both outlast the
+# dashboard's quiet probe interval (8 s): its probes reuse their connection and SSH channel
+# instead of opening new ones (hypercorn's and httpx's defaults, 5 s, did not).
+HTTP_IDLE_SERVER_S = 30.0
+HTTP_IDLE_CLIENT_S = 20.0
 
 
 class ErrorCode(StrEnum):
