@@ -7,7 +7,7 @@ doubling up to MAX_BACKOFF_S, so that a fleet with dead machines costs what a li
 A probe still running past its deadline (plus a grace) no longer holds its node back: the
 node is due again, and the late answer is dropped (`finished` says whether an answer is the
 latest). A hive silent for a while reads
-`not answering (42 s)`, counted from the first probe it left unanswered.
+`not answering (40 s)`, counted from the first probe it left unanswered.
 """
 
 from __future__ import annotations
