@@ -3,8 +3,9 @@ llama.cpp's own ceiling.
 
 Same model, threads, context per stream, prompts and greedy decoding everywhere. For 1, 2, 4 and
 8 streams that start together, prints TTFT p50/p95 and aggregate tokens/s (median of N
-repetitions), the ratios rbee / llama.cpp's ceiling (bench/ceiling.py, run first in the same
-process tree) and rbee / llama_cpp.server, the targets, and each server's peak RSS; then draws
+repetitions), the ratios rbee / llama.cpp's ceiling (bench/ceiling.py, measured on each of
+rbee's repetitions' prompts just before it: the median of the repetitions' ratios) and
+rbee / llama_cpp.server, the targets, and each server's peak RSS; then draws
 aggregate tokens/s and TTFT p50 against streams for the three into one PNG (--chart).
 
     make bench-compare      # creates bench/.venv with llama-cpp-python[server], then runs this
@@ -170,7 +171,12 @@ def bench_in_process(
 
 
 async def run_rows(
-    url: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard, name: str
+    url: str,
+    args: argparse.Namespace,
+    prompts: Iterator[str],
+    guard: Guard,
+    name: str,
+    ceiling: CeilingProcess | None,
 ) -> tuple[dict[int, list[Row]], dict[str, str]]:
     texts: dict[str, str] = {}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -186,7 +192,8 @@ async def run_rows(
                 for attempt in range(args.redo + 1):
                     guard.quiet()  # blocks the loop, but no stream is open between repetitions
                     batch = [next(prompts) for _ in range(n)]
-                    with ForeignCpu([os.getpid()]) as other:  # the server is our child
+                    with ForeignCpu([os.getpid()]) as other:  # the servers are our children
+                        measured = ceiling.measure(batch) if ceiling else None
                         t0 = time.perf_counter()
                         streams = await asyncio.gather(
                             *(one_stream(client, p, t0, args) for p in batch)
@@ -196,6 +203,8 @@ async def run_rows(
                     if guard.accept(other, attempt, f"{name}, {n} streams"):
                         break
                 rows[n].append(row)
+                if ceiling and measured:
+                    ceiling.kept.setdefault(n, []).append(measured)
     return rows, texts
 
 
@@ -207,6 +216,7 @@ def bench_server(
     args: argparse.Namespace,
     prompts: Iterator[str],
     guard: Guard,
+    ceiling: CeilingProcess | None = None,
 ) -> tuple[dict[int, list[Row]], dict[str, Any], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k != "RBEE_WORKER_API_KEY"}
     # The server's output, read back if it does not become ready; deleted on the way out.
@@ -216,7 +226,7 @@ def bench_server(
             with PeakRss(proc.pid) as rss:
                 with httpx.Client(base_url=url, timeout=5) as client:
                     wait_ready(client, proc, name, ready=ready, log=log)
-                rows, texts = asyncio.run(run_rows(url, args, prompts, guard, name))
+                rows, texts = asyncio.run(run_rows(url, args, prompts, guard, name, ceiling))
             return rows, {"peak": rss.peak}, texts
         finally:
             stop_process(proc)
@@ -258,7 +268,13 @@ def bench_llama_server(path: str, args: argparse.Namespace, prompts: Iterator[st
     )
 
 
-def bench_rbee(ref: str, args: argparse.Namespace, prompts: Iterator[str], guard: Guard):
+def bench_rbee(
+    ref: str,
+    args: argparse.Namespace,
+    prompts: Iterator[str],
+    guard: Guard,
+    ceiling: CeilingProcess,
+):
     port = free_port()
     argv = worker_argv(
         ref, port, args.threads, args.ctx, "--slots", str(args.slots), *args.rbee_arg
@@ -271,32 +287,58 @@ def bench_rbee(ref: str, args: argparse.Namespace, prompts: Iterator[str], guard
         args,
         prompts,
         guard,
+        ceiling,
     )
 
 
 # --- (d) llama.cpp's own ceiling: decode and batched prefill, nothing else ------------------------
 
 
-def run_ceiling(args: argparse.Namespace) -> dict[int, dict[str, float]]:
-    """bench/ceiling.py for the stream counts of this run, in a process of its own (its
-    contexts and threadpools are gone before the servers start)."""
-    argv = [
-        sys.executable,
-        str(Path(__file__).with_name("ceiling.py")),
-        "--json",
-        "--model",
-        args.model,
-        "--batch",
-        ",".join(str(n) for n in args.streams),
-        "--tokens",
-        str(args.tokens),
-        "--threads",
-        str(args.threads),
-        "--ctx",
-        str(args.ctx),
-    ]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    return {int(row["batch"]): row for row in json.loads(out.splitlines()[-1])}
+class CeilingProcess:
+    """bench/ceiling.py --serve in a process of its own: llama.cpp's ceiling measured on a
+    repetition's prompts just before rbee-worker serves them, so that each repetition's
+    ratio is taken within seconds (this machine's speed drifts by more than the targets'
+    margins over a run's minutes). Idle while the worker runs, and the worker while it does."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        argv = [
+            sys.executable,
+            str(Path(__file__).with_name("ceiling.py")),
+            "--serve",
+            "--model",
+            args.model,
+            "--slots",
+            str(max(args.streams)),
+            "--tokens",
+            str(args.tokens),
+            "--threads",
+            str(args.threads),
+            "--ctx",
+            str(args.ctx),
+        ]
+        self._proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.kept: dict[int, list[dict[str, float]]] = {}  # streams → each kept repetition's
+        self._read()  # loaded
+
+    def measure(self, prompts: list[str]) -> dict[str, float]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(prompts) + "\n")
+        self._proc.stdin.flush()
+        return self._read()
+
+    def _read(self) -> dict[str, float]:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"bench/ceiling.py --serve exited ({self._proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        stop_process(self._proc)
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -431,16 +473,25 @@ def main() -> None:
     runs = [("llama_cpp.server", bench_llama_server, path), ("rbee-worker", bench_rbee, args.model)]
     if not args.skip_in_process:
         runs.insert(0, ("in-process", bench_in_process, path))
-    for name, bench, model in runs:
-        if name == "rbee-worker":
-            # Just before rbee's rows, which it is the measure of: this machine's speed drifts
-            # by several percent over a run's minutes (llama_cpp.server read 40 to 56 tok/s
-            # on one stream in three runs of one morning).
-            ceiling = run_ceiling(args)
-            print(f"  llama.cpp ceiling done ({time.perf_counter() - started:.0f} s)", flush=True)
-        guards[name] = Guard(args, budget)
-        reps[name], info[name], texts[name] = bench(model, args, prompt_stream(), guards[name])
-        print(f"  {name} done ({time.perf_counter() - started:.0f} s)", flush=True)
+    ceiling = CeilingProcess(args)
+    try:
+        for name, bench, model in runs:
+            guards[name] = Guard(args, budget)
+            extra = (ceiling,) if name == "rbee-worker" else ()
+            reps[name], info[name], texts[name] = bench(
+                model, args, prompt_stream(), guards[name], *extra
+            )
+            print(f"  {name} done ({time.perf_counter() - started:.0f} s)", flush=True)
+    finally:
+        ceiling.close()
+    # Each rbee repetition against the ceiling measured on its prompts just before it.
+    paired = {
+        n: [
+            (r.tok_s / c["e2e_tok_s"], r.ttft_p50 * 1000 / c["prefill_ms"])
+            for r, c in zip(reps["rbee-worker"][n], ceiling.kept[n], strict=True)
+        ]
+        for n in args.streams
+    }
     results = {name: {n: median_row(r) for n, r in by_n.items()} for name, by_n in reps.items()}
     print()
 
@@ -468,17 +519,18 @@ def main() -> None:
             f"{rb.ttft_p95 / ls.ttft_p95:8.2f}x {rb.tok_s / ls.tok_s:6.2f}x"
             + (f"   (rbee: {retries} 503 retries over {args.reps} reps)" if retries else "")
         )
-        if n in ceiling:
-            c = ceiling[n]
-            print(
-                f"{'':>7}  {'llama.cpp ceiling':<17} {c['prefill_ms']:6.0f} ms "
-                f"{'':>9} {c['e2e_tok_s']:7.1f}   (prefill of the {n} prompts in one batch; "
-                f"prefill + decode, {c['decode_tok_s']:.1f} decode alone)"
-            )
-            print(
-                f"{'':>7}  {'rbee / ceiling':<17} {rb.ttft_p50 * 1000 / c['prefill_ms']:8.2f}x "
-                f"{'':>9} {rb.tok_s / c['e2e_tok_s']:6.2f}x"
-            )
+        c = {k: statistics.median(x[k] for x in ceiling.kept[n]) for k in ceiling.kept[n][0]}
+        print(
+            f"{'':>7}  {'llama.cpp ceiling':<17} {c['prefill_ms']:6.0f} ms "
+            f"{'':>9} {c['e2e_tok_s']:7.1f}   (prefill of the {n} prompts in one batch; "
+            f"prefill + decode, {c['decode_tok_s']:.1f} decode alone)"
+        )
+        tok_x, ttft_x = (sorted(x) for x in zip(*paired[n], strict=True))
+        print(
+            f"{'':>7}  {'rbee / ceiling':<17} {statistics.median(ttft_x):8.2f}x "
+            f"{'':>9} {statistics.median(tok_x):6.2f}x   (median of the reps' ratios; "
+            f"tok/s {tok_x[0]:.2f}-{tok_x[-1]:.2f}x)"
+        )
     print()
 
     rb, ls = results["rbee-worker"], results["llama_cpp.server"]
@@ -494,15 +546,15 @@ def main() -> None:
         x = rb[4].tok_s / ls[4].tok_s
         check(x >= 2.5, f"4 streams, tok/s rbee / llama_cpp.server: {x:.2f}x (target >= 2.5x)")
     for n in (1, 4):
-        if n in args.streams and n in ceiling:
-            x = rb[n].tok_s / ceiling[n]["e2e_tok_s"]
+        if n in args.streams:
+            x = statistics.median(tok for tok, _ttft in paired[n])
             check(
                 x >= 0.95,
                 f"{n} stream{'s' * (n > 1)}, tok/s rbee / llama.cpp's ceiling: {x:.2f}x "
                 "(target >= 0.95x)",
             )
-    if 4 in args.streams and 4 in ceiling:
-        x = rb[4].ttft_p50 * 1000 / ceiling[4]["prefill_ms"]
+    if 4 in args.streams:
+        x = statistics.median(ttft for _tok, ttft in paired[4])
         check(
             x <= 1.2,
             f"4 streams sent together, rbee TTFT p50 / llama.cpp's prefill of the 4 prompts in "
