@@ -15,7 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rbee.dataplane.plumbing.http import EXCEPTION_HANDLERS, BearerAuth, BrowserGuard, read_body
+from rbee.dataplane.plumbing.http import (
+    EXCEPTION_HANDLERS,
+    BearerAuth,
+    BrowserGuard,
+    parse_body,
+    read_raw_body,
+)
 from rbee.dataplane.plumbing.openapi import OPENAPI_PATH, openapi_route
 from rbee.dataplane.protocol import events
 from rbee.dataplane.protocol.requests import (
@@ -61,8 +67,9 @@ def create_app(worker: Worker) -> Starlette:
         return EventSourceResponse(lines(), ping=worker.settings.sse_ping_s, sep="\n")
 
     async def inference(request: Request) -> Response:
-        body = await read_body(request, InferenceRequest)
+        raw = await read_raw_body(request)
         with worker.arriving():
+            body = parse_body(raw, InferenceRequest)
             started = time.monotonic()
             stops: tuple[str, ...] = ()
             if body.messages is not None:

@@ -25,6 +25,7 @@ import codecs
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import queue
 import threading
@@ -76,6 +77,13 @@ REUSE_ALIGN = 64
 # prompt as for four), and how often it looks meanwhile.
 GATHER_MAX_S = 0.015
 GATHER_POLL_S = 0.001
+# While requests have lately overlapped (CONCURRENT_RECENT_S), the first step after an idle
+# spell also waits this long for requests not yet being read: requests sent together through
+# the queen or a busy client reach the worker a few ms apart, and each one that missed the
+# first step waited a whole prefill step behind it (docs/worker.md). A lone user's requests
+# never overlap, so they never wait.
+GATHER_LINGER_S = 0.003
+CONCURRENT_RECENT_S = 60.0
 
 
 class LoadError(RuntimeError):
@@ -164,6 +172,7 @@ class LlamaEngine:
         self._n_swa = 0  # the model's sliding attention window (0: none)
         self._outbox: list[tuple[Generation, Event]] = []  # this step's events
         self.arriving = 0  # written by the event loop (see Engine.arriving)
+        self._concurrent_at = -math.inf  # when two requests or more last ran at once
 
     # ----------------------------------------------------------------- event-loop side
 
@@ -335,14 +344,20 @@ class LlamaEngine:
 
     def _gather(self) -> None:
         """Before the first step after idle, waits (GATHER_MAX_S at most) for the requests the
-        event loop is still preparing, while slots are free for them: requests sent together
-        then share one prefill step instead of each waiting for the previous one's. Never
-        while streams decode: they would stall meanwhile (a newcomer joins the next step)."""
-        if self._running or not self._waiting or self.arriving <= 0:
+        event loop is still preparing, and while requests have lately overlapped, for
+        GATHER_LINGER_S at least, while slots are free for them: requests sent together then
+        share one prefill step instead of each waiting for the previous one's. Never while
+        streams decode: they would stall meanwhile (a newcomer joins the next step)."""
+        if self._running or not self._waiting:
             return
-        deadline = time.monotonic() + GATHER_MAX_S
+        now = time.monotonic()
+        lingering = now - self._concurrent_at < CONCURRENT_RECENT_S
+        linger_until = now + GATHER_LINGER_S if lingering else now
+        deadline = now + GATHER_MAX_S
         while (
-            self.arriving > 0 and len(self._waiting) < len(self._free_seq_ids) and not self._closing
+            (self.arriving > 0 or time.monotonic() < linger_until)
+            and len(self._waiting) < len(self._free_seq_ids)
+            and not self._closing
         ):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -402,6 +417,8 @@ class LlamaEngine:
                 logprobs=LogprobAligner() if gen.params.logprobs is not None else None,
             )
             self._running.append(seq)
+            if len(self._running) > 1:
+                self._concurrent_at = time.monotonic()
 
     def _claim_slot(self, prompt: list[int]) -> tuple[int, int]:
         """A free slot for `prompt`, and how many of the prompt's first tokens its KV cells

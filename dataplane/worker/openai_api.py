@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rbee.dataplane.plumbing.http import read_body
+from rbee.dataplane.plumbing.http import parse_body, read_raw_body
 from rbee.dataplane.protocol.events import StopReason
 from rbee.dataplane.protocol.requests import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from rbee.dataplane.protocol.wire import ApiError, ErrorCode
@@ -62,8 +62,9 @@ def routes(worker: Worker) -> list[Route]:
         )
 
     async def completions(request: Request) -> Response:
-        body = await read_body(request, CompletionRequest)
+        raw = await read_raw_body(request)
         with worker.arriving():
+            body = parse_body(raw, CompletionRequest)
             _check_model(worker, body.model)
             constraint = constraint_for(body)
             params = _params(body, body.limit(), constraint, body.logprob_count())
@@ -74,8 +75,9 @@ def routes(worker: Worker) -> list[Route]:
         return await _answer(request, gen, body, len(tokens), chat=False, echo=echo)
 
     async def chat_completions(request: Request) -> Response:
-        body = await read_body(request, ChatCompletionRequest)
+        raw = await read_raw_body(request)
         with worker.arriving():
+            body = parse_body(raw, ChatCompletionRequest)
             _check_model(worker, body.model)
             constraint = constraint_for(body)
             tools = auto_tools(body, serving_template(worker).source)

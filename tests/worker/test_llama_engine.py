@@ -10,7 +10,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +21,8 @@ from conftest import LONG_CTX, WorkerProcess, start_long_stream, start_worker
 from support.engine import running_engine, texts_together
 from support.tinymodel import write_tiny_gguf
 
-from rbee.dataplane.worker.engine import DoneEvent, SamplingParams
+from rbee.dataplane.worker import llama_engine
+from rbee.dataplane.worker.engine import DoneEvent, Event, Generation, SamplingParams, TokenEvent
 from rbee.dataplane.worker.llama_engine import LlamaEngine
 
 PROMPT = "Once upon a time"
@@ -276,5 +277,64 @@ def test_requests_said_to_be_arriving_delay_a_prefill_only_briefly(tiny_model: P
             _, done = await answer(engine, PROMPT)
             assert done.total_tokens == GREEDY.max_tokens
             assert time.monotonic() - started < 5
+
+    asyncio.run(main())
+
+
+async def first_tokens_in_order(engine: LlamaEngine, pause_s: float) -> list[str]:
+    """Two requests, the second submitted `pause_s` after the first: which one's tokens
+    reached the event loop in what order, up to the second one's first token."""
+    loop = asyncio.get_running_loop()
+    tokens = await engine.tokenize(PROMPT, add_special=True)
+    order: list[str] = []
+    gens = [Generation(name, tokens, GREEDY, loop) for name in ("a", "b")]
+    for gen in gens:
+        heard = gen.deliver
+
+        def recorded(event: Event, name: str = gen.request_id, heard: Callable = heard) -> None:
+            if isinstance(event, TokenEvent):
+                order.append(name)
+            heard(event)
+
+        gen.deliver = recorded  # type: ignore[method-assign]
+    engine.submit(gens[0])
+    await asyncio.sleep(pause_s)
+    engine.submit(gens[1])
+    for gen in gens:
+        await gen.finished.wait()
+    return order[: order.index("b") + 1]
+
+
+def test_after_overlapping_requests_a_close_follower_shares_the_first_prefill(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once requests have overlapped, one that comes a moment after another (not yet being
+    read when the first step starts) is prefilled with it: its first token comes with the
+    first one's, not a step later."""
+    monkeypatch.setattr(llama_engine, "GATHER_LINGER_S", 0.5)  # ample on a loaded machine
+    monkeypatch.setattr(llama_engine, "GATHER_MAX_S", 0.5)
+
+    async def main() -> None:
+        async with running_engine(tiny_model, slots=2) as engine:
+            await texts_together(engine, PROMPT, [GREEDY, GREEDY])  # overlapping
+            assert await first_tokens_in_order(engine, 0.05) == ["a", "b"]
+
+    asyncio.run(main())
+
+
+def test_a_lone_users_request_does_not_linger(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests that never overlapped: the first step starts at once, and a request that
+    comes later joins the next step."""
+    monkeypatch.setattr(llama_engine, "GATHER_LINGER_S", 30.0)
+    monkeypatch.setattr(llama_engine, "GATHER_MAX_S", 30.0)
+
+    async def main() -> None:
+        async with running_engine(tiny_model, slots=2) as engine:
+            started = time.monotonic()
+            await answer(engine, PROMPT)
+            assert time.monotonic() - started < 10
+            assert (await first_tokens_in_order(engine, 0.2))[:2] == ["a", "a"]
 
     asyncio.run(main())
