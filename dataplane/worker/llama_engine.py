@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import ctypes
 import logging
 import math
@@ -78,7 +77,7 @@ REUSE_ALIGN = 64
 GATHER_MAX_S = 0.015
 GATHER_POLL_S = 0.001
 # While requests have lately overlapped (CONCURRENT_RECENT_S), the first step after an idle
-# spell also waits this long for requests not yet being read: requests sent together through
+# spell also waits until no request has come for this long: requests sent together through
 # the queen or a busy client reach the worker a few ms apart, and each one that missed the
 # first step waited a whole prefill step behind it (docs/worker.md). A lone user's requests
 # never overlap, so they never wait.
@@ -344,8 +343,8 @@ class LlamaEngine:
 
     def _gather(self) -> None:
         """Before the first step after idle, waits (GATHER_MAX_S at most) for the requests the
-        event loop is still preparing, and while requests have lately overlapped, for
-        GATHER_LINGER_S at least, while slots are free for them: requests sent together then
+        event loop is still preparing, and while requests have lately overlapped, until none
+        has come for GATHER_LINGER_S, while slots are free for them: requests sent together then
         share one prefill step instead of each waiting for the previous one's. Never while
         streams decode: they would stall meanwhile (a newcomer joins the next step)."""
         if self._running or not self._waiting:
@@ -362,8 +361,13 @@ class LlamaEngine:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            with contextlib.suppress(queue.Empty):
-                self._accept(self._inbox.get(timeout=min(left, GATHER_POLL_S)))
+            try:
+                item = self._inbox.get(timeout=min(left, GATHER_POLL_S))
+            except queue.Empty:
+                continue
+            self._accept(item)
+            if lingering:  # a burst still coming in: wait as long again after each one
+                linger_until = time.monotonic() + GATHER_LINGER_S
 
     def _post(self, gen: Generation, event: Event) -> None:
         self._outbox.append((gen, event))
