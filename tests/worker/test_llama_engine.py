@@ -281,13 +281,14 @@ def test_requests_said_to_be_arriving_delay_a_prefill_only_briefly(tiny_model: P
     asyncio.run(main())
 
 
-async def first_tokens_in_order(engine: LlamaEngine, pause_s: float) -> list[str]:
-    """Two requests, the second submitted `pause_s` after the first: which one's tokens
-    reached the event loop in what order, up to the second one's first token."""
+async def first_tokens_in_order(engine: LlamaEngine, pauses: list[float]) -> list[str]:
+    """Requests "a", "b", ... each submitted the pause after the one before: whose tokens
+    reached the event loop in what order, up to the last one's first token."""
     loop = asyncio.get_running_loop()
     tokens = await engine.tokenize(PROMPT, add_special=True)
     order: list[str] = []
-    gens = [Generation(name, tokens, GREEDY, loop) for name in ("a", "b")]
+    names = "abcdefgh"[: len(pauses) + 1]
+    gens = [Generation(name, tokens, GREEDY, loop) for name in names]
     for gen in gens:
         heard = gen.deliver
 
@@ -298,11 +299,12 @@ async def first_tokens_in_order(engine: LlamaEngine, pause_s: float) -> list[str
 
         gen.deliver = recorded  # type: ignore[method-assign]
     engine.submit(gens[0])
-    await asyncio.sleep(pause_s)
-    engine.submit(gens[1])
+    for pause, gen in zip(pauses, gens[1:], strict=True):
+        await asyncio.sleep(pause)
+        engine.submit(gen)
     for gen in gens:
         await gen.finished.wait()
-    return order[: order.index("b") + 1]
+    return order[: order.index(names[-1]) + 1]
 
 
 def test_after_overlapping_requests_a_close_follower_shares_the_first_prefill(
@@ -312,12 +314,14 @@ def test_after_overlapping_requests_a_close_follower_shares_the_first_prefill(
     read when the first step starts) is prefilled with it: its first token comes with the
     first one's, not a step later."""
     monkeypatch.setattr(llama_engine, "GATHER_LINGER_S", 0.5)  # ample on a loaded machine
-    monkeypatch.setattr(llama_engine, "GATHER_MAX_S", 0.5)
+    monkeypatch.setattr(llama_engine, "GATHER_MAX_S", 5.0)
 
     async def main() -> None:
-        async with running_engine(tiny_model, slots=2) as engine:
+        async with running_engine(tiny_model, slots=3) as engine:
             await texts_together(engine, PROMPT, [GREEDY, GREEDY])  # overlapping
-            assert await first_tokens_in_order(engine, 0.05) == ["a", "b"]
+            assert await first_tokens_in_order(engine, [0.05]) == ["a", "b"]
+            # Each newcomer restarts the wait: a burst longer than one linger is one step.
+            assert await first_tokens_in_order(engine, [0.3, 0.3]) == ["a", "b", "c"]
 
     asyncio.run(main())
 
@@ -335,6 +339,6 @@ def test_a_lone_users_request_does_not_linger(
             started = time.monotonic()
             await answer(engine, PROMPT)
             assert time.monotonic() - started < 10
-            assert (await first_tokens_in_order(engine, 0.2))[:2] == ["a", "a"]
+            assert (await first_tokens_in_order(engine, [0.2]))[:2] == ["a", "a"]
 
     asyncio.run(main())
