@@ -400,19 +400,25 @@ class LlamaEngine:
             if gen.canceled:
                 self._post(gen, DoneEvent(StopReason.CANCELED, 0))
                 continue
-            grammar = None
+            prompt = gen.prompt_tokens
             try:
-                if gen.params.grammar:
-                    grammar = GrammarSampler(self._vocab, gen.params.grammar)
+                grammar = (
+                    GrammarSampler(self._vocab, gen.params.grammar) if gen.params.grammar else None
+                )
+                sampler = _make_sampler(gen.params, self.n_vocab, prompt)
             except GrammarError as exc:
                 self._post(gen, ErrorEvent(ErrorCode.INVALID_REQUEST, str(exc)))
                 continue
-            prompt = gen.prompt_tokens
+            except Exception:  # this request is answered; the others go on
+                log.exception("%s: its sampler could not be built", gen.request_id)
+                error = ErrorEvent(ErrorCode.INTERNAL_ERROR, "its sampler could not be built")
+                self._post(gen, error)
+                continue
             seq_id, reused = self._claim_slot(prompt)
             seq = _Sequence(
                 gen=gen,
                 seq_id=seq_id,
-                sampler=_make_sampler(gen.params, self.n_vocab, prompt),
+                sampler=sampler,
                 pending=deque(prompt[reused:]),
                 reused=reused,
                 n_past=reused,

@@ -22,7 +22,14 @@ from support.engine import running_engine, texts_together
 from support.tinymodel import write_tiny_gguf
 
 from rbee.dataplane.worker import llama_engine
-from rbee.dataplane.worker.engine import DoneEvent, Event, Generation, SamplingParams, TokenEvent
+from rbee.dataplane.worker.engine import (
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    Generation,
+    SamplingParams,
+    TokenEvent,
+)
 from rbee.dataplane.worker.llama_engine import LlamaEngine
 
 PROMPT = "Once upon a time"
@@ -340,5 +347,31 @@ def test_a_lone_users_request_does_not_linger(
             await answer(engine, PROMPT)
             assert time.monotonic() - started < 10
             assert (await first_tokens_in_order(engine, [0.2]))[:2] == ["a", "a"]
+
+    asyncio.run(main())
+
+
+def test_a_sampler_that_cannot_be_built_fails_its_request_only(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = llama_engine._make_sampler
+
+    def failing(params: SamplingParams, n_vocab: int, prompt: list[int]) -> object:
+        if params.seed == 13:
+            raise RuntimeError("no sampler")
+        return built(params, n_vocab, prompt)
+
+    monkeypatch.setattr(llama_engine, "_make_sampler", failing)
+
+    async def main() -> None:
+        async with running_engine(tiny_model, slots=2) as engine:
+            loop = asyncio.get_running_loop()
+            tokens = await engine.tokenize(PROMPT, add_special=True)
+            doomed = Generation("doomed", tokens, SamplingParams(max_tokens=4, seed=13), loop)
+            engine.submit(doomed)
+            await asyncio.wait_for(doomed.finished.wait(), 30)
+            assert isinstance(doomed.terminal, ErrorEvent)
+            _, done = await answer(engine, PROMPT)  # the engine goes on
+            assert done.total_tokens == GREEDY.max_tokens
 
     asyncio.run(main())
