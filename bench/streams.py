@@ -91,10 +91,11 @@ PLACES = [
 
 def prompt_stream() -> Iterator[str]:
     """The same sequence of distinct prompts for every backend; neighbours differ in name."""
-    for i in range(len(NAMES) * len(PLACES)):
-        name = NAMES[i % len(NAMES)]
-        place = PLACES[(i + i // len(NAMES)) % len(PLACES)]
-        yield f"{name} lived in {place}. One morning, {name} found"
+    for ending in ("One morning, {} found", "One evening, {} heard"):
+        for i in range(len(NAMES) * len(PLACES)):
+            name = NAMES[i % len(NAMES)]
+            place = PLACES[(i + i // len(NAMES)) % len(PLACES)]
+            yield f"{name} lived in {place}. {ending.format(name)}"
     raise SystemExit("bench: out of distinct prompts")
 
 
