@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--model", default="pkg:gemma3-270m")
     parser.add_argument("--batch", default="1,2,4,8", help="sequences per step, comma-separated")
     parser.add_argument("--tokens", type=int, default=128, help="decode steps per measurement")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3, help="(not with --serve: one each)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=2048, help="context tokens per sequence")
     parser.add_argument("--batch-size", type=int, default=512, help="the worker's --batch-size")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -192,8 +193,8 @@ async def run_rows(
                 for attempt in range(args.redo + 1):
                     guard.quiet()  # blocks the loop, but no stream is open between repetitions
                     batch = [next(prompts) for _ in range(n)]
-                    with ForeignCpu([os.getpid()]) as other:  # the servers are our children
-                        measured = ceiling.measure(batch) if ceiling else None
+                    measured = ceiling.measure(batch) if ceiling else None
+                    with ForeignCpu([os.getpid()]) as other:  # the server is our child
                         t0 = time.perf_counter()
                         streams = await asyncio.gather(
                             *(one_stream(client, p, t0, args) for p in batch)
@@ -320,12 +321,19 @@ class CeilingProcess:
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         self.kept: dict[int, list[dict[str, float]]] = {}  # streams → each kept repetition's
-        self._read()  # loaded
+        try:
+            self._read()  # loaded
+        except BaseException:
+            stop_process(self._proc)
+            raise
 
     def measure(self, prompts: list[str]) -> dict[str, float]:
         assert self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(prompts) + "\n")
-        self._proc.stdin.flush()
+        try:
+            self._proc.stdin.write(json.dumps(prompts) + "\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            raise SystemExit(f"bench/ceiling.py --serve exited ({self._proc.wait()})") from None
         return self._read()
 
     def _read(self) -> dict[str, float]:
@@ -337,7 +345,8 @@ class CeilingProcess:
 
     def close(self) -> None:
         assert self._proc.stdin is not None
-        self._proc.stdin.close()
+        with contextlib.suppress(BrokenPipeError):
+            self._proc.stdin.close()
         stop_process(self._proc)
 
 
@@ -473,17 +482,22 @@ def main() -> None:
     runs = [("llama_cpp.server", bench_llama_server, path), ("rbee-worker", bench_rbee, args.model)]
     if not args.skip_in_process:
         runs.insert(0, ("in-process", bench_in_process, path))
-    ceiling = CeilingProcess(args)
+    ceiling: CeilingProcess | None = None
     try:
         for name, bench, model in runs:
             guards[name] = Guard(args, budget)
-            extra = (ceiling,) if name == "rbee-worker" else ()
+            extra: tuple[CeilingProcess, ...] = ()
+            if name == "rbee-worker":  # loaded beside it only (the others' RSS counts children)
+                ceiling = CeilingProcess(args)
+                extra = (ceiling,)
             reps[name], info[name], texts[name] = bench(
                 model, args, prompt_stream(), guards[name], *extra
             )
             print(f"  {name} done ({time.perf_counter() - started:.0f} s)", flush=True)
     finally:
-        ceiling.close()
+        if ceiling is not None:
+            ceiling.close()
+    assert ceiling is not None
     # Each rbee repetition against the ceiling measured on its prompts just before it.
     paired = {
         n: [

@@ -80,7 +80,7 @@ GATHER_POLL_S = 0.001
 # spell also waits until no request has come for this long: requests sent together through
 # the queen or a busy client reach the worker a few ms apart, and each one that missed the
 # first step waited a whole prefill step behind it (docs/worker.md). A lone user's requests
-# never overlap, so they never wait.
+# never overlap, so they never wait; for a minute after any overlap, one alone waits 3 ms.
 GATHER_LINGER_S = 0.003
 CONCURRENT_RECENT_S = 60.0
 
@@ -401,18 +401,20 @@ class LlamaEngine:
                 self._post(gen, DoneEvent(StopReason.CANCELED, 0))
                 continue
             prompt = gen.prompt_tokens
+            grammar = None
             try:
-                grammar = (
-                    GrammarSampler(self._vocab, gen.params.grammar) if gen.params.grammar else None
-                )
+                if gen.params.grammar:
+                    grammar = GrammarSampler(self._vocab, gen.params.grammar)
                 sampler = _make_sampler(gen.params, self.n_vocab, prompt)
             except GrammarError as exc:
                 self._post(gen, ErrorEvent(ErrorCode.INVALID_REQUEST, str(exc)))
                 continue
             except Exception:  # this request is answered; the others go on
-                log.exception("%s: its sampler could not be built", gen.request_id)
-                error = ErrorEvent(ErrorCode.INTERNAL_ERROR, "its sampler could not be built")
-                self._post(gen, error)
+                log.exception("%s: the request's sampler could not be built", gen.request_id)
+                if grammar is not None:
+                    grammar.free()
+                message = "the request's sampler could not be built"
+                self._post(gen, ErrorEvent(ErrorCode.INTERNAL_ERROR, message))
                 continue
             seq_id, reused = self._claim_slot(prompt)
             seq = _Sequence(
@@ -427,8 +429,6 @@ class LlamaEngine:
                 logprobs=LogprobAligner() if gen.params.logprobs is not None else None,
             )
             self._running.append(seq)
-            if len(self._running) > 1:
-                self._concurrent_at = time.monotonic()
 
     def _claim_slot(self, prompt: list[int]) -> tuple[int, int]:
         """A free slot for `prompt`, and how many of the prompt's first tokens its KV cells
@@ -482,6 +482,8 @@ class LlamaEngine:
             self._finish(seq, StopReason.CANCELED)
         if not self._running:
             return
+        if len(self._running) > 1:
+            self._concurrent_at = time.monotonic()
         batch = self._batch
         n = 0
 

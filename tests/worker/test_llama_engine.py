@@ -320,15 +320,15 @@ def test_after_overlapping_requests_a_close_follower_shares_the_first_prefill(
     """Once requests have overlapped, one that comes a moment after another (not yet being
     read when the first step starts) is prefilled with it: its first token comes with the
     first one's, not a step later."""
-    monkeypatch.setattr(llama_engine, "GATHER_LINGER_S", 0.5)  # ample on a loaded machine
-    monkeypatch.setattr(llama_engine, "GATHER_MAX_S", 5.0)
+    monkeypatch.setattr(llama_engine, "GATHER_LINGER_S", 1.0)  # ample on a loaded machine
+    monkeypatch.setattr(llama_engine, "GATHER_MAX_S", 10.0)
 
     async def main() -> None:
         async with running_engine(tiny_model, slots=3) as engine:
             await texts_together(engine, PROMPT, [GREEDY, GREEDY])  # overlapping
             assert await first_tokens_in_order(engine, [0.05]) == ["a", "b"]
             # Each newcomer restarts the wait: a burst longer than one linger is one step.
-            assert await first_tokens_in_order(engine, [0.3, 0.3]) == ["a", "b", "c"]
+            assert await first_tokens_in_order(engine, [0.6, 0.6]) == ["a", "b", "c"]
 
     asyncio.run(main())
 
@@ -346,7 +346,7 @@ def test_a_lone_users_request_does_not_linger(
             started = time.monotonic()
             await answer(engine, PROMPT)
             assert time.monotonic() - started < 10
-            assert (await first_tokens_in_order(engine, [0.2]))[:2] == ["a", "a"]
+            assert (await first_tokens_in_order(engine, [0.5]))[:2] == ["a", "a"]
 
     asyncio.run(main())
 
@@ -367,11 +367,14 @@ def test_a_sampler_that_cannot_be_built_fails_its_request_only(
         async with running_engine(tiny_model, slots=2) as engine:
             loop = asyncio.get_running_loop()
             tokens = await engine.tokenize(PROMPT, add_special=True)
-            doomed = Generation("doomed", tokens, SamplingParams(max_tokens=4, seed=13), loop)
-            engine.submit(doomed)
-            await asyncio.wait_for(doomed.finished.wait(), 30)
-            assert isinstance(doomed.terminal, ErrorEvent)
-            _, done = await answer(engine, PROMPT)  # the engine goes on
-            assert done.total_tokens == GREEDY.max_tokens
+            for grammar in (None, 'root ::= "a"'):
+                params = SamplingParams(max_tokens=4, seed=13, grammar=grammar)
+                doomed = Generation("doomed", tokens, params, loop)
+                engine.submit(doomed)
+                await asyncio.wait_for(doomed.finished.wait(), 30)
+                assert isinstance(doomed.terminal, ErrorEvent)
+            # The engine goes on, with both its slots.
+            for _text, done in await texts_together(engine, PROMPT, [GREEDY, GREEDY]):
+                assert done.total_tokens == GREEDY.max_tokens
 
     asyncio.run(main())
