@@ -437,14 +437,17 @@ class LlamaEngine:
         The reused part ends where a fresh prefill of the prompt would start a tile of rows
         (see _reusable), so the answer is bit for bit the one a fresh slot gives when both
         prompts were prefilled alone. The last prompt token is always decoded again: its
-        logits give the first token."""
-        slot, reused = -1, 0
+        logits give the first token. Among slots that help as much (the same prefix, a
+        system prompt every chat shares, or none), `_placed_slot` chooses."""
+        reused, equal = 0, list(self._free_seq_ids)
         for seq_id in self._free_seq_ids:
             shared = _reusable(self._cached[seq_id], prompt, self._batch_size)
             if shared > reused:
-                slot, reused = seq_id, shared
-        if not reused:
-            slot = self._slot_to_overwrite()
+                reused, equal = shared, [seq_id]
+            elif shared == reused and shared:
+                equal.append(seq_id)
+        running = [seq.seq_id for seq in self._running]
+        slot = _placed_slot(equal, running, self._last_used)
         self._free_seq_ids.remove(slot)
         self._cached[slot] = []
         mem = llama_cpp.llama_get_memory(self._ctx)
@@ -452,20 +455,6 @@ class LlamaEngine:
             return slot, reused
         llama_cpp.llama_memory_seq_rm(mem, slot, -1, -1)
         return slot, 0
-
-    def _slot_to_overwrite(self) -> int:
-        """For a prompt nothing cached helps: the free slot used longest ago (LRU) among those
-        that keep the running sequence ids consecutive, a gap first. llama.cpp cuts a step
-        into one ubatch per run of consecutive ids (kv_unified off), and two ubatches cost
-        about two steps: 72 against 46 ms for four streams (docs/performance.md)."""
-        free = self._free_seq_ids
-        running = [seq.seq_id for seq in self._running]
-        if running:
-            low, high = min(running), max(running)
-            gaps = [s for s in free if low < s < high]
-            ends = [s for s in free if s in (low - 1, high + 1)]
-            free = gaps or ends or free
-        return min(free, key=self._last_used.__getitem__)
 
     def _truncate(self, mem: Any, seq_id: int, n: int) -> bool:
         """Keeps the first n cached positions of a sequence, if the memory can: a partial
@@ -675,6 +664,19 @@ def _reusable(cached: list[int], prompt: list[int], batch: int) -> int:
     # A batch that is not a multiple of the alignment restarts it at each batch.
     whole, rest = divmod(n, batch)
     return whole * batch + rest // REUSE_ALIGN * REUSE_ALIGN
+
+
+def _placed_slot(free: list[int], running: list[int], last_used: list[int]) -> int:
+    """Of `free` slots, the one used longest ago (LRU) among those that keep the running
+    sequence ids consecutive, a gap first. llama.cpp cuts a step into one ubatch per run of
+    consecutive ids (kv_unified off), and two ubatches cost about two steps: 72 against 46 ms
+    for four streams (docs/performance.md)."""
+    if running:
+        low, high = min(running), max(running)
+        gaps = [s for s in free if low < s < high]
+        ends = [s for s in free if s in (low - 1, high + 1)]
+        free = gaps or ends or free
+    return min(free, key=last_used.__getitem__)
 
 
 def _make_sampler(params: SamplingParams, n_vocab: int, prompt: list[int]) -> Any:

@@ -378,3 +378,20 @@ def test_a_sampler_that_cannot_be_built_fails_its_request_only(
                 assert done.total_tokens == GREEDY.max_tokens
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("free", "running", "chosen"),
+    [
+        ([0, 2, 3], [], 2),  # nothing runs: the slot used longest ago
+        ([0, 2, 3], [1], 2),  # next to the running one, and used longest ago of those
+        ([0, 3], [1], 0),  # next to the running one, though 3 was used longer ago
+        ([1, 3], [0, 2], 1),  # the gap first
+        ([3], [0], 3),  # no slot keeps the ids consecutive: the one there is
+    ],
+)
+def test_a_slot_is_placed_to_keep_running_ids_consecutive_then_by_lru(
+    free: list[int], running: list[int], chosen: int
+) -> None:
+    last_used = [5, 9, 1, 2]  # per slot: when its last request ended
+    assert llama_engine._placed_slot(free, running, last_used) == chosen
