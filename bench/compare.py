@@ -204,7 +204,7 @@ async def run_rows(
                     if guard.accept(other, attempt, f"{name}, {n} streams"):
                         break
                 rows[n].append(row)
-                if ceiling and measured:
+                if ceiling and measured is not None:
                     ceiling.kept.setdefault(n, []).append(measured)
     return rows, texts
 
@@ -333,15 +333,18 @@ class CeilingProcess:
             self._proc.stdin.write(json.dumps(prompts) + "\n")
             self._proc.stdin.flush()
         except BrokenPipeError:
-            raise SystemExit(f"bench/ceiling.py --serve exited ({self._proc.wait()})") from None
+            raise self._exited() from None
         return self._read()
 
     def _read(self) -> dict[str, float]:
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
         if not line:
-            raise SystemExit(f"bench/ceiling.py --serve exited ({self._proc.wait()})")
+            raise self._exited()
         return json.loads(line)
+
+    def _exited(self) -> SystemExit:
+        return SystemExit(f"bench/ceiling.py --serve exited ({self._proc.wait()})")
 
     def close(self) -> None:
         assert self._proc.stdin is not None
