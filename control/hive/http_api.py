@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -18,6 +17,7 @@ from starlette.routing import Route
 
 from rbee.dataplane.plumbing.http import EXCEPTION_HANDLERS, BearerAuth, BrowserGuard, read_body
 from rbee.dataplane.plumbing.openapi import OPENAPI_PATH, openapi_route
+from rbee.dataplane.plumbing.sse import EventStream
 from rbee.dataplane.protocol.hive_api import (
     DownloadAnswer,
     DownloadRequest,
@@ -167,7 +167,7 @@ def create_app(
         )
         return JSONResponse(answer.wire(), status_code=202 if download.local_path is None else 200)
 
-    async def download_progress(request: Request) -> EventSourceResponse:
+    async def download_progress(request: Request) -> EventStream:
         download_id = request.query_params.get("id", "")
         download = downloads.get(download_id)
         if download is None:
@@ -175,12 +175,12 @@ def create_app(
                 ErrorCode.NOT_FOUND, f"no download {download_id!r}", details={"field": "id"}
             )
 
-        async def lines() -> AsyncIterator[str]:
+        async def lines() -> AsyncGenerator[str, None]:
             async for event in download.events():
                 yield json.dumps(event.wire())
             yield SSE_DONE
 
-        return EventSourceResponse(lines(), ping=SSE_KEEPALIVE_S, sep="\n")
+        return EventStream(lines(), ping_s=SSE_KEEPALIVE_S)
 
     async def model_delete(request: Request) -> Response:
         ref = model_ref_of(request.path_params["ref"])
@@ -202,11 +202,11 @@ def create_app(
         if request.query_params.get("follow", "false").lower() not in ("1", "true", "yes"):
             return JSONResponse(LogLines(lines=logs.recent()).wire())
 
-        async def lines() -> AsyncIterator[str]:
+        async def lines() -> AsyncGenerator[str, None]:
             async for line in logs.follow():
                 yield json.dumps(line.wire())
 
-        return EventSourceResponse(lines(), ping=SSE_KEEPALIVE_S, sep="\n")
+        return EventStream(lines(), ping_s=SSE_KEEPALIVE_S)
 
     async def metrics_endpoint(_request: Request) -> Response:
         counts = {state: 0 for state in ManagedState}

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from pydantic import BaseModel
-from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -23,6 +22,7 @@ from rbee.dataplane.plumbing.http import (
     read_raw_body,
 )
 from rbee.dataplane.plumbing.openapi import OPENAPI_PATH, openapi_route
+from rbee.dataplane.plumbing.sse import EventStream
 from rbee.dataplane.protocol import events
 from rbee.dataplane.protocol.requests import (
     ChatCompletionRequest,
@@ -58,13 +58,13 @@ def create_app(worker: Worker) -> Starlette:
     async def ready(_request: Request) -> JSONResponse:
         return JSONResponse(worker.readiness().wire())
 
-    async def loading_progress(_request: Request) -> EventSourceResponse:
-        async def lines() -> AsyncIterator[str]:
+    async def loading_progress(_request: Request) -> EventStream:
+        async def lines() -> AsyncGenerator[str, None]:
             async for event in worker.loading_events():
                 yield json.dumps(event.wire())
             yield SSE_DONE
 
-        return EventSourceResponse(lines(), ping=worker.settings.sse_ping_s, sep="\n")
+        return EventStream(lines(), ping_s=worker.settings.sse_ping_s)
 
     async def inference(request: Request) -> Response:
         raw = await read_raw_body(request)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 
+from rbee.dataplane.plumbing.sse import EventStream
 from rbee.dataplane.protocol.wire import SSE_DONE
 
 from .engine import DoneEvent, ErrorEvent, Event, Generation, TokenEvent
@@ -24,14 +24,14 @@ def sse_response(
     first: list[dict[str, Any]],
     ping_s: float,
     headers: dict[str, str],
-) -> EventSourceResponse:
+) -> EventStream:
     """Streams `first`, then each event rendered, then `[DONE]`.
 
-    A client that goes away cancels the generation: sse-starlette cancels this generator
-    when it sees the disconnect, and the `finally` tells the engine.
+    A client that goes away cancels the generation: the stream closes this generator when
+    it sees the disconnect, and the `finally` tells the engine.
     """
 
-    async def lines() -> AsyncIterator[str]:
+    async def lines() -> AsyncGenerator[str, None]:
         try:
             for obj in first:
                 yield json.dumps(obj)
@@ -43,7 +43,7 @@ def sse_response(
             if not gen.finished.is_set():
                 gen.cancel()
 
-    return EventSourceResponse(lines(), ping=ping_s, sep="\n", headers=headers)
+    return EventStream(lines(), ping_s=ping_s, headers=headers)
 
 
 @dataclass
