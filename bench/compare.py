@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 import psutil
+from lean_client import StreamClient
 from streams import (
     ForeignCpu,
     PeakRss,
@@ -180,10 +181,7 @@ async def run_rows(
     ceiling: CeilingProcess | None,
 ) -> tuple[dict[int, list[Row]], dict[str, str]]:
     texts: dict[str, str] = {}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(
-        base_url=url, timeout=httpx.Timeout(30, read=None), limits=limits
-    ) as client:
+    async with StreamClient(url) as client:
         for _ in range(args.warmup):
             await one_stream(client, next(prompts), time.perf_counter(), args)
         rows: dict[int, list[Row]] = {}
@@ -460,8 +458,8 @@ def main() -> None:
         + (f"; rbee-worker {' '.join(args.rbee_arg)}" if args.rbee_arg else "")
     )
     print(
-        f"- concurrent streams are sent together (asyncio.gather over one httpx.AsyncClient); "
-        f"TTFT counts from then.\n"
+        f"- concurrent streams are sent together (asyncio.gather over one client, "
+        f"bench/lean_client.py);\n  TTFT counts from then.\n"
         f"- llama_cpp.server runs with --interrupt_requests False, so extra streams queue "
         f"behind the running one;\n  its default (True) ends the running stream as soon as "
         f"another request arrives, with [DONE] and\n  no finish_reason, so a client cannot "

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from lean_client import StreamClient
 from streams import (
     ForeignCpu,
     PeakRss,
@@ -173,7 +174,7 @@ class Way:
     """One way to a model (straight to the worker, or through the queen) and what its
     rounds measured."""
 
-    client: httpx.AsyncClient
+    client: StreamClient
     model: str
     ttfts: list[float] = field(default_factory=list)  # every stream's, every round's
     heads: list[float] = field(default_factory=list)  # to the answer's headers, the same
@@ -282,14 +283,9 @@ class Results:
 async def measure(
     args: argparse.Namespace, worker: Worker, queen_url: str, bench: Bench
 ) -> Results:
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    timeout = httpx.Timeout(30, read=None)
     key = {"Authorization": f"Bearer {worker.api_key}"} if worker.api_key else {}
     before = bench.queen.memory_info().rss
-    async with (
-        httpx.AsyncClient(base_url=worker.url, headers=key, timeout=timeout, limits=limits) as w,
-        httpx.AsyncClient(base_url=queen_url, timeout=timeout, limits=limits) as q,
-    ):
+    async with StreamClient(worker.url, headers=key) as w, StreamClient(queen_url) as q:
         with PeakRss(bench.queen.pid) as rss:
             overhead: dict[int, tuple[Way, Way]] = {}
             pair_overheads: dict[int, list[float]] = {}
@@ -312,7 +308,7 @@ async def measure(
             print(f"  8 streams, 1 node and 2 nodes, {args.rounds_8} rounds each", flush=True)
             await bench.compare(one, two, 8, args.rounds_8)
         after = bench.queen.memory_info().rss
-        seen = (await q.get("/v1/cluster")).json()
+        seen = httpx.get(f"{queen_url}/v1/cluster", timeout=5).json()
     routed = {n["name"]: n["routed"] for n in seen["nodes"]}
     return Results(overhead, pair_overheads, one, two, before, rss.peak, after, routed)
 

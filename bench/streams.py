@@ -24,6 +24,7 @@ from typing import IO, Any
 
 import httpx
 import psutil
+from lean_client import StreamClient
 
 # Each prompt starts with a different word, so a server that keeps the last prompt's KV cache
 # (llama_cpp.server's single Llama does prefix matching) shares at most the BOS token with it.
@@ -303,7 +304,7 @@ def median_row(reps: list[Row]) -> Row:
 
 
 async def one_stream(
-    client: httpx.AsyncClient,
+    client: StreamClient,
     prompt: str,
     t0: float,
     args: argparse.Namespace,
@@ -325,26 +326,23 @@ async def one_stream(
         body["model"] = model
     retries = 0
     while True:
-        async with client.stream("POST", "/v1/completions", json=body) as r:
-            if r.status_code == 503:  # rbee: ALL_SLOTS_BUSY; wait in line like a client would
-                await r.aread()
+        async with client.post("/v1/completions", body) as r:
+            if r.status == 503:  # rbee: ALL_SLOTS_BUSY; wait in line like a client would
+                await r.read()
                 retries += 1
                 await asyncio.sleep(args.retry_s)
                 continue
-            if r.status_code != 200:
-                await r.aread()
-                raise SystemExit(f"{client.base_url}: HTTP {r.status_code}: {r.text[:300]}")
+            if r.status != 200:
+                detail = (await r.read()).decode(errors="replace")
+                raise SystemExit(f"{client.base_url}: HTTP {r.status}: {detail[:300]}")
             head = time.perf_counter() - t0
             first = None
             text = []
             n = 0
             finish = None
-            async for line in r.aiter_lines():
-                if not line.startswith("data: "):
-                    continue
-                data = line[6:].strip()
-                if data == "[DONE]":
-                    break
+            async for data in r.sse_data():
+                if data == b"[DONE]":
+                    continue  # the body ends next
                 obj = json.loads(data)
                 if "error" in obj:
                     raise SystemExit(f"{client.base_url}: stream error {obj['error']}")
