@@ -36,9 +36,10 @@ from rbee.dataplane.protocol.worker_client import WorkerClient
 from .cluster_view import ClusterView
 from .dispatch import Dispatcher, Lease, Timeline
 from .metrics import QueenMetrics
-from .relay import chunks, send
+from .relay import chunks
 from .settings import QueenSettings
 from .timing import Waited
+from .upstream import BrokeOff, Unreachable, UpstreamAnswer, UpstreamTimeout, WorkerLinks
 
 log = logging.getLogger(__name__)
 ROUTE_ATTEMPTS = 2  # a worker unreachable before the request starts: once more elsewhere
@@ -54,7 +55,7 @@ def _unheard(_event: Message) -> None:
 class _InFlight:
     """A `/v1/inference` request the queen holds: waiting (its task), or on a worker."""
 
-    waiting: asyncio.Future[tuple[Lease, httpx.Response]]
+    waiting: asyncio.Future[tuple[Lease, UpstreamAnswer]]
     worker_url: str | None = None
     worker_key: str | None = None
     canceled: bool = False
@@ -66,7 +67,7 @@ class Forwarder:
         keeper: Keeper,
         view: ClusterView,
         dispatcher: Dispatcher,
-        http: httpx.AsyncBaseTransport,
+        links: WorkerLinks,
         metrics: QueenMetrics,
         settings: QueenSettings,
     ) -> None:
@@ -74,13 +75,13 @@ class Forwarder:
         self._keeper = keeper
         self._view = view
         self._dispatcher = dispatcher
-        self._http = http
+        self._links = links
         self._metrics = metrics
         self._in_flight: dict[str, _InFlight] = {}
 
     async def route(
         self, spec: ModelSpec, path: str, body: bytes, *, stream: bool, heard: Timeline = _unheard
-    ) -> tuple[Lease, httpx.Response]:
+    ) -> tuple[Lease, UpstreamAnswer]:
         """A slot on a worker of the model and the worker's answer to `body` at `path`,
         its body still to be read; the lease's `waited` is the whole wait for it and its
         `sent_at` when the body went to the worker that took it. ApiError when no slot comes
@@ -89,7 +90,6 @@ class Forwarder:
         # A stream is silent for the silence limit at most (the worker sends keep-alives); a
         # whole answer comes once it is all generated.
         read_s = SILENCE_LIMIT_S if stream else settings.whole_answer_timeout_s
-        timeout = httpx.Timeout(read_s, connect=settings.connect_timeout_s)
         deadline = asyncio.get_running_loop().time() + settings.queue_wait_s
         waited = Waited()
         unreachable = 0
@@ -102,11 +102,15 @@ class Forwarder:
                 node = self._keeper.inventory.get(worker.node)
                 url = await self._keeper.access(node).worker_url(worker.url)
                 lease.sent_at = time.monotonic()
-                upstream = await send(
-                    self._http, url + path, lease.route.api_key, body, timeout=timeout
+                upstream = await self._links.post(
+                    url + path,
+                    body,
+                    api_key=lease.route.api_key,
+                    connect_timeout_s=settings.connect_timeout_s,
+                    read_timeout_s=read_s,
                 )
                 refused = await _slots_taken(upstream)
-            except (httpx.ConnectError, httpx.ConnectTimeout, RunnerError, OSError) as exc:
+            except (Unreachable, RunnerError, OSError) as exc:
                 # Not started there: the worker is gone (or its node's connection broke).
                 lease.release()
                 self._view.forget(worker)
@@ -118,13 +122,13 @@ class Forwarder:
                         f"{worker.worker_id} on {worker.node} could not be reached: {exc}",
                     ) from None
                 continue
-            except httpx.TimeoutException:
+            except UpstreamTimeout:
                 lease.release()
                 raise ApiError(
                     ErrorCode.CONNECTION_TIMEOUT,
                     f"{worker.worker_id} on {worker.node} did not answer in {read_s:g} s",
                 ) from None
-            except httpx.HTTPError as exc:  # it took the request, then broke off
+            except BrokeOff as exc:  # it took the request, then broke off
                 lease.release()
                 self._view.forget(worker)
                 raise ApiError(
@@ -229,7 +233,7 @@ class Forwarder:
                     error = await _error_of(upstream)
                 yield _error(error.code, error.message)
                 return
-            held.worker_url = str(upstream.request.url).removesuffix("/v1/inference")
+            held.worker_url = upstream.url.removesuffix("/v1/inference")
             held.worker_key = lease.route.api_key
 
             def first_byte() -> None:
@@ -284,7 +288,7 @@ def with_model(body: bytes, model: str) -> bytes:
     return json.dumps(fields).encode()
 
 
-async def _slots_taken(upstream: httpx.Response) -> bool:
+async def _slots_taken(upstream: UpstreamAnswer) -> bool:
     """Whether the worker refused the request because all its slots are busy (its body is
     read then; any other answer is left to be read)."""
     if upstream.status_code != 503:
@@ -309,7 +313,7 @@ def _error(code: ErrorCode | str, message: str) -> bytes:
     return _sse(event) + f"data: {SSE_DONE}\n\n".encode()
 
 
-async def _error_of(upstream: httpx.Response) -> ErrorInfo:
+async def _error_of(upstream: UpstreamAnswer) -> ErrorInfo:
     """The error a worker answered with (its envelope), read and closed."""
     try:
         body = await upstream.aread()

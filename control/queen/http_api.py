@@ -14,7 +14,6 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -44,6 +43,7 @@ from .metrics import QueenMetrics
 from .relay import answer
 from .settings import QueenSettings
 from .timing import server_timing, worker_ttft_s
+from .upstream import UpstreamAnswer, WorkerLinks
 
 log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health"})
@@ -54,11 +54,11 @@ def create_app(
     keeper: Keeper,
     view: ClusterView,
     dispatcher: Dispatcher,
-    http: httpx.AsyncBaseTransport,
+    links: WorkerLinks,
     settings: QueenSettings,
 ) -> Starlette:
     metrics = QueenMetrics(dispatcher.queued)
-    forwarder = Forwarder(keeper, view, dispatcher, http, metrics, settings)
+    forwarder = Forwarder(keeper, view, dispatcher, links, metrics, settings)
 
     async def health(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "alive", "version": VERSION})
@@ -189,7 +189,7 @@ def create_app(
 
 
 def _answered_by(
-    lease: Lease, upstream: httpx.Response, arrived: float, *, stream: bool
+    lease: Lease, upstream: UpstreamAnswer, arrived: float, *, stream: bool
 ) -> dict[str, str]:
     """The headers of an answer a worker gave (its headers just came): who gave it, and
     where its time went. A stream's first token is still to come: its timing says when the

@@ -11,10 +11,11 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 
-import httpx
 from starlette.responses import Response, StreamingResponse
 
 from rbee.dataplane.protocol.wire import SSE_DONE, ApiError, ErrorCode, error_body
+
+from .upstream import UpstreamAnswer, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -22,34 +23,8 @@ log = logging.getLogger(__name__)
 _PASSED_HEADERS = ("content-type", "retry-after", "x-request-id")
 
 
-async def send(
-    http: httpx.AsyncBaseTransport,
-    url: str,
-    api_key: str | None,
-    body: bytes,
-    *,
-    timeout: httpx.Timeout,
-) -> httpx.Response:
-    """POSTs `body` to the worker; its answer, whose body is still to be read. Raises
-    httpx.ConnectError (or ConnectTimeout) when the worker cannot be reached: then the
-    request has not started there.
-
-    Straight to the transport: a client's cookies, redirects, auth and URL merging are
-    nothing the queen needs on its way to a worker, and they were a third of its CPU for
-    a request (measured with py-spy)."""
-    headers = {"content-type": "application/json"}
-    if api_key:
-        headers["authorization"] = f"Bearer {api_key}"
-    request = httpx.Request(
-        "POST", url, content=body, headers=headers, extensions={"timeout": timeout.as_dict()}
-    )
-    response = await http.handle_async_request(request)
-    response.request = request
-    return response
-
-
 async def answer(
-    upstream: httpx.Response,
+    upstream: UpstreamAnswer,
     *,
     stream: bool,
     headers: dict[str, str],
@@ -66,11 +41,11 @@ async def answer(
         try:
             content = await upstream.aread()
             first_byte()
-        except httpx.TimeoutException:
+        except UpstreamTimeout:
             raise ApiError(
                 ErrorCode.CONNECTION_TIMEOUT, "the worker's answer did not come in time"
             ) from None
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             broken()
             raise ApiError(ErrorCode.WORKER_CRASHED, f"the worker stopped: {exc}") from None
         finally:
@@ -83,7 +58,7 @@ async def answer(
 
 
 async def chunks(
-    upstream: httpx.Response,
+    upstream: UpstreamAnswer,
     first_byte: Callable[[], None],
     broken: Callable[[], None],
     done: Callable[[], None],
@@ -96,8 +71,8 @@ async def chunks(
                 first_byte()
                 first = False
             yield chunk
-    except httpx.HTTPError as exc:  # the worker died or fell silent mid-stream
-        log.warning("stream from %s broke: %s", upstream.request.url, exc)
+    except UpstreamError as exc:  # the worker died or fell silent mid-stream
+        log.warning("stream from %s broke: %s", upstream.url, exc)
         broken()
         error = error_body(ErrorCode.WORKER_CRASHED, f"the worker stopped mid-answer: {exc}")
         yield f"data: {json.dumps(error)}\n\ndata: {SSE_DONE}\n\n".encode()

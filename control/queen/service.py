@@ -9,7 +9,6 @@ import logging
 import signal
 import socket
 
-import httpx
 from hypercorn.asyncio import serve
 
 from rbee.control.keeper.inventory import Inventory
@@ -27,6 +26,7 @@ from .dispatch import Dispatcher
 from .hives import QueenHives
 from .http_api import create_app
 from .settings import QueenSettings
+from .upstream import WorkerLinks
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ async def run_queen(
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    async with Keeper(inventory) as keeper, httpx.AsyncHTTPTransport() as http:
+    links = WorkerLinks()
+    async with Keeper(inventory) as keeper:
         view = ClusterView(keeper, settings.refresh_s)
         dispatcher = Dispatcher(keeper, view, settings)
         view.on_refresh = dispatcher.dispatch_all  # slots a probe found go to the queues
@@ -54,7 +55,7 @@ async def run_queen(
         log.info("rbee queen %s listening on http://%s:%d", VERSION, host, port)
         write_queen_address(QueenAddress(url=_url(host, port), api_key_file=key_file))
         try:
-            app = create_app(keeper, view, dispatcher, http, settings)
+            app = create_app(keeper, view, dispatcher, links, settings)
             config = server_config(sock, graceful_timeout_s=settings.graceful_stop_s)
             # Ignored: hypercorn types the app with its own ASGI TypedDicts, Starlette with plain
             # mappings; both are ASGI 3.
@@ -63,6 +64,7 @@ async def run_queen(
             clear_queen_address()
             await view.aclose()
             await hives.aclose()
+            await links.aclose()
             log.info("stopped")
 
 

@@ -1,0 +1,250 @@
+"""HTTP/1.1 from the queen to its workers: kept-alive connections, and each answer's body
+as it comes.
+
+The queen's requests are all alike (a JSON POST to a worker it knows, an answer that is
+one body or an SSE stream), so this speaks just that, over asyncio streams. httpx's
+transport spent 1.25-1.48 ms of CPU on each request to a worker here, and this 0.1 ms
+(docs/performance.md, "The queen's request path"); four requests sent together reach
+their worker that much sooner, and a relayed token costs less of the cores that decode.
+
+Errors say whether the request can have started on the worker: `Unreachable` (it did not:
+it may go elsewhere), `UpstreamTimeout`, and `BrokeOff` (it did, and its answer stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from rbee.dataplane.protocol.wire import HTTP_IDLE_CLIENT_S
+
+_HEAD_LIMIT = 64 * 1024  # a worker's status line and headers are far smaller
+_IDLE_PER_WORKER = 32  # connections kept for reuse; the worker's slots bound those in use
+
+_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class UpstreamError(Exception):
+    """The worker's answer could not be had."""
+
+
+class Unreachable(UpstreamError):
+    """The request never reached the worker (refused, timed out, or the connection failed
+    before it was sent): it did not start there."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The worker took the request but did not answer (or went silent) in time."""
+
+
+class BrokeOff(UpstreamError):
+    """The worker took the request and its answer stopped (the process died, or the
+    connection broke)."""
+
+
+class UpstreamAnswer:
+    """A worker's status and headers; its body to be read once, whole or as it comes."""
+
+    def __init__(
+        self,
+        url: str,
+        status_code: int,
+        headers: dict[str, str],
+        conn: _Connection,
+        read_timeout_s: float,
+        pool: WorkerLinks,
+    ) -> None:
+        self.url = url
+        self.status_code = status_code
+        self.headers = headers  # names in lower case
+        self.content = b""
+        self._conn = conn
+        self._read_timeout_s = read_timeout_s
+        self._pool = pool
+        self._complete = status_code in (204, 304)
+        self._chunked = headers.get("transfer-encoding", "").lower() == "chunked"
+        # A body that ends with the connection leaves nothing to reuse.
+        self._reusable = headers.get("connection", "").lower() != "close" and (
+            self._complete or self._chunked or "content-length" in headers
+        )
+        self._closed = False
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        """The body's bytes as the worker sends them (a stream: one chunk per event)."""
+        reader = self._conn[0]
+        try:
+            if self._complete:
+                return
+            if self._chunked:
+                while True:
+                    async with asyncio.timeout(self._read_timeout_s):
+                        line = await reader.readuntil(b"\r\n")
+                        size = int(line.split(b";", 1)[0], 16)
+                        if size == 0:
+                            while await reader.readuntil(b"\r\n") != b"\r\n":
+                                pass  # trailers: none are sent, none are needed
+                            break
+                        data = await reader.readexactly(size + 2)
+                    if data[-2:] != b"\r\n":
+                        raise ValueError("a chunk did not end where its size said")
+                    yield data[:-2]
+            elif "content-length" in self.headers:
+                async with asyncio.timeout(self._read_timeout_s):
+                    data = await reader.readexactly(int(self.headers["content-length"]))
+                yield data
+            else:  # the body ends with the connection
+                while True:
+                    async with asyncio.timeout(self._read_timeout_s):
+                        data = await reader.read(64 * 1024)
+                    if not data:
+                        break
+                    yield data
+            self._complete = True
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"{self.url} sent nothing for {self._read_timeout_s:g} s"
+            ) from None
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            raise BrokeOff(f"{self.url}: the answer broke off ({_what(exc)})") from None
+        except OSError as exc:
+            raise BrokeOff(f"{self.url}: the connection broke ({_what(exc)})") from None
+
+    async def aread(self) -> bytes:
+        """The whole body (kept in `content`)."""
+        self.content = b"".join([chunk async for chunk in self.aiter_raw()])
+        return self.content
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    async def aclose(self) -> None:
+        """Done with the answer: a connection whose answer was read whole is kept for the
+        next request; one closed mid-answer tells the worker its client has gone."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._complete and self._reusable:
+            self._pool.give_back(self.url, self._conn)
+        else:
+            self._conn[1].close()
+
+
+class WorkerLinks:
+    """The queen's connections to its workers, kept alive per host and port."""
+
+    def __init__(self, *, idle_s: float = HTTP_IDLE_CLIENT_S) -> None:
+        self._idle_s = idle_s  # shorter than the worker's keep-alive: it never closes first
+        self._idle: dict[tuple[str, int], list[tuple[float, _Connection]]] = {}
+
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        *,
+        api_key: str | None,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+    ) -> UpstreamAnswer:
+        """POSTs the JSON `body` to `url`; returns once the status and headers came."""
+        parts = urlsplit(url)
+        host = parts.hostname or "127.0.0.1"
+        port = parts.port or 80
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        key = (host, port)
+        while (conn := self._take(key)) is not None:
+            try:
+                return await self._exchange(url, conn, request, read_timeout_s)
+            except _NoAnswer:
+                pass  # the worker had closed it while it was idle: the next one, or a new one
+        try:
+            async with asyncio.timeout(connect_timeout_s):
+                conn = await asyncio.open_connection(host, port, limit=_HEAD_LIMIT)
+        except TimeoutError:
+            raise Unreachable(f"{url}: no connection in {connect_timeout_s:g} s") from None
+        except OSError as exc:
+            raise Unreachable(f"{url}: {_what(exc)}") from None
+        try:
+            return await self._exchange(url, conn, request, read_timeout_s)
+        except _NoAnswer as exc:  # it may have taken the request before it went
+            raise BrokeOff(f"{url}: {exc}") from None
+
+    def give_back(self, url: str, conn: _Connection) -> None:
+        parts = urlsplit(url)
+        idle = self._idle.setdefault((parts.hostname or "127.0.0.1", parts.port or 80), [])
+        if len(idle) < _IDLE_PER_WORKER:
+            idle.append((time.monotonic(), conn))
+        else:
+            conn[1].close()
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for _, (_, writer) in idle:
+                writer.close()
+        self._idle.clear()
+
+    def _take(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            since, conn = idle.pop()
+            if now - since < self._idle_s and not conn[0].at_eof():
+                return conn
+            conn[1].close()
+        return None
+
+    async def _exchange(
+        self, url: str, conn: _Connection, request: bytes, read_timeout_s: float
+    ) -> UpstreamAnswer:
+        """Sends the request and reads the answer's head. _NoAnswer when the connection
+        failed before any byte of an answer came (the caller knows whether it was fresh)."""
+        reader, writer = conn
+        try:
+            writer.write(request)
+            async with asyncio.timeout(read_timeout_s):
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+        except TimeoutError:
+            writer.close()
+            raise UpstreamTimeout(f"{url} did not answer in {read_timeout_s:g} s") from None
+        except asyncio.IncompleteReadError as exc:
+            writer.close()
+            if not exc.partial:
+                raise _NoAnswer("the worker closed the connection without an answer") from None
+            raise BrokeOff(f"{url}: the answer broke off in its headers") from None
+        except asyncio.LimitOverrunError:
+            writer.close()
+            raise BrokeOff(f"{url}: the answer's headers were too long") from None
+        except OSError as exc:
+            writer.close()
+            raise _NoAnswer(_what(exc)) from None
+        try:
+            status_line, *lines = head[:-4].decode("latin-1").split("\r\n")
+            status = int(status_line.split(" ", 2)[1])
+            headers = {}
+            for line in lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        except (IndexError, ValueError):
+            writer.close()
+            raise BrokeOff(f"{url}: not an HTTP answer") from None
+        return UpstreamAnswer(url, status, headers, conn, read_timeout_s, self)
+
+
+class _NoAnswer(Exception):
+    """The connection ended before any byte of an answer: on a kept-alive connection, the
+    worker had closed it; on a new one, the worker is likely gone."""
+
+
+def _what(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
