@@ -9,14 +9,16 @@ their worker that much sooner, and a relayed token costs less of the cores that 
 
 Errors say whether the request can have started on the worker: `Unreachable` (it did not:
 it may go elsewhere), `UpstreamTimeout`, and `BrokeOff` (it did, and its answer stopped).
+Their messages name no address: they reach clients, and the callers name the worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,7 +58,7 @@ class UpstreamAnswer:
         headers: dict[str, str],
         conn: _Connection,
         read_timeout_s: float,
-        pool: WorkerLinks,
+        give_back: Callable[[_Connection], None],
     ) -> None:
         self.url = url
         self.status_code = status_code
@@ -64,7 +66,7 @@ class UpstreamAnswer:
         self.content = b""
         self._conn = conn
         self._read_timeout_s = read_timeout_s
-        self._pool = pool
+        self._give_back = give_back
         self._complete = status_code in (204, 304)
         self._chunked = headers.get("transfer-encoding", "").lower() == "chunked"
         # A body that ends with the connection leaves nothing to reuse.
@@ -105,13 +107,11 @@ class UpstreamAnswer:
                     yield data
             self._complete = True
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"{self.url} sent nothing for {self._read_timeout_s:g} s"
-            ) from None
+            raise UpstreamTimeout(f"nothing came for {self._read_timeout_s:g} s") from None
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            raise BrokeOff(f"{self.url}: the answer broke off ({_what(exc)})") from None
+            raise BrokeOff(f"the answer broke off ({_what(exc)})") from None
         except OSError as exc:
-            raise BrokeOff(f"{self.url}: the connection broke ({_what(exc)})") from None
+            raise BrokeOff(f"the connection broke ({_what(exc)})") from None
 
     async def aread(self) -> bytes:
         """The whole body (kept in `content`)."""
@@ -128,7 +128,7 @@ class UpstreamAnswer:
             return
         self._closed = True
         if self._complete and self._reusable:
-            self._pool.give_back(self.url, self._conn)
+            self._give_back(self._conn)
         else:
             self._conn[1].close()
 
@@ -162,24 +162,23 @@ class WorkerLinks:
         key = (host, port)
         while (conn := self._take(key)) is not None:
             try:
-                return await self._exchange(url, conn, request, read_timeout_s)
+                return await self._exchange(key, url, conn, request, read_timeout_s)
             except _NoAnswer:
                 pass  # the worker had closed it while it was idle: the next one, or a new one
         try:
             async with asyncio.timeout(connect_timeout_s):
                 conn = await asyncio.open_connection(host, port, limit=_HEAD_LIMIT)
         except TimeoutError:
-            raise Unreachable(f"{url}: no connection in {connect_timeout_s:g} s") from None
+            raise Unreachable(f"no connection in {connect_timeout_s:g} s") from None
         except OSError as exc:
-            raise Unreachable(f"{url}: {_what(exc)}") from None
+            raise Unreachable(_what(exc)) from None
         try:
-            return await self._exchange(url, conn, request, read_timeout_s)
+            return await self._exchange(key, url, conn, request, read_timeout_s)
         except _NoAnswer as exc:  # it may have taken the request before it went
-            raise BrokeOff(f"{url}: {exc}") from None
+            raise BrokeOff(str(exc)) from None
 
-    def give_back(self, url: str, conn: _Connection) -> None:
-        parts = urlsplit(url)
-        idle = self._idle.setdefault((parts.hostname or "127.0.0.1", parts.port or 80), [])
+    def _give_back(self, key: tuple[str, int], conn: _Connection) -> None:
+        idle = self._idle.setdefault(key, [])
         if len(idle) < _IDLE_PER_WORKER:
             idle.append((time.monotonic(), conn))
         else:
@@ -202,7 +201,12 @@ class WorkerLinks:
         return None
 
     async def _exchange(
-        self, url: str, conn: _Connection, request: bytes, read_timeout_s: float
+        self,
+        key: tuple[str, int],
+        url: str,
+        conn: _Connection,
+        request: bytes,
+        read_timeout_s: float,
     ) -> UpstreamAnswer:
         """Sends the request and reads the answer's head. _NoAnswer when the connection
         failed before any byte of an answer came (the caller knows whether it was fresh)."""
@@ -214,15 +218,15 @@ class WorkerLinks:
                 head = await reader.readuntil(b"\r\n\r\n")
         except TimeoutError:
             writer.close()
-            raise UpstreamTimeout(f"{url} did not answer in {read_timeout_s:g} s") from None
+            raise UpstreamTimeout(f"no answer in {read_timeout_s:g} s") from None
         except asyncio.IncompleteReadError as exc:
             writer.close()
             if not exc.partial:
                 raise _NoAnswer("the worker closed the connection without an answer") from None
-            raise BrokeOff(f"{url}: the answer broke off in its headers") from None
+            raise BrokeOff("the answer broke off in its headers") from None
         except asyncio.LimitOverrunError:
             writer.close()
-            raise BrokeOff(f"{url}: the answer's headers were too long") from None
+            raise BrokeOff("the answer's headers were too long") from None
         except OSError as exc:
             writer.close()
             raise _NoAnswer(_what(exc)) from None
@@ -235,8 +239,9 @@ class WorkerLinks:
                 headers[name.strip().lower()] = value.strip()
         except (IndexError, ValueError):
             writer.close()
-            raise BrokeOff(f"{url}: not an HTTP answer") from None
-        return UpstreamAnswer(url, status, headers, conn, read_timeout_s, self)
+            raise BrokeOff("not an HTTP answer") from None
+        give_back = functools.partial(self._give_back, key)
+        return UpstreamAnswer(url, status, headers, conn, read_timeout_s, give_back)
 
 
 class _NoAnswer(Exception):
