@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
@@ -247,7 +247,7 @@ def _read_api_key(path: Path | None) -> str | None:
     return read_key_file(path)
 
 
-def _get(addr: str, path: str, api_key_file: Path | None) -> dict:
+def _get(addr: str, path: str, api_key_file: Path | None) -> dict[str, Any]:
     key = _read_api_key(api_key_file)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
@@ -258,4 +258,5 @@ def _get(addr: str, path: str, api_key_file: Path | None) -> dict:
         ) from None
     if response.status_code >= 400:
         raise click.ClickException(response.json().get("error", {}).get("message", response.text))
-    return response.json()
+    answer: dict[str, Any] = response.json()
+    return answer

@@ -30,6 +30,7 @@ from rbee.dataplane.protocol.hive_api import (
     WorkerStateAnswer,
 )
 from rbee.dataplane.protocol.model_refs import InvalidModelRef, parse_model_ref
+from rbee.dataplane.protocol.states import ManagedState
 from rbee.dataplane.protocol.wire import (
     API_VERSION,
     SSE_DONE,
@@ -43,7 +44,7 @@ from rbee.dataplane.protocol.worker_api import ReadyCallback
 from .download_progress import DownloadError
 from .downloads import DownloadManager
 from .logs import LogBuffer
-from .managed_worker import LIVE_STATES, ManagedState, WorkerSpec
+from .managed_worker import LIVE_STATES, WorkerSpec
 from .pool import WorkerPool
 from .preflight import (
     available_ram_mb,

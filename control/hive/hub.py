@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.utils import build_hf_headers
+from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]  # not in __all__
 
 from rbee.dataplane.protocol.model_refs import ModelRef
 from rbee.dataplane.protocol.wire import ErrorCode

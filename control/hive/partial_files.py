@@ -14,7 +14,10 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ PARTIAL_MAX_AGE_S = 7 * 24 * 3600.0
 class PartialFile:
     """The `.part` file and the sha256 of exactly the bytes it holds."""
 
-    def __init__(self, path: Path, size: int, hasher: Any, buffer_bytes: int) -> None:
+    def __init__(self, path: Path, size: int, hasher: HASH, buffer_bytes: int) -> None:
         self.path = path
         self.size = size
         self._hasher = hasher
@@ -87,7 +90,7 @@ def sweep_partials(partial_dir: Path, max_age_s: float) -> None:
             pass
 
 
-def hash_file(path: Path) -> Any:
+def hash_file(path: Path) -> HASH:
     """A sha256 hasher fed with the whole file, to go on feeding or to read the digest of."""
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256")

@@ -9,11 +9,11 @@ import uuid
 
 import httpx
 
-from rbee.dataplane.protocol.states import SERVING_STATES, WorkerState
+from rbee.dataplane.protocol.states import SERVING_STATES, ManagedState, WorkerState
 from rbee.dataplane.protocol.wire import ApiError, ErrorCode
 from rbee.dataplane.protocol.worker_api import ReadyCallback
 
-from .managed_worker import LIVE_STATES, ManagedState, ManagedWorker, WorkerSpec
+from .managed_worker import LIVE_STATES, ManagedWorker, WorkerSpec
 from .settings import HiveSettings
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import psutil
 
 from rbee.dataplane.plumbing.gguf_file import ModelInfo
+from rbee.dataplane.protocol.states import ManagedState
 from rbee.dataplane.protocol.wire import ApiError, ErrorCode
 from rbee.dataplane.worker.settings import WorkerSettings
 
-from .managed_worker import ManagedState, ManagedWorker
+from .managed_worker import ManagedWorker
 
 RAM_FACTOR = 1.2  # DESIGN §4: available RAM ≥ 1.2 × what the worker will hold
 KV_BYTES_PER_VALUE = 2  # llama.cpp's default KV cache type, f16

@@ -126,7 +126,7 @@ class FabricTransport:
             result = self.conn.run(
                 command, hide=True, warn=True, in_stream=False, timeout=timeout_s
             )
-        except invoke.CommandTimedOut:
+        except invoke.exceptions.CommandTimedOut:
             raise CommandTimeout(self.label, command, timeout_s) from None
         return CommandResult(result.return_code, result.stdout, result.stderr)
 

@@ -58,7 +58,7 @@ HIVE_TIMEOUT_S = 10.0  # each of EC1's attempts (attempts.py)
 BUSY_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
 CANCEL_ACK_TIMEOUT_S = 5.0
 CRASH_NOTICE_S = 3.0  # how long the hive may take to notice a worker's death
-LOADING_STATES = frozenset({WorkerState.STARTING, WorkerState.LOADING})
+LOADING_STATES: frozenset[str] = frozenset({WorkerState.STARTING, WorkerState.LOADING})
 
 
 @dataclass(frozen=True)

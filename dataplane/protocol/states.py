@@ -17,7 +17,8 @@ class WorkerState(StrEnum):
 
 
 # The states in which a worker takes inference requests (a busy one may have a free slot).
-SERVING_STATES = frozenset({WorkerState.IDLE, WorkerState.BUSY})
+# As strings: a worker's own state and its hive's view of it (ManagedState) share them.
+SERVING_STATES: frozenset[str] = frozenset({WorkerState.IDLE, WorkerState.BUSY})
 
 
 class ManagedState(StrEnum):

@@ -93,7 +93,9 @@ class ApiError(Exception):
         return error_body(self.code, self.message, self.details)
 
 
-def error_body(code: ErrorCode | str, message: str, details: dict[str, Any] | None = None) -> dict:
+def error_body(
+    code: ErrorCode | str, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {"error": {"code": str(code), "message": message, "details": details or {}}}
 
 

@@ -249,7 +249,7 @@ class LlamaEngine:
         mparams.use_extra_bufts = self._extra_bufts
         last = -1
 
-        @llama_cpp.llama_progress_callback
+        @llama_cpp.llama_progress_callback  # type: ignore[untyped-decorator]  # a ctypes type
         def progress(fraction: float, _user: ctypes.c_void_p) -> bool:
             nonlocal last
             layers = min(self._layers_total, int(fraction * self._layers_total + 1e-6))
@@ -749,7 +749,7 @@ def _route_llama_logs(errors: deque[str]) -> None:
     global _log_callback
     level_of_last = [logging.DEBUG]
 
-    @llama_cpp.llama_log_callback
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # a ctypes type
     def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         lvl = level_of_last[0] if level == 5 else _GGML_TO_LOGGING.get(level, logging.DEBUG)
         level_of_last[0] = lvl

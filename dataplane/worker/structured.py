@@ -93,7 +93,7 @@ def schema_grammar(schema: dict[str, Any], field: str) -> str:
     """The GBNF grammar of a JSON schema; ApiError naming `field` when it cannot be."""
     try:
         _check_schema(schema, field)
-        grammar = json_schema_to_gbnf(json.dumps(schema))
+        grammar: str = json_schema_to_gbnf(json.dumps(schema))
     except RecursionError:
         raise _invalid(field, "the schema is nested too deeply") from None
     except ApiError:
