@@ -16,14 +16,14 @@ from rbee.control.hive.settings import KEY_FILE
 from rbee.dataplane.plumbing.pidfile import NOT_RUNNING_EXIT
 from rbee.dataplane.protocol.client import RemoteError
 from rbee.dataplane.protocol.hive_api import HiveHealth
-from rbee.dataplane.protocol.wire import VERSION
+from rbee.dataplane.protocol.wire import VERSION, ErrorCode
 
 from .hive_shell import pid_script, stop_script
 from .install_plan import Installer, RunnerTransport, Say
 from .node import Node
 from .node_access import NodeAccess
 from .runner import CommandResult, Runner
-from .words import ActionableError, restart_hint, version_mismatch
+from .words import ActionableError, auth_failed, restart_hint, version_mismatch
 
 PROBE_TIMEOUT_S = 30.0
 # From start to answering. A hive starts in 1-2 s of CPU; 60 fake nodes starting on 2 shared
@@ -123,6 +123,19 @@ async def _answers(access: NodeAccess) -> HiveHealth | None:
         return None
 
 
+async def _check_key(access: NodeAccess) -> None:
+    """A running hive answers its health to anyone; it must take our key too, or `ssh-up`
+    would call it up while every command after it is refused (EC9's message instead)."""
+    try:
+        async with access.hive(timeout_s=ANSWER_TIMEOUT_S) as hive:
+            await hive.workers()
+    except RemoteError as exc:
+        if exc.code == ErrorCode.INVALID_API_KEY:
+            raise auth_failed(access.node) from None
+    except (httpx.HTTPError, OSError):
+        pass  # it answered a moment ago: a command after this says what is wrong
+
+
 async def _start_hive(access: NodeAccess, say: Say) -> tuple[int, HiveHealth | None]:
     """Starts `rbee-hive daemon` through the node's runner, detached (it outlives this
     command), and waits until it answers: its pid, and its health (None: it died or did not
@@ -191,6 +204,7 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
     loop = asyncio.get_running_loop()
     asked = loop.time()
     if (health := await _answers(access)) is not None and health.version == VERSION:
+        await _check_key(access)
         return HiveUp(f"{node.name}: rbee-hive {health.version} already running", None)
     # It waited out the whole deadline: something accepted and said nothing (a wedged hive).
     # Asked again below only when it did not (refused: the hive may have been starting).
@@ -215,6 +229,7 @@ async def hive_up(access: NodeAccess, say: Say, *, installer: Installer | None =
                 suggestion=restart_hint(node),
             )
         _check_version(node, health.version)
+        await _check_key(access)
         return HiveUp(f"{node.name}: rbee-hive {health.version} already running", None)
     pid, health = await _start_hive(access, say)
     if health is None:

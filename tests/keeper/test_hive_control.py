@@ -106,6 +106,25 @@ def test_changed_host_key_is_refused(two_nodes) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_running_hive_that_refuses_our_key_is_not_called_up(tmp_path: Path) -> None:
+    """Its health needs no key, so it answered; ssh-up asks with the key too (EC9)."""
+    node = start_sshd(tmp_path / "sshd", "keyed")
+    table = node_table("keyed", node, tmp_path / "state") + 'api_key_env = "KEYED_KEY"\n'
+    operator = Operator(tmp_path, table)
+    try:
+        up = operator.rbee("ssh-up", "keyed", KEYED_KEY="the-first-key")
+        assert up.returncode == 0, up.stderr
+        again = operator.rbee("ssh-up", "keyed", KEYED_KEY="another-key")
+        assert again.returncode == 1, again.stderr
+        assert "Authentication failed" in again.stderr
+        assert "KEYED_KEY" in again.stderr  # where the key comes from
+        assert "already running" not in again.stderr and "Traceback" not in again.stderr
+        assert "the-first-key" not in again.stderr and "another-key" not in again.stderr
+    finally:
+        operator.rbee("ssh-down", "keyed")
+        node.stop()
+
+
 def test_node_without_rbee_gets_the_install_hint(tmp_path: Path) -> None:
     node = start_sshd(tmp_path / "sshd", "bare")
     try:
