@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+CONNECT_TIMEOUT_S = 30.0  # a stream itself may be silent as long as a prefill takes
 
 
 @dataclass
@@ -64,7 +65,8 @@ class StreamClient:
         self._host = url.hostname or "127.0.0.1"
         self._port = url.port or 80
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self._head = f"Host: {self._host}:{self._port}\r\n{extra}".encode()
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._head = f"Host: {host}:{self._port}\r\n{extra}".encode()
         self._idle: list[Connection] = []
 
     @asynccontextmanager
@@ -92,8 +94,14 @@ class StreamClient:
                 return conn, await _exchange(conn, request)
             except (asyncio.IncompleteReadError, ConnectionError):
                 conn[1].close()
-        conn = await asyncio.open_connection(self._host, self._port)
-        return conn, await _exchange(conn, request)
+        conn = await asyncio.wait_for(
+            asyncio.open_connection(self._host, self._port), CONNECT_TIMEOUT_S
+        )
+        try:
+            return conn, await _exchange(conn, request)
+        except BaseException:
+            conn[1].close()
+            raise
 
     async def __aenter__(self) -> StreamClient:
         return self

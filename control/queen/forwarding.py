@@ -39,7 +39,14 @@ from .metrics import QueenMetrics
 from .relay import chunks
 from .settings import QueenSettings
 from .timing import Waited
-from .upstream import BrokeOff, Unreachable, UpstreamAnswer, UpstreamTimeout, WorkerLinks
+from .upstream import (
+    BrokeOff,
+    Unreachable,
+    UpstreamAnswer,
+    UpstreamError,
+    UpstreamTimeout,
+    WorkerLinks,
+)
 
 log = logging.getLogger(__name__)
 ROUTE_ATTEMPTS = 2  # a worker unreachable before the request starts: once more elsewhere
@@ -109,7 +116,11 @@ class Forwarder:
                     connect_timeout_s=settings.connect_timeout_s,
                     read_timeout_s=read_s,
                 )
-                refused = await _slots_taken(upstream)
+                try:
+                    refused = await _slots_taken(upstream)
+                except BaseException:
+                    upstream.close()
+                    raise
             except (Unreachable, RunnerError, OSError) as exc:
                 # Not started there: the worker is gone (or its node's connection broke).
                 lease.release()
@@ -138,7 +149,7 @@ class Forwarder:
                 lease.release()  # the client left while the worker was being reached
                 raise
             if refused:  # others hold its slots (a client of the worker's own, say)
-                await upstream.aclose()
+                upstream.close()
                 lease.release(taken_by_others=True)
                 waited += Waited(queue_s=time.monotonic() - lease.sent_at)
                 log.info(
@@ -225,7 +236,7 @@ class Forwarder:
             if held.canceled or upstream.status_code != 200:
                 lease.release()
                 if held.canceled:  # DELETE came as a worker was found
-                    await upstream.aclose()
+                    upstream.close()
                     error = ErrorInfo(
                         code=ErrorCode.REQUEST_CANCELED, message="canceled before it started"
                     )
@@ -253,7 +264,7 @@ class Forwarder:
             elif not taken and not routing.cancelled() and routing.exception() is None:
                 lease, upstream = routing.result()  # routed just as the client left
                 lease.release()
-                await upstream.aclose()
+                upstream.close()
 
     async def cancel(self, request_id: str) -> None:
         """Cancels the request wherever it is: waiting (it leaves the queue or the start it
@@ -320,5 +331,7 @@ async def _error_of(upstream: UpstreamAnswer) -> ErrorInfo:
         return ErrorInfo.model_validate(json.loads(body)["error"])
     except (ValueError, KeyError, TypeError):
         return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"HTTP {upstream.status_code}")
+    except UpstreamError as exc:
+        return ErrorInfo(code=ErrorCode.WORKER_CRASHED, message=f"the worker stopped: {exc}")
     finally:
-        await upstream.aclose()
+        upstream.close()

@@ -49,10 +49,8 @@ async def answer(
             broken()
             raise ApiError(ErrorCode.WORKER_CRASHED, f"the worker stopped: {exc}") from None
         finally:
-            try:
-                await upstream.aclose()
-            finally:
-                done()
+            upstream.close()
+            done()
         return Response(content, status_code=upstream.status_code, headers=passed)
     return StreamingResponse(chunks(upstream, first_byte, broken, done), headers=passed)
 
@@ -77,7 +75,5 @@ async def chunks(
         error = error_body(ErrorCode.WORKER_CRASHED, f"the worker stopped mid-answer: {exc}")
         yield f"data: {json.dumps(error)}\n\ndata: {SSE_DONE}\n\n".encode()
     finally:
-        try:
-            await upstream.aclose()  # a client that left: the worker sees its stream close
-        finally:
-            done()
+        upstream.close()  # a client that left: the worker sees its stream close
+        done()

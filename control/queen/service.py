@@ -64,7 +64,7 @@ async def run_queen(
             clear_queen_address()
             await view.aclose()
             await hives.aclose()
-            await links.aclose()
+            links.close()
             log.info("stopped")
 
 

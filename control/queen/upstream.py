@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
+import re
+import select
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,6 +29,7 @@ from rbee.dataplane.protocol.wire import HTTP_IDLE_CLIENT_S
 
 _HEAD_LIMIT = 64 * 1024  # a worker's status line and headers are far smaller
 _IDLE_PER_WORKER = 32  # connections kept for reuse; the worker's slots bound those in use
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]+")  # printable ASCII: no line break to inject
 
 _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -108,8 +112,8 @@ class UpstreamAnswer:
             self._complete = True
         except TimeoutError:
             raise UpstreamTimeout(f"nothing came for {self._read_timeout_s:g} s") from None
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            raise BrokeOff(f"the answer broke off ({_what(exc)})") from None
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            raise BrokeOff("the answer broke off mid-body") from None
         except OSError as exc:
             raise BrokeOff(f"the connection broke ({_what(exc)})") from None
 
@@ -119,9 +123,10 @@ class UpstreamAnswer:
         return self.content
 
     def json(self) -> Any:
+        """The body read by `aread`, as JSON."""
         return json.loads(self.content)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         """Done with the answer: a connection whose answer was read whole is kept for the
         next request; one closed mid-answer tells the worker its client has gone."""
         if self._closed:
@@ -139,6 +144,7 @@ class WorkerLinks:
     def __init__(self, *, idle_s: float = HTTP_IDLE_CLIENT_S) -> None:
         self._idle_s = idle_s  # shorter than the worker's keep-alive: it never closes first
         self._idle: dict[tuple[str, int], list[tuple[float, _Connection]]] = {}
+        self._swept = time.monotonic()
 
     async def post(
         self,
@@ -149,21 +155,27 @@ class WorkerLinks:
         connect_timeout_s: float,
         read_timeout_s: float,
     ) -> UpstreamAnswer:
-        """POSTs the JSON `body` to `url`; returns once the status and headers came."""
+        """POSTs the JSON `body` to `url`; returns once the status and headers came (a
+        whole answer's: `read_timeout_s` for them, and again for its body)."""
         parts = urlsplit(url)
-        host = parts.hostname or "127.0.0.1"
-        port = parts.port or 80
+        if parts.scheme != "http" or not parts.hostname:
+            raise Unreachable(f"not a worker's URL ({parts.scheme or 'no'} scheme)")
+        if api_key is not None and not _HEADER_VALUE.fullmatch(api_key):
+            raise Unreachable("the worker's key is not a header value")
+        host, port = parts.hostname, parts.port or 80
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
         request = (
-            f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n{auth}"
+            f"POST {path} HTTP/1.1\r\nHost: {netloc}\r\n{auth}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
         key = (host, port)
+        self._sweep()
         while (conn := self._take(key)) is not None:
             try:
-                return await self._exchange(key, url, conn, request, read_timeout_s)
-            except _NoAnswer:
+                return await self._exchange(url, key, conn, request, read_timeout_s)
+            except _NotSent:
                 pass  # the worker had closed it while it was idle: the next one, or a new one
         try:
             async with asyncio.timeout(connect_timeout_s):
@@ -173,9 +185,15 @@ class WorkerLinks:
         except OSError as exc:
             raise Unreachable(_what(exc)) from None
         try:
-            return await self._exchange(key, url, conn, request, read_timeout_s)
-        except _NoAnswer as exc:  # it may have taken the request before it went
-            raise BrokeOff(str(exc)) from None
+            return await self._exchange(url, key, conn, request, read_timeout_s)
+        except _NotSent as exc:
+            raise Unreachable(str(exc)) from None
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for _, (_, writer) in idle:
+                writer.close()
+        self._idle.clear()
 
     def _give_back(self, key: tuple[str, int], conn: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
@@ -184,72 +202,94 @@ class WorkerLinks:
         else:
             conn[1].close()
 
-    async def aclose(self) -> None:
-        for idle in self._idle.values():
-            for _, (_, writer) in idle:
-                writer.close()
-        self._idle.clear()
-
     def _take(self, key: tuple[str, int]) -> _Connection | None:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
             since, conn = idle.pop()
-            if now - since < self._idle_s and not conn[0].at_eof():
+            if now - since < self._idle_s and not conn[0].at_eof() and not _readable(conn):
                 return conn
             conn[1].close()
         return None
 
+    def _sweep(self) -> None:
+        """Closes connections idle too long, now and then: a stopped worker's are never
+        taken again (a worker that starts anew listens on a new port)."""
+        now = time.monotonic()
+        if now - self._swept < self._idle_s:
+            return
+        self._swept = now
+        for key, idle in list(self._idle.items()):
+            for since, conn in idle:
+                if now - since >= self._idle_s or conn[0].at_eof():
+                    conn[1].close()
+            kept = [(since, conn) for since, conn in idle if not conn[1].is_closing()]
+            if kept:
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
+
     async def _exchange(
         self,
-        key: tuple[str, int],
         url: str,
+        key: tuple[str, int],
         conn: _Connection,
         request: bytes,
         read_timeout_s: float,
     ) -> UpstreamAnswer:
-        """Sends the request and reads the answer's head. _NoAnswer when the connection
-        failed before any byte of an answer came (the caller knows whether it was fresh)."""
+        """Sends the request and reads the answer's head. _NotSent when the request could
+        not be written (on a kept-alive connection: the worker had closed it); once it was,
+        the worker may have started it, and a failure is the answer's."""
         reader, writer = conn
         try:
-            writer.write(request)
+            try:
+                writer.write(request)
+                async with asyncio.timeout(read_timeout_s):
+                    await writer.drain()
+            except OSError as exc:
+                raise _NotSent(_what(exc)) from None
             async with asyncio.timeout(read_timeout_s):
-                await writer.drain()
                 head = await reader.readuntil(b"\r\n\r\n")
-        except TimeoutError:
-            writer.close()
-            raise UpstreamTimeout(f"no answer in {read_timeout_s:g} s") from None
-        except asyncio.IncompleteReadError as exc:
-            writer.close()
-            if not exc.partial:
-                raise _NoAnswer("the worker closed the connection without an answer") from None
-            raise BrokeOff("the answer broke off in its headers") from None
-        except asyncio.LimitOverrunError:
-            writer.close()
-            raise BrokeOff("the answer's headers were too long") from None
-        except OSError as exc:
-            writer.close()
-            raise _NoAnswer(_what(exc)) from None
-        try:
             status_line, *lines = head[:-4].decode("latin-1").split("\r\n")
             status = int(status_line.split(" ", 2)[1])
             headers = {}
             for line in lines:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
-        except (IndexError, ValueError):
-            writer.close()
-            raise BrokeOff("not an HTTP answer") from None
+        except BaseException as exc:
+            writer.close()  # whatever ended it, a client that left included
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(f"no answer in {read_timeout_s:g} s") from None
+            if isinstance(exc, asyncio.IncompleteReadError):
+                broke = "in its headers" if exc.partial else "before it began"
+                raise BrokeOff(f"the worker closed the connection {broke}") from None
+            if isinstance(exc, asyncio.LimitOverrunError):
+                raise BrokeOff("the answer's headers were too long") from None
+            if isinstance(exc, (IndexError, ValueError)):
+                raise BrokeOff("not an HTTP answer") from None
+            if isinstance(exc, OSError):
+                raise BrokeOff(f"the connection broke ({_what(exc)})") from None
+            raise
         give_back = functools.partial(self._give_back, key)
         return UpstreamAnswer(url, status, headers, conn, read_timeout_s, give_back)
 
 
-class _NoAnswer(Exception):
-    """The connection ended before any byte of an answer: on a kept-alive connection, the
-    worker had closed it; on a new one, the worker is likely gone."""
+def _readable(conn: _Connection) -> bool:
+    """Whether an idle connection has something to read: the worker's close (or bytes no
+    request asked for), which the event loop may not have taken in yet."""
+    poller = select.poll()
+    poller.register(conn[1].get_extra_info("socket").fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _NotSent(Exception):
+    """The request could not be written: it did not reach the worker."""
 
 
 def _what(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+    """What went wrong, without the address asyncio's messages carry (a client reads this)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    if isinstance(exc, OSError):
+        return "the connection failed"
+    return type(exc).__name__

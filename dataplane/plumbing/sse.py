@@ -85,12 +85,12 @@ class EventStream(Response):
             async with lock:
                 await send(_END)
         except asyncio.CancelledError:
-            if not gone:
+            # Our own cancel (the client left) ends the stream; any other goes on up.
+            if not gone or streaming.uncancel() > 0:
                 raise
-            streaming.uncancel()  # our own cancel: the client left, which ends the stream
         finally:
             ended = True
             for helper in helpers:
                 helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
             await self._events.aclose()  # its `finally` runs now, not when collected
+            await asyncio.gather(*helpers, return_exceptions=True)

@@ -117,3 +117,22 @@ def test_a_server_shutting_the_stream_down_still_cancels_it() -> None:
         assert closed.is_set()
 
     asyncio.run(main())
+
+
+def test_a_server_cancel_that_comes_with_the_clients_leaving_is_not_lost() -> None:
+    async def events() -> AsyncGenerator[str, None]:
+        yield "first"
+        await asyncio.sleep(60)
+        yield "never"
+
+    async def main() -> None:
+        client = Client()
+        task = run(EventStream(events(), ping_s=5, headers=None), client)
+        await asyncio.sleep(0.05)
+        client.leave.set()
+        await asyncio.sleep(0)  # the stream's watcher sees the disconnect and cancels...
+        task.cancel()  # ...and the server shuts down before the stream has run again
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())

@@ -98,12 +98,12 @@ def test_a_whole_body_and_the_connection_kept_for_the_next_request() -> None:
             assert answer.headers["x-request-id"] == "r1"
             assert await answer.aread() == body
             assert answer.json() == {"a": int(body[-2:-1])}
-            await answer.aclose()
+            answer.close()
         assert [conn for conn, _, _ in worker.requests] == [1, 1]
         head = worker.requests[0][1]
         assert b"Authorization: Bearer k\r\n" in head
         assert head.startswith(b"POST /v1/completions HTTP/1.1\r\n")
-        await links.aclose()
+        links.close()
 
     asyncio.run(main())
 
@@ -117,11 +117,11 @@ def test_a_stream_comes_chunk_by_chunk_as_sent() -> None:
         got = [(chunk, loop.time()) async for chunk in answer.aiter_raw()]
         assert [c for c, _ in got] == [b"data: 1\n\n", b"data: 2\n\n"]
         assert got[1][1] - got[0][1] >= 0.015  # not buffered until the end
-        await answer.aclose()
+        answer.close()
         again = await post(links, worker.url)
         await again.aread()
         assert worker.connections == 1
-        await links.aclose()
+        links.close()
 
     asyncio.run(main())
 
@@ -138,9 +138,9 @@ def test_a_connection_the_worker_closed_while_idle_is_replaced_unnoticed() -> No
         for _ in range(3):
             answer = await post(links, worker.url)
             await answer.aread()
-            await answer.aclose()
+            answer.close()
         assert worker.connections == 3
-        await links.aclose()
+        links.close()
 
     asyncio.run(main())
 
@@ -151,8 +151,9 @@ def test_no_worker_listening_is_unreachable() -> None:
         port = s.getsockname()[1]  # bound, not listening: refused
 
     async def main() -> None:
-        with pytest.raises(Unreachable):
+        with pytest.raises(Unreachable) as refused:
             await post(WorkerLinks(), f"http://127.0.0.1:{port}/v1/completions")
+        assert str(refused.value) == "Connection refused"  # no address: clients read it
 
     asyncio.run(main())
 
@@ -163,7 +164,7 @@ def test_a_worker_that_closes_without_an_answer_broke_off() -> None:
 
     async def main() -> None:
         worker = await serving(vanish)
-        with pytest.raises(BrokeOff, match="without an answer"):
+        with pytest.raises(BrokeOff, match="closed the connection before it began"):
             await post(WorkerLinks(), worker.url)
 
     asyncio.run(main())
@@ -184,7 +185,7 @@ def test_a_stream_cut_mid_chunk_broke_off() -> None:
             async for data in answer.aiter_raw():
                 got.append(data)
         assert got == [b"data: 1\n\n"]
-        await answer.aclose()
+        answer.close()
 
     asyncio.run(main())
 
@@ -206,7 +207,7 @@ def test_a_worker_silent_mid_stream_times_out_and_its_connection_is_dropped() ->
         answer = await post(links, worker.url, read_s=0.1)
         with pytest.raises(UpstreamTimeout):
             await answer.aread()
-        await answer.aclose()
+        answer.close()
         again = await post(links, worker.url)
         assert await again.aread() == b"{}"
         assert worker.connections == 2  # the silent one was not reused
@@ -241,7 +242,92 @@ def test_closing_an_answer_mid_stream_closes_the_connection() -> None:
         answer = await post(links, worker.url)
         async for _ in answer.aiter_raw():
             break
-        await answer.aclose()
+        answer.close()
         await asyncio.wait_for(seen_close.wait(), 2)
+
+    asyncio.run(main())
+
+
+def test_a_request_on_a_kept_connection_that_then_breaks_is_not_sent_again() -> None:
+    """The worker took it (it may be running there): the answer broke, the request is not
+    repeated on another connection."""
+    replies = 0
+
+    async def crash_second(r: asyncio.StreamReader, w: asyncio.StreamWriter, b: bytes) -> None:
+        nonlocal replies
+        replies += 1
+        if replies == 1:
+            return await whole(r, w, b)
+        w.transport.abort()  # the worker died with the request in hand
+
+    async def main() -> None:
+        worker = await serving(crash_second)
+        links = WorkerLinks()
+        first = await post(links, worker.url)
+        await first.aread()
+        first.close()
+        with pytest.raises(BrokeOff):
+            await post(links, worker.url)
+        assert len(worker.requests) == 2  # the first, and the second once
+
+    asyncio.run(main())
+
+
+def test_answers_that_end_the_connection_are_not_reused() -> None:
+    async def closing(_r: asyncio.StreamReader, w: asyncio.StreamWriter, b: bytes) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(b))
+        w.write(b)
+        await w.drain()
+
+    async def until_eof(_r: asyncio.StreamReader, w: asyncio.StreamWriter, b: bytes) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\n\r\n" + b)
+        await w.drain()
+        w.close()
+
+    async def main() -> None:
+        for reply in (closing, until_eof):
+            worker = await serving(reply)
+            links = WorkerLinks()
+            for _ in range(2):
+                answer = await post(links, worker.url, b'{"n": 1}')
+                assert await answer.aread() == b'{"n": 1}'
+                answer.close()
+            assert worker.connections == 2, reply.__name__
+
+    asyncio.run(main())
+
+
+def test_a_client_that_leaves_while_the_worker_works_closes_the_connection() -> None:
+    seen_close = asyncio.Event()
+
+    async def slow(r: asyncio.StreamReader, _w: asyncio.StreamWriter, _b: bytes) -> None:
+        await r.read()  # a whole answer still generating, until the queen hangs up
+        seen_close.set()
+
+    async def main() -> None:
+        worker = await serving(slow)
+        waiting = asyncio.create_task(post(WorkerLinks(), worker.url))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.wait_for(seen_close.wait(), 2)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("https://127.0.0.1:1/v1/completions", None),
+        ("http://127.0.0.1:1/v1/completions", "k\r\nX-Injected: 1"),
+    ],
+)
+def test_what_cannot_be_sent_as_asked_is_refused_before_connecting(
+    url: str, key: str | None
+) -> None:
+    async def main() -> None:
+        with pytest.raises(Unreachable):
+            await WorkerLinks().post(url, b"{}", api_key=key, connect_timeout_s=1, read_timeout_s=1)
 
     asyncio.run(main())
