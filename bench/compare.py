@@ -37,11 +37,11 @@ from typing import Any
 
 import httpx
 import psutil
-from lean_client import StreamClient
 from streams import (
     ForeignCpu,
     PeakRss,
     Row,
+    Server,
     Stream,
     free_port,
     mb,
@@ -53,6 +53,8 @@ from streams import (
     wait_ready,
     worker_argv,
 )
+
+from rbee.control.queen.upstream import WorkerLinks
 
 
 class Guard:
@@ -181,9 +183,11 @@ async def run_rows(
     ceiling: CeilingProcess | None,
 ) -> tuple[dict[int, list[Row]], dict[str, str]]:
     texts: dict[str, str] = {}
-    async with StreamClient(url) as client:
+    links = WorkerLinks()
+    server = Server(url, links)
+    try:
         for _ in range(args.warmup):
-            await one_stream(client, next(prompts), time.perf_counter(), args)
+            await one_stream(server, next(prompts), time.perf_counter(), args)
         rows: dict[int, list[Row]] = {}
         for n in args.streams:
             rows[n] = []
@@ -195,7 +199,7 @@ async def run_rows(
                     with ForeignCpu([os.getpid()]) as other:  # the server is our child
                         t0 = time.perf_counter()
                         streams = await asyncio.gather(
-                            *(one_stream(client, p, t0, args) for p in batch)
+                            *(one_stream(server, p, t0, args) for p in batch)
                         )
                     texts.update((p, s.text) for p, s in zip(batch, streams, strict=True))
                     row = summarize(t0, list(streams))
@@ -204,6 +208,8 @@ async def run_rows(
                 rows[n].append(row)
                 if ceiling and measured is not None:
                     ceiling.kept.setdefault(n, []).append(measured)
+    finally:
+        links.close()
     return rows, texts
 
 
@@ -459,7 +465,7 @@ def main() -> None:
     )
     print(
         f"- concurrent streams are sent together (asyncio.gather over one client, "
-        f"bench/lean_client.py);\n  TTFT counts from then.\n"
+        f"the queen's own);\n  TTFT counts from then.\n"
         f"- llama_cpp.server runs with --interrupt_requests False, so extra streams queue "
         f"behind the running one;\n  its default (True) ends the running stream as soon as "
         f"another request arrives, with [DONE] and\n  no finish_reason, so a client cannot "

@@ -41,10 +41,10 @@ from pathlib import Path
 
 import httpx
 import psutil
-from lean_client import StreamClient
 from streams import (
     ForeignCpu,
     PeakRss,
+    Server,
     free_port,
     mb,
     one_stream,
@@ -60,6 +60,7 @@ from rbee.control.keeper.inventory import Inventory, load_inventory
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import WorkerRegistry
+from rbee.control.queen.upstream import WorkerLinks
 from rbee.dataplane.plumbing.gguf_file import resolve_model_path
 from rbee.dataplane.protocol.states import SERVING_STATES
 
@@ -174,7 +175,7 @@ class Way:
     """One way to a model (straight to the worker, or through the queen) and what its
     rounds measured."""
 
-    client: StreamClient
+    server: Server
     model: str
     ttfts: list[float] = field(default_factory=list)  # every stream's, every round's
     heads: list[float] = field(default_factory=list)  # to the answer's headers, the same
@@ -215,7 +216,7 @@ class Bench:
         with ForeignCpu(self.ours) as cpu:
             t0 = time.perf_counter()
             streams = await asyncio.gather(
-                *(one_stream(way.client, p, t0, self.args, model=way.model) for p in prompts)
+                *(one_stream(way.server, p, t0, self.args, model=way.model) for p in prompts)
             )
         cpu1 = self.queen.cpu_times()
         row = summarize(t0, list(streams))
@@ -233,7 +234,7 @@ class Bench:
         short = argparse.Namespace(**{**vars(self.args), "tokens": self.args.warmup_tokens})
         await asyncio.gather(
             *(
-                one_stream(way.client, next(self.prompts), 0.0, short, model=way.model)
+                one_stream(way.server, next(self.prompts), 0.0, short, model=way.model)
                 for _ in range(streams)
             )
         )
@@ -251,7 +252,7 @@ class Bench:
             for way in (straight, queen) if i % 2 == 0 else (queen, straight):
                 t0 = time.perf_counter()
                 sent = await asyncio.gather(
-                    *(one_stream(way.client, p, t0, short, model=way.model) for p in batch)
+                    *(one_stream(way.server, p, t0, short, model=way.model) for p in batch)
                 )
                 way.pair_ttfts += [s.ttft for s in sent]
                 way.pair_heads += [s.head for s in sent]
@@ -283,9 +284,10 @@ class Results:
 async def measure(
     args: argparse.Namespace, worker: Worker, queen_url: str, bench: Bench
 ) -> Results:
-    key = {"Authorization": f"Bearer {worker.api_key}"} if worker.api_key else {}
     before = bench.queen.memory_info().rss
-    async with StreamClient(worker.url, headers=key) as w, StreamClient(queen_url) as q:
+    links = WorkerLinks()
+    w, q = Server(worker.url, links, worker.api_key), Server(queen_url, links)
+    try:
         with PeakRss(bench.queen.pid) as rss:
             overhead: dict[int, tuple[Way, Way]] = {}
             pair_overheads: dict[int, list[float]] = {}
@@ -309,6 +311,8 @@ async def measure(
             await bench.compare(one, two, 8, args.rounds_8)
         after = bench.queen.memory_info().rss
         seen = httpx.get(f"{queen_url}/v1/cluster", timeout=5).json()
+    finally:
+        links.close()
     routed = {n["name"]: n["routed"] for n in seen["nodes"]}
     return Results(overhead, pair_overheads, one, two, before, rss.peak, after, routed)
 

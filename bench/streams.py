@@ -17,17 +17,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
 import psutil
-from lean_client import StreamClient
+
+from rbee.control.queen.upstream import UpstreamAnswer, WorkerLinks
 
 # Each prompt starts with a different word, so a server that keeps the last prompt's KV cache
 # (llama_cpp.server's single Llama does prefix matching) shares at most the BOS token with it.
+CONNECT_TIMEOUT_S = 30.0
+# llama_cpp.server answers a queued stream's headers only once it starts (8 streams: ~17 s).
+READ_TIMEOUT_S = 600.0
 NAMES = [
     "Amelia",
     "Bartholomew",
@@ -304,8 +308,32 @@ def median_row(reps: list[Row]) -> Row:
     )
 
 
+@dataclass(frozen=True)
+class Server:
+    """Where a bench's streams go. They are read with the queen's own HTTP/1.1 client
+    (control/queen/upstream.py): the bench runs on the cores the server decodes on, and
+    httpx spent 0.43-0.49 ms of CPU a token there (docs/performance.md, "The bench's
+    client")."""
+
+    base_url: str
+    links: WorkerLinks
+    api_key: str | None = None
+
+
+async def sse_data(answer: UpstreamAnswer) -> AsyncIterator[bytes]:
+    """Each event's `data:` payload (one-line events: what the servers send)."""
+    pending = b""
+    async for chunk in answer.aiter_raw():
+        pending = (pending + chunk).replace(b"\r\n", b"\n")  # sse-starlette's default
+        *events, pending = pending.split(b"\n\n")
+        for event in events:
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:"):
+                    yield line[5:].strip()
+
+
 async def one_stream(
-    client: StreamClient,
+    server: Server,
     prompt: str,
     t0: float,
     args: argparse.Namespace,
@@ -325,28 +353,36 @@ async def one_stream(
     }
     if model is not None:
         body["model"] = model
+    payload = json.dumps(body).encode()
     retries = 0
     while True:
-        async with client.post("/v1/completions", body) as r:
-            if r.status == 503:  # rbee: ALL_SLOTS_BUSY; wait in line like a client would
-                await r.read()
+        r = await server.links.post(
+            f"{server.base_url}/v1/completions",
+            payload,
+            api_key=server.api_key,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            read_timeout_s=READ_TIMEOUT_S,
+        )
+        try:
+            if r.status_code == 503:  # rbee: ALL_SLOTS_BUSY; wait in line like a client would
+                await r.aread()
                 retries += 1
                 await asyncio.sleep(args.retry_s)
                 continue
-            if r.status != 200:
-                detail = (await r.read()).decode(errors="replace")
-                raise SystemExit(f"{client.base_url}: HTTP {r.status}: {detail[:300]}")
+            if r.status_code != 200:
+                detail = (await r.aread()).decode(errors="replace")
+                raise SystemExit(f"{server.base_url}: HTTP {r.status_code}: {detail[:300]}")
             head = time.perf_counter() - t0
             first = None
             text = []
             n = 0
             finish = None
-            async for data in r.sse_data():
+            async for data in sse_data(r):
                 if data == b"[DONE]":
                     continue  # the body ends next
                 obj = json.loads(data)
                 if "error" in obj:
-                    raise SystemExit(f"{client.base_url}: stream error {obj['error']}")
+                    raise SystemExit(f"{server.base_url}: stream error {obj['error']}")
                 choice = obj["choices"][0]
                 if choice.get("text"):
                     now = time.perf_counter()
@@ -357,8 +393,10 @@ async def one_stream(
             end = time.perf_counter()
             if finish is None:
                 raise SystemExit(
-                    f"{client.base_url}: a stream ended after {n} tokens with no finish_reason "
+                    f"{server.base_url}: a stream ended after {n} tokens with no finish_reason "
                     "(cut off: llama_cpp.server does that without --interrupt_requests False)"
                 )
             tokens = args.tokens if finish == "length" else n
             return Stream((first or end) - t0, end, tokens, "".join(text), retries, head)
+        finally:
+            r.close()

@@ -207,7 +207,7 @@ class WorkerLinks:
         now = time.monotonic()
         while idle:
             since, conn = idle.pop()
-            if now - since < self._idle_s and not conn[0].at_eof() and not _readable(conn):
+            if self._fresh(since, conn, now) and not _readable(conn):
                 return conn
             conn[1].close()
         return None
@@ -221,13 +221,18 @@ class WorkerLinks:
         self._swept = now
         for key, idle in list(self._idle.items()):
             for since, conn in idle:
-                if now - since >= self._idle_s or conn[0].at_eof():
+                if not self._fresh(since, conn, now):
                     conn[1].close()
             kept = [(since, conn) for since, conn in idle if not conn[1].is_closing()]
             if kept:
                 self._idle[key] = kept
             else:
                 del self._idle[key]
+
+    def _fresh(self, since: float, conn: _Connection, now: float) -> bool:
+        """Idle for less than the reuse window, and not closed by the worker as far as the
+        event loop has seen."""
+        return now - since < self._idle_s and not conn[0].at_eof()
 
     async def _exchange(
         self,
