@@ -1,7 +1,7 @@
 """The queen's cost (issue 13): one warm worker straight and through `rbee queen`, the
 queen's memory, and eight streams over two nodes against one.
 
-    make bench-queen    # = .venv/bin/python bench/queen.py [--pairs 60] [--rounds 16]
+    make bench-queen    # = .venv/bin/python bench/queen.py [--pairs 60] [--pairs-4 360]
 
 Everything it measures runs as a real process, in a temporary RBEE_HOME that it deletes
 after: two hives (`rbee-hive daemon`; nodes `a` and `b`, both `ssh = false` on this machine,
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import shutil
 import signal
@@ -317,6 +318,17 @@ async def measure(
     return Results(overhead, pair_overheads, one, two, before, rss.peak, after, routed)
 
 
+def median_interval(values: list[float]) -> tuple[float, float]:
+    """A distribution-free 95 % confidence interval of the median: the order statistics
+    at ranks (n - 1.96 sqrt n) / 2 and 1 + (n + 1.96 sqrt n) / 2 (the sign test's, with the
+    normal approximation: fine from about 30 values on)."""
+    xs = sorted(values)
+    n, spread = len(xs), 1.96 * math.sqrt(len(xs))
+    lo = max(1, math.floor((n - spread) / 2))
+    hi = min(n, math.ceil(1 + (n + spread) / 2))
+    return xs[lo - 1], xs[hi - 1]
+
+
 def report(args: argparse.Namespace, r: Results, cores: int) -> None:
     print()
     print(
@@ -350,8 +362,10 @@ def report(args: argparse.Namespace, r: Results, cores: int) -> None:
         )
         overheads = [o * 1000 for o in r.pair_overheads[n]]
         paired = percentile(overheads, 0.5)
+        low, high = median_interval(overheads)
         print(
-            f"{'':>7}  TTFT overhead of each pair ({len(overheads)}): p50 {paired:+.1f} ms, "
+            f"{'':>7}  TTFT overhead of each pair ({len(overheads)}): p50 {paired:+.1f} ms "
+            f"(95 % interval {low:+.1f} to {high:+.1f}),\n{'':>7}  "
             f"p25 {percentile(overheads, 0.25):+.1f}, p75 {percentile(overheads, 0.75):+.1f}"
         )
         s = "stream" if n == 1 else "streams"
@@ -426,9 +440,10 @@ def main() -> int:
     parser.add_argument("--model", default="pkg:gemma3-270m", help="a bundled model, pkg:NAME")
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens a stream")
     parser.add_argument("--pairs", type=int, default=60, help="TTFT pairs of 1 stream")
-    # A pair of 4 streams varies by tens of ms (which requests share a prefill step), so the
-    # p50 of 30 pairs was still uncertain by about 7 ms: more pairs, each a second.
-    parser.add_argument("--pairs-4", type=int, default=120, help="TTFT pairs of 4 streams")
+    # A pair of 4 streams varies by tens of ms (a 250 ms prefill step's speed drifts by
+    # ±8 % between the pair's two sends): the p50 of 120 pairs was uncertain by ±6 ms (its
+    # 95 % interval), of 360 by about ±3.5. Each pair takes 0.65 s.
+    parser.add_argument("--pairs-4", type=int, default=360, help="TTFT pairs of 4 streams")
     parser.add_argument("--pair-tokens", type=int, default=4, help="max_tokens in a pair")
     # One stream's rounds' ratios range over about ±8 % as the machine's speed drifts, so
     # the median of 16 was uncertain by about 2 %, as much as the margin it is judged by.

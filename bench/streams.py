@@ -97,7 +97,7 @@ PLACES = [
 def prompt_stream() -> Iterator[str]:
     """The same sequence of distinct prompts for every backend; neighbours differ in name."""
     endings = ("One morning, {} found", "One evening, {} heard", "One night, {} saw")
-    for ending in (*endings, "One afternoon, {} met"):
+    for ending in (*endings, "One afternoon, {} met", "One day, {} lost", "One spring, {} built"):
         for i in range(len(NAMES) * len(PLACES)):
             name = NAMES[i % len(NAMES)]
             place = PLACES[(i + i // len(NAMES)) % len(PLACES)]
