@@ -84,12 +84,6 @@ GATHER_POLL_S = 0.001
 GATHER_LINGER_S = 0.003
 CONCURRENT_RECENT_S = 60.0
 
-# A prompt up to this long is tokenized on the event loop (about 0.1 ms for 60 characters,
-# 0.5 ms for 1,000 here): handing it to a thread and back cost 1-3 ms a request, waiting
-# for the GIL and the loop's wake-up, and four requests sent together queued behind each
-# other's hand-offs before their shared prefill could start (docs/worker.md).
-TOKENIZE_INLINE_CHARS = 1024
-
 
 class LoadError(RuntimeError):
     """The model could not be loaded; the message says why."""
@@ -189,13 +183,10 @@ class LlamaEngine:
         await asyncio.wrap_future(self._loaded)
 
     async def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        """Not on the engine's thread: a prompt that arrives while others decode is not held
-        until the step ends. A short one right here, a long one on a thread of its own so it
-        does not hold the event loop (TOKENIZE_INLINE_CHARS). llama.cpp's own server
-        tokenizes on its HTTP threads while its loop decodes: the vocabulary is read-only
-        once loaded."""
-        if len(text) <= TOKENIZE_INLINE_CHARS:
-            return self._tokenize_loaded(text, add_special)
+        """On a thread of its own, not the engine's: a prompt that arrives while others
+        decode is not held until the step ends, and a long one does not hold the event loop.
+        llama.cpp's own server tokenizes on its HTTP threads while its loop decodes: the
+        vocabulary is read-only once loaded."""
         return await asyncio.to_thread(self._tokenize_loaded, text, add_special)
 
     def submit(self, generation: Generation) -> None:

@@ -218,33 +218,6 @@ def test_the_greedy_fast_path_answers_as_llama_cpps_greedy_sampler(tiny_model: P
     asyncio.run(main())
 
 
-def test_short_prompts_tokenize_on_the_event_loop_and_long_ones_on_a_thread(
-    tiny_model: Path,
-) -> None:
-    """A prompt up to TOKENIZE_INLINE_CHARS is tokenized right away on the event loop (a
-    thread's hand-off cost more than the work); a longer one on a thread, so that it does
-    not hold the loop. Either way the tokens are the tokenizer's."""
-    short = "Once upon a time a fox lived by the river. "
-    long = short * (llama_engine.TOKENIZE_INLINE_CHARS // len(short) + 1)
-
-    async def main() -> None:
-        async with running_engine(tiny_model, slots=1) as engine:
-            tokenize = engine._tokenize
-            threads: list[threading.Thread] = []
-
-            def recorded(text: str, add_special: bool) -> list[int]:
-                threads.append(threading.current_thread())
-                return tokenize(text, add_special)
-
-            engine._tokenize = recorded  # type: ignore[method-assign]
-            for text in (short, long):
-                assert await engine.tokenize(text, add_special=True) == tokenize(text, True)
-        assert threads[0] is threading.current_thread()
-        assert threads[1] is not threading.current_thread()
-
-    asyncio.run(main())
-
-
 # Histories of a few prefill chunks (running_engine's batch size is 64 tokens): the cache
 # reuses whole chunks only.
 HISTORY = (
