@@ -27,11 +27,11 @@ import psutil
 
 from rbee.control.queen.upstream import UpstreamAnswer, WorkerLinks
 
-# Each prompt starts with a different word, so a server that keeps the last prompt's KV cache
-# (llama_cpp.server's single Llama does prefix matching) shares at most the BOS token with it.
 CONNECT_TIMEOUT_S = 30.0
 # llama_cpp.server answers a queued stream's headers only once it starts (8 streams: ~17 s).
 READ_TIMEOUT_S = 600.0
+# Each prompt starts with a different word, so a server that keeps the last prompt's KV cache
+# (llama_cpp.server's single Llama does prefix matching) shares at most the BOS token with it.
 NAMES = [
     "Amelia",
     "Bartholomew",
@@ -96,8 +96,15 @@ PLACES = [
 
 def prompt_stream() -> Iterator[str]:
     """The same sequence of distinct prompts for every backend; neighbours differ in name."""
-    endings = ("One morning, {} found", "One evening, {} heard", "One night, {} saw")
-    for ending in (*endings, "One afternoon, {} met", "One day, {} lost", "One spring, {} built"):
+    endings = (
+        "One morning, {} found",
+        "One evening, {} heard",
+        "One night, {} saw",
+        "One afternoon, {} met",
+        "One day, {} lost",
+        "One spring, {} built",
+    )
+    for ending in endings:
         for i in range(len(NAMES) * len(PLACES)):
             name = NAMES[i % len(NAMES)]
             place = PLACES[(i + i // len(NAMES)) % len(PLACES)]
