@@ -21,7 +21,7 @@ from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
 from rbee.control.keeper.probe import probe_deadline_s, unanswered
-from rbee.control.keeper.probe_schedule import ProbeSchedule
+from rbee.control.keeper.probe_schedule import PROBE_TICK_S, ProbeSchedule
 from rbee.control.keeper.status import LogLine, NodeStatus
 from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import WorkerRegistry
@@ -47,7 +47,6 @@ from .settings import WORKER_LOAD_TIMEOUT_S, TuiConfig
 from .stream_panel import StreamPanel
 from .workers_table import WorkersTable
 
-PROBE_TICK_S = 1.0  # how often the dashboard looks for due probes (and counts silences)
 SHORT_ROWS = 32  # a terminal with fewer rows gets the compact layout
 ROWS_BATCH_S = 0.5  # the nodes' rows probed within this are redrawn together
 

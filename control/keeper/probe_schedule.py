@@ -30,6 +30,7 @@ QUIET_AFTER = 3
 QUIET_FACTOR = 4.0
 # A probe past its own deadline by this much is stuck (e.g. a close that never returns).
 STUCK_GRACE_S = 2.0
+PROBE_TICK_S = 1.0  # how often a live view looks for due probes (and counts silences)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from support.inventories import local_node, write_inventory
 
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
+from rbee.control.keeper.probe_schedule import FULL_PROBE_EVERY
 from rbee.control.keeper.status import HiveState, NodeStatus
 from rbee.control.queen.cluster_view import ClusterView
 
@@ -20,6 +21,7 @@ class HeldProbes:
 
     def __init__(self) -> None:
         self.pending: list[asyncio.Future[NodeStatus]] = []
+        self.nodes: list[Node] = []
 
     async def probe(self, node: Node) -> NodeStatus:
         answer: asyncio.Future[NodeStatus] = asyncio.get_running_loop().create_future()
@@ -50,3 +52,33 @@ def test_an_older_probe_that_lands_last_does_not_overwrite_a_newer_one(tmp_path:
         assert view.statuses["alpha"].state is HiveState.UP
 
     asyncio.run(scenario())
+
+
+class CountedProbes:
+    """Stands in for the keeper's probe: answers at once that the node is up, and keeps
+    whether each probe was a full one (no `known` status) or asked for the workers alone."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.nodes = nodes
+        self.full: list[bool] = []
+
+    async def probe(self, node: Node, known: NodeStatus | None = None) -> NodeStatus:
+        self.full.append(known is None)
+        return status(HiveState.UP)
+
+
+def test_the_background_probes_follow_the_dashboards_schedule(tmp_path: Path) -> None:
+    """An up node is asked for everything first, then for its workers alone, with a full
+    probe every FULL_PROBE_EVERY; its workers standing still, less often."""
+    inventory = write_inventory(tmp_path / "inventory.toml", local_node("alpha", 1, tmp_path))
+    probes = CountedProbes([inventory.get("alpha")])
+    view = ClusterView(cast(Keeper, probes), refresh_s=0.02)
+
+    async def scenario() -> None:
+        view.start()
+        await asyncio.sleep(1.0)
+        await view.aclose()
+
+    asyncio.run(scenario())
+    assert probes.full[: FULL_PROBE_EVERY + 1] == [True] + [False] * (FULL_PROBE_EVERY - 1) + [True]
+    assert view.statuses["alpha"].is_up

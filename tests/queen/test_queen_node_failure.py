@@ -1,7 +1,8 @@
 """A node switched off while it serves: two nodes (this machine's hive and an sshd node's)
 each hold a warm worker of one model; the sshd node's sshd and hive are killed, its
 workers too, as a machine that loses power. Requests go on to the other node, and
-/v1/cluster says the node is down within a refresh and a probe's deadline."""
+/v1/cluster says the node is down within a quiet node's probe interval and a probe's
+deadline."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from rbee.control.keeper.inventory import load_inventory
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
 from rbee.control.keeper.probe import probe_deadline_s
+from rbee.control.keeper.probe_schedule import QUIET_FACTOR
 from rbee.control.keeper.settings import DEFAULT_REFRESH_S
 from rbee.control.keeper.worker_registry import WorkerRegistry
 
@@ -99,7 +101,7 @@ def test_a_node_switched_off_is_skipped_and_shown_down(tmp_path: Path, tiny_mode
         off = time.monotonic()
 
         assert four_at_once() == {"local"}
-        limit = DEFAULT_REFRESH_S + probe_deadline_s(inventory.get("alpha"))
+        limit = DEFAULT_REFRESH_S * QUIET_FACTOR + probe_deadline_s(inventory.get("alpha"))
         while True:
             seen = httpx.get(f"{queen.url}/v1/cluster").json()
             [alpha] = [n for n in seen["nodes"] if n["name"] == "alpha"]
