@@ -28,7 +28,7 @@ from .http_api import create_app
 from .llama_engine import LlamaEngine
 from .parent_watch import ParentGone, die_with_parent
 from .service import Worker
-from .settings import API_KEY_ENV, DEFAULT_HOST, WorkerSettings
+from .settings import API_KEY_ENV, DEFAULT_HOST, WorkerSettings, usable_cores
 
 log = logging.getLogger("rbee.worker")
 
@@ -76,7 +76,10 @@ log = logging.getLogger("rbee.worker")
     help="Context tokens per slot (prompt and answer together).",
 )
 @click.option(
-    "--threads", type=click.IntRange(1, 1024), default=os.cpu_count() or 1, show_default=True
+    "--threads",
+    type=click.IntRange(1, 1024),
+    default=usable_cores,
+    show_default="the cores it may run on",
 )
 @click.option(
     "--batch-size",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rbee.dataplane.protocol.hosts import is_loopback_host
@@ -11,6 +11,16 @@ from rbee.dataplane.protocol.wire import SSE_KEEPALIVE_S
 
 DEFAULT_HOST = "127.0.0.1"
 API_KEY_ENV = "RBEE_WORKER_API_KEY"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, a container's cpuset), not the machine's:
+    llama.cpp's threads wait for each other at every step, so one more thread than cores
+    stalls them all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS: no affinity, every core
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -24,7 +34,7 @@ class WorkerSettings:
     worker_id: str = ""
     slots: int = 1
     ctx_size: int = 2048  # tokens of context per slot
-    threads: int = os.cpu_count() or 1
+    threads: int = field(default_factory=usable_cores)  # decode threads
     batch_size: int = 512  # tokens per llama_decode call (prompt chunks + one per running stream)
     callback_url: str | None = None
     api_key: str | None = None
