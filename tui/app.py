@@ -4,7 +4,6 @@ messages (through the listeners of listeners.py), so the screen never waits on t
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -20,8 +19,8 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
-from rbee.control.keeper.probe import probe_deadline_s, unanswered
-from rbee.control.keeper.probe_schedule import PROBE_TICK_S, ProbeSchedule
+from rbee.control.keeper.probe_schedule import PROBE_TICK_S
+from rbee.control.keeper.scheduled_probes import ScheduledProbes
 from rbee.control.keeper.status import LogLine, NodeStatus
 from rbee.control.keeper.words import ActionableError
 from rbee.control.keeper.worker_registry import WorkerRegistry
@@ -83,10 +82,11 @@ class RbeeApp(App[None]):
         self.config = config or TuiConfig()
         self.statuses: dict[str, NodeStatus] = {}
         self.show_all_workers = False
-        self._schedule = ProbeSchedule(self.nodes, self.config.refresh_s)
-        # Each node's latest probe: a plain task, not a Textual worker (whose state changes
-        # are messages to the app: three per probe, a share of the idle CPU at 60 nodes).
-        self._probes: dict[str, asyncio.Task[None]] = {}
+        # Each node's probe is a plain task, not a Textual worker (whose state changes are
+        # messages to the app: three per probe, a share of the idle CPU at 60 nodes).
+        self._probes = ScheduledProbes(
+            self.nodes.values(), self.config.refresh_s, self.keeper.probe, self._probed
+        )
         self._unshown: dict[str, tuple[NodeStatus, float]] = {}  # rows to redraw, and when
         self._log_following = False
         self._highlighted_worker: str | None = None
@@ -118,8 +118,7 @@ class RbeeApp(App[None]):
         self.set_interval(self.config.refresh_s, self.main.query_one(QueenPanel).refresh_queen)
 
     async def on_unmount(self) -> None:
-        for task in self._probes.values():
-            task.cancel()
+        await self._probes.aclose()
         await self.keeper.aclose()
 
     # ----------------------------------------------------------------- what is selected
@@ -156,39 +155,25 @@ class RbeeApp(App[None]):
     def action_refresh(self) -> None:
         """Probes every node now (each at its own pace after), and asks the queen."""
         for name in self.nodes:
-            self._schedule.soon(name)
+            self._probes.soon(name)
         self._probe_due()
         self.main.query_one(QueenPanel).refresh_queen()
 
     def _probe_due(self) -> None:
-        """Starts the probes the schedule says are due (a slow node delays no other); a
-        probe stuck past its deadline is given up, its node shown not answering."""
+        """Starts the probes that are due (a slow node delays no other; one stuck past its
+        deadline is given up, its node shown not answering), and counts silences up."""
+        self._probes.tick()
         now = time.monotonic()
-        for name in self._schedule.stuck(now):
-            node = self.nodes[name]
-            self._probes.pop(name).cancel()
-            status = unanswered(node, probe_deadline_s(node))
-            self._schedule.give_up(name, status, now)
-            self._show_status(status, self.config.clock())
-        for name in self._schedule.due(now):
-            node = self.nodes[name]
-            known = self.statuses.get(name) if self._schedule.light(name) else None
-            number = self._schedule.started(name, now, probe_deadline_s(node))
-            self._probes[name] = asyncio.create_task(self._probe(node, number, known))
         for name in self.nodes:
-            if (silent_s := self._schedule.silent_s(name, now)) is not None:
+            if (silent_s := self._probes.schedule.silent_s(name, now)) is not None:
                 self.nodes_table.show_silence(name, silent_s)
 
-    async def _probe(self, node: Node, number: int, known: NodeStatus | None) -> None:
-        """Keeper.probe never raises: its answer, whatever happened, is the node's status."""
-        status = await self.keeper.probe(node, known)
-        self.post_message(NodeProbed(status, self.config.clock(), number))
+    def _probed(self, status: NodeStatus) -> None:
+        self.post_message(NodeProbed(status, self.config.clock()))
 
     @while_running
     def on_node_probed(self, message: NodeProbed) -> None:
-        status, now = message.status, time.monotonic()
-        if self._schedule.finished(status.name, message.probe, status, now):
-            self._show_status(status, message.checked_at)
+        self._show_status(message.status, message.checked_at)
 
     def _show_status(self, status: NodeStatus, checked_at: float) -> None:
         self.statuses[status.name] = status
@@ -212,7 +197,9 @@ class RbeeApp(App[None]):
             return  # the app closed since
         now = time.monotonic()
         for status, checked_at in rows.values():
-            self.nodes_table.show(status, checked_at, self._schedule.silent_s(status.name, now))
+            self.nodes_table.show(
+                status, checked_at, self._probes.schedule.silent_s(status.name, now)
+            )
 
     def _show_problem(self, status: NodeStatus | None) -> None:
         """The selected node's trouble in full, with what to do, under the table."""
@@ -355,7 +342,7 @@ class RbeeApp(App[None]):
         self._probe_now(message.node)
 
     def _probe_now(self, name: str) -> None:
-        self._schedule.soon(name)
+        self._probes.soon(name)
         self._probe_due()
 
     def action_mark(self) -> None:

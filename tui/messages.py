@@ -33,14 +33,13 @@ def while_running(handler: Callable[[P, M], None]) -> Callable[[P, M], None]:
 
 
 class NodeProbed(Message):
-    """A fresh status of one node (its hive, workers and catalog), from its probe number
-    `probe` (a later one may have started: see ProbeSchedule.finished)."""
+    """A fresh status of one node (its hive, workers and catalog), as its probes' schedule
+    took it (control/keeper/scheduled_probes.py)."""
 
-    def __init__(self, status: NodeStatus, checked_at: float, probe: int) -> None:
+    def __init__(self, status: NodeStatus, checked_at: float) -> None:
         super().__init__()
         self.status = status
         self.checked_at = checked_at
-        self.probe = probe
 
 
 class QueenProbed(Message):

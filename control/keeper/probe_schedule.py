@@ -73,7 +73,9 @@ class ProbeSchedule:
     def give_up(self, name: str, status: NodeStatus, now: float) -> None:
         """The running probe of `name` counts as having answered `status` (its own answer,
         should it come, is dropped); the node is due again on the schedule."""
-        self.finished(name, self._watches[name].probe, status, now)
+        watch = self._watches[name]
+        self.finished(name, watch.probe, status, now)
+        watch.probe += 1  # its number is no longer the latest: `finished` drops its answer
 
     def started(self, name: str, now: float, deadline_s: float) -> int:
         """A probe of `name` starts; its number, for `finished`."""

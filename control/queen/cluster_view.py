@@ -1,12 +1,11 @@
 """What the queen knows of the cluster: each node's latest probe, refreshed in the background,
 and the requests it has in flight on each worker.
 
-Each node is probed on its own schedule, the dashboard's (probe_schedule.py): an up node's
-workers every refresh, its version and catalog now and then, less often while its workers
-stand still; a node that is not up less and less often. So a dead or wedged node delays no
-other and no request (requests read the latest view and never wait on a probe), and an idle
-queen costs little: it asks its up nodes one or two questions a refresh, not three and one
-per worker.
+Each node is probed on its own schedule, the dashboard's (scheduled_probes.py): an up
+node's workers every refresh, its version and catalog now and then, less often while its
+workers stand still; a node that is not up less and less often. So a dead or wedged node
+delays no other and no request (requests read the latest view and never wait on a probe),
+and an idle queen asks its up nodes one or two questions a refresh.
 
 What a request learns between probes (a worker that could not be reached, one whose slots
 others hold) stands until a probe that began after it lands: a probe under way when it was
@@ -26,8 +25,8 @@ from collections.abc import Callable, Iterator
 
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
-from rbee.control.keeper.probe import probe_deadline_s, unanswered
-from rbee.control.keeper.probe_schedule import PROBE_TICK_S, ProbeSchedule
+from rbee.control.keeper.probe_schedule import PROBE_TICK_S
+from rbee.control.keeper.scheduled_probes import ScheduledProbes
 from rbee.control.keeper.status import NodeStatus, WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -36,9 +35,10 @@ log = logging.getLogger(__name__)
 class ClusterView:
     def __init__(self, keeper: Keeper, refresh_s: float) -> None:
         self._keeper = keeper
-        self._nodes = {node.name: node for node in keeper.nodes}
-        self._schedule = ProbeSchedule(self._nodes, refresh_s)
-        self._probes: dict[str, asyncio.Task[None]] = {}  # node → its background probe
+        self._probes = ScheduledProbes(
+            keeper.nodes, refresh_s, self._probe, self._landed_in_background
+        )
+        self._refresh_s = refresh_s
         self._was_up: dict[str, bool] = {}
         self.statuses: dict[str, NodeStatus] = {}
         self.checked_at: dict[str, float] = {}
@@ -47,9 +47,10 @@ class ClusterView:
         self._clock = itertools.count()
         self._forgotten: dict[str, tuple[str, int]] = {}
         self._full: dict[str, tuple[str, int]] = {}
-        # Node → when the probe whose status stands began: the background loop, a start's
+        # Node → when the probe whose status stands began: the background probes, a start's
         # check and a hive's bring-up may probe a node at once, and an older one may land last.
         self._landed: dict[str, int] = {}
+        self._began: dict[str, int] = {}  # node → when its latest background probe began
         self._ticker: asyncio.Task[None] | None = None
         self.on_refresh: Callable[[], None] = lambda: None  # after each node's fresh status
 
@@ -57,57 +58,37 @@ class ClusterView:
         self._ticker = asyncio.create_task(self._tick())
 
     async def aclose(self) -> None:
-        tasks = [*self._probes.values(), *([self._ticker] if self._ticker else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        if self._ticker is not None:
+            self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._ticker
+        await self._probes.aclose()
 
     async def refresh(self, node: Node) -> NodeStatus:
         """The node probed in full now (a start's check, a hive just up), whatever the
-        schedule says."""
+        schedule says; its background probes start over from it (a node backed off while
+        it was down is probed on an up node's schedule again)."""
         began = next(self._clock)
-        return self._land(began, await self._keeper.probe(node))
+        status = self._land(began, await self._keeper.probe(node))
+        self._probes.soon(node.name)
+        return status
 
     async def _tick(self) -> None:
         while True:
-            try:
-                self._probe_due()
-            except Exception:  # the view must not freeze
-                log.exception("scheduling the probes failed")
-            await asyncio.sleep(min(self._schedule.refresh_s, PROBE_TICK_S))
+            self._probes.tick()
+            await asyncio.sleep(min(self._refresh_s, PROBE_TICK_S))
 
-    def _probe_due(self) -> None:
-        """Starts the probes the schedule says are due; one stuck past its deadline is
-        given up and its node counted not answering."""
-        now = time.monotonic()
-        for name in self._schedule.stuck(now):
-            node = self._nodes[name]
-            self._probes.pop(name).cancel()
-            status = unanswered(node, probe_deadline_s(node))
-            self._schedule.give_up(name, status, now)
-            self._land(next(self._clock), status)
-        for name in self._schedule.due(now):
-            node = self._nodes[name]
-            known = self.statuses.get(name) if self._schedule.light(name) else None
-            number = self._schedule.started(name, now, probe_deadline_s(node))
-            self._probes[name] = asyncio.create_task(self._background(node, number, known))
+    async def _probe(self, node: Node, known: NodeStatus | None) -> NodeStatus:
+        self._began[node.name] = next(self._clock)
+        return await self._keeper.probe(node, known)
 
-    async def _background(self, node: Node, number: int, known: NodeStatus | None) -> None:
-        began = next(self._clock)
-        try:
-            status = await self._keeper.probe(node, known)
-        except Exception:  # a probe never raises; if one did, the node is probed again
-            log.exception("probing %s failed", node.name)
-            status = unanswered(node, probe_deadline_s(node))
-        if not self._schedule.finished(node.name, number, status, time.monotonic()):
-            return  # given up as stuck meanwhile
-        del self._probes[node.name]
-        status = self._land(began, status)
-        if status.is_up != self._was_up.get(node.name):
-            log.info("node %s: %s", node.name, status.state)
-            self._was_up[node.name] = status.is_up
+    def _landed_in_background(self, status: NodeStatus) -> None:
+        """A background probe's status (or a stuck one's, given up), counted from when that
+        probe began: one node has one background probe at a time."""
+        status = self._land(self._began[status.name], status)
+        if status.is_up != self._was_up.get(status.name):
+            log.info("node %s: %s", status.name, status.state)
+            self._was_up[status.name] = status.is_up
 
     def _land(self, began: int, status: NodeStatus) -> NodeStatus:
         """The node's status from the probe that `began`, unless a newer one landed first;

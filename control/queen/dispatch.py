@@ -7,7 +7,7 @@ Two inventory models may share a reference (so a queue) but not their nodes: a s
 head of the queue may not use goes to the first request behind it that may; requests of one
 model keep their order.
 
-The queen counts its own requests in flight (a worker's report is up to a refresh old), and
+The queen counts its own requests in flight (a worker's report is up to a probe old), and
 requests never wait on a probe: they read the latest view (cluster_view.py).
 """
 

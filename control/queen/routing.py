@@ -1,6 +1,6 @@
 """Which worker takes a request (DESIGN §4 "Queen"): a ready worker of the model with a free
 slot, the least busy first. The queen counts its own requests in flight: a worker's report
-of its busy slots is up to a refresh old."""
+of its busy slots is up to a probe old."""
 
 from __future__ import annotations
 

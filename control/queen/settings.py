@@ -21,7 +21,7 @@ class QueenSettings:
     host: str = "127.0.0.1"
     port: int = 7833
     api_key: str | None = None  # what clients send; required off loopback
-    refresh_s: float = DEFAULT_REFRESH_S  # how often each node is probed in the background
+    refresh_s: float = DEFAULT_REFRESH_S  # an up node's probe interval (probe_schedule.py)
     connect_timeout_s: float = 5.0  # reaching a worker
     whole_answer_timeout_s: float = 600.0  # a `stream: false` answer comes all at once
     queue_max: int = 64  # requests that may wait per model; more get 503

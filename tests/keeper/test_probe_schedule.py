@@ -77,6 +77,7 @@ def test_a_stuck_probe_is_given_up_and_its_late_answer_dropped() -> None:
     assert schedule.stuck(5.0 + STUCK_GRACE_S - 0.1) == []
     assert schedule.stuck(5.0 + STUCK_GRACE_S + 0.1) == ["n"]
     schedule.give_up("n", status(HiveState.NOT_ANSWERING), 8.0)
+    assert not schedule.finished("n", late, status(HiveState.UP), 9.0)  # before the next
     assert schedule.silent_s("n", 10.0) == 10.0  # silent since its probe started
     assert schedule.due(10.0) == ["n"]
     number = schedule.started("n", 10.0, deadline_s=5.0)

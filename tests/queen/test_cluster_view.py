@@ -19,9 +19,9 @@ from rbee.control.queen.cluster_view import ClusterView
 class HeldProbes:
     """Stands in for the keeper's probe: each probe waits until the test answers it."""
 
-    def __init__(self) -> None:
+    def __init__(self, nodes: list[Node]) -> None:
         self.pending: list[asyncio.Future[NodeStatus]] = []
-        self.nodes: list[Node] = []
+        self.nodes = nodes
 
     async def probe(self, node: Node) -> NodeStatus:
         answer: asyncio.Future[NodeStatus] = asyncio.get_running_loop().create_future()
@@ -34,10 +34,10 @@ def status(state: HiveState) -> NodeStatus:
 
 
 def test_an_older_probe_that_lands_last_does_not_overwrite_a_newer_one(tmp_path: Path) -> None:
-    probes = HeldProbes()
-    view = ClusterView(cast(Keeper, probes), refresh_s=60)
     inventory = write_inventory(tmp_path / "inventory.toml", local_node("alpha", 1, tmp_path))
     node = inventory.get("alpha")
+    probes = HeldProbes([node])
+    view = ClusterView(cast(Keeper, probes), refresh_s=60)
 
     async def scenario() -> None:
         older = asyncio.ensure_future(view.refresh(node))
