@@ -21,6 +21,12 @@ inventory that names them. It stops them all on the way out, Ctrl+C and failures
 
 The 8-slot worker serves the model as `pkg:NAME`, the 4-slot ones the same file as
 `file:PATH`: two references, so the queen keeps the two inventory models' workers apart.
+
+Layouts (`--layout`): `apart` (the default) gives node a's hive and workers the first half
+of the cores, and node b's, the queen and this client the rest, as the queen runs on the
+operator machine and each node's cores are its workers' (the workers run one decode thread
+per core they may use); `shared` lets everything run on every core, as a queen on the
+node it serves (every worker then runs a thread per core of the machine).
 """
 
 from __future__ import annotations
@@ -95,12 +101,28 @@ class Worker:
     api_key: str | None
 
 
+def split_cores() -> dict[str, set[int]]:
+    """The `apart` layout: node a's cores, and node b's (which the queen and this client
+    share)."""
+    cores = sorted(os.sched_getaffinity(0))
+    half = len(cores) // 2
+    return {"a": set(cores[:half]), "b": set(cores[half:])}
+
+
 async def start_cluster(
-    inventory: Inventory, registry: WorkerRegistry, model: str, same_file: str
+    inventory: Inventory,
+    registry: WorkerRegistry,
+    model: str,
+    same_file: str,
+    cores_of: dict[str, set[int]] | None,
 ) -> tuple[Worker, list[int]]:
-    """Both hives up, the three workers loaded: the 8-slot worker, and the hives' pids."""
+    """Both hives up (each on its node's cores, if given: a hive and the workers it starts
+    keep the CPU affinity of the process that started it), the three workers loaded: the
+    8-slot worker, and the hives' pids."""
     async with Keeper(inventory, registry) as keeper:
         for node in keeper.nodes:
+            if cores_of is not None:
+                os.sched_setaffinity(0, cores_of[node.name])
             print(f"  {await keeper.hive_up(node, Unheard())}", flush=True)
         a, b = inventory.get("a"), inventory.get("b")
         spawns = [(a, model, 8), (a, same_file, 4), (b, same_file, 4)]
@@ -404,11 +426,18 @@ def report(args: argparse.Namespace, r: Results, cores: int) -> None:
         f"({mb(r.queen_rss_before)} before the first request, peak {mb(r.queen_rss_peak)})"
     )
     print()
-    print(
-        f"3. 8 streams through the queen, median of {args.rounds_8} rounds. Both nodes are\n"
-        f"   hives on this machine, sharing its {cores} cores (each worker runs {cores}\n"
-        f"   threads): no speed-up is expected here, only the queen's spreading."
-    )
+    if args.layout == "apart":
+        print(
+            f"3. 8 streams through the queen, median of {args.rounds_8} rounds. Each node\n"
+            f"   has half of this machine's {cores} cores (node b shares its half with the\n"
+            f"   queen and this client)."
+        )
+    else:
+        print(
+            f"3. 8 streams through the queen, median of {args.rounds_8} rounds. Both nodes\n"
+            f"   are hives on this machine, sharing its {cores} cores (each worker runs\n"
+            f"   {cores} threads): no speed-up is expected here, only the queen's spreading."
+        )
     head = f"{'layout':<34} {'TTFT p50':>10} {'tok/s':>8}  (min-max)"
     print(head)
     print("-" * len(head))
@@ -457,15 +486,32 @@ def main() -> int:
     parser.add_argument(
         "--retry-s", type=float, default=0.1, help="wait before retrying a worker's 503"
     )
+    parser.add_argument(
+        "--layout",
+        choices=("apart", "shared"),
+        default="apart",
+        help="apart: node a on half the cores, node b, the queen and the client on the "
+        "rest; shared: all on every core",
+    )
     args = parser.parse_args()
     if not args.model.startswith("pkg:"):
         parser.error("--model: give a bundled model (pkg:NAME)")
+    cores = len(os.sched_getaffinity(0))
+    if args.layout == "apart" and cores < 2:
+        parser.error("--layout apart needs 2 cores or more: use --layout shared")
+    cores_of = split_cores() if args.layout == "apart" else None
     started = time.perf_counter()
     same_file = f"file:{resolve_model_path(args.model)}"
-    cores = psutil.cpu_count() or 1
+    where = (
+        "all on every core"
+        if cores_of is None
+        else f"node a on cores {_listed(cores_of['a'])}; node b, the queen and this client "
+        f"on {_listed(cores_of['b'])}"
+    )
     print(
         f"model {args.model}, {args.tokens} tokens a stream, greedy; {cores} cores\n"
-        f"hives, workers and queen: this bench's own, in a temporary RBEE_HOME",
+        f"hives, workers and queen: this bench's own, in a temporary RBEE_HOME\n"
+        f"layout {args.layout}: {where}",
         flush=True,
     )
 
@@ -482,7 +528,11 @@ def main() -> int:
     status = 1
     try:
         print("starting 2 hives and 3 workers", flush=True)
-        worker, hive_pids = asyncio.run(start_cluster(inventory, registry, args.model, same_file))
+        worker, hive_pids = asyncio.run(
+            start_cluster(inventory, registry, args.model, same_file, cores_of)
+        )
+        if cores_of is not None:
+            os.sched_setaffinity(0, cores_of["b"])  # the queen's and this client's
         queen, queen_url = start_queen(inventory_path, home, root / "queen.log")
         wait_until_queen_sees(queen_url, workers=3)
         print(f"measuring (queen at {queen_url})", flush=True)
@@ -514,6 +564,10 @@ def main() -> int:
             )
     print(f"total {time.perf_counter() - started:.0f} s")
     return status
+
+
+def _listed(cores: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cores))
 
 
 if __name__ == "__main__":
