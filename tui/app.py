@@ -19,7 +19,6 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from rbee.control.keeper.inventory import Inventory
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
-from rbee.control.keeper.probe_schedule import PROBE_TICK_S
 from rbee.control.keeper.scheduled_probes import ScheduledProbes
 from rbee.control.keeper.status import LogLine, NodeStatus
 from rbee.control.keeper.words import ActionableError
@@ -114,7 +113,7 @@ class RbeeApp(App[None]):
         self.main.query_one(NodesTable).focus()
         self.action_refresh()
         # The schedule says which nodes are due; a second's tick also counts silences up.
-        self.set_interval(min(self.config.refresh_s, PROBE_TICK_S), self._probe_due)
+        self.set_interval(self._probes.tick_s, self._probe_due)
         self.set_interval(self.config.refresh_s, self.main.query_one(QueenPanel).refresh_queen)
 
     async def on_unmount(self) -> None:

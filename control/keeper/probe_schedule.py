@@ -36,7 +36,7 @@ PROBE_TICK_S = 1.0  # how often a live view looks for due probes (and counts sil
 @dataclass
 class _Watch:
     due_at: float = 0.0
-    probe: int = 0  # the number of the latest probe started
+    probe: int = 0  # the number whose answer `finished` takes (the latest started)
     started_at: float | None = None  # the latest probe is running since
     deadline_s: float = 0.0
     misses: int = 0  # probes in a row that found the hive not up

@@ -10,17 +10,18 @@ answering; an answer that comes after its probe was given up is dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from .node import Node
 from .probe import probe_deadline_s, unanswered
-from .probe_schedule import ProbeSchedule
+from .probe_schedule import PROBE_TICK_S, ProbeSchedule
 from .status import NodeStatus
 
 log = logging.getLogger(__name__)
+
+CLOSE_WAIT_S = 1.0  # closing waits this long for canceled probes (one may never return)
 
 Probe = Callable[[Node, NodeStatus | None], Awaitable[NodeStatus]]
 
@@ -42,12 +43,21 @@ class ScheduledProbes:
         self._landed = landed
         self._latest: dict[str, NodeStatus] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
+
+    @property
+    def tick_s(self) -> float:
+        """How often to call `tick`: the refresh, or more often, to count silences up."""
+        return min(self.schedule.refresh_s, PROBE_TICK_S)
 
     def tick(self) -> None:
         """Gives up the probes stuck past their deadline, and starts those due."""
+        if self._closed:
+            return
         now = time.monotonic()
         for name in self.schedule.stuck(now):
-            self._tasks.pop(name).cancel()
+            if (stuck := self._tasks.pop(name, None)) is not None:
+                stuck.cancel()  # its answer, should it come, is dropped
             node = self._nodes[name]
             status = unanswered(node, probe_deadline_s(node))
             self.schedule.give_up(name, status, now)
@@ -64,13 +74,14 @@ class ScheduledProbes:
         self.schedule.soon(name)
 
     async def aclose(self) -> None:
+        """Cancels the probes under way, and waits for them CLOSE_WAIT_S at most."""
+        self._closed = True
         tasks = list(self._tasks.values())
         self._tasks.clear()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
 
     async def _run(self, node: Node, number: int, known: NodeStatus | None) -> None:
         try:

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 
 from rbee.control.keeper.keeper import Keeper
 from rbee.control.keeper.node import Node
-from rbee.control.keeper.probe_schedule import PROBE_TICK_S
 from rbee.control.keeper.scheduled_probes import ScheduledProbes
 from rbee.control.keeper.status import NodeStatus, WorkerStatus
 
@@ -38,7 +37,6 @@ class ClusterView:
         self._probes = ScheduledProbes(
             keeper.nodes, refresh_s, self._probe, self._landed_in_background
         )
-        self._refresh_s = refresh_s
         self._was_up: dict[str, bool] = {}
         self.statuses: dict[str, NodeStatus] = {}
         self.checked_at: dict[str, float] = {}
@@ -76,7 +74,7 @@ class ClusterView:
     async def _tick(self) -> None:
         while True:
             self._probes.tick()
-            await asyncio.sleep(min(self._refresh_s, PROBE_TICK_S))
+            await asyncio.sleep(self._probes.tick_s)
 
     async def _probe(self, node: Node, known: NodeStatus | None) -> NodeStatus:
         self._began[node.name] = next(self._clock)
