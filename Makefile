@@ -49,7 +49,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/worker_stream.py
 
 # The queen's overhead over one warm worker, its RSS, 8 streams on 2 nodes vs 1 (issue 13):
-# real hives, workers and queen in a temporary RBEE_HOME, all stopped on the way out.
+# real hives, workers and queen in a temporary RBEE_HOME, all stopped on the way out; the
+# queen on other cores than the worker's (--layout shared: all on every core).
 bench-queen: $(STAMP)
 	$(BIN)/python bench/queen.py
 

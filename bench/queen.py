@@ -1,7 +1,7 @@
 """The queen's cost (issue 13): one warm worker straight and through `rbee queen`, the
 queen's memory, and eight streams over two nodes against one.
 
-    make bench-queen    # = .venv/bin/python bench/queen.py [--pairs 120] [--pairs-4 360]
+    make bench-queen    # = .venv/bin/python bench/queen.py [--layout apart|shared]
 
 Everything it measures runs as a real process, in a temporary RBEE_HOME that it deletes
 after: two hives (`rbee-hive daemon`; nodes `a` and `b`, both `ssh = false` on this machine,
@@ -17,16 +17,17 @@ inventory that names them. It stops them all on the way out, Ctrl+C and failures
    in rounds of full-length streams.
 2. The queen's RSS after the runs.
 3. 8 streams through the queen: 2 nodes x one 4-slot worker (model `gemma-2x4`) against
-   1 node x the 8-slot worker, rounds alternating. Both nodes share this machine's cores.
+   1 node x the 8-slot worker, rounds alternating, each node on its cores (below).
 
 The 8-slot worker serves the model as `pkg:NAME`, the 4-slot ones the same file as
 `file:PATH`: two references, so the queen keeps the two inventory models' workers apart.
 
 Layouts (`--layout`): `apart` (the default) gives node a's hive and workers the first half
-of the cores, and node b's, the queen and this client the rest, as the queen runs on the
-operator machine and each node's cores are its workers' (the workers run one decode thread
-per core they may use); `shared` lets everything run on every core, as a queen on the
-node it serves (every worker then runs a thread per core of the machine).
+of the cores this process may use (rounded down), and node b's, the queen and this client
+the rest: the queen runs apart from the worker it is measured against, as on an operator
+machine, and each worker runs one decode thread per core it may use. Node b shares its
+cores with the queen and the client, which slows it in section 3. `shared` lets everything
+run on every core, as a queen on the node it serves (runs A-L in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -429,8 +430,7 @@ def report(args: argparse.Namespace, r: Results, cores: int) -> None:
     if args.layout == "apart":
         print(
             f"3. 8 streams through the queen, median of {args.rounds_8} rounds. Each node\n"
-            f"   has half of this machine's {cores} cores (node b shares its half with the\n"
-            f"   queen and this client)."
+            f"   on its own cores (node b on those of the queen and this client)."
         )
     else:
         print(
